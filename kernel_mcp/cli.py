@@ -1,0 +1,194 @@
+"""``kernel-mcp``: serve, run a file or notebook, list tools. A thin layer over the Python API.
+
+Every ``serve`` flag is also an environment variable (see ``.env.example``);
+flags win over the environment. ``main(argv) -> int`` is what tests call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from kernel_mcp import __version__
+from kernel_mcp.config import Settings, load_settings
+from kernel_mcp.errors import ConfigError
+
+__all__ = ["main", "main_entry"]
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kernel-mcp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"kernel-mcp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve MCP over HTTP (/mcp and /sse) or stdio")
+    serve.add_argument("--host", help="bind address (KERNEL_MCP_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (KERNEL_MCP_PORT, default 8000)")
+    serve.add_argument("--stdio", action="store_true", help="serve one client on stdin/stdout")
+    serve.add_argument("--insecure", action="store_true", default=None,
+                       help="allow a non-loopback bind without KERNEL_MCP_TOKEN")
+    _add_common(serve)
+    serve.add_argument("--pool-size", type=int, help="warm kernels (KERNEL_MCP_POOL_SIZE)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+
+    run = sub.add_parser("run", help="run a .py file or .ipynb notebook and print its outputs")
+    run.add_argument("file", help="path inside the projects folder (or relative to it)")
+    run.add_argument("--server", help="URL of a running server (…/mcp or …/sse); "
+                     "default: an in-process server")
+    run.add_argument("--timeout", type=float, help="seconds (PYTHON_TIMEOUT)")
+    run.add_argument("--images-dir", type=Path, default=Path("kernel-mcp-images"),
+                     help="where figures are saved (default ./kernel-mcp-images)")
+    run.add_argument("--parameter", "-p", action="append", default=[], metavar="NAME=JSON",
+                     help="notebook parameter, e.g. -p n=3 (notebooks only)")
+    _add_common(run, timeout=False)
+
+    tools = sub.add_parser("tools", help="list the server's tools")
+    tools.add_argument("--server", help="URL of a running server; default: in-process")
+    _add_common(tools, timeout=False)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, timeout: bool = True) -> None:
+    parser.add_argument("--projects-dir", type=Path, help="PYTHON_PROJECTS_DIR")
+    parser.add_argument("--notebooks-dir", type=Path, help="KERNEL_MCP_NOTEBOOKS_DIR")
+    if timeout:
+        parser.add_argument("--timeout", type=float, help="default seconds (PYTHON_TIMEOUT)")
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {
+        "projects_dir": getattr(args, "projects_dir", None),
+        "notebooks_dir": getattr(args, "notebooks_dir", None),
+        **extra,
+    }
+    return load_settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "run":
+            return asyncio.run(_run(args))
+        return asyncio.run(_tools(args))
+    except ConfigError as exc:
+        print(f"kernel-mcp: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def main_entry() -> None:  # pragma: no cover - console script
+    sys.exit(main())
+
+
+# -- serve ----------------------------------------------------------------------
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(
+        args, host=args.host, port=args.port, insecure=args.insecure,
+        timeout=args.timeout, pool_size=args.pool_size,
+    )
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kernel_mcp import server
+
+    if args.stdio:
+        asyncio.run(server.run_stdio(settings))
+        return 0
+    if settings.host not in LOOPBACK and not settings.tokens and not settings.insecure:
+        raise ConfigError(
+            f"KERNEL_MCP_HOST: {settings.host} is not loopback; set KERNEL_MCP_TOKEN "
+            "or pass --insecure"
+        )
+    import uvicorn
+
+    app = server.build_http_app(settings)
+    print(
+        f"kernel-mcp {__version__}: http://{settings.host}:{settings.port}/mcp "
+        f"(streamable HTTP) and /sse (SSE); projects: {settings.projects_dir}; "
+        f"auth: {'bearer token' if settings.tokens else 'none'}",
+        file=sys.stderr, flush=True,
+    )
+    uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
+                       log_level=args.log_level, timeout_graceful_shutdown=5)
+    ).run()
+    return 0
+
+
+# -- client side -------------------------------------------------------------------
+async def _with_client(args: argparse.Namespace, use: Any) -> int:
+    from fastmcp import Client
+
+    if args.server:
+        token = os.environ.get("KERNEL_MCP_TOKEN", "").split(",")[0].strip() or None
+        async with Client(args.server, auth=token, timeout=None) as client:
+            return int(await use(client))
+    from kernel_mcp.runner import Runner
+    from kernel_mcp.server import build_server
+
+    settings = _settings(args, pool_size=0)
+    async with Runner(settings) as runner, Client(build_server(settings, runner)) as client:
+        return int(await use(client))
+
+
+async def _tools(args: argparse.Namespace) -> int:
+    async def use(client: Any) -> int:
+        for tool in await client.list_tools():
+            summary = (tool.description or "").strip().splitlines()[0]
+            print(f"{tool.name}: {summary}")
+        return 0
+
+    return await _with_client(args, use)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    target = args.file
+    if not args.server and Path(target).exists():
+        target = str(Path(target).resolve())
+    notebook = target.lower().endswith(".ipynb")
+    parameters: dict[str, Any] = {}
+    for item in args.parameter:
+        name, _, raw = item.partition("=")
+        try:
+            parameters[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            parameters[name] = raw
+
+    async def use(client: Any) -> int:
+        if notebook:
+            arguments: dict[str, Any] = {"notebook_path": target}
+            if parameters:
+                arguments["parameters"] = parameters
+        else:
+            arguments = {"file_name": target}
+        if args.timeout is not None:
+            arguments["timeout"] = args.timeout
+        result = await client.call_tool_mcp("run_notebook" if notebook else "run_python",
+                                            arguments)
+        saved = 0
+        for block in result.content:
+            if block.type == "text":
+                print(block.text)
+            elif block.type == "image":
+                args.images_dir.mkdir(parents=True, exist_ok=True)
+                saved += 1
+                stem = Path(target).stem
+                path = args.images_dir / f"{stem}-{saved}.{EXTENSIONS.get(block.mime_type, 'bin')}"
+                path.write_bytes(base64.b64decode(block.data))
+                print(f"[image saved: {path}]")
+        return 1 if result.is_error else 0
+
+    return await _with_client(args, use)

@@ -1,0 +1,96 @@
+"""The domain's exceptions. The MCP layer translates them once, at the edge.
+
+::
+
+    KernelMCPError
+    ├── ConfigError              a setting is invalid; start-up stops
+    ├── RequestError             the caller asked for something we refuse
+    │   ├── PathRefused          a path guard rule was broken (names the rule)
+    │   ├── FileNotFound         no such file inside the allowed folder
+    │   ├── InvalidArgument      a bad argument value
+    │   ├── InvalidNotebook      not a valid nbformat v4 notebook
+    │   ├── NotebookExists       export target exists and overwrite was not asked
+    │   ├── SessionNotFound      unknown id, or one owned by another principal
+    │   ├── SessionGone          the session was culled or closed (says when)
+    │   └── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
+    └── KernelError              the kernel machinery failed
+        └── KernelStartFailed    a kernel could not be started
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "FileNotFound",
+    "InvalidArgument",
+    "InvalidNotebook",
+    "KernelError",
+    "KernelMCPError",
+    "KernelStartFailed",
+    "NotebookExists",
+    "PathRefused",
+    "RequestError",
+    "SessionGone",
+    "SessionNotFound",
+    "TooManySessions",
+]
+
+
+class KernelMCPError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(KernelMCPError):
+    """A setting is invalid. The message is one line naming the setting."""
+
+
+class RequestError(KernelMCPError):
+    """The request is refused; the message is safe to show the caller."""
+
+
+class PathRefused(RequestError):
+    """A path broke a guard rule. ``rule`` is a short machine-readable name."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class FileNotFound(RequestError):
+    """No such file inside the allowed folder."""
+
+
+class InvalidArgument(RequestError):
+    """An argument has a value we cannot accept."""
+
+
+class InvalidNotebook(RequestError):
+    """A file is not a valid nbformat v4 notebook."""
+
+
+class NotebookExists(RequestError):
+    """An export would overwrite a file and ``overwrite`` was not set."""
+
+
+class SessionNotFound(RequestError):
+    """Unknown session id. Foreign ids get exactly this error too."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"Unknown session {session_id!r}. Call create_session for a new one.")
+        self.session_id = session_id
+
+
+class SessionGone(RequestError):
+    """The session existed but was culled or closed."""
+
+
+class TooManySessions(RequestError):
+    """The session limit is reached."""
+
+
+class KernelError(KernelMCPError):
+    """The kernel machinery failed (not the user's code)."""
+
+
+class KernelStartFailed(KernelError):
+    """A kernel could not be started."""

@@ -1,0 +1,236 @@
+"""Pure functions and one collector: IOPub messages in, nbformat outputs out.
+
+No kernel and no I/O here, so every rule can be unit-tested with scripted
+messages. The collector keeps outputs exactly as Jupyter stores them (built by
+``nbformat.v4.output_from_msg``), with streams merged, carriage returns and
+backspaces applied the way JupyterLab applies them, display updates and
+``clear_output`` honoured. It bounds memory: one output holds at most
+``max_output_bytes``, and at most ``max_outputs`` outputs are kept; the rest is
+counted, not stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbformat import NotebookNode
+from nbformat.v4 import new_output, output_from_msg
+
+__all__ = [
+    "OutputCollector",
+    "OutputLimits",
+    "apply_control_chars",
+    "output_size",
+    "strip_ansi",
+]
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_CR_NEWLINE = re.compile(r"\r+\n")
+_OVERWRITTEN_LINE = re.compile(r"^[^\n]*\r+", re.MULTILINE)
+_BACKSPACED = re.compile(r"[^\n\x08]\x08")
+
+
+def strip_ansi(text: str) -> str:
+    """Remove ANSI escape sequences (colours, cursor moves, OSC titles)."""
+    return _ANSI.sub("", text)
+
+
+def apply_control_chars(text: str) -> str:
+    """Apply ``\\r`` and ``\\b`` as JupyterLab does when it shows a stream.
+
+    ``\\r\\n`` is a newline; otherwise a ``\\r`` erases its line so far; a
+    ``\\b`` erases the character before it.
+    """
+    if "\r" in text:
+        text = _CR_NEWLINE.sub("\n", text)
+        text = _OVERWRITTEN_LINE.sub("", text)
+    while "\b" in text:
+        reduced = _BACKSPACED.sub("", text)
+        if reduced == text:
+            text = text.replace("\b", "")
+            break
+        text = reduced
+    return text
+
+
+def output_size(output: dict[str, Any]) -> int:
+    """Approximate stored size of one output, in characters of its payload."""
+    kind = output.get("output_type")
+    if kind == "stream":
+        return len(output.get("text", ""))
+    if kind == "error":
+        return sum(len(line) for line in output.get("traceback", [])) + len(
+            output.get("evalue", "")
+        )
+    total = 0
+    for value in output.get("data", {}).values():
+        total += len(value) if isinstance(value, str) else len(json.dumps(value))
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLimits:
+    """What one execution may keep in memory (and later in its notebook)."""
+
+    max_output_bytes: int = 10 * 1024 * 1024
+    max_outputs: int = 1000
+
+
+@dataclass(slots=True)
+class _Stream:
+    """A stream output being built: processed text plus the unfinished last line."""
+
+    output: NotebookNode
+    done: list[str] = field(default_factory=list)
+    done_len: int = 0
+    tail: str = ""
+
+
+class OutputCollector:
+    """Accumulates the outputs of one execution from its IOPub messages.
+
+    Feed it only messages whose parent is the execution's request; ``status``
+    and unknown types are ignored. Read ``outputs`` when done.
+    """
+
+    def __init__(self, limits: OutputLimits | None = None) -> None:
+        self.limits = limits or OutputLimits()
+        self.execution_count: int | None = None
+        self.error: NotebookNode | None = None
+        self.dropped_chars = 0
+        self.dropped_outputs = 0
+        self.latest_line = ""
+        self._outputs: list[NotebookNode] = []
+        self._streams: dict[int, _Stream] = {}
+        self._display_ids: dict[str, list[int]] = {}
+        self._clear_on_next = False
+
+    # -- reading ---------------------------------------------------------------
+    @property
+    def outputs(self) -> list[NotebookNode]:
+        """The outputs so far, streams finalised (cheap to call repeatedly)."""
+        for index, stream in self._streams.items():
+            self._outputs[index]["text"] = "".join(stream.done) + apply_control_chars(
+                stream.tail
+            )
+        return self._outputs
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.dropped_chars or self.dropped_outputs)
+
+    # -- feeding ---------------------------------------------------------------
+    def feed(self, msg: dict[str, Any]) -> None:
+        """Apply one IOPub message."""
+        kind = msg["header"]["msg_type"]
+        content = msg.get("content", {})
+        if kind == "execute_input":
+            self.execution_count = content.get("execution_count")
+        elif kind == "stream":
+            self._flush_pending_clear()
+            self._stream(content.get("name", "stdout"), content.get("text", ""))
+        elif kind in ("display_data", "execute_result"):
+            self._flush_pending_clear()
+            if kind == "execute_result":
+                self.execution_count = content.get("execution_count", self.execution_count)
+            self._append(output_from_msg(msg), content.get("transient") or {})
+        elif kind == "update_display_data":
+            self._update_display(content)
+        elif kind == "clear_output":
+            if content.get("wait"):
+                self._clear_on_next = True
+            else:
+                self._clear()
+        elif kind == "error":
+            self._flush_pending_clear()
+            node = output_from_msg(msg)
+            self.error = node
+            self._append(node, {})
+
+    # -- internals -------------------------------------------------------------
+    def _flush_pending_clear(self) -> None:
+        if self._clear_on_next:
+            self._clear_on_next = False
+            self._clear()
+
+    def _clear(self) -> None:
+        self._outputs.clear()
+        self._streams.clear()
+        self._display_ids.clear()
+
+    def _room(self) -> bool:
+        if len(self._outputs) < self.limits.max_outputs:
+            return True
+        self.dropped_outputs += 1
+        return False
+
+    def _stream(self, name: str, text: str) -> None:
+        if text:
+            stripped = text.rstrip("\r\n")
+            if stripped:
+                self.latest_line = strip_ansi(stripped.rsplit("\n", 1)[-1].rsplit("\r", 1)[-1])[
+                    :200
+                ]
+        last = len(self._outputs) - 1
+        stream = self._streams.get(last)
+        if stream is None or stream.output["name"] != name:
+            if not self._room():
+                self.dropped_chars += len(text)
+                return
+            node = new_output("stream", name=name, text="")
+            self._outputs.append(node)
+            stream = self._streams[len(self._outputs) - 1] = _Stream(node)
+        cap = self.limits.max_output_bytes
+        room = cap - stream.done_len - len(stream.tail)
+        if room <= 0:
+            self.dropped_chars += len(text)
+            return
+        if len(text) > room:
+            self.dropped_chars += len(text) - room
+            text = text[:room]
+        raw = stream.tail + text
+        cut = raw.rfind("\n")
+        if cut >= 0:
+            finished = apply_control_chars(raw[: cut + 1])
+            stream.done.append(finished)
+            stream.done_len += len(finished)
+            stream.tail = raw[cut + 1 :]
+        else:
+            stream.tail = raw
+        if len(stream.tail) > cap // 2:
+            # A flood with no newline: settle it now so the tail stays bounded.
+            finished = apply_control_chars(stream.tail)
+            stream.done.append(finished)
+            stream.done_len += len(finished)
+            stream.tail = ""
+
+    def _fit(self, node: NotebookNode) -> NotebookNode:
+        size = output_size(node)
+        if size <= self.limits.max_output_bytes:
+            return node
+        self.dropped_chars += size
+        mimes = ", ".join(sorted(node.get("data", {})))
+        notice = f"[output of {size} characters ({mimes}) dropped: over the per-output limit]"
+        node["data"] = {"text/plain": notice}
+        node["metadata"] = {}
+        return node
+
+    def _append(self, node: NotebookNode, transient: dict[str, Any]) -> None:
+        if not self._room():
+            self.dropped_chars += output_size(node)
+            return
+        self._outputs.append(self._fit(node))
+        display_id = transient.get("display_id")
+        if display_id:
+            self._display_ids.setdefault(display_id, []).append(len(self._outputs) - 1)
+
+    def _update_display(self, content: dict[str, Any]) -> None:
+        display_id = (content.get("transient") or {}).get("display_id")
+        for index in self._display_ids.get(display_id or "", []):
+            target = self._outputs[index]
+            target["data"] = content.get("data", {})
+            target["metadata"] = content.get("metadata", {})
+            self._fit(target)

@@ -1,0 +1,121 @@
+"""The warm pool: started, idle kernels waiting to serve a fresh run or a new session.
+
+A kernel taken from the pool is never returned to it: fresh means fresh. The
+pool refills in a background task that it owns and stops on ``close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from kernel_mcp.backend import KernelBackend
+from kernel_mcp.errors import KernelError
+from kernel_mcp.kernel import Kernel
+
+__all__ = ["KernelPool"]
+
+log = logging.getLogger(__name__)
+
+
+class KernelPool:
+    """Keeps ``size`` started kernels ready.
+
+    Args:
+        backend: where kernels come from.
+        size: how many idle kernels to keep; 0 starts one per request.
+        preload: modules each pooled kernel imports before it is handed out.
+    """
+
+    def __init__(self, backend: KernelBackend, *, size: int, preload: list[str]) -> None:
+        self.backend = backend
+        self.size = size
+        self.preload = preload
+        self._ready: asyncio.Queue[Kernel] = asyncio.Queue()
+        self._starting = 0
+        self._wanted = asyncio.Event()
+        self._refiller: asyncio.Task[None] | None = None
+        self._closed = False
+        self._live: set[Kernel] = set()
+
+    async def start(self) -> None:
+        """Begin filling the pool in the background."""
+        if self._refiller is None:
+            self._refiller = asyncio.create_task(self._refill_forever(), name="kernel-pool-refill")
+            self._wanted.set()
+
+    @property
+    def ready_count(self) -> int:
+        return self._ready.qsize()
+
+    async def acquire(self) -> Kernel:
+        """A started kernel that nobody has used: from the pool, or started now."""
+        if self._closed:
+            raise KernelError("the server is shutting down")
+        self._wanted.set()
+        while not self._ready.empty():
+            kernel = self._ready.get_nowait()
+            self._wanted.set()
+            if await kernel.is_alive():
+                self._live.discard(kernel)
+                return kernel
+            await self._discard(kernel)
+        return await self._new_kernel(track=False)
+
+    async def wait_full(self, timeout: float = 60.0) -> None:
+        """Wait until the pool holds ``size`` ready kernels (benchmarks and tests)."""
+        async def filled() -> None:
+            while self._ready.qsize() < self.size:
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(filled(), timeout)
+
+    async def close(self) -> None:
+        """Stop refilling and shut down every kernel still in the pool."""
+        self._closed = True
+        if self._refiller is not None:
+            self._refiller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refiller
+            self._refiller = None
+        kernels = list(self._live)
+        while not self._ready.empty():
+            kernels.append(self._ready.get_nowait())
+        self._live.clear()
+        await asyncio.gather(*(self._discard(k) for k in set(kernels)), return_exceptions=True)
+
+    async def _new_kernel(self, *, track: bool) -> Kernel:
+        kernel = await self.backend.start()
+        if track:
+            self._live.add(kernel)
+        if self.preload:
+            code = "\n".join(f"import {name}" for name in self.preload)
+            try:
+                await kernel.run_silently(code)
+            except KernelError as exc:
+                log.warning("preloading %s failed: %s", ", ".join(self.preload), exc)
+        return kernel
+
+    async def _refill_forever(self) -> None:
+        failures = 0
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            while self._ready.qsize() < self.size and not self._closed:
+                try:
+                    kernel = await self._new_kernel(track=True)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    log.error("could not start a pooled kernel: %s", exc)
+                    await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                    continue
+                failures = 0
+                await self._ready.put(kernel)
+
+    async def _discard(self, kernel: Kernel) -> None:
+        self._live.discard(kernel)
+        with contextlib.suppress(Exception):
+            await kernel.shutdown()

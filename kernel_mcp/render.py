@@ -1,0 +1,272 @@
+"""Execution -> reply: one readable text block, images, structured content.
+
+Pure and the only place that truncates for a reply. The notebook keeps the
+larger per-output cap; a reply keeps ``max_stream_chars`` of each stream (its
+beginning and its end), at most ``max_images`` images of at most
+``max_image_bytes`` each, and stays within ``max_reply_bytes`` in total, so
+that MCP clients with a 1 MiB message limit can read it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from kernel_mcp.kernel import Execution, Status
+from kernel_mcp.outputs import strip_ansi
+
+__all__ = ["ErrorInfo", "Image", "Reply", "ReplyLimits", "RunReport", "render"]
+
+IMAGE_TYPES = ("image/png", "image/jpeg")
+# Rich types shown as text, best first, when the kernel sent no useful text/plain.
+TEXT_TYPES = ("text/markdown", "text/html", "text/latex", "application/json")
+
+
+class ErrorInfo(BaseModel):
+    """The exception a run raised."""
+
+    ename: str
+    evalue: str
+    traceback: str = Field(description="Plain text, ANSI codes removed.")
+
+
+class RunReport(BaseModel):
+    """Structured result of run_python / run_code (the tools' output schema)."""
+
+    status: Status = Field(
+        description="ok | error (exception) | timeout | kernel_died | interrupted"
+    )
+    stdout: str
+    stderr: str
+    result: str | None = Field(description="text/plain of the last expression's value, if any")
+    error: ErrorInfo | None
+    images: int = Field(description="ImageContent blocks included in this reply")
+    truncated: bool = Field(description="Some output was cut or left out; see notes")
+    duration_s: float
+    execution_count: int | None
+    mime_types: list[str] = Field(description="MIME types the outputs carried")
+    timeout_s: float
+    file: str | None = Field(None, description="The file run, relative to the projects folder")
+    session_id: str | None = None
+    notebook: str | None = Field(None, description="Recorded notebook URI, when there is one")
+    notes: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyLimits:
+    max_stream_chars: int = 64 * 1024
+    max_images: int = 8
+    max_image_bytes: int = 512 * 1024
+    max_reply_bytes: int = 900 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    mime_type: str
+    data: str
+    """base64, as the kernel sent it."""
+
+
+@dataclass(slots=True)
+class Reply:
+    text: str
+    images: list[Image]
+    report: RunReport
+    is_error: bool = False
+    extra_notes: list[str] = field(default_factory=list)
+
+
+def _cut(text: str, limit: int) -> tuple[str, int]:
+    """Keep the beginning and the end of ``text``; say how much was cut."""
+    if len(text) <= limit:
+        return text, 0
+    head = limit * 3 // 4
+    tail = limit - head
+    cut = len(text) - head - tail
+    return f"{text[:head]}\n[… {cut} characters cut …]\n{text[-tail:] if tail else ''}", cut
+
+
+def _plain(data: dict[str, Any]) -> str | None:
+    """The text a person would read for a rich output."""
+    plain = data.get("text/plain")
+    if isinstance(plain, list):
+        plain = "".join(plain)
+    default_repr = isinstance(plain, str) and plain.startswith("<IPython.core.display.")
+    if plain and not default_repr:
+        return str(plain)
+    for mime in TEXT_TYPES:
+        if mime in data:
+            value = data[mime]
+            if isinstance(value, list):
+                value = "".join(value)
+            return value if isinstance(value, str) else json.dumps(value, indent=1)
+    return str(plain) if plain else None
+
+
+def _decoded_size(b64: str) -> int:
+    return len(b64) * 3 // 4
+
+
+def render(
+    execution: Execution,
+    limits: ReplyLimits,
+    *,
+    file: str | None = None,
+    session_id: str | None = None,
+    notebook: str | None = None,
+    notes: list[str] | None = None,
+) -> Reply:
+    """Build the MCP-neutral reply for one execution."""
+    notes = list(notes or []) + list(execution.notes)
+    stdout_parts: list[str] = []
+    stderr_parts: list[str] = []
+    displays: list[tuple[list[str], str]] = []
+    result: str | None = None
+    images: list[Image] = []
+    mime_types: list[str] = []
+    truncated = execution.truncated
+    skipped_images = 0
+
+    for output in execution.outputs:
+        kind = output.get("output_type")
+        if kind == "stream":
+            (stderr_parts if output.get("name") == "stderr" else stdout_parts).append(
+                output.get("text", "")
+            )
+            continue
+        if kind not in ("display_data", "execute_result"):
+            continue
+        data = output.get("data", {})
+        for mime in data:
+            if mime not in mime_types:
+                mime_types.append(mime)
+        image_mime = next((m for m in IMAGE_TYPES if m in data), None)
+        if image_mime is not None:
+            payload = data[image_mime]
+            payload = "".join(payload) if isinstance(payload, list) else str(payload)
+            payload = payload.replace("\n", "")
+            if len(images) >= limits.max_images or _decoded_size(payload) > limits.max_image_bytes:
+                skipped_images += 1
+            else:
+                try:
+                    base64.b64decode(payload, validate=True)
+                    images.append(Image(image_mime, payload))
+                except (binascii.Error, ValueError):
+                    skipped_images += 1
+            continue
+        text = _plain(data)
+        if kind == "execute_result":
+            result = text
+        elif text is not None:
+            displays.append((sorted(data), text))
+
+    if skipped_images:
+        truncated = True
+        notes.append(
+            f"{skipped_images} image(s) left out: over {limits.max_images} images or "
+            f"{limits.max_image_bytes} bytes each."
+        )
+
+    error = None
+    if execution.error is not None:
+        error = ErrorInfo(
+            ename=str(execution.error.get("ename", "")),
+            evalue=str(execution.error.get("evalue", "")),
+            traceback=strip_ansi("\n".join(execution.error.get("traceback", []))),
+        )
+    if execution.dropped_chars or execution.dropped_outputs:
+        notes.append(
+            f"Output over the kernel-side cap was not kept: {execution.dropped_chars} characters"
+            + (f", {execution.dropped_outputs} outputs" if execution.dropped_outputs else "")
+            + "."
+        )
+    if execution.status == "timeout":
+        notes.insert(0, f"Timed out after {execution.timeout_s:g} s; output before it is shown.")
+    elif execution.status == "kernel_died":
+        notes.insert(0, f"The kernel died ({execution.death}).")
+    elif execution.status == "interrupted":
+        notes.insert(0, "Interrupted.")
+
+    stdout_full = strip_ansi("".join(stdout_parts))
+    stderr_full = strip_ansi("".join(stderr_parts))
+    stream_limit = limits.max_stream_chars
+    while True:
+        stdout, cut_out = _cut(stdout_full, stream_limit)
+        stderr, cut_err = _cut(stderr_full, stream_limit)
+        display_text = [(m, _cut(strip_ansi(t), stream_limit)[0]) for m, t in displays]
+        result_text = _cut(strip_ansi(result), stream_limit)[0] if result is not None else None
+        cut_notes = []
+        if cut_out:
+            cut_notes.append(f"stdout: {cut_out} characters cut from the middle.")
+        if cut_err:
+            cut_notes.append(f"stderr: {cut_err} characters cut from the middle.")
+        if (cut_out or cut_err or truncated) and notebook:
+            cut_notes.append(f"The full output is in the notebook {notebook}.")
+        report = RunReport(
+            status=execution.status,
+            stdout=stdout,
+            stderr=stderr,
+            result=result_text,
+            error=error,
+            images=len(images),
+            truncated=bool(truncated or cut_out or cut_err),
+            duration_s=execution.duration_s,
+            execution_count=execution.execution_count,
+            mime_types=mime_types,
+            timeout_s=execution.timeout_s,
+            file=file,
+            session_id=session_id,
+            notebook=notebook,
+            notes=notes + cut_notes,
+        )
+        text = _text_block(report, display_text)
+        size = len(text) + len(report.model_dump_json()) + sum(len(i.data) for i in images)
+        if size <= limits.max_reply_bytes:
+            break
+        if images:
+            images.pop()
+            truncated = True
+            if not any(n.startswith("Images dropped") for n in notes):
+                notes.append("Images dropped to keep the reply under KERNEL_MCP_MAX_REPLY_BYTES.")
+            continue
+        if stream_limit <= 256:
+            break
+        stream_limit //= 2
+        truncated = True
+    return Reply(text=text, images=images, report=report, is_error=execution.status != "ok")
+
+
+def _text_block(report: RunReport, displays: list[tuple[list[str], str]]) -> str:
+    head = [f"status: {report.status}"]
+    if report.file:
+        head.append(report.file)
+    if report.execution_count is not None:
+        head.append(f"In [{report.execution_count}]")
+    head.append(f"{report.duration_s:.3f} s")
+    if report.session_id:
+        head.append(f"session {report.session_id}")
+    lines = [" · ".join(head)]
+    for note in report.notes:
+        lines.append(f"note: {note}")
+    if report.stdout:
+        lines += ["--- stdout ---", report.stdout.rstrip("\n")]
+    if report.stderr:
+        lines += ["--- stderr ---", report.stderr.rstrip("\n")]
+    for mimes, text in displays:
+        lines += [f"--- display ({', '.join(mimes)}) ---", text.rstrip("\n")]
+    if report.result is not None:
+        lines += ["--- result ---", report.result.rstrip("\n")]
+    if report.error is not None:
+        lines += ["--- error ---", report.error.traceback.rstrip("\n")]
+    if report.images:
+        lines.append(f"[{report.images} image(s) follow]")
+    return "\n".join(lines)
+
+
+def status_is_error(status: Status | Literal["ok"]) -> bool:
+    return status != "ok"

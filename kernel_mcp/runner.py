@@ -1,0 +1,337 @@
+"""The domain's front door: run files, snippets and notebooks, fresh or in sessions.
+
+``Runner`` owns the kernel backend, the warm pool, the session registry and
+the notebooks folder, and every background task they start. It knows nothing
+of MCP: the server module translates its results and exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kernel_mcp.backend import KernelBackend, LocalBackend
+from kernel_mcp.config import Settings
+from kernel_mcp.errors import InvalidArgument
+from kernel_mcp.kernel import Execution, Kernel, ProgressCallback
+from kernel_mcp.notebook import (
+    NotebookRun,
+    NotebookStore,
+    Recording,
+    code_cell,
+    execute_notebook,
+    inject_parameters,
+    notebook_for,
+    parse_notebook,
+)
+from kernel_mcp.paths import ProjectFile, list_project_files, read_project_file
+from kernel_mcp.pool import KernelPool
+from kernel_mcp.sessions import Session, SessionRegistry
+
+__all__ = ["NotebookOutcome", "RunOutcome", "Runner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    """One run of a file or snippet, with what the reply should mention."""
+
+    execution: Execution
+    file: str | None = None
+    session_id: str | None = None
+    notebook_uri: str | None = None
+    notebook_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NotebookOutcome:
+    run: NotebookRun
+    path: Path
+    uri: str
+    source: str
+    session_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _file_preamble(project: ProjectFile, projects_dir: Path) -> str:
+    """Set-up that makes a cell run like ``python file.py`` from the projects folder."""
+    file = str(project.path)
+    folder = str(project.path.parent)
+    return (
+        "import os as _kmcp_os, sys as _kmcp_sys\n"
+        f"_kmcp_os.chdir({str(projects_dir)!r})\n"
+        f"_kmcp_sys.argv = [{file!r}]\n"
+        f"if {folder!r} not in _kmcp_sys.path: _kmcp_sys.path.insert(0, {folder!r})\n"
+        f"__file__ = {file!r}\n"
+        "__name__ = '__main__'\n"
+        "del _kmcp_os, _kmcp_sys\n"
+    )
+
+
+class Runner:
+    """Runs code for callers. Use as ``async with Runner(settings) as runner``."""
+
+    def __init__(self, settings: Settings, backend: KernelBackend | None = None) -> None:
+        self.settings = settings
+        self.backend = backend or LocalBackend(settings)
+        self.pool = KernelPool(self.backend, size=settings.pool_size, preload=settings.preload)
+        self.sessions = SessionRegistry(
+            self.pool,
+            max_sessions=settings.max_sessions,
+            idle_timeout=settings.session_idle_timeout,
+            on_close=self._session_closed,
+        )
+        self.notebooks = NotebookStore(settings.notebooks_dir)
+        self._recordings: dict[str, Recording] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> Runner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        await self.pool.start()
+        await self.sessions.start()
+
+    async def close(self) -> None:
+        """Shut every kernel down and wait for every background task."""
+        await self.sessions.close()
+        await self.pool.close()
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.backend.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- files -------------------------------------------------------------------
+    def read_file(self, file_name: str, *, suffixes: tuple[str, ...] = (".py",)) -> ProjectFile:
+        return read_project_file(
+            self.settings.projects_dir, file_name, suffixes=suffixes,
+            max_bytes=self.settings.max_file_bytes,
+        )
+
+    def list_files(self, pattern: str) -> list[str]:
+        return list_project_files(self.settings.projects_dir, pattern)
+
+    # -- running -----------------------------------------------------------------
+    async def run_file(
+        self,
+        file_name: str,
+        *,
+        owner: str | None,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        progress: ProgressCallback | None = None,
+        save_notebook: bool = False,
+    ) -> RunOutcome:
+        """Run a .py file from the projects folder, as ``python file.py`` would."""
+        project = self.read_file(file_name)
+        source = f"# {project.relative}\n{project.source}"
+        preamble = _file_preamble(project, self.settings.projects_dir)
+        outcome = await self._run(
+            project.source, record_as=source, preamble=preamble, tool="run_python",
+            owner=owner, timeout=timeout, session_id=session_id, progress=progress,
+            save_notebook=save_notebook, stem=Path(project.relative).stem,
+        )
+        outcome.file = project.relative
+        return outcome
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        owner: str | None,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        progress: ProgressCallback | None = None,
+        save_notebook: bool = False,
+    ) -> RunOutcome:
+        """Run a snippet, in a fresh kernel or in a session."""
+        if len(code.encode("utf-8", "surrogatepass")) > self.settings.max_file_bytes:
+            raise InvalidArgument(
+                f"code is larger than {self.settings.max_file_bytes} bytes "
+                "(KERNEL_MCP_MAX_FILE_BYTES)"
+            )
+        return await self._run(
+            code, record_as=code, preamble=None, tool="run_code", owner=owner,
+            timeout=timeout, session_id=session_id, progress=progress,
+            save_notebook=save_notebook, stem="code",
+        )
+
+    async def _run(
+        self,
+        code: str,
+        *,
+        record_as: str,
+        preamble: str | None,
+        tool: str,
+        owner: str | None,
+        timeout: float | None,
+        session_id: str | None,
+        progress: ProgressCallback | None,
+        save_notebook: bool,
+        stem: str,
+    ) -> RunOutcome:
+        limit = self.settings.clamp_timeout(timeout)
+        grace = self.settings.interrupt_grace
+
+        async def execute(kernel: Kernel) -> Execution:
+            if preamble:
+                await kernel.run_silently(preamble)
+            return await kernel.execute(code, timeout=limit, grace=grace, progress=progress)
+
+        if session_id is None:
+            kernel = await self.pool.acquire()
+            try:
+                execution = await execute(kernel)
+            finally:
+                # Fresh kernels serve one run only. Stopping it need not delay the reply.
+                self._spawn(kernel.shutdown(now=True))
+            outcome = RunOutcome(execution)
+            if save_notebook:
+                nb = notebook_for(kernel.kernel_info)
+                nb.cells.append(code_cell(record_as, execution, tool))
+                path = await asyncio.to_thread(self.notebooks.save_single, stem, nb)
+                outcome.notebook_path, outcome.notebook_uri = path, self.notebooks.uri(path)
+            return outcome
+
+        async def in_session(session: Session, kernel: Kernel) -> RunOutcome:
+            notes = []
+            if session.lost_state:
+                notes.append(f"New kernel: {session.lost_state}.")
+                session.lost_state = None
+            execution = await execute(kernel)
+            recording = await self._recording(session, kernel)
+            await asyncio.to_thread(recording.add, record_as, execution, tool)
+            if execution.kernel_replaced:
+                notes.append("The session's kernel was lost; the next call starts a new one.")
+            return RunOutcome(
+                execution, session_id=session.id, notes=notes,
+                notebook_uri=self.notebooks.uri(recording.path),
+                notebook_path=recording.path,
+            )
+
+        return await self.sessions.use(owner, session_id, in_session)
+
+    # -- sessions ----------------------------------------------------------------
+    async def create_session(self, *, owner: str | None, name: str | None = None) -> Session:
+        session = await self.sessions.create(owner, name)
+        assert session.kernel is not None
+        await self._recording(session, session.kernel)
+        return session
+
+    def session_notebook_uri(self, session_id: str) -> str | None:
+        recording = self._recordings.get(session_id)
+        return self.notebooks.uri(recording.path) if recording else None
+
+    async def _recording(self, session: Session, kernel: Kernel) -> Recording:
+        recording = self._recordings.get(session.id)
+        if recording is None:
+            recording = await asyncio.to_thread(
+                self.notebooks.new_recording, session.name, kernel.kernel_info
+            )
+            self._recordings[session.id] = recording
+        return recording
+
+    async def _session_closed(self, session: Session) -> None:
+        self._recordings.pop(session.id, None)
+
+    def session_recording(self, owner: str | None, session_id: str) -> Recording:
+        session = self.sessions.get(owner, session_id)
+        recording = self._recordings.get(session.id)
+        if recording is None:  # pragma: no cover - created with the session
+            raise InvalidArgument("this session has no recording yet")
+        return recording
+
+    async def export_notebook(
+        self, *, owner: str | None, session_id: str, name: str | None, overwrite: bool
+    ) -> tuple[Path, str, int]:
+        """Copy a session's notebook into the notebooks folder. Returns (path, uri, cells)."""
+        session = self.sessions.get(owner, session_id)
+        recording = self.session_recording(owner, session_id)
+        target = name or session.name
+        async with session.lock:  # not in the middle of a run's write
+            path = await asyncio.to_thread(
+                self.notebooks.export, recording, target, overwrite=overwrite
+            )
+        return path, self.notebooks.uri(path), recording.cells
+
+    # -- notebooks ---------------------------------------------------------------
+    async def run_notebook(
+        self,
+        notebook_path: str,
+        *,
+        owner: str | None,
+        parameters: dict[str, Any] | None = None,
+        session_id: str | None = None,
+        timeout: float | None = None,
+        allow_errors: bool = False,
+    ) -> NotebookOutcome:
+        """Execute a notebook from the projects folder; save the executed copy."""
+        project = self.read_file(notebook_path, suffixes=(".ipynb",))
+        nb = parse_notebook(project.source, project.relative)
+        nb = copy.deepcopy(nb)
+        if parameters:
+            if not isinstance(parameters, dict):
+                raise InvalidArgument("parameters must be an object of name: JSON value")
+            inject_parameters(nb, parameters)
+        cell_timeout = self.settings.clamp_timeout(timeout)
+        total = self.settings.notebook_timeout
+        grace = self.settings.interrupt_grace
+        stem = Path(project.relative).stem
+
+        async def execute(kernel: Kernel) -> NotebookRun:
+            run_nb = nb
+            if not session_id:
+                meta = notebook_for(kernel.kernel_info).metadata
+                run_nb.metadata.update(meta)
+            return await execute_notebook(
+                kernel, run_nb, cell_timeout=cell_timeout, total_timeout=total, grace=grace,
+                allow_errors=allow_errors,
+            )
+
+        notes: list[str] = []
+        if session_id is None:
+            kernel = await self.pool.acquire()
+            try:
+                run = await execute(kernel)
+            finally:
+                self._spawn(kernel.shutdown(now=True))
+        else:
+            async def in_session(session: Session, kernel: Kernel) -> NotebookRun:
+                if session.lost_state:
+                    notes.append(f"New kernel: {session.lost_state}.")
+                    session.lost_state = None
+                run = await execute(kernel)
+                # The session's own notebook records what ran in its kernel.
+                recording = await self._recording(session, kernel)
+                ran = {c.index for c in run.cells if c.status not in ("skipped", "not_run")}
+                for index in sorted(ran):
+                    recording.nb.cells.append(copy.deepcopy(run.nb.cells[index]))
+                await asyncio.to_thread(recording.save)
+                return run
+
+            run = await self.sessions.use(owner, session_id, in_session)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = await asyncio.to_thread(
+            self.notebooks.save_single, f"{stem}.executed-{stamp}", run.nb
+        )
+        return NotebookOutcome(
+            run=run, path=path, uri=self.notebooks.uri(path), source=project.relative,
+            session_id=session_id, notes=notes,
+        )
+

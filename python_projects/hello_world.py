@@ -1,0 +1,3 @@
+"""The smallest program: prints a greeting."""
+
+print("Hello, World!")
