@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -174,6 +175,8 @@ class LocalBackend:
         )
         try:
             await manager.start_kernel(
+                # A kernel's stray writes to fd 1 must never reach a stdio MCP stream.
+                stdout=subprocess.DEVNULL,
                 env=dict(self._env),
                 cwd=str(self.settings.projects_dir),
                 extra_arguments=list(KERNEL_ARGUMENTS),

@@ -118,4 +118,4 @@ class KernelPool:
     async def _discard(self, kernel: Kernel) -> None:
         self._live.discard(kernel)
         with contextlib.suppress(Exception):
-            await kernel.shutdown()
+            await kernel.shutdown(now=True)

@@ -101,7 +101,8 @@ class SessionRegistry:
             self._culler = None
         sessions = list(self._sessions.values())
         self._sessions.clear()
-        await asyncio.gather(*(self._end(s) for s in sessions),
+        # A server that stops loses every kernel's state anyway: kill, don't ask.
+        await asyncio.gather(*(self._end(s, now=True) for s in sessions),
                              return_exceptions=True)
 
     # -- the public operations -------------------------------------------------
@@ -217,14 +218,14 @@ class SessionRegistry:
         while len(self._gone) > _TOMBSTONES:
             self._gone.popitem(last=False)
 
-    async def _end(self, session: Session) -> None:
+    async def _end(self, session: Session, *, now: bool = False) -> None:
         kernel, session.kernel = session.kernel, None
         try:
             if self._on_close is not None:
                 await self._on_close(session)
         finally:
             if kernel is not None:
-                await kernel.shutdown()
+                await kernel.shutdown(now=now)
 
     async def _cull_forever(self) -> None:
         period = max(0.05, min(self.idle_timeout / 4, 30.0))

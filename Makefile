@@ -1,0 +1,39 @@
+# Two commands on a machine with only Python >= 3.10 and pip:
+#   make serve   set up .venv and start the server on http://127.0.0.1:8000 (/mcp and /sse)
+#   make test    set up .venv and run the whole test suite (lint included)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: serve test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Runtime plus the samples' matplotlib.
+$(VENV)/.serve: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[samples]'
+	touch $@
+
+# Runtime plus test tools (a superset of the serve set).
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.serve
+
+serve: $(VENV)/.serve
+	$(BIN)/kernel-mcp serve
+
+test: $(VENV)/.test
+	$(BIN)/ruff check kernel_mcp tests bench
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check kernel_mcp tests bench
+	$(BIN)/ruff format --check kernel_mcp tests bench
+
+bench: $(VENV)/.test
+	$(BIN)/python bench/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
