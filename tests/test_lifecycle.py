@@ -1,0 +1,129 @@
+"""Limits and lifecycle over real transports: culling, session cap, memory limit,
+and no process left behind after close, SIGTERM, SIGINT or a stdio client leaving."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    TRANSPORTS,
+    ServerProcess,
+    alive,
+    call,
+    client_for,
+    descendants_of,
+    kernel_processes,
+    running_server,
+    structured,
+    text_of,
+    wait_for,
+    wait_until,
+)
+
+pytestmark = pytest.mark.transport
+
+SPAWN_CHILD = (
+    "import subprocess, os\n"
+    "child = subprocess.Popen(['sleep', '300'])\n"
+    "print(os.getpid(), child.pid)"
+)
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp: Path = tmp_path_factory.mktemp("limited")
+    with running_server(tmp, KERNEL_MCP_SESSION_IDLE_TIMEOUT="1.5", KERNEL_MCP_MAX_SESSIONS="2",
+                        KERNEL_MCP_MEMORY_LIMIT_MB="1024", KERNEL_MCP_POOL_SIZE="1") as server:
+        yield server
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+async def test_idle_sessions_are_culled_and_say_when(limited, kind):
+    async with client_for(kind, limited) as client:
+        sid = structured(await call(client, "create_session"))["session_id"]
+        pid = int(structured(await call(
+            client, "run_code", code="import os; os.getpid()", session_id=sid
+        ))["result"])
+
+        async def culled() -> bool:
+            listed = structured(await call(client, "list_sessions"))["sessions"]
+            return sid not in {s["session_id"] for s in listed}
+
+        assert await wait_for(culled, timeout=20, interval=0.25)
+        result = await call(client, "run_code", code="1", session_id=sid)
+        assert result.is_error
+        assert "was culled at" in text_of(result)
+        assert "KERNEL_MCP_SESSION_IDLE_TIMEOUT" in text_of(result)
+        assert wait_until(lambda: not alive({pid}), timeout=15)  # culling ended the kernel
+
+
+@pytest.mark.parametrize("kind", ["mcp", "sse"])
+async def test_session_limit_is_a_clear_error(limited, kind):
+    async with client_for(kind, limited) as client:
+        first = structured(await call(client, "create_session"))["session_id"]
+        second = structured(await call(client, "create_session"))["session_id"]
+        try:
+            refused = await call(client, "create_session")
+            assert refused.is_error
+            assert "KERNEL_MCP_MAX_SESSIONS" in text_of(refused)
+        finally:
+            for sid in (first, second):
+                await call(client, "close_session", session_id=sid)
+
+
+@pytest.mark.parametrize("kind", ["mcp", "mcp-legacy", "sse", "stdio"])
+async def test_memory_limit_gives_memory_error_and_server_survives(limited, kind):
+    async with client_for(kind, limited) as client:
+        fresh = structured(await call(client, "run_code", code="x = bytearray(3 * 1024**3)"))
+        assert fresh["status"] in ("error", "kernel_died")
+        if fresh["status"] == "error":
+            assert fresh["error"]["ename"] == "MemoryError"
+        sid = structured(await call(client, "create_session"))["session_id"]
+        try:
+            await call(client, "run_code", code="small = 1", session_id=sid)
+            hog = structured(await call(client, "run_code", code="y = bytearray(3 * 1024**3)",
+                                        session_id=sid))
+            assert hog["status"] in ("error", "kernel_died")
+            after = structured(await call(client, "run_code", code="2 + 2", session_id=sid))
+            assert after["status"] == "ok" and after["result"] == "4"
+        finally:
+            await call(client, "close_session", session_id=sid)
+
+
+async def test_close_leaves_no_kernel_or_child_behind(limited):
+    async with client_for("mcp", limited) as client:
+        sid = structured(await call(client, "create_session"))["session_id"]
+        out = structured(await call(client, "run_code", code=SPAWN_CHILD, session_id=sid))
+        kernel_pid, child_pid = map(int, out["stdout"].split())
+        assert alive({kernel_pid, child_pid}) == {kernel_pid, child_pid}
+        await call(client, "close_session", session_id=sid)
+        assert wait_until(lambda: not alive({kernel_pid, child_pid}), timeout=15)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_server_stop_leaves_no_kernel_or_child_behind(tmp_path, sig):
+    with running_server(tmp_path, KERNEL_MCP_POOL_SIZE="2") as server:
+        async with client_for("mcp", server) as client:
+            sid = structured(await call(client, "create_session"))["session_id"]
+            out = structured(await call(client, "run_code", code=SPAWN_CHILD, session_id=sid))
+            fresh = structured(await call(client, "run_code", code=SPAWN_CHILD))
+        pids = {int(p) for p in out["stdout"].split() + fresh["stdout"].split()}
+        pids |= descendants_of(server.kernel_pids())
+        assert server.stop(sig) is not None
+        assert wait_until(lambda: not alive(pids), timeout=15), alive(pids)
+
+
+async def test_stdio_client_leaving_ends_every_kernel(tmp_path):
+    with running_server(tmp_path, KERNEL_MCP_POOL_SIZE="1") as server:
+        before = {p.pid for p in kernel_processes()}
+        async with client_for("stdio", server) as client:
+            sid = structured(await call(client, "create_session"))["session_id"]
+            out = structured(await call(client, "run_code", code=SPAWN_CHILD, session_id=sid))
+            started = {p.pid for p in kernel_processes()} - before
+        pids = started | {int(p) for p in out["stdout"].split()}
+        assert pids
+        assert wait_until(lambda: not alive(pids), timeout=15), alive(pids)
