@@ -141,6 +141,19 @@ class Recording:
         return len(self.nb.cells)
 
 
+def _claim(folder: Path, stem: str) -> Path:
+    """Create an empty ``<stem>[-N].ipynb`` that nobody else has; O_EXCL settles races."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = folder / (f"{stem}.ipynb" if n == 1 else f"{stem}-{n}.ipynb")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return path
+        except FileExistsError:
+            n += 1
+
+
 class NotebookStore:
     """The notebooks folder: session recordings under ``sessions/``, exports at the top."""
 
@@ -154,12 +167,7 @@ class NotebookStore:
 
     def new_recording(self, name: str, kernel_info: dict[str, Any]) -> Recording:
         """A recording for a session; never reuses a file an earlier session left."""
-        folder = self.root / SESSIONS
-        path = folder / f"{name}.ipynb"
-        n = 2
-        while path.exists():
-            path = folder / f"{name}-{n}.ipynb"
-            n += 1
+        path = _claim(self.root / SESSIONS, name)
         recording = Recording(path=path, nb=notebook_for(kernel_info))
         recording.save()
         return recording
@@ -183,12 +191,7 @@ class NotebookStore:
 
     def save_single(self, stem: str, nb: NotebookNode) -> Path:
         """Write a one-off notebook under ``runs/`` with a unique name."""
-        folder = self.root / "runs"
-        path = folder / f"{stem}.ipynb"
-        n = 2
-        while path.exists():
-            path = folder / f"{stem}-{n}.ipynb"
-            n += 1
+        path = _claim(self.root / "runs", stem)
         write_atomically(path, nb)
         return path
 

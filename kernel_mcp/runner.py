@@ -207,6 +207,7 @@ class Runner:
                 nb.cells.append(code_cell(record_as, execution, tool))
                 path = await asyncio.to_thread(self.notebooks.save_single, stem, nb)
                 outcome.notebook_path, outcome.notebook_uri = path, self.notebooks.uri(path)
+                outcome.notes.append(f"Saved as {path} ({outcome.notebook_uri}).")
             return outcome
 
         async def in_session(session: Session, kernel: Kernel) -> RunOutcome:
