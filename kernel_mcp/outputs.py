@@ -201,6 +201,10 @@ class OutputCollector:
         else:
             stream.tail = raw
         if len(stream.tail) > cap // 2:
+            # A line erased by a later '\r' (a progress bar) is erased whatever follows:
+            # drop it now. Only a trailing '\r' run may still become part of '\r\n'.
+            stream.tail = stream.tail[stream.tail.rstrip("\r").rfind("\r") + 1 :]
+        if len(stream.tail) > cap // 2:
             # A flood with no newline: settle it now so the tail stays bounded.
             finished = apply_control_chars(stream.tail)
             stream.done.append(finished)

@@ -70,13 +70,19 @@ def read_project_file(
         raise _refuse("empty_name", shown, "a file name is required")
     if "\x00" in name:
         raise _refuse("nul_byte", shown.replace("\x00", "\\x00"), "the name contains a NUL byte")
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        raise _refuse("unencodable_name", shown, "the name is not valid file-system text") from None
 
     real_root = os.path.realpath(root)
     given = Path(name)
     lexical = os.path.normpath(given if given.is_absolute() else Path(real_root) / given)
     if not _inside(real_root, lexical) and not _inside(os.path.normpath(root), lexical):
         if given.is_absolute():
-            raise _refuse("outside_projects_dir", shown, "absolute path outside the projects folder")
+            raise _refuse(
+                "outside_projects_dir", shown, "absolute path outside the projects folder"
+            )
         raise _refuse("path_traversal", shown, "'..' leads out of the projects folder")
 
     real = os.path.realpath(lexical)
@@ -105,7 +111,9 @@ def read_project_file(
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             raise FileNotFound(f"No file {shown!r} in the projects folder.") from None
-        raise _refuse("changed_during_check", shown, "the file changed while being checked") from None
+        raise _refuse(
+            "changed_during_check", shown, "the file changed while being checked"
+        ) from None
     try:
         opened = os.fstat(fd)
         if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
@@ -164,7 +172,7 @@ def list_project_files(root: Path, pattern: str = "**/*.py") -> list[str]:
 
 def validate_name(name: str) -> str:
     """A session or notebook name: 1-64 letters, digits, '-', '_', '.'; never a path."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise InvalidArgument(
             f"Invalid name {str(name)[:80]!r}: use 1-64 letters, digits, '-', '_' or '.', "
             "starting with a letter or digit."

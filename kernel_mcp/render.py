@@ -172,13 +172,6 @@ def render(
             f"{limits.max_image_bytes} bytes each."
         )
 
-    error = None
-    if execution.error is not None:
-        error = ErrorInfo(
-            ename=str(execution.error.get("ename", "")),
-            evalue=str(execution.error.get("evalue", "")),
-            traceback=strip_ansi("\n".join(execution.error.get("traceback", []))),
-        )
     if execution.dropped_chars or execution.dropped_outputs:
         notes.append(
             f"Output over the kernel-side cap was not kept: {execution.dropped_chars} characters"
@@ -200,12 +193,15 @@ def render(
         stderr, cut_err = _cut(stderr_full, stream_limit)
         display_text = [(m, _cut(strip_ansi(t), stream_limit)[0]) for m, t in displays]
         result_text = _cut(strip_ansi(result), stream_limit)[0] if result is not None else None
+        error, cut_error = _error_info(execution.error, stream_limit)
         cut_notes = []
         if cut_out:
             cut_notes.append(f"stdout: {cut_out} characters cut from the middle.")
         if cut_err:
             cut_notes.append(f"stderr: {cut_err} characters cut from the middle.")
-        if (cut_out or cut_err or truncated) and notebook:
+        if cut_error:
+            cut_notes.append(f"error: {cut_error} characters cut from the middle.")
+        if (cut_out or cut_err or cut_error or truncated) and notebook:
             cut_notes.append(f"The full output is in the notebook {notebook}.")
         report = RunReport(
             status=execution.status,
@@ -214,7 +210,7 @@ def render(
             result=result_text,
             error=error,
             images=len(images),
-            truncated=bool(truncated or cut_out or cut_err),
+            truncated=bool(truncated or cut_out or cut_err or cut_error),
             duration_s=execution.duration_s,
             execution_count=execution.execution_count,
             mime_types=mime_types,
@@ -225,7 +221,11 @@ def render(
             notes=notes + cut_notes,
         )
         text = _text_block(report, display_text)
-        size = len(text) + len(report.model_dump_json()) + sum(len(i.data) for i in images)
+        size = (
+            len(text.encode("utf-8"))
+            + len(report.model_dump_json().encode("utf-8"))
+            + sum(len(i.data) for i in images)
+        )
         if size <= limits.max_reply_bytes:
             break
         if images:
@@ -234,11 +234,21 @@ def render(
             if not any(n.startswith("Images dropped") for n in notes):
                 notes.append("Images dropped to keep the reply under KERNEL_MCP_MAX_REPLY_BYTES.")
             continue
-        if stream_limit <= 256:
+        if stream_limit == 0:
             break
         stream_limit //= 2
         truncated = True
     return Reply(text=text, images=images, report=report, is_error=execution.status != "ok")
+
+
+def _error_info(error: dict[str, Any] | None, limit: int) -> tuple[ErrorInfo | None, int]:
+    """The error as shown in a reply, evalue and traceback cut like a stream."""
+    if error is None:
+        return None, 0
+    evalue, cut_value = _cut(str(error.get("evalue", "")), limit)
+    traceback, cut_tb = _cut(strip_ansi("\n".join(error.get("traceback", []))), limit)
+    info = ErrorInfo(ename=str(error.get("ename", "")), evalue=evalue, traceback=traceback)
+    return info, cut_value + cut_tb
 
 
 def _text_block(report: RunReport, displays: list[tuple[list[str], str]]) -> str:

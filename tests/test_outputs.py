@@ -1,0 +1,556 @@
+"""IOPub messages in, nbformat outputs out: the collector fed scripted messages.
+
+Messages are shaped like the ones a Jupyter kernel sends (header, parent
+header, content); the expected outputs are what JupyterLab would show and
+what a notebook would store.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernel_mcp.outputs import (
+    OutputCollector,
+    OutputLimits,
+    apply_control_chars,
+    output_size,
+    strip_ansi,
+)
+
+_ids = itertools.count()
+
+
+def message(msg_type: str, **content: Any) -> dict[str, Any]:
+    """An IOPub message as jupyter_client delivers it (parent = our request)."""
+    return {
+        "header": {"msg_type": msg_type, "msg_id": f"msg-{next(_ids)}", "session": "s"},
+        "parent_header": {"msg_type": "execute_request", "msg_id": "req-1"},
+        "metadata": {},
+        "content": content,
+    }
+
+
+def stream(text: str, name: str = "stdout") -> dict[str, Any]:
+    return message("stream", name=name, text=text)
+
+
+def display(data: dict[str, Any], display_id: str | None = None) -> dict[str, Any]:
+    transient = {"display_id": display_id} if display_id else {}
+    return message("display_data", data=data, metadata={}, transient=transient)
+
+
+def update(data: dict[str, Any], display_id: str) -> dict[str, Any]:
+    return message(
+        "update_display_data", data=data, metadata={}, transient={"display_id": display_id}
+    )
+
+
+def clear(wait: bool) -> dict[str, Any]:
+    return message("clear_output", wait=wait)
+
+
+def collect(*messages: dict[str, Any], limits: OutputLimits | None = None) -> OutputCollector:
+    collector = OutputCollector(limits)
+    for msg in messages:
+        collector.feed(msg)
+    return collector
+
+
+def texts(collector: OutputCollector) -> list[tuple[str, str]]:
+    """(name, text) of each stream output, in order."""
+    return [(o["name"], o["text"]) for o in collector.outputs if o["output_type"] == "stream"]
+
+
+def kept_chars(collector: OutputCollector) -> int:
+    return sum(output_size(o) for o in collector.outputs)
+
+
+# --- control characters ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("plain\n", "plain\n"),
+        ("abc\rde\n", "de\n"),
+        ("abc\r\n", "abc\n"),
+        ("a\r\nb\r\n", "a\nb\n"),
+        ("a\r\r\nb", "a\nb"),
+        ("1%\r2%\r3%\ndone\n", "3%\ndone\n"),
+        ("keep\nabc\rxy", "keep\nxy"),
+        ("abc\r", ""),
+        ("ab\bc", "ac"),
+        ("ab\b\b", ""),
+        ("abc\b\bX", "aX"),
+        ("\b\ba", "a"),
+        ("line\n\bnext", "line\nnext"),
+        ("ab\r\bc", "c"),
+        ("", ""),
+    ],
+)
+def test_apply_control_chars(raw: str, shown: str) -> None:
+    assert apply_control_chars(raw) == shown
+
+
+@pytest.mark.parametrize(
+    ("raw", "plain"),
+    [
+        ("\x1b[31mred\x1b[0m", "red"),
+        ("\x1b[1;32;40mbold\x1b[m text", "bold text"),
+        ("\x1b[2K\x1b[1Gprogress", "progress"),
+        ("\x1b]0;window title\x07after", "after"),
+        ("\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\", "link"),
+        ("no escapes [31m here", "no escapes [31m here"),
+    ],
+)
+def test_strip_ansi(raw: str, plain: str) -> None:
+    assert strip_ansi(raw) == plain
+
+
+# --- streams ---------------------------------------------------------------------
+
+
+def test_stream_messages_merge_into_one_output() -> None:
+    collector = collect(stream("a"), stream("b\n"), stream("c"))
+    assert collector.outputs == [{"output_type": "stream", "name": "stdout", "text": "ab\nc"}]
+
+
+def test_carriage_return_erases_the_line_so_far() -> None:
+    assert texts(collect(stream("abc\rde\n"))) == [("stdout", "de\n")]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        ["abc\r", "de\n"],
+        ["abc", "\rde\n"],
+        ["abc", "\r", "de", "\n"],
+        ["a", "b", "c", "\r", "d", "e", "\n"],
+    ],
+)
+def test_carriage_return_across_messages(chunks: list[str]) -> None:
+    assert texts(collect(*map(stream, chunks))) == [("stdout", "de\n")]
+
+
+@pytest.mark.parametrize("chunks", [["abc\r\n"], ["abc\r", "\n"], ["abc", "\r", "\n"]])
+def test_crlf_is_a_newline_even_split(chunks: list[str]) -> None:
+    assert texts(collect(*map(stream, chunks))) == [("stdout", "abc\n")]
+
+
+def test_backspace_across_messages() -> None:
+    assert texts(collect(stream("ab"), stream("\bc\n"))) == [("stdout", "ac\n")]
+
+
+def test_progress_bar_keeps_only_its_last_state() -> None:
+    chunks = [f"\r{pct:3d}%" for pct in range(0, 101, 10)] + ["\n", "finished\n"]
+    assert texts(collect(*map(stream, chunks))) == [("stdout", "100%\nfinished\n")]
+
+
+def test_stdout_and_stderr_interleaved_stay_separate_and_ordered() -> None:
+    collector = collect(
+        stream("1\n"),
+        stream("2\n"),
+        stream("E1\n", "stderr"),
+        stream("3\n"),
+        stream("E2\n", "stderr"),
+        stream("E3\n", "stderr"),
+    )
+    assert texts(collector) == [
+        ("stdout", "1\n2\n"),
+        ("stderr", "E1\n"),
+        ("stdout", "3\n"),
+        ("stderr", "E2\nE3\n"),
+    ]
+
+
+def test_stream_after_a_display_starts_a_new_output() -> None:
+    collector = collect(stream("before\n"), display({"text/plain": "D"}), stream("after\n"))
+    assert [o["output_type"] for o in collector.outputs] == ["stream", "display_data", "stream"]
+    assert texts(collector) == [("stdout", "before\n"), ("stdout", "after\n")]
+
+
+def test_reading_outputs_is_repeatable_and_feeding_may_continue() -> None:
+    collector = collect(stream("abc\rx"))
+    first = [dict(o) for o in collector.outputs]
+    assert first == [dict(o) for o in collector.outputs]
+    assert texts(collector) == [("stdout", "x")]
+    collector.feed(stream("y\n"))
+    assert texts(collector) == [("stdout", "xy\n")]
+
+
+# --- clear_output ----------------------------------------------------------------
+
+
+def test_clear_output_now_clears_at_once() -> None:
+    collector = collect(stream("old\n"), display({"text/plain": "old"}), clear(wait=False))
+    assert collector.outputs == []
+    collector.feed(stream("new\n"))
+    assert texts(collector) == [("stdout", "new\n")]
+
+
+def test_clear_output_wait_clears_when_the_next_output_arrives() -> None:
+    collector = collect(stream("old\n"), clear(wait=True))
+    assert texts(collector) == [("stdout", "old\n")]
+    collector.feed(stream("new\n"))
+    assert texts(collector) == [("stdout", "new\n")]
+
+
+@pytest.mark.parametrize(
+    "next_output",
+    [
+        pytest.param(display({"text/plain": "new"}), id="display_data"),
+        pytest.param(
+            message("execute_result", data={"text/plain": "new"}, metadata={}, execution_count=1),
+            id="execute_result",
+        ),
+        pytest.param(message("error", ename="E", evalue="new", traceback=[]), id="error"),
+    ],
+)
+def test_clear_output_wait_is_flushed_by_any_output(next_output: dict[str, Any]) -> None:
+    collector = collect(stream("old\n"), display({"text/plain": "old"}), clear(wait=True))
+    assert len(collector.outputs) == 2
+    collector.feed(next_output)
+    assert len(collector.outputs) == 1
+    assert collector.outputs[0]["output_type"] == next_output["header"]["msg_type"]
+
+
+def test_clear_output_wait_without_a_next_output_clears_nothing() -> None:
+    idle = message("status", execution_state="idle")
+    collector = collect(stream("kept\n"), clear(wait=True), idle)
+    assert texts(collector) == [("stdout", "kept\n")]
+
+
+def test_clear_output_wait_happens_once() -> None:
+    collector = collect(stream("a\n"), clear(wait=True), stream("b\n"), stream("c\n"))
+    assert texts(collector) == [("stdout", "b\nc\n")]
+
+
+def test_animation_with_clear_wait_keeps_the_last_frame() -> None:
+    frames = []
+    for i in range(5):
+        frames += [clear(wait=True), display({"text/plain": f"frame {i}"})]
+    collector = collect(*frames)
+    assert [o["data"]["text/plain"] for o in collector.outputs] == ["frame 4"]
+
+
+# --- displays --------------------------------------------------------------------
+
+
+def test_update_display_data_updates_every_output_with_that_id() -> None:
+    collector = collect(
+        display({"text/plain": "p0"}, "p"),
+        display({"text/plain": "q0"}, "q"),
+        display({"text/plain": "plain"}),
+        display({"text/plain": "p0 again"}, "p"),
+        update({"text/plain": "p1", "text/html": "<b>p1</b>"}, "p"),
+    )
+    assert [o["data"] for o in collector.outputs] == [
+        {"text/plain": "p1", "text/html": "<b>p1</b>"},
+        {"text/plain": "q0"},
+        {"text/plain": "plain"},
+        {"text/plain": "p1", "text/html": "<b>p1</b>"},
+    ]
+
+
+def test_update_display_data_for_an_unknown_id_changes_nothing() -> None:
+    collector = collect(display({"text/plain": "p0"}, "p"), update({"text/plain": "x"}, "zzz"))
+    assert [o["data"] for o in collector.outputs] == [{"text/plain": "p0"}]
+
+
+def test_update_display_data_is_not_a_new_output() -> None:
+    collector = collect(display({"text/plain": "p0"}, "p"), update({"text/plain": "p1"}, "p"))
+    assert len(collector.outputs) == 1
+
+
+def test_update_after_clear_does_not_bring_the_output_back() -> None:
+    collector = collect(
+        display({"text/plain": "p0"}, "p"), clear(wait=False), update({"text/plain": "p1"}, "p")
+    )
+    assert collector.outputs == []
+
+
+def test_display_data_keeps_data_and_metadata() -> None:
+    msg = message(
+        "display_data",
+        data={"text/plain": "<Figure>", "image/png": "iVBORw0KGgo="},
+        metadata={"image/png": {"width": 10}},
+        transient={},
+    )
+    (output,) = collect(msg).outputs
+    assert output == {
+        "output_type": "display_data",
+        "data": {"text/plain": "<Figure>", "image/png": "iVBORw0KGgo="},
+        "metadata": {"image/png": {"width": 10}},
+    }
+
+
+# --- results and errors --------------------------------------------------------------
+
+
+def test_execute_input_and_execute_result_set_the_execution_count() -> None:
+    collector = collect(message("execute_input", code="1+1", execution_count=7))
+    assert collector.execution_count == 7
+    collector.feed(
+        message("execute_result", data={"text/plain": "2"}, metadata={}, execution_count=7)
+    )
+    assert collector.execution_count == 7
+    assert collector.outputs == [
+        {
+            "output_type": "execute_result",
+            "data": {"text/plain": "2"},
+            "metadata": {},
+            "execution_count": 7,
+        }
+    ]
+
+
+def test_execute_result_alone_sets_the_execution_count() -> None:
+    collector = collect(
+        message("execute_result", data={"text/plain": "2"}, metadata={}, execution_count=3)
+    )
+    assert collector.execution_count == 3
+
+
+def test_error_is_recorded_and_kept_as_an_output() -> None:
+    traceback = ["\x1b[31mTraceback\x1b[0m", "ZeroDivisionError: division by zero"]
+    collector = collect(
+        stream("before\n"),
+        message("error", ename="ZeroDivisionError", evalue="division by zero", traceback=traceback),
+    )
+    assert collector.error is not None
+    assert collector.error["ename"] == "ZeroDivisionError"
+    assert collector.error["evalue"] == "division by zero"
+    assert collector.error["traceback"] == traceback
+    assert [o["output_type"] for o in collector.outputs] == ["stream", "error"]
+    assert collector.outputs[-1] == collector.error
+
+
+def test_no_error_means_error_is_none() -> None:
+    assert collect(stream("fine\n")).error is None
+
+
+def test_status_and_unknown_messages_are_ignored() -> None:
+    collector = collect(
+        message("status", execution_state="busy"),
+        message("comm_open", comm_id="c", target_name="t", data={}),
+        message("execute_input", code="x", execution_count=1),
+        message("status", execution_state="idle"),
+    )
+    assert collector.outputs == []
+    assert collector.error is None
+    assert not collector.truncated
+
+
+# --- caps ------------------------------------------------------------------------
+
+
+def test_stream_over_the_cap_keeps_exactly_the_cap_in_one_message() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=10)
+    collector = collect(stream("x" * 1500), limits=limits)
+    assert texts(collector) == [("stdout", "x" * 1000)]
+    assert collector.dropped_chars == 500
+    assert collector.truncated
+
+
+def test_stream_over_the_cap_keeps_exactly_the_cap_over_many_messages() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=10)
+    line = "0123456789abcdefghi\n"  # 20 characters
+    collector = collect(*[stream(line)] * 80, limits=limits)
+    ((_, text),) = texts(collector)
+    assert text == line * 50
+    assert collector.dropped_chars == 30 * len(line)
+
+
+def test_stream_at_the_cap_drops_nothing() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=10)
+    collector = collect(stream("y" * 999 + "\n"), limits=limits)
+    assert texts(collector) == [("stdout", "y" * 999 + "\n")]
+    assert collector.dropped_chars == 0
+    assert not collector.truncated
+
+
+def test_each_stream_output_has_its_own_cap() -> None:
+    limits = OutputLimits(max_output_bytes=100, max_outputs=10)
+    collector = collect(stream("o" * 150), stream("e" * 150, "stderr"), limits=limits)
+    assert texts(collector) == [("stdout", "o" * 100), ("stderr", "e" * 100)]
+    assert collector.dropped_chars == 100
+
+
+def test_outputs_beyond_max_outputs_are_counted_not_kept() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=3)
+    collector = collect(*[display({"text/plain": f"d{i}"}) for i in range(5)], limits=limits)
+    assert [o["data"]["text/plain"] for o in collector.outputs] == ["d0", "d1", "d2"]
+    assert collector.dropped_outputs == 2
+    assert collector.dropped_chars == 4  # "d3" and "d4"
+    assert collector.truncated
+
+
+def test_streams_beyond_max_outputs_are_counted_not_kept() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=2)
+    collector = collect(
+        stream("a\n"), stream("b\n", "stderr"), stream("c\n"), stream("d\n"), limits=limits
+    )
+    assert texts(collector) == [("stdout", "a\n"), ("stderr", "b\n")]
+    assert collector.dropped_outputs == 2
+    assert collector.dropped_chars == 4
+
+
+def test_display_over_the_cap_is_replaced_by_a_notice() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=10)
+    big = {"text/plain": "p" * 600, "text/html": "h" * 600}
+    collector = collect(display(big), limits=limits)
+    (output,) = collector.outputs
+    notice = output["data"]["text/plain"]
+    assert list(output["data"]) == ["text/plain"]
+    assert output["metadata"] == {}
+    assert "1200 characters" in notice
+    assert "text/html, text/plain" in notice
+    assert "p" * 50 not in notice
+    assert collector.dropped_chars == 1200
+    assert collector.truncated
+
+
+def test_update_over_the_cap_is_replaced_by_a_notice() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=10)
+    collector = collect(
+        display({"text/plain": "small"}, "p"),
+        update({"text/plain": "u" * 5000}, "p"),
+        limits=limits,
+    )
+    (output,) = collector.outputs
+    assert "5000 characters" in output["data"]["text/plain"]
+    assert collector.dropped_chars == 5000
+
+
+def test_error_beyond_max_outputs_is_still_reported() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=1)
+    collector = collect(
+        stream("fills the only slot\n"),
+        message("error", ename="KeyError", evalue="'k'", traceback=["KeyError: 'k'"]),
+        limits=limits,
+    )
+    assert collector.error is not None
+    assert collector.error["ename"] == "KeyError"
+    assert [o["output_type"] for o in collector.outputs] == ["stream"]
+    assert collector.dropped_outputs == 1
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        pytest.param(("y" * 99 + "\n") * 1000, id="lines"),
+        pytest.param("z" * 100_000, id="no_newline"),
+    ],
+)
+def test_flood_keeps_memory_bounded(chunk: str) -> None:
+    cap = 1024 * 1024
+    assert len(chunk) == 100_000
+    collector = OutputCollector(OutputLimits(max_output_bytes=cap, max_outputs=1000))
+    for _ in range(2000):
+        collector.feed(stream(chunk))
+    assert len(collector.outputs) == 1
+    assert kept_chars(collector) == cap
+    assert collector.dropped_chars == 2000 * len(chunk) - cap
+    assert collector.outputs[0]["text"] == (chunk * 11)[:cap]
+
+
+def test_progress_bar_flood_keeps_only_its_last_state() -> None:
+    # Text erased by '\r' is neither kept nor counted as dropped, however long the
+    # line grows before its newline.
+    cap = 1024 * 1024
+    collector = OutputCollector(OutputLimits(max_output_bytes=cap, max_outputs=1000))
+    chunk = ("\r" + "w" * 99) * 1000
+    for _ in range(2000):
+        collector.feed(stream(chunk))
+    collector.feed(stream("\r" + "done", "stdout"))
+    collector.feed(stream("\n"))
+    assert texts(collector) == [("stdout", "done\n")]
+    assert not collector.truncated
+
+
+def test_progress_bar_under_a_small_cap() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=10)
+    chunks = [f"\r{i:3d}%" + "." * 96 for i in range(30)] + ["\n"]
+    collector = collect(*map(stream, chunks), limits=limits)
+    assert texts(collector) == [("stdout", " 29%" + "." * 96 + "\n")]
+    assert collector.dropped_chars == 0
+
+
+def test_flood_of_alternating_streams_is_bounded_by_max_outputs() -> None:
+    cap, max_outputs = 10_000, 50
+    collector = OutputCollector(OutputLimits(max_output_bytes=cap, max_outputs=max_outputs))
+    for i in range(2000):
+        collector.feed(stream("v" * 20_000, "stderr" if i % 2 else "stdout"))
+    assert len(collector.outputs) == max_outputs
+    assert kept_chars(collector) == cap * max_outputs
+    # A message that continues the last stream is not a new output; only the
+    # other stream's messages would have been.
+    assert collector.dropped_outputs == (2000 - max_outputs) // 2
+    assert collector.dropped_chars == 2000 * 20_000 - cap * max_outputs
+
+
+# --- latest_line -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chunks", "latest"),
+    [
+        (["a\nb\n"], "b"),
+        (["first\n", "second"], "second"),
+        (["x\n\n\n"], "x"),
+        (["x\n", "\n"], "x"),
+        (["step 1\r", "step 2\r"], "step 2"),
+        (["ab\rcd"], "cd"),
+        (["\x1b[32mgreen\x1b[0m\n"], "green"),
+        ([], ""),
+    ],
+)
+def test_latest_line_is_the_last_non_empty_line(chunks: list[str], latest: str) -> None:
+    assert collect(*map(stream, chunks)).latest_line == latest
+
+
+def test_latest_line_follows_whichever_stream_wrote_last() -> None:
+    collector = collect(stream("out\n"), stream("err\n", "stderr"))
+    assert collector.latest_line == "err"
+    collector.feed(stream("out again\n"))
+    assert collector.latest_line == "out again"
+
+
+def test_latest_line_is_at_most_200_characters() -> None:
+    collector = collect(stream("L" * 1000 + "\n"))
+    assert collector.latest_line == "L" * 200
+
+
+# --- property: chunking does not change the text ------------------------------------
+
+CONTROL_TEXT = st.text(alphabet=["a", "b", "\n", "\r", "\b"], max_size=60)
+
+
+@given(text=CONTROL_TEXT, data=st.data())
+def test_any_chunking_gives_the_same_text_as_one_message(text: str, data: st.DataObject) -> None:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=10)))
+    chunks = [text[start:end] for start, end in itertools.pairwise([0, *cuts, len(text)])]
+    assert "".join(chunks) == text
+    whole = collect(stream(text))
+    pieces = collect(*map(stream, chunks))
+    assert pieces.outputs == whole.outputs
+    if text:
+        assert whole.outputs[0]["text"] == apply_control_chars(text)
+
+
+@given(
+    chunks=st.lists(st.text(alphabet=["a", "\n", "\r", "\b"], max_size=40), max_size=30),
+    cap=st.integers(1, 64),
+)
+def test_a_stream_never_keeps_more_than_the_cap(chunks: list[str], cap: int) -> None:
+    collector = collect(*map(stream, chunks), limits=OutputLimits(max_output_bytes=cap))
+    for _, text in texts(collector):
+        assert len(text) <= cap
+    kept = sum(len(text) for _, text in texts(collector))
+    fed = sum(map(len, chunks))
+    assert kept + collector.dropped_chars <= fed
