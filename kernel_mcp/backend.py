@@ -186,7 +186,9 @@ class LocalBackend:
                 await manager.shutdown_kernel(now=True)
             if not isinstance(exc, Exception):
                 raise
-            raise KernelStartFailed(f"could not start kernel {self.settings.kernel_name!r}: {exc}") from exc
+            raise KernelStartFailed(
+                f"could not start kernel {self.settings.kernel_name!r}: {exc}"
+            ) from exc
         process = LocalProcess(manager)
         self._limit_memory(process.pid)
         client = manager.client()

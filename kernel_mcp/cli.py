@@ -35,21 +35,36 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (KERNEL_MCP_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (KERNEL_MCP_PORT, default 8000)")
     serve.add_argument("--stdio", action="store_true", help="serve one client on stdin/stdout")
-    serve.add_argument("--insecure", action="store_true", default=None,
-                       help="allow a non-loopback bind without KERNEL_MCP_TOKEN")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback bind without KERNEL_MCP_TOKEN",
+    )
     _add_common(serve)
     serve.add_argument("--pool-size", type=int, help="warm kernels (KERNEL_MCP_POOL_SIZE)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
     run = sub.add_parser("run", help="run a .py file or .ipynb notebook and print its outputs")
     run.add_argument("file", help="path inside the projects folder (or relative to it)")
-    run.add_argument("--server", help="URL of a running server (…/mcp or …/sse); "
-                     "default: an in-process server")
+    run.add_argument(
+        "--server", help="URL of a running server (…/mcp or …/sse); default: an in-process server"
+    )
     run.add_argument("--timeout", type=float, help="seconds (PYTHON_TIMEOUT)")
-    run.add_argument("--images-dir", type=Path, default=Path("kernel-mcp-images"),
-                     help="where figures are saved (default ./kernel-mcp-images)")
-    run.add_argument("--parameter", "-p", action="append", default=[], metavar="NAME=JSON",
-                     help="notebook parameter, e.g. -p n=3 (notebooks only)")
+    run.add_argument(
+        "--images-dir",
+        type=Path,
+        default=Path("kernel-mcp-images"),
+        help="where figures are saved (default ./kernel-mcp-images)",
+    )
+    run.add_argument(
+        "--parameter",
+        "-p",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="notebook parameter, e.g. -p n=3 (notebooks only)",
+    )
     _add_common(run, timeout=False)
 
     tools = sub.add_parser("tools", help="list the server's tools")
@@ -97,11 +112,18 @@ def main_entry() -> None:  # pragma: no cover - console script
 # -- serve ----------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(
-        args, host=args.host, port=args.port, insecure=args.insecure,
-        timeout=args.timeout, pool_size=args.pool_size,
+        args,
+        host=args.host,
+        port=args.port,
+        insecure=args.insecure,
+        timeout=args.timeout,
+        pool_size=args.pool_size,
     )
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from kernel_mcp import server
 
     if args.stdio:
@@ -119,11 +141,18 @@ def _serve(args: argparse.Namespace) -> int:
         f"kernel-mcp {__version__}: http://{settings.host}:{settings.port}/mcp "
         f"(streamable HTTP) and /sse (SSE); projects: {settings.projects_dir}; "
         f"auth: {'bearer token' if settings.tokens else 'none'}",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
     uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
-                       log_level=args.log_level, timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            lifespan="on",
+            log_level=args.log_level,
+            timeout_graceful_shutdown=5,
+        )
     ).run()
     return 0
 
@@ -176,8 +205,7 @@ async def _run(args: argparse.Namespace) -> int:
             arguments = {"file_name": target}
         if args.timeout is not None:
             arguments["timeout"] = args.timeout
-        result = await client.call_tool_mcp("run_notebook" if notebook else "run_python",
-                                            arguments)
+        result = await client.call_tool_mcp("run_notebook" if notebook else "run_python", arguments)
         saved = 0
         for block in result.content:
             if block.type == "text":

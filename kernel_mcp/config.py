@@ -126,10 +126,14 @@ class Settings(BaseSettings):
         description="Variables passed to kernels even though their names look secret.",
     )
 
-    # --- sessions -----------------------------------------------------------
-    max_sessions: int = Field(
-        32, validation_alias=_env("KERNEL_MCP_MAX_SESSIONS", "max_sessions")
+    max_fresh_runs: int = Field(
+        8,
+        validation_alias=_env("KERNEL_MCP_MAX_FRESH_RUNS", "max_fresh_runs"),
+        description="Session-less runs at once; more wait their turn (each is a kernel).",
     )
+
+    # --- sessions -----------------------------------------------------------
+    max_sessions: int = Field(32, validation_alias=_env("KERNEL_MCP_MAX_SESSIONS", "max_sessions"))
     session_idle_timeout: float = Field(
         3600.0,
         validation_alias=_env("KERNEL_MCP_SESSION_IDLE_TIMEOUT", "session_idle_timeout"),
@@ -192,8 +196,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "max_file_bytes", "max_stream_chars", "max_image_bytes", "max_reply_bytes",
-        "max_output_bytes", "max_sessions",
+        "max_file_bytes",
+        "max_stream_chars",
+        "max_image_bytes",
+        "max_reply_bytes",
+        "max_output_bytes",
+        "max_sessions",
+        "max_fresh_runs",
     )
     @classmethod
     def _positive_int(cls, value: int) -> int:

@@ -49,9 +49,15 @@ PROGRESS_INTERVAL = 1.0
 class KernelClient(Protocol):
     """The part of jupyter_client's ``AsyncKernelClient`` this module uses."""
 
-    def execute(self, code: str, silent: bool = ..., store_history: bool = ...,
-                user_expressions: dict[str, Any] | None = ..., allow_stdin: bool | None = ...,
-                stop_on_error: bool = ...) -> str: ...
+    def execute(
+        self,
+        code: str,
+        silent: bool = ...,
+        store_history: bool = ...,
+        user_expressions: dict[str, Any] | None = ...,
+        allow_stdin: bool | None = ...,
+        stop_on_error: bool = ...,
+    ) -> str: ...
     async def get_iopub_msg(self, timeout: float | None = ...) -> dict[str, Any]: ...
     async def get_shell_msg(self, timeout: float | None = ...) -> dict[str, Any]: ...
     def stop_channels(self) -> None: ...
@@ -67,10 +73,13 @@ class KernelProcess(Protocol):
     async def interrupt(self) -> None: ...
     async def kill(self) -> None:
         """Stop at once, with every process the kernel started."""
+
     async def shutdown(self) -> None:
         """Ask politely, then end the whole process group."""
+
     def exit_description(self) -> str:
         """How the kernel ended, e.g. 'exit code 3' or 'signal SIGKILL'."""
+
     def rss_bytes(self) -> int | None: ...
 
 
@@ -160,7 +169,10 @@ class Kernel:
         started_at = datetime.now(timezone.utc)
         start = time.monotonic()
         msg_id = self.client.execute(
-            code, silent=False, store_history=store_history, allow_stdin=False,
+            code,
+            silent=False,
+            store_history=store_history,
+            allow_stdin=False,
             stop_on_error=False,
         )
         waiters = _Waiters(
@@ -176,7 +188,10 @@ class Kernel:
             if outcome == _Outcome.COMPLETE:
                 if collector.error is None:
                     status = "ok"
-                elif self._interrupt_requested and collector.error.get("ename") == "KeyboardInterrupt":
+                elif (
+                    self._interrupt_requested
+                    and collector.error.get("ename") == "KeyboardInterrupt"
+                ):
                     status = "interrupted"
                 else:
                     status = "error"
@@ -267,7 +282,8 @@ class Kernel:
             if remaining <= 0:
                 return _Outcome.TIMEOUT
             done, _ = await asyncio.wait(
-                pending, timeout=min(remaining, LIVENESS_INTERVAL),
+                pending,
+                timeout=min(remaining, LIVENESS_INTERVAL),
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if done:

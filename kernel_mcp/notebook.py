@@ -324,7 +324,8 @@ async def execute_notebook(
             run.failed, run.failed_index = execution, index
             stopped = True
         elif execution.status == "error" and run.failed is None:
+            # allow_errors kept the run going; the run as a whole still failed.
+            run.status = "error"
             run.failed, run.failed_index = execution, index
     run.duration_s = round(time.monotonic() - start, 4)
     return run
-

@@ -113,9 +113,7 @@ class OutputCollector:
     def outputs(self) -> list[NotebookNode]:
         """The outputs so far, streams finalised (cheap to call repeatedly)."""
         for index, stream in self._streams.items():
-            self._outputs[index]["text"] = "".join(stream.done) + apply_control_chars(
-                stream.tail
-            )
+            self._outputs[index]["text"] = "".join(stream.done) + apply_control_chars(stream.tail)
         return self._outputs
 
     @property
@@ -214,6 +212,21 @@ class OutputCollector:
     def _fit(self, node: NotebookNode) -> NotebookNode:
         size = output_size(node)
         if size <= self.limits.max_output_bytes:
+            return node
+        if node.get("output_type") == "error":
+            # An error has no "data" in nbformat: shorten its traceback instead.
+            cap = self.limits.max_output_bytes
+            node["evalue"] = str(node.get("evalue", ""))[: cap // 4]
+            kept: list[str] = []
+            room = cap - len(node["evalue"])
+            for line in node.get("traceback", []):
+                if len(line) > room:
+                    kept.append(line[: max(room, 0)] + "\n[… traceback cut: over the limit …]")
+                    break
+                kept.append(line)
+                room -= len(line)
+            self.dropped_chars += size - output_size(node)
+            node["traceback"] = kept
             return node
         self.dropped_chars += size
         mimes = ", ".join(sorted(node.get("data", {})))

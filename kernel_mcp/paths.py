@@ -141,7 +141,7 @@ def list_project_files(root: Path, pattern: str = "**/*.py") -> list[str]:
     """Regular files under ``root`` matching a glob, as sorted relative paths.
 
     Files whose real path leaves the folder, and hidden folders, are skipped.
-    At most ``MAX_LISTED_FILES`` names come back.
+    At most ``MAX_LISTED_FILES`` names come back: the first in sorted order.
 
     Raises:
         InvalidArgument: the pattern is absolute or climbs out with ``..``.
@@ -165,9 +165,7 @@ def list_project_files(root: Path, pattern: str = "**/*.py") -> list[str]:
         except OSError:
             continue
         found.append(rel.as_posix())
-        if len(found) >= MAX_LISTED_FILES:
-            break
-    return sorted(found)
+    return sorted(found)[:MAX_LISTED_FILES]
 
 
 def validate_name(name: str) -> str:

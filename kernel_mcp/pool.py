@@ -35,6 +35,7 @@ class KernelPool:
         self._ready: asyncio.Queue[Kernel] = asyncio.Queue()
         self._starting = 0
         self._wanted = asyncio.Event()
+        self._filled = asyncio.Event()
         self._refiller: asyncio.Task[None] | None = None
         self._closed = False
         self._live: set[Kernel] = set()
@@ -65,9 +66,11 @@ class KernelPool:
 
     async def wait_full(self, timeout: float = 60.0) -> None:
         """Wait until the pool holds ``size`` ready kernels (benchmarks and tests)."""
+
         async def filled() -> None:
             while self._ready.qsize() < self.size:
-                await asyncio.sleep(0.02)
+                self._filled.clear()
+                await self._filled.wait()
 
         await asyncio.wait_for(filled(), timeout)
 
@@ -114,6 +117,7 @@ class KernelPool:
                     continue
                 failures = 0
                 await self._ready.put(kernel)
+                self._filled.set()
 
     async def _discard(self, kernel: Kernel) -> None:
         self._live.discard(kernel)

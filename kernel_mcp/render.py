@@ -12,13 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from kernel_mcp.kernel import Execution, Status
-from kernel_mcp.outputs import strip_ansi
+from kernel_mcp.outputs import strip_ansi as _strip_ansi
 
 __all__ = ["ErrorInfo", "Image", "Reply", "ReplyLimits", "RunReport", "render"]
 
@@ -78,7 +78,16 @@ class Reply:
     images: list[Image]
     report: RunReport
     is_error: bool = False
-    extra_notes: list[str] = field(default_factory=list)
+
+
+def strip_ansi(text: str) -> str:
+    """Reply text: no ANSI codes, and no lone surrogates (JSON on the wire cannot carry them)."""
+    text = _strip_ansi(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _cut(text: str, limit: int) -> tuple[str, int]:
@@ -131,6 +140,7 @@ def render(
     mime_types: list[str] = []
     truncated = execution.truncated
     skipped_images = 0
+    broken_images = 0
 
     for output in execution.outputs:
         kind = output.get("output_type")
@@ -157,7 +167,7 @@ def render(
                     base64.b64decode(payload, validate=True)
                     images.append(Image(image_mime, payload))
                 except (binascii.Error, ValueError):
-                    skipped_images += 1
+                    broken_images += 1
             continue
         text = _plain(data)
         if kind == "execute_result":
@@ -171,6 +181,9 @@ def render(
             f"{skipped_images} image(s) left out: over {limits.max_images} images or "
             f"{limits.max_image_bytes} bytes each."
         )
+    if broken_images:
+        truncated = True
+        notes.append(f"{broken_images} image(s) left out: not valid base64.")
 
     if execution.dropped_chars or execution.dropped_outputs:
         notes.append(
@@ -276,7 +289,3 @@ def _text_block(report: RunReport, displays: list[tuple[list[str], str]]) -> str
     if report.images:
         lines.append(f"[{report.images} image(s) follow]")
     return "\n".join(lines)
-
-
-def status_is_error(status: Status | Literal["ok"]) -> bool:
-    return status != "ok"

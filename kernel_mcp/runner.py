@@ -18,7 +18,7 @@ from typing import Any
 
 from kernel_mcp.backend import KernelBackend, LocalBackend
 from kernel_mcp.config import Settings
-from kernel_mcp.errors import InvalidArgument
+from kernel_mcp.errors import FileNotFound, InvalidArgument
 from kernel_mcp.kernel import Execution, Kernel, ProgressCallback
 from kernel_mcp.notebook import (
     NotebookRun,
@@ -92,6 +92,8 @@ class Runner:
         self.notebooks = NotebookStore(settings.notebooks_dir)
         self._recordings: dict[str, Recording] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Each fresh run is a kernel process: bound how many run at once.
+        self._fresh = asyncio.Semaphore(settings.max_fresh_runs)
 
     async def __aenter__(self) -> Runner:
         await self.start()
@@ -120,7 +122,9 @@ class Runner:
     # -- files -------------------------------------------------------------------
     def read_file(self, file_name: str, *, suffixes: tuple[str, ...] = (".py",)) -> ProjectFile:
         return read_project_file(
-            self.settings.projects_dir, file_name, suffixes=suffixes,
+            self.settings.projects_dir,
+            file_name,
+            suffixes=suffixes,
             max_bytes=self.settings.max_file_bytes,
         )
 
@@ -143,9 +147,16 @@ class Runner:
         source = f"# {project.relative}\n{project.source}"
         preamble = _file_preamble(project, self.settings.projects_dir)
         outcome = await self._run(
-            project.source, record_as=source, preamble=preamble, tool="run_python",
-            owner=owner, timeout=timeout, session_id=session_id, progress=progress,
-            save_notebook=save_notebook, stem=Path(project.relative).stem,
+            project.source,
+            record_as=source,
+            preamble=preamble,
+            tool="run_python",
+            owner=owner,
+            timeout=timeout,
+            session_id=session_id,
+            progress=progress,
+            save_notebook=save_notebook,
+            stem=Path(project.relative).stem,
         )
         outcome.file = project.relative
         return outcome
@@ -167,9 +178,16 @@ class Runner:
                 "(KERNEL_MCP_MAX_FILE_BYTES)"
             )
         return await self._run(
-            code, record_as=code, preamble=None, tool="run_code", owner=owner,
-            timeout=timeout, session_id=session_id, progress=progress,
-            save_notebook=save_notebook, stem="code",
+            code,
+            record_as=code,
+            preamble=None,
+            tool="run_code",
+            owner=owner,
+            timeout=timeout,
+            session_id=session_id,
+            progress=progress,
+            save_notebook=save_notebook,
+            stem="code",
         )
 
     async def _run(
@@ -195,12 +213,13 @@ class Runner:
             return await kernel.execute(code, timeout=limit, grace=grace, progress=progress)
 
         if session_id is None:
-            kernel = await self.pool.acquire()
-            try:
-                execution = await execute(kernel)
-            finally:
-                # Fresh kernels serve one run only. Stopping it need not delay the reply.
-                self._spawn(kernel.shutdown(now=True))
+            async with self._fresh:
+                kernel = await self.pool.acquire()
+                try:
+                    execution = await execute(kernel)
+                finally:
+                    # Fresh kernels serve one run only. Stopping it need not delay the reply.
+                    self._spawn(kernel.shutdown(now=True))
             outcome = RunOutcome(execution)
             if save_notebook:
                 nb = notebook_for(kernel.kernel_info)
@@ -221,7 +240,9 @@ class Runner:
             if execution.kernel_replaced:
                 notes.append("The session's kernel was lost; the next call starts a new one.")
             return RunOutcome(
-                execution, session_id=session.id, notes=notes,
+                execution,
+                session_id=session.id,
+                notes=notes,
                 notebook_uri=self.notebooks.uri(recording.path),
                 notebook_path=recording.path,
             )
@@ -272,6 +293,32 @@ class Runner:
         return path, self.notebooks.uri(path), recording.cells
 
     # -- notebooks ---------------------------------------------------------------
+    def _private(self, owner: str | None, name: str) -> bool:
+        """With auth on, a session recording is visible only to its live session's owner."""
+        if not self.settings.tokens or not name.startswith("sessions/"):
+            return False
+        mine = {
+            self.notebooks.uri(rec.path).removeprefix("notebook://")
+            for sid, rec in self._recordings.items()
+            if sid in {s.id for s in self.sessions.list(owner)}
+        }
+        return name not in mine
+
+    def notebook_names(self, owner: str | None) -> list[str]:
+        """Notebooks in the notebooks folder that ``owner`` may read."""
+        return [n for n in self.notebooks.list() if not self._private(owner, n)]
+
+    def read_notebook(self, owner: str | None, name: str) -> str:
+        """A notebook's JSON by its listed name (``report``, ``sessions/x``, ``runs/y``)."""
+        if name.startswith("sessions/"):
+            session_id = name.removeprefix("sessions/")
+            recording = self._recordings.get(session_id)
+            if recording is not None and session_id in {s.id for s in self.sessions.list(owner)}:
+                return recording.path.read_text(encoding="utf-8")
+        if self._private(owner, name.removesuffix(".ipynb")):
+            raise FileNotFound(f"No notebook {name!r}.")
+        return self.notebooks.read(name)
+
     async def run_notebook(
         self,
         notebook_path: str,
@@ -301,18 +348,24 @@ class Runner:
                 meta = notebook_for(kernel.kernel_info).metadata
                 run_nb.metadata.update(meta)
             return await execute_notebook(
-                kernel, run_nb, cell_timeout=cell_timeout, total_timeout=total, grace=grace,
+                kernel,
+                run_nb,
+                cell_timeout=cell_timeout,
+                total_timeout=total,
+                grace=grace,
                 allow_errors=allow_errors,
             )
 
         notes: list[str] = []
         if session_id is None:
-            kernel = await self.pool.acquire()
-            try:
-                run = await execute(kernel)
-            finally:
-                self._spawn(kernel.shutdown(now=True))
+            async with self._fresh:
+                kernel = await self.pool.acquire()
+                try:
+                    run = await execute(kernel)
+                finally:
+                    self._spawn(kernel.shutdown(now=True))
         else:
+
             async def in_session(session: Session, kernel: Kernel) -> NotebookRun:
                 if session.lost_state:
                     notes.append(f"New kernel: {session.lost_state}.")
@@ -332,7 +385,10 @@ class Runner:
             self.notebooks.save_single, f"{stem}.executed-{stamp}", run.nb
         )
         return NotebookOutcome(
-            run=run, path=path, uri=self.notebooks.uri(path), source=project.relative,
-            session_id=session_id, notes=notes,
+            run=run,
+            path=path,
+            uri=self.notebooks.uri(path),
+            source=project.relative,
+            session_id=session_id,
+            notes=notes,
         )
-

@@ -20,7 +20,7 @@ import functools
 import hmac
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -42,7 +42,7 @@ from kernel_mcp.config import Settings
 from kernel_mcp.errors import KernelError, KernelMCPError, RequestError
 from kernel_mcp.paths import MAX_LISTED_FILES
 from kernel_mcp.render import Reply, ReplyLimits, RunReport, render
-from kernel_mcp.runner import NotebookOutcome, RunOutcome, Runner
+from kernel_mcp.runner import NotebookOutcome, Runner, RunOutcome
 
 __all__ = ["build_http_app", "build_server", "run_stdio"]
 
@@ -185,12 +185,12 @@ class NotebookResources(Provider):
         self._runner = runner
 
     async def _list_resources(self) -> list[FunctionResource]:
-        store = self._runner.notebooks
+        runner, owner = self._runner, _owner()
         resources = []
-        for name in await anyio.to_thread.run_sync(store.list):
+        for name in await anyio.to_thread.run_sync(runner.notebook_names, owner):
             resources.append(
                 FunctionResource.from_function(
-                    functools.partial(store.read, name),
+                    functools.partial(runner.read_notebook, owner, name),
                     uri=f"notebook://{name}",
                     name=name,
                     mime_type="application/x-ipynb+json",
@@ -205,25 +205,35 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
     """The FastMCP app with every tool and resource bound to ``runner``."""
     auth = BearerTokens(settings.tokens) if settings.tokens else None
     mcp = FastMCP(
-        "kernel-mcp", instructions=INSTRUCTIONS, version=__version__, auth=auth,
+        "kernel-mcp",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        auth=auth,
         providers=[NotebookResources(runner)],
     )
     limits = ReplyLimits(
-        max_stream_chars=settings.max_stream_chars, max_images=settings.max_images,
-        max_image_bytes=settings.max_image_bytes, max_reply_bytes=settings.max_reply_bytes,
+        max_stream_chars=settings.max_stream_chars,
+        max_images=settings.max_images,
+        max_image_bytes=settings.max_image_bytes,
+        max_reply_bytes=settings.max_reply_bytes,
     )
     schema = RunReport.model_json_schema()
 
     def reply(outcome: RunOutcome) -> ToolResult:
         return _to_result(
             render(
-                outcome.execution, limits, file=outcome.file, session_id=outcome.session_id,
-                notebook=outcome.notebook_uri, notes=outcome.notes,
+                outcome.execution,
+                limits,
+                file=outcome.file,
+                session_id=outcome.session_id,
+                notebook=outcome.notebook_uri,
+                notes=outcome.notes,
             )
         )
 
-    run_annotations = ToolAnnotations(readOnlyHint=False, destructiveHint=False,
-                                      openWorldHint=False)
+    run_annotations = ToolAnnotations(
+        readOnlyHint=False, destructiveHint=False, openWorldHint=False
+    )
 
     @mcp.tool(output_schema=schema, annotations=run_annotations)
     @_translated
@@ -251,8 +261,12 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
         result. Fix the file and call again; use a session to keep loaded data.
         """
         outcome = await runner.run_file(
-            file_name, owner=_owner(), timeout=timeout, session_id=session_id,
-            progress=_progress(ctx) if ctx else None, save_notebook=save_notebook,
+            file_name,
+            owner=_owner(),
+            timeout=timeout,
+            session_id=session_id,
+            progress=_progress(ctx) if ctx else None,
+            save_notebook=save_notebook,
         )
         return reply(outcome)
 
@@ -277,8 +291,12 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
         Returns the same reply as run_python.
         """
         outcome = await runner.run_code(
-            code, owner=_owner(), timeout=timeout, session_id=session_id,
-            progress=_progress(ctx) if ctx else None, save_notebook=save_notebook,
+            code,
+            owner=_owner(),
+            timeout=timeout,
+            session_id=session_id,
+            progress=_progress(ctx) if ctx else None,
+            save_notebook=save_notebook,
         )
         return reply(outcome)
 
@@ -301,8 +319,12 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
         kernel = session.kernel
         rss = kernel.process.rss_bytes() if kernel is not None else None
         return SessionView(
-            session_id=session.id, name=session.name, state=session.state,
-            created_at=session.created_at, last_used=session.last_used, runs=session.runs,
+            session_id=session.id,
+            name=session.name,
+            state=session.state,
+            created_at=session.created_at,
+            last_used=session.last_used,
+            runs=session.runs,
             kernel_memory_mb=round(rss / 2**20, 1) if rss else None,
             backend=kernel.process.backend if kernel else runner.backend.name,
             kernel_id=kernel.process.kernel_id if kernel else None,
@@ -325,20 +347,27 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
     @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
     @_translated
     async def list_sessions() -> SessionList:
-        """List your sessions: id, name, state (idle | busy | dead), created, last used,
-        number of runs, kernel memory (MiB) and the recorded notebook's URI."""
+        """List your open sessions.
+
+        Each has session_id, name, state (idle | busy | dead), created_at, last_used,
+        runs, kernel_memory_mb (resident MiB), backend, kernel_id and notebook (URI of
+        its recording). Pass a session_id to run_code / run_python, or close it.
+        """
         sessions = runner.sessions.list(_owner())
-        return SessionList(sessions=[view(s) for s in sessions],
-                           max_sessions=settings.max_sessions)
+        return SessionList(sessions=[view(s) for s in sessions], max_sessions=settings.max_sessions)
 
     @mcp.tool
     @_translated
     async def interrupt_session(session_id: str) -> SessionAction:
-        """Interrupt the call running in a session (like Ctrl-C). Its variables are kept;
-        the interrupted call replies with status "interrupted"."""
+        """Interrupt the call running in a session, like Ctrl-C in a notebook.
+
+        The running call replies with status "interrupted"; the session's variables are
+        kept. action is "interrupted" if a call was running, else "idle".
+        """
         running = await runner.sessions.interrupt(_owner(), session_id)
         return SessionAction(
-            session_id=session_id, action="interrupted" if running else "idle",
+            session_id=session_id,
+            action="interrupted" if running else "idle",
             message="Interrupt sent." if running else "Nothing was running; interrupt sent.",
         )
 
@@ -347,8 +376,9 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
     async def restart_session(session_id: str) -> SessionAction:
         """Restart a session's kernel: every variable and import is cleared; the id stays."""
         await runner.sessions.restart(_owner(), session_id)
-        return SessionAction(session_id=session_id, action="restarted",
-                             message="New kernel; state cleared.")
+        return SessionAction(
+            session_id=session_id, action="restarted", message="New kernel; state cleared."
+        )
 
     @mcp.tool
     @_translated
@@ -399,8 +429,12 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
         outputs, and the executed copy's path and URI (the source is never changed).
         """
         outcome = await runner.run_notebook(
-            notebook_path, owner=_owner(), parameters=parameters, session_id=session_id,
-            timeout=timeout, allow_errors=allow_errors,
+            notebook_path,
+            owner=_owner(),
+            parameters=parameters,
+            session_id=session_id,
+            timeout=timeout,
+            allow_errors=allow_errors,
         )
         return _notebook_result(outcome, limits)
 
@@ -409,20 +443,17 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
     async def session_notebook(session_id: str) -> str:
         """A session's recorded notebook, by session id (or by its file name)."""
         try:
-            recording = runner.session_recording(_owner(), session_id)
-        except RequestError:
-            try:
-                return await anyio.to_thread.run_sync(runner.notebooks.read,
-                                                      f"sessions/{session_id}")
-            except KernelMCPError as exc:
-                raise ResourceError(str(exc)) from None
-        return await anyio.to_thread.run_sync(recording.path.read_text)
+            return await anyio.to_thread.run_sync(
+                runner.read_notebook, _owner(), f"sessions/{session_id}"
+            )
+        except KernelMCPError as exc:
+            raise ResourceError(str(exc)) from None
 
     @mcp.resource("notebook://{name}", mime_type="application/x-ipynb+json")
     async def notebook(name: str) -> str:
         """An exported or saved notebook from the notebooks folder."""
         try:
-            return await anyio.to_thread.run_sync(runner.notebooks.read, name)
+            return await anyio.to_thread.run_sync(runner.read_notebook, _owner(), name)
         except KernelMCPError as exc:
             raise ResourceError(str(exc)) from None
 
@@ -435,15 +466,23 @@ def _notebook_result(outcome: NotebookOutcome, limits: ReplyLimits) -> ToolResul
     if run.failed is not None:
         failed = render(run.failed, limits).report
     report = NotebookReport(
-        status=run.status, notebook=outcome.source, path=str(outcome.path), uri=outcome.uri,
+        status=run.status,
+        notebook=outcome.source,
+        path=str(outcome.path),
+        uri=outcome.uri,
         duration_s=run.duration_s,
-        cells=[CellReport(index=c.index, status=c.status, duration_s=c.duration_s)
-               for c in run.cells],
-        failed_cell=run.failed_index, error=failed, session_id=outcome.session_id,
+        cells=[
+            CellReport(index=c.index, status=c.status, duration_s=c.duration_s) for c in run.cells
+        ],
+        failed_cell=run.failed_index,
+        error=failed,
+        session_id=outcome.session_id,
         notes=outcome.notes,
     )
-    lines = [f"status: {run.status} · {outcome.source} · {run.duration_s:.2f} s",
-             f"executed copy: {outcome.uri} ({outcome.path.name})"]
+    lines = [
+        f"status: {run.status} · {outcome.source} · {run.duration_s:.2f} s",
+        f"executed copy: {outcome.uri} ({outcome.path.name})",
+    ]
     lines += [f"note: {n}" for n in outcome.notes]
     lines += [f"cell {c.index}: {c.status} ({c.duration_s:.3f} s)" for c in run.cells]
     if run.failed is not None:
@@ -529,4 +568,3 @@ async def run_stdio(settings: Settings) -> None:
             tg.start_soon(stop_on_signal)
             await mcp.run_stdio_async(show_banner=False)
             tg.cancel_scope.cancel()
-

@@ -102,8 +102,7 @@ class SessionRegistry:
         sessions = list(self._sessions.values())
         self._sessions.clear()
         # A server that stops loses every kernel's state anyway: kill, don't ask.
-        await asyncio.gather(*(self._end(s, now=True) for s in sessions),
-                             return_exceptions=True)
+        await asyncio.gather(*(self._end(s, now=True) for s in sessions), return_exceptions=True)
 
     # -- the public operations -------------------------------------------------
     async def create(self, owner: str | None, name: str | None = None) -> Session:
@@ -115,8 +114,8 @@ class SessionRegistry:
         """
         if name is not None:
             validate_name(name)
-            if any(s.name == name for s in self._sessions.values()):
-                raise InvalidArgument(f"A session named {name!r} is open already.")
+            if any(s.name == name for s in self.list(owner)):
+                raise InvalidArgument(f"You have an open session named {name!r} already.")
         if len(self._sessions) + self._reserved >= self.max_sessions:
             raise TooManySessions(
                 f"Session limit reached ({self.max_sessions}, KERNEL_MCP_MAX_SESSIONS). "

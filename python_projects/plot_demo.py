@@ -19,7 +19,8 @@ display(HTML(f"<table><tr><th>n</th><th>n²</th><th>n³</th></tr>{table}</table>
 
 try:
     import pandas as pd
-
-    pd.DataFrame(rows, columns=["n", "square", "cube"])
 except ImportError:
     print("pandas is not installed; the HTML table above is the rich output")
+else:
+    # A DataFrame carries both text/html and text/plain; replies show the plain table.
+    display(pd.DataFrame(rows, columns=["n", "square", "cube"]))

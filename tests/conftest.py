@@ -116,7 +116,9 @@ class ServerProcess:
         assert self.log is not None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kernel_mcp", "serve", "--port", str(self.port), *extra],
-            env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
             cwd=self.env.get("KERNEL_MCP_TEST_CWD", str(ROOT)),
         )
 
@@ -138,7 +140,8 @@ class ServerProcess:
         assert self.proc is not None
         with contextlib.suppress(psutil.Error):
             return {
-                p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)
+                p.pid
+                for p in psutil.Process(self.proc.pid).children(recursive=True)
                 if "ipykernel_launcher" in " ".join(p.cmdline())
             }
         return set()
@@ -195,8 +198,11 @@ def client_for(kind: str, server: ServerProcess, **kwargs: Any) -> Client[Any]:
         return Client(f"{server.base}/sse", **kwargs)
     if kind == "stdio":
         transport = StdioTransport(
-            sys.executable, ["-m", "kernel_mcp", "serve", "--stdio", "--log-level", "warning"],
-            env=server.env, keep_alive=False, cwd=str(ROOT),
+            sys.executable,
+            ["-m", "kernel_mcp", "serve", "--stdio", "--log-level", "warning"],
+            env=server.env,
+            keep_alive=False,
+            cwd=str(ROOT),
         )
         return Client(transport, **kwargs)
     raise ValueError(kind)

@@ -36,8 +36,13 @@ SPAWN_CHILD = (
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp: Path = tmp_path_factory.mktemp("limited")
-    with running_server(tmp, KERNEL_MCP_SESSION_IDLE_TIMEOUT="1.5", KERNEL_MCP_MAX_SESSIONS="2",
-                        KERNEL_MCP_MEMORY_LIMIT_MB="1024", KERNEL_MCP_POOL_SIZE="1") as server:
+    with running_server(
+        tmp,
+        KERNEL_MCP_SESSION_IDLE_TIMEOUT="1.5",
+        KERNEL_MCP_MAX_SESSIONS="2",
+        KERNEL_MCP_MEMORY_LIMIT_MB="1024",
+        KERNEL_MCP_POOL_SIZE="1",
+    ) as server:
         yield server
 
 
@@ -45,9 +50,11 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 async def test_idle_sessions_are_culled_and_say_when(limited, kind):
     async with client_for(kind, limited) as client:
         sid = structured(await call(client, "create_session"))["session_id"]
-        pid = int(structured(await call(
-            client, "run_code", code="import os; os.getpid()", session_id=sid
-        ))["result"])
+        pid = int(
+            structured(
+                await call(client, "run_code", code="import os; os.getpid()", session_id=sid)
+            )["result"]
+        )
 
         async def culled() -> bool:
             listed = structured(await call(client, "list_sessions"))["sessions"]
@@ -85,8 +92,9 @@ async def test_memory_limit_gives_memory_error_and_server_survives(limited, kind
         sid = structured(await call(client, "create_session"))["session_id"]
         try:
             await call(client, "run_code", code="small = 1", session_id=sid)
-            hog = structured(await call(client, "run_code", code="y = bytearray(3 * 1024**3)",
-                                        session_id=sid))
+            hog = structured(
+                await call(client, "run_code", code="y = bytearray(3 * 1024**3)", session_id=sid)
+            )
             assert hog["status"] in ("error", "kernel_died")
             after = structured(await call(client, "run_code", code="2 + 2", session_id=sid))
             assert after["status"] == "ok" and after["result"] == "4"

@@ -20,15 +20,26 @@ from kernel_mcp.notebook import (
     write_atomically,
 )
 
-KERNEL_INFO = {"language_info": {"name": "python", "version": "3.11.7",
-                                 "mimetype": "text/x-python", "file_extension": ".py"}}
+KERNEL_INFO = {
+    "language_info": {
+        "name": "python",
+        "version": "3.11.7",
+        "mimetype": "text/x-python",
+        "file_extension": ".py",
+    }
+}
 
 
 def execution(status="ok", outputs=None, count=1) -> Execution:
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
     return Execution(
-        status=status, outputs=outputs or [], execution_count=count, error=None,
-        started_at=start, ended_at=start + timedelta(seconds=1.5), duration_s=1.5,
+        status=status,
+        outputs=outputs or [],
+        execution_count=count,
+        error=None,
+        started_at=start,
+        ended_at=start + timedelta(seconds=1.5),
+        duration_s=1.5,
         timeout_s=30,
     )
 
@@ -42,8 +53,10 @@ def test_notebook_metadata_comes_from_kernel_info():
 
 def test_code_cell_keeps_outputs_count_and_timing():
     ansi = "\x1b[31mZeroDivisionError\x1b[39m"
-    outputs = [new_output("stream", name="stdout", text="hi\n"),
-               new_output("error", ename="ZeroDivisionError", evalue="x", traceback=[ansi])]
+    outputs = [
+        new_output("stream", name="stdout", text="hi\n"),
+        new_output("error", ename="ZeroDivisionError", evalue="x", traceback=[ansi]),
+    ]
     cell = code_cell("# f.py\n1/0", execution("error", outputs, count=7), "run_python")
     assert cell.source == "# f.py\n1/0"
     assert cell.execution_count == 7
@@ -57,8 +70,9 @@ def test_code_cell_keeps_outputs_count_and_timing():
 
 
 def test_parameters_follow_the_tagged_cell():
-    nb = new_notebook(cells=[new_markdown_cell("# t"), new_code_cell("a = 1"),
-                             new_code_cell("b = 2")])
+    nb = new_notebook(
+        cells=[new_markdown_cell("# t"), new_code_cell("a = 1"), new_code_cell("b = 2")]
+    )
     nb.cells[1].metadata["tags"] = ["parameters"]
     inject_parameters(nb, {"a": 5, "label": "x", "flags": [True, None], "cfg": {"k": 1.5}})
     injected = nb.cells[2]
@@ -76,8 +90,9 @@ def test_parameters_go_first_without_a_tagged_cell():
     assert nb.cells[0].metadata["tags"] == ["injected-parameters"]
 
 
-@pytest.mark.parametrize("parameters", [{"not an identifier": 1}, {"x": float("nan")},
-                                         {"x": object()}, {"x": {1, 2}}])
+@pytest.mark.parametrize(
+    "parameters", [{"not an identifier": 1}, {"x": float("nan")}, {"x": object()}, {"x": {1, 2}}]
+)
 def test_bad_parameters_are_refused(parameters):
     with pytest.raises(InvalidArgument):
         inject_parameters(new_notebook(), parameters)
@@ -95,7 +110,7 @@ def test_atomic_write_leaves_a_valid_file_and_no_temporaries(tmp_path):
 
 @pytest.mark.parametrize("text", ["not json", json.dumps({"cells": "nope"}), "{}"])
 def test_invalid_notebooks_are_refused_with_the_reason(text):
-    with pytest.raises(InvalidNotebook, match="is not a valid notebook: .+"):
+    with pytest.raises(InvalidNotebook, match=r"is not a valid notebook: .+"):
         parse_notebook(text, "bad.ipynb")
 
 
@@ -123,8 +138,9 @@ def test_recordings_never_reuse_an_earlier_file(tmp_path):
     assert second.path.name == "same-2.ipynb"
 
 
-@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b", ".hidden", "", "x" * 70,
-                                  "sub/../../x"])
+@pytest.mark.parametrize(
+    "name", ["../x", "/etc/passwd", "a/b", ".hidden", "", "x" * 70, "sub/../../x"]
+)
 def test_export_names_are_validated(tmp_path, name):
     store = NotebookStore(tmp_path)
     with pytest.raises(InvalidArgument):

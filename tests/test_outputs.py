@@ -554,3 +554,19 @@ def test_a_stream_never_keeps_more_than_the_cap(chunks: list[str], cap: int) -> 
     kept = sum(len(text) for _, text in texts(collector))
     fed = sum(map(len, chunks))
     assert kept + collector.dropped_chars <= fed
+
+
+def test_an_oversized_error_stays_a_valid_nbformat_error() -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    huge = message("error", ename="ValueError", evalue="v" * 5_000, traceback=["frame " * 200] * 50)
+    collector = collect(huge, limits=OutputLimits(max_output_bytes=2_000))
+    (output,) = collector.outputs
+    assert "data" not in output
+    assert sum(len(line) for line in output["traceback"]) + len(output["evalue"]) <= 2_100
+    assert output["traceback"][-1].endswith("[… traceback cut: over the limit …]")
+    assert collector.dropped_chars > 0
+    cell = new_code_cell("raise ValueError")
+    cell.outputs = collector.outputs
+    nbformat.validate(new_notebook(cells=[cell]))

@@ -342,7 +342,9 @@ def test_long_results_and_tracebacks_are_cut_too() -> None:
 
 @settings(max_examples=60)
 @given(
-    text=st.text(st.characters(exclude_characters="\x1b"), max_size=400),
+    text=st.text(
+        st.characters(exclude_characters="\x1b", exclude_categories=("Cs",)), max_size=400
+    ),
     limit=st.integers(min_value=4, max_value=300),
 )
 def test_cut_streams_are_a_prefix_and_suffix_of_the_original(text: str, limit: int) -> None:
@@ -356,6 +358,12 @@ def test_cut_streams_are_a_prefix_and_suffix_of_the_original(text: str, limit: i
     tail = text[len(text) - (limit - limit * 3 // 4) :]
     assert stdout == f"{head}\n[… {len(text) - limit} characters cut …]\n{tail}"
     assert reply.report.truncated
+
+
+def test_lone_surrogates_are_replaced_so_the_reply_stays_valid_json() -> None:
+    reply = render(execution([out("bad \ud800 char\n")]), ReplyLimits())
+    assert reply.report.stdout == "bad ? char\n"
+    reply.report.model_dump_json()  # would raise on a lone surrogate
 
 
 # --- rich outputs -------------------------------------------------------------------------

@@ -21,13 +21,31 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 async def test_tools_are_listed_with_output_schemas(client):
     tools = {tool.name: tool for tool in await client.list_tools()}
-    assert {"run_python", "run_code", "list_files", "create_session", "list_sessions",
-            "interrupt_session", "restart_session", "close_session", "export_notebook",
-            "run_notebook"} <= set(tools)
+    assert {
+        "run_python",
+        "run_code",
+        "list_files",
+        "create_session",
+        "list_sessions",
+        "interrupt_session",
+        "restart_session",
+        "close_session",
+        "export_notebook",
+        "run_notebook",
+    } <= set(tools)
     schema = tools["run_python"].output_schema
     assert schema is not None
-    assert {"status", "stdout", "stderr", "result", "error", "images", "truncated",
-            "duration_s", "execution_count"} <= set(schema["properties"])
+    assert {
+        "status",
+        "stdout",
+        "stderr",
+        "result",
+        "error",
+        "images",
+        "truncated",
+        "duration_s",
+        "execution_count",
+    } <= set(schema["properties"])
 
 
 async def test_hello_world(client):
@@ -97,7 +115,9 @@ async def test_infinite_loop_times_out_and_next_call_works(client):
     assert report["stdout"] == "looping\n"  # output before the timeout is kept
     assert "Timed out after 1.5 s" in text_of(result)
     assert time.monotonic() - start < 15
-    assert structured(await call(client, "run_python", file_name="hello_world.py"))["status"] == "ok"
+    assert (
+        structured(await call(client, "run_python", file_name="hello_world.py"))["status"] == "ok"
+    )
 
 
 async def test_sigint_ignoring_loop_is_killed_and_replaced(client):
@@ -115,7 +135,9 @@ async def test_kernel_death_is_detected_within_two_seconds(client):
     assert report["status"] == "kernel_died"
     assert report["duration_s"] < 2.0
     assert "exit code 3" in text_of(result)
-    assert structured(await call(client, "run_python", file_name="hello_world.py"))["status"] == "ok"
+    assert (
+        structured(await call(client, "run_python", file_name="hello_world.py"))["status"] == "ok"
+    )
 
 
 async def test_ten_megabyte_print_is_truncated_and_server_stays_responsive(client):
@@ -130,7 +152,9 @@ async def test_ten_megabyte_print_is_truncated_and_server_stays_responsive(clien
     assert len(report["stdout"]) < 70_000
     assert report["stdout"].rstrip().endswith("end of flood")
     assert "characters cut" in report["stdout"]
-    assert structured(await call(client, "run_code", code="'still here'"))["result"] == "'still here'"
+    assert (
+        structured(await call(client, "run_code", code="'still here'"))["result"] == "'still here'"
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,26 +30,37 @@ from tests.conftest import (
 pytestmark = pytest.mark.transport
 
 
-def write_notebook(path: Path, sources: list[str], tags: dict[int, list[str]] | None = None) -> None:
+def write_notebook(
+    path: Path, sources: list[str], tags: dict[int, list[str]] | None = None
+) -> None:
     nb = new_notebook(cells=[new_markdown_cell("# A notebook")])
     for index, source in enumerate(sources, start=1):
         cell = new_code_cell(source)
         if tags and index in tags:
             cell.metadata["tags"] = tags[index]
         nb.cells.append(cell)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, path)
 
 
 @pytest.fixture(scope="module")
 def projects(server) -> Path:
     folder = Path(server.env["PYTHON_PROJECTS_DIR"])
-    write_notebook(folder / "params.ipynb", ["n = 1\nlabel = 'default'", "print(label, n * 10)"],
-                   tags={1: ["parameters"]})
+    write_notebook(
+        folder / "params.ipynb",
+        ["n = 1\nlabel = 'default'", "print(label, n * 10)"],
+        tags={1: ["parameters"]},
+    )
     write_notebook(folder / "fails.ipynb", ["a = 1", "b = 2", "1 / 0", "c = 3", "d = 4"])
-    write_notebook(folder / "skips.ipynb", ["x = 1", "raise SystemExit('must not run')", "x + 1"],
-                   tags={2: ["skip-execution"]})
+    write_notebook(
+        folder / "skips.ipynb",
+        ["x = 1", "raise SystemExit('must not run')", "x + 1"],
+        tags={2: ["skip-execution"]},
+    )
     (folder / "broken.ipynb").write_text('{"cells": 3}')
     return folder
 
@@ -81,7 +92,9 @@ async def test_session_runs_are_recorded_as_a_valid_notebook(client):
     assert [c.execution_count for c in nb.cells] == [1, 2, 3, 4]
     assert error.metadata["kernel_mcp"]["status"] == "error"
     assert error.outputs[0]["ename"] == "ZeroDivisionError"
-    assert any("\x1b[" in line for line in error.outputs[0]["traceback"])  # raw, as Jupyter keeps it
+    assert any(
+        "\x1b[" in line for line in error.outputs[0]["traceback"]
+    )  # raw, as Jupyter keeps it
     assert result.outputs[0]["data"]["text/plain"] == "42"
     assert {"tool", "status", "started", "ended"} <= set(result.metadata["kernel_mcp"])
     assert nb.metadata["kernelspec"]["name"] == "python3"
@@ -92,11 +105,13 @@ async def test_export_and_reexecute_with_nbclient_gives_the_same_text(client, se
     sid = structured(await call(client, "create_session"))["session_id"]
     name = f"export-{client.kind}"
     try:
-        await call(client, "run_code", code="values = [3, 1, 2]\nprint(sorted(values))",
-                   session_id=sid)
+        await call(
+            client, "run_code", code="values = [3, 1, 2]\nprint(sorted(values))", session_id=sid
+        )
         await call(client, "run_code", code="sum(values) * 7", session_id=sid)
-        exported = structured(await call(client, "export_notebook", session_id=sid, name=name,
-                                         overwrite=True))
+        exported = structured(
+            await call(client, "export_notebook", session_id=sid, name=name, overwrite=True)
+        )
         assert exported["cells"] == 2 and exported["uri"] == f"notebook://{name}"
         again = await call(client, "export_notebook", session_id=sid, name=name)
         assert again.is_error and "overwrite" in text_of(again)
@@ -151,8 +166,9 @@ async def test_resources_list_every_notebook(client):
 
 
 async def test_run_notebook_with_parameters(client, projects):
-    result = await call(client, "run_notebook", notebook_path="params.ipynb",
-                        parameters={"n": 4, "label": "four"})
+    result = await call(
+        client, "run_notebook", notebook_path="params.ipynb", parameters={"n": 4, "label": "four"}
+    )
     report = structured(result)
     assert not result.is_error and report["status"] == "ok"
     executed = nbformat.read(report["path"], as_version=4)
@@ -174,9 +190,11 @@ async def test_run_notebook_stops_at_the_first_error(client, projects):
     executed = nbformat.read(report["path"], as_version=4)
     assert executed.cells[4].execution_count is None
     assert executed.cells[4].metadata["kernel_mcp"]["status"] == "not_run"
-    tolerant = structured(await call(client, "run_notebook", notebook_path="fails.ipynb",
-                                     allow_errors=True))
+    tolerant = structured(
+        await call(client, "run_notebook", notebook_path="fails.ipynb", allow_errors=True)
+    )
     assert [c["status"] for c in tolerant["cells"]] == ["ok", "ok", "error", "ok", "ok"]
+    assert tolerant["status"] == "error" and tolerant["failed_cell"] == 3  # still reported
 
 
 async def test_run_notebook_honours_skip_execution(client, projects):
@@ -196,8 +214,12 @@ async def test_run_notebook_in_a_session_shares_its_state(client, projects):
 
 @pytest.mark.parametrize(
     ("path", "expected"),
-    [("../outside/secret.py", "rule: path_traversal"), ("/etc/hosts.ipynb", "rule: outside"),
-     ("hello_world.py", "rule: file_type"), ("broken.ipynb", "not a valid notebook")],
+    [
+        ("../outside/secret.py", "rule: path_traversal"),
+        ("/etc/hosts.ipynb", "rule: outside"),
+        ("hello_world.py", "rule: file_type"),
+        ("broken.ipynb", "not a valid notebook"),
+    ],
 )
 async def test_run_notebook_refuses_bad_paths_and_files(client, projects, path, expected):
     result = await call(client, "run_notebook", notebook_path=path)
@@ -241,11 +263,22 @@ async def test_sigkill_mid_run_leaves_a_valid_notebook_with_every_completed_run(
 def test_cli_runs_a_notebook(tmp_path, capsys, monkeypatch):
     projects = tmp_path / "projects"
     projects.mkdir()
-    write_notebook(projects / "cli.ipynb", ["k = 2", "print('cli says', k * 21)"],
-                   tags={1: ["parameters"]})
+    write_notebook(
+        projects / "cli.ipynb", ["k = 2", "print('cli says', k * 21)"], tags={1: ["parameters"]}
+    )
     monkeypatch.chdir(tmp_path)
-    code = main(["run", "cli.ipynb", "--projects-dir", str(projects), "--notebooks-dir",
-                 str(tmp_path / "nb"), "-p", "k=1"])
+    code = main(
+        [
+            "run",
+            "cli.ipynb",
+            "--projects-dir",
+            str(projects),
+            "--notebooks-dir",
+            str(tmp_path / "nb"),
+            "-p",
+            "k=1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "status: ok" in out and "executed copy: notebook://runs/cli.executed-" in out

@@ -1,0 +1,60 @@
+"""Runner: the domain's front door, without MCP. Real kernels."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kernel_mcp.config import load_settings
+from kernel_mcp.errors import FileNotFound, InvalidArgument, PathRefused
+from kernel_mcp.runner import Runner
+
+STAMP = "import time; t0 = time.time(); time.sleep(0.4); print(t0, time.time())"
+
+
+@pytest.fixture(scope="module")
+async def runner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runner]:
+    tmp: Path = tmp_path_factory.mktemp("runner")
+    (tmp / "projects").mkdir()
+    (tmp / "projects" / "args.py").write_text("import sys\nprint(sys.argv)\nvalue = 3\n")
+    settings = load_settings(
+        projects_dir=tmp / "projects", notebooks_dir=tmp / "nb", pool_size=1, max_fresh_runs=1
+    )
+    async with Runner(settings) as running:
+        yield running
+
+
+async def test_fresh_runs_beyond_the_cap_wait_their_turn(runner):
+    first, second = await asyncio.gather(
+        runner.run_code(STAMP, owner=None), runner.run_code(STAMP, owner=None)
+    )
+    spans = sorted(
+        tuple(map(float, o.execution.outputs[0]["text"].split())) for o in (first, second)
+    )
+    assert spans[0][1] <= spans[1][0], "two fresh runs overlapped with max_fresh_runs=1"
+
+
+async def test_a_file_run_in_a_session_leaves_its_names(runner):
+    session = await runner.create_session(owner=None)
+    try:
+        ran = await runner.run_file("args.py", owner=None, session_id=session.id)
+        assert ran.file == "args.py"
+        assert ran.execution.outputs[0]["text"].endswith("args.py']\n")
+        after = await runner.run_code("value * 2", owner=None, session_id=session.id)
+        assert after.execution.outputs[0]["data"]["text/plain"] == "6"
+    finally:
+        await runner.sessions.close_session(None, session.id)
+
+
+async def test_refusals_happen_before_any_kernel_is_used(runner):
+    with pytest.raises(PathRefused):
+        await runner.run_file("../x.py", owner=None)
+    with pytest.raises(FileNotFound):
+        await runner.run_file("missing.py", owner=None)
+    with pytest.raises(InvalidArgument):
+        await runner.run_code("1", owner=None, timeout=0)
+    with pytest.raises(InvalidArgument):
+        await runner.run_code("x" * (3 * 1024 * 1024), owner=None)
