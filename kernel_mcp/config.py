@@ -132,6 +132,23 @@ class Settings(BaseSettings):
         description="Session-less runs at once; more wait their turn (each is a kernel).",
     )
 
+    # --- remote kernels and shared state (scale-out) -----------------------
+    gateway_url: str | None = Field(
+        None,
+        validation_alias=_env("KERNEL_MCP_GATEWAY_URL", "gateway_url"),
+        description="Jupyter Kernel/Enterprise Gateway base URL; unset = local kernels.",
+    )
+    gateway_token: SecretStr | None = Field(
+        None,
+        validation_alias=_env("KERNEL_MCP_GATEWAY_TOKEN", "gateway_token"),
+        description="Token the gateway expects (sent as 'Authorization: token ...').",
+    )
+    gateway_kernel_name: str = Field(
+        "python3",
+        validation_alias=_env("KERNEL_MCP_GATEWAY_KERNEL_NAME", "gateway_kernel_name"),
+        description="Kernel spec name the gateway starts.",
+    )
+
     # --- sessions -----------------------------------------------------------
     max_sessions: int = Field(32, validation_alias=_env("KERNEL_MCP_MAX_SESSIONS", "max_sessions"))
     session_idle_timeout: float = Field(
@@ -231,6 +248,15 @@ class Settings(BaseSettings):
         if not resolved.is_dir():
             raise ValueError(f"folder {value} does not exist")
         return resolved
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _gateway_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
 
     @field_validator("notebooks_dir")
     @classmethod

@@ -61,13 +61,23 @@ class NotebookOutcome:
     notes: list[str] = field(default_factory=list)
 
 
+def make_backend(settings: Settings) -> KernelBackend:
+    """The kernel backend the settings ask for: a gateway if one is named, else local."""
+    if settings.gateway_url:
+        from kernel_mcp.gateway import GatewayBackend
+
+        return GatewayBackend(settings)
+    return LocalBackend(settings)
+
+
 def _file_preamble(project: ProjectFile, projects_dir: Path) -> str:
     """Set-up that makes a cell run like ``python file.py`` from the projects folder."""
     file = str(project.path)
     folder = str(project.path.parent)
     return (
         "import os as _kmcp_os, sys as _kmcp_sys\n"
-        f"_kmcp_os.chdir({str(projects_dir)!r})\n"
+        # A remote kernel may not have the folder; it then keeps its own cwd.
+        f"try: _kmcp_os.chdir({str(projects_dir)!r})\nexcept OSError: pass\n"
         f"_kmcp_sys.argv = [{file!r}]\n"
         f"if {folder!r} not in _kmcp_sys.path: _kmcp_sys.path.insert(0, {folder!r})\n"
         f"__file__ = {file!r}\n"
@@ -81,7 +91,7 @@ class Runner:
 
     def __init__(self, settings: Settings, backend: KernelBackend | None = None) -> None:
         self.settings = settings
-        self.backend = backend or LocalBackend(settings)
+        self.backend = backend or make_backend(settings)
         self.pool = KernelPool(self.backend, size=settings.pool_size, preload=settings.preload)
         self.sessions = SessionRegistry(
             self.pool,
