@@ -524,18 +524,21 @@ class _Dispatcher:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "lifespan.startup"
+        started = False
         try:
             async with contextlib.AsyncExitStack() as stack:
                 await stack.enter_async_context(self.runner)
                 await stack.enter_async_context(self.http_app.lifespan(self.http_app))
                 await stack.enter_async_context(self.sse_app.lifespan(self.sse_app))
                 await send({"type": "lifespan.startup.complete"})
+                started = True
                 message = await receive()
                 assert message["type"] == "lifespan.shutdown"
-        except BaseException as exc:
-            log.exception("server lifespan failed")
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            raise
+        except Exception as exc:
+            log.exception("server %s failed", "shutdown" if started else "start-up")
+            phase = "shutdown" if started else "startup"
+            await send({"type": f"lifespan.{phase}.failed", "message": str(exc)})
+            return
         await send({"type": "lifespan.shutdown.complete"})
 
 
