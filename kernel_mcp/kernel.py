@@ -108,6 +108,49 @@ class Execution:
         return bool(self.dropped_chars or self.dropped_outputs)
 
 
+# Installed in every Python kernel before first use. ipykernel batches writes
+# into stream messages of any size; a flood would reach the server as huge
+# JSON messages whose parsing stalls its event loop. Dropping what is over the
+# cap in the kernel means the server never receives more than it would keep.
+# The class method is patched because IPython swaps instance attributes per
+# cell, and IPython's history tee is switched off: it keeps every byte a cell
+# prints in kernel memory.
+_OUTPUT_GUARD = """
+def _kmcp_guard(limit):
+    import contextlib, sys
+    from IPython import get_ipython
+    shell = get_ipython()
+    if hasattr(shell, "_tee"):
+        shell._tee = lambda channel: contextlib.nullcontext()
+    stream_class = type(sys.stdout)
+    original = stream_class.write
+    left = {}
+    def reset(*args, **kwargs):
+        left.clear()
+    def write(self, text):
+        name = getattr(self, "name", "stream")
+        room = left.get(name, limit)
+        if not isinstance(text, str):
+            return original(self, text)
+        if room <= 0:
+            return len(text)
+        if len(text) > room:
+            left[name] = 0
+            original(self, text[:room])
+            original(self, f"\\nMARKER {name} over {limit} characters in one run; "
+                           "the rest was dropped]\\n")
+            return len(text)
+        left[name] = room - len(text)
+        return original(self, text)
+    stream_class.write = write
+    shell.events.register("pre_execute", reset)
+_kmcp_guard(LIMIT)
+del _kmcp_guard
+"""
+#: Starts the notice the output guard writes when it drops a flood.
+OUTPUT_GUARD_MARKER = "[kernel-mcp:"
+
+
 class _Outcome:
     COMPLETE = "complete"
     TIMEOUT = "timeout"
@@ -235,6 +278,26 @@ class Kernel:
             kernel_replaced=replaced,
             notes=notes,
         )
+
+    async def prepare(self, preload: list[str]) -> None:
+        """Install the output guard and import ``preload``; called once, before first use."""
+        if self.language_info.get("name", "python") != "python":
+            return  # both are Python code
+        # Leave room under the collector's cap for the guard's own notice.
+        limit = max(0, self.limits.max_output_bytes - 256)
+        guard = _OUTPUT_GUARD.replace("LIMIT", str(limit)).replace("MARKER", OUTPUT_GUARD_MARKER)
+        await self.run_silently(guard)
+        # The guard's own cell ended with IPython's tee restoring the old bound
+        # method on the instances; with the tee now off, drop those leftovers.
+        await self.run_silently(
+            "import sys as _s\nfor _o in (_s.stdout, _s.stderr): _o.__dict__.pop('write', None)\n"
+            "del _s, _o"
+        )
+        if preload:
+            try:
+                await self.run_silently("\n".join(f"import {name}" for name in preload))
+            except KernelError as exc:
+                log.warning("preloading %s failed: %s", ", ".join(preload), exc)
 
     async def run_silently(self, code: str, *, timeout: float = 60.0) -> dict[str, Any]:
         """Run set-up code that records nothing and shows nothing.

@@ -92,12 +92,12 @@ class KernelPool:
         kernel = await self.backend.start()
         if track:
             self._live.add(kernel)
-        if self.preload:
-            code = "\n".join(f"import {name}" for name in self.preload)
-            try:
-                await kernel.run_silently(code)
-            except KernelError as exc:
-                log.warning("preloading %s failed: %s", ", ".join(self.preload), exc)
+        try:
+            await kernel.prepare(self.preload)
+        except BaseException:
+            self._live.discard(kernel)
+            await kernel.shutdown(now=True)
+            raise
         return kernel
 
     async def _refill_forever(self) -> None:

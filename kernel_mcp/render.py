@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from kernel_mcp.kernel import Execution, Status
+from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution, Status
 from kernel_mcp.outputs import strip_ansi as _strip_ansi
 
 __all__ = ["ErrorInfo", "Image", "Reply", "ReplyLimits", "RunReport", "render"]
@@ -200,6 +200,9 @@ def render(
 
     stdout_full = strip_ansi("".join(stdout_parts))
     stderr_full = strip_ansi("".join(stderr_parts))
+    if OUTPUT_GUARD_MARKER in stdout_full or OUTPUT_GUARD_MARKER in stderr_full:
+        truncated = True
+        notes.append("The kernel dropped stream output over KERNEL_MCP_MAX_OUTPUT_BYTES.")
     stream_limit = limits.max_stream_chars
     while True:
         stdout, cut_out = _cut(stdout_full, stream_limit)

@@ -201,3 +201,14 @@ async def test_bad_timeout_is_a_tool_error(client):
     result = await call(client, "run_code", code="1", timeout=-1)
     assert result.is_error
     assert "timeout" in text_of(result)
+
+
+async def test_a_flood_over_the_cap_is_dropped_in_the_kernel(client):
+    # 200 MB of prints: the kernel forwards at most KERNEL_MCP_MAX_OUTPUT_BYTES of it.
+    code = "import sys\nchunk = 'y' * 1_000_000\nfor _ in range(200): sys.stdout.write(chunk)"
+    result = await call(client, "run_code", code=code, timeout=60)
+    report = structured(result)
+    assert report["status"] == "ok"
+    assert report["truncated"] is True
+    assert "The kernel dropped stream output over KERNEL_MCP_MAX_OUTPUT_BYTES." in report["notes"]
+    assert report["stdout"].rstrip().endswith("the rest was dropped]")
