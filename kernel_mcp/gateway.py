@@ -1,0 +1,756 @@
+"""The ``gateway`` backend: kernels that live on a Jupyter Kernel Gateway or Enterprise Gateway.
+
+Selected by ``KERNEL_MCP_GATEWAY_URL``. Kernels are started, interrupted and
+stopped over the gateway's REST API, and talked to over its WebSocket, with
+Jupyter's JSON WebSocket protocol (no subprotocol: every message is one JSON
+text frame carrying ``channel``; messages with binary buffers arrive in the
+legacy binary framing)::
+
+    POST   {url}/api/kernels                      {"name": ..., "env": {KERNEL_*...}}
+    GET    {url}/api/kernels/{id}                 liveness (404: culled or lost)
+    POST   {url}/api/kernels/{id}/interrupt
+    DELETE {url}/api/kernels/{id}
+    WS     {ws-url}/api/kernels/{id}/channels?session_id={fresh id per client}
+
+Every request, the WebSocket handshake included, sends
+``Authorization: token <KERNEL_MCP_GATEWAY_TOKEN>`` when a token is set.
+
+Decision: jupyter_server's ``GatewayClient``/``GatewayKernelManager`` were not
+used. Their channel WebSocket is opened without the auth header, so a
+token-protected gateway answers 401, and ``execute_interactive`` fails on their
+channels. A small client over the gateway's documented REST + WebSocket API is
+less code than working around both, and it gives ``kernel.Kernel`` exactly the
+two seams it needs: a ``KernelClient`` (``GatewayClient``) and a
+``KernelProcess`` (``GatewayProcess``).
+
+How a death is seen:
+
+* the gateway's restarter polls its kernels; when one dies it broadcasts an
+  IOPub ``status`` of ``restarting`` (autorestart: the state is gone, so for us
+  the kernel died) or ``dead``. The client's reader marks the connection dead at
+  once, and ``is_alive`` says False without a request;
+* the WebSocket closing (gateway stopped, network lost) does the same;
+* otherwise ``is_alive`` asks ``GET /api/kernels/{id}`` at most once a second
+  (the answer is cached in between); 404 means the gateway culled or lost it.
+
+Gateway-side settings that matter (they are the gateway's, not ours):
+
+* ``KernelRestarter.time_to_dead`` (default 3 s) bounds how fast a dead kernel
+  is noticed;
+* ``ZMQChannelsWebsocketConnection.limit_rate`` (default on: 1 MB/s over 3 s)
+  makes the gateway drop large outputs and send an "IOPub data rate exceeded"
+  notice instead; turn it off or raise ``iopub_data_rate_limit`` for big outputs;
+* ``DELETE`` asks the kernel to stop and kills it after the gateway's
+  ``shutdown_wait_time`` (default 5 s), so a kill can take that long.
+
+Only environment variables named ``KERNEL_*`` (the gateway's convention) are
+passed to a new kernel, after the secret filter of ``backend.kernel_environment``
+(so the server's own ``KERNEL_MCP_*`` settings never are). Error messages name
+the gateway URL and never contain the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import os
+import queue
+import struct
+import time
+import uuid
+from collections.abc import Coroutine
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+import httpx2
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from kernel_mcp.backend import kernel_environment
+from kernel_mcp.config import Settings
+from kernel_mcp.errors import KernelError, KernelStartFailed
+from kernel_mcp.kernel import Kernel
+from kernel_mcp.outputs import OutputLimits
+
+__all__ = ["GatewayBackend", "GatewayClient", "GatewayProcess"]
+
+log = logging.getLogger(__name__)
+
+#: How long a kernel may take to start and answer kernel_info, seconds.
+START_TIMEOUT = 60.0
+#: kernel_info_request is re-sent this often until the kernel answers, seconds.
+KERNEL_INFO_RETRY = 1.0
+#: Ordinary REST calls; DELETE may wait the gateway's shutdown_wait_time.
+REQUEST_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
+#: The liveness GET must not hold up an execution's wait loop for long.
+LIVENESS_TIMEOUT = 3.0
+#: is_alive asks the gateway at most this often, seconds.
+LIVENESS_CACHE = 1.0
+#: DELETE is retried on 5xx (a kernel in the middle of an autorestart answers
+#: 500) for this long, seconds.
+DELETE_RETRY_FOR = 15.0
+#: backend.close() waits this long for clean-ups still running, seconds.
+CLOSE_WAIT = 20.0
+#: Closing handshake of the WebSocket, seconds.
+WS_CLOSE_TIMEOUT = 2.0
+PROTOCOL_VERSION = "5.3"
+CHANNELS = ("shell", "iopub", "stdin", "control")
+
+
+def _ws_url(url: str) -> str:
+    """``http(s)://`` → ``ws(s)://``."""
+    if url.startswith("https://"):
+        return "wss://" + url.removeprefix("https://")
+    return "ws://" + url.removeprefix("http://")
+
+
+def _gateway_message(body: bytes) -> str:
+    """The gateway's own words from an error body (JSON ``message``/``reason``, or text)."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:300]
+    if isinstance(data, dict):
+        for key in ("message", "reason"):
+            if data.get(key):
+                return str(data[key])[:300]
+    return text[:300]
+
+
+def _unpack_binary(frame: bytes) -> dict[str, Any]:
+    """Jupyter's legacy binary framing: nbufs, offsets, the JSON message, its buffers."""
+    (count,) = struct.unpack("!I", frame[:4])
+    offsets = [*struct.unpack(f"!{count}I", frame[4 : 4 * (count + 1)]), len(frame)]
+    parts = [frame[start:stop] for start, stop in itertools.pairwise(offsets)]
+    msg = json.loads(parts[0].decode("utf-8"))
+    if isinstance(msg, dict):
+        msg["buffers"] = parts[1:]
+    return msg
+
+
+def _decode(frame: str | bytes) -> dict[str, Any] | None:
+    """One WebSocket frame as a Jupyter message dict, or None if it is not one."""
+    try:
+        msg = _unpack_binary(frame) if isinstance(frame, bytes) else json.loads(frame)
+    except (ValueError, IndexError, struct.error) as exc:
+        log.warning("ignoring a malformed frame from the kernel gateway: %s", exc)
+        return None
+    if not isinstance(msg, dict) or not isinstance(msg.get("header"), dict):
+        log.warning("ignoring a frame from the kernel gateway that is not a message")
+        return None
+    for key in ("parent_header", "metadata", "content"):
+        if not isinstance(msg.get(key), dict):
+            msg[key] = {}
+    msg.setdefault("buffers", [])
+    return msg
+
+
+class GatewayClient:
+    """The channels of one gateway kernel over one WebSocket.
+
+    Implements ``kernel.KernelClient``. One reader task puts every incoming
+    message on the queue of its channel; one writer task sends what
+    ``execute``/``kernel_info`` queue (they must return a msg_id at once). Both
+    tasks belong to the client and end in ``aclose`` (or ``stop_channels``).
+
+    ``death`` says why the kernel is gone when the client saw it go: an IOPub
+    status ``dead``/``restarting``, or the socket closing.
+    """
+
+    def __init__(
+        self,
+        ws_url: str,
+        *,
+        headers: dict[str, str],
+        gateway_url: str,
+        kernel_id: str,
+        username: str = "kernel-mcp",
+    ) -> None:
+        #: Fresh for every client: the gateway keys connections by session id.
+        self.session_id = uuid.uuid4().hex
+        self.kernel_id = kernel_id
+        self.gateway_url = gateway_url
+        self.username = username
+        self._url = f"{ws_url}?session_id={self.session_id}"
+        self._headers = headers
+        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {
+            channel: asyncio.Queue() for channel in CHANNELS
+        }
+        self._outgoing: asyncio.Queue[str] = asyncio.Queue()
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.death: str | None = None
+        """Why the kernel is gone, when the client saw it (not set by ``aclose``)."""
+        self.closed = False
+
+    @property
+    def dead(self) -> bool:
+        """The connection is unusable: the kernel died, the socket closed, or we closed it."""
+        return self.closed or self.death is not None
+
+    # -- lifecycle -----------------------------------------------------------
+    async def connect(self, *, timeout: float = START_TIMEOUT) -> None:
+        """Open the WebSocket and start the reader and writer.
+
+        Raises:
+            KernelError: 404, the gateway does not have the kernel.
+            KernelStartFailed: the gateway is unreachable or refused the handshake.
+        """
+        url = self.gateway_url
+        try:
+            self._ws = await connect(
+                self._url,
+                additional_headers=self._headers,
+                max_size=None,  # an output may be large; the collector caps it
+                open_timeout=timeout,
+                close_timeout=WS_CLOSE_TIMEOUT,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status == 404:
+                raise KernelError(
+                    f"kernel gateway at {url} no longer has kernel {self.kernel_id}"
+                ) from None
+            body = exc.response.body or b""
+            raise KernelStartFailed(
+                _status_message(
+                    url, status, body, "opening the channels", has_token=bool(self._headers)
+                )
+            ) from None
+        except InvalidHandshake as exc:
+            raise KernelStartFailed(
+                f"kernel gateway at {url} refused the kernel channels WebSocket: {exc}"
+            ) from None
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise KernelStartFailed(
+                f"kernel gateway at {url} is unreachable: {_describe(exc)}"
+            ) from None
+        self._reader = asyncio.ensure_future(self._read(self._ws))
+        self._writer = asyncio.ensure_future(self._write(self._ws))
+
+    async def aclose(self) -> None:
+        """Stop the reader and writer, wait for them, and close the WebSocket."""
+        self.closed = True
+        tasks = [task for task in (self._reader, self._writer) if task is not None]
+        for task in tasks:
+            task.cancel()
+        try:
+            if self._ws is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._ws.close(), WS_CLOSE_TIMEOUT + 1)
+        finally:
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception):
+                    log.warning("a gateway channel task failed: %r", result)
+
+    def stop_channels(self) -> None:
+        """Synchronous close (``KernelClient``): cancel the tasks, drop the connection.
+
+        ``GatewayProcess.kill``/``shutdown`` already awaited ``aclose``; this is
+        the fallback when they did not run.
+        """
+        if self.closed and (self._ws is None or self._ws.transport.is_closing()):
+            return
+        self.closed = True
+        for task in (self._reader, self._writer):
+            if task is not None:
+                task.cancel()
+        if self._ws is not None:
+            self._ws.transport.abort()
+
+    # -- requests (KernelClient) --------------------------------------------
+    def execute(
+        self,
+        code: str,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool | None = None,
+        stop_on_error: bool = True,
+    ) -> str:
+        """Queue an execute_request on the shell channel; returns its msg_id."""
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": store_history,
+            "user_expressions": user_expressions or {},
+            "allow_stdin": bool(allow_stdin),
+            "stop_on_error": stop_on_error,
+        }
+        return self._send("execute_request", content, "shell")
+
+    def kernel_info(self, channel: str = "shell") -> str:
+        """Queue a kernel_info_request (on ``shell`` or ``control``); returns its msg_id."""
+        return self._send("kernel_info_request", {}, channel)
+
+    async def get_shell_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next shell message. Raises ``queue.Empty`` after ``timeout`` s (None: wait)."""
+        return await self._get("shell", timeout)
+
+    async def get_iopub_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next IOPub message. Raises ``queue.Empty`` after ``timeout`` s (None: wait)."""
+        return await self._get("iopub", timeout)
+
+    async def get_control_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next control message. Raises ``queue.Empty`` after ``timeout`` s (None: wait)."""
+        return await self._get("control", timeout)
+
+    # -- internals -----------------------------------------------------------
+    def _send(self, msg_type: str, content: dict[str, Any], channel: str) -> str:
+        msg_id = uuid.uuid4().hex
+        msg = {
+            "header": {
+                "msg_id": msg_id,
+                "msg_type": msg_type,
+                "session": self.session_id,
+                "username": self.username,
+                "date": datetime.now(timezone.utc).isoformat(),
+                "version": PROTOCOL_VERSION,
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": content,
+            "buffers": [],
+            "channel": channel,
+        }
+        self._outgoing.put_nowait(json.dumps(msg))
+        return msg_id
+
+    async def _get(self, channel: str, timeout: float | None) -> dict[str, Any]:
+        pending = self._queues[channel]
+        if not pending.empty():
+            return pending.get_nowait()
+        if timeout is None:
+            return await pending.get()
+        if self.dead or timeout <= 0:
+            raise queue.Empty  # nothing more is coming, or the caller would not wait
+        try:
+            return await asyncio.wait_for(pending.get(), timeout)
+        except asyncio.TimeoutError:
+            raise queue.Empty from None
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for frame in ws:
+                msg = _decode(frame)
+                if msg is None:
+                    continue
+                channel = msg.get("channel") or "shell"
+                if channel == "iopub" and msg["header"].get("msg_type") == "status":
+                    state = msg["content"].get("execution_state")
+                    if state == "dead":
+                        self._saw_death("the gateway reported the kernel dead")
+                    elif state == "restarting":
+                        self._saw_death(
+                            "the gateway saw the kernel die and is restarting it; its state is gone"
+                        )
+                target = self._queues.get(channel)
+                if target is None:
+                    log.debug("ignoring a message on unknown channel %r", channel)
+                    continue
+                target.put_nowait(msg)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("reading from the kernel gateway failed")
+        # Reached only when the socket ended by itself (aclose cancels this task).
+        if not self.closed:
+            self._saw_death("the connection to the kernel gateway closed")
+        if self._writer is not None:
+            self._writer.cancel()
+
+    async def _write(self, ws: ClientConnection) -> None:
+        while True:
+            frame = await self._outgoing.get()
+            try:
+                await ws.send(frame)
+            except ConnectionClosed:
+                if not self.closed:
+                    self._saw_death("the connection to the kernel gateway closed")
+                return
+
+    def _saw_death(self, why: str) -> None:
+        if self.death is None:
+            self.death = why
+            log.info("gateway kernel %s: %s", self.kernel_id, why)
+
+
+class GatewayProcess:
+    """A kernel on the gateway, as ``kernel.KernelProcess`` sees it."""
+
+    backend = "gateway"
+
+    def __init__(self, owner: GatewayBackend, kernel_id: str, client: GatewayClient) -> None:
+        self.kernel_id = kernel_id
+        self.client = client
+        self._owner = owner
+        self._path = f"/api/kernels/{quote(kernel_id, safe='')}"
+        self._gone = False  # the gateway answered 404
+        self._reported_dead = False  # the gateway's model said execution_state "dead"
+        self._ended = False  # we deleted it
+        self._alive = True
+        self._checked_at = -math.inf
+        self._check = asyncio.Lock()
+        self._deleting: asyncio.Task[None] | None = None
+
+    async def is_alive(self) -> bool:
+        """False once the client saw a death or lost the socket, or the gateway says 404.
+
+        Otherwise asks ``GET /api/kernels/{id}``, at most once a second.
+        """
+        if self.client.dead or self._gone or self._ended or self._reported_dead:
+            return False
+        if time.monotonic() - self._checked_at < LIVENESS_CACHE:
+            return self._alive
+        async with self._check:
+            if time.monotonic() - self._checked_at < LIVENESS_CACHE:
+                return self._alive and not self.client.dead
+            self._alive = await self._ask_gateway()
+            self._checked_at = time.monotonic()
+        return self._alive and not self.client.dead
+
+    async def _ask_gateway(self) -> bool:
+        try:
+            response = await self._owner.http.get(
+                self._owner.url + self._path, timeout=LIVENESS_TIMEOUT
+            )
+        except (httpx2.HTTPError, RuntimeError) as exc:
+            # Unanswered is not dead: the WebSocket is the authority on a lost gateway.
+            log.debug("liveness check of gateway kernel %s failed: %s", self.kernel_id, exc)
+            return True
+        if response.status_code == 404:
+            self._gone = True
+            return False
+        if response.status_code == 200:
+            with contextlib.suppress(ValueError, AttributeError):
+                if response.json().get("execution_state") == "dead":
+                    self._reported_dead = True
+                    return False
+        return True
+
+    async def interrupt(self) -> None:
+        """``POST /api/kernels/{id}/interrupt`` (SIGINT for ipykernel); failures are logged."""
+        if self.client.dead or self._ended:
+            return
+        try:
+            response = await self._owner.http.post(self._owner.url + self._path + "/interrupt")
+        except (httpx2.HTTPError, RuntimeError) as exc:
+            log.warning("interrupting gateway kernel %s failed: %s", self.kernel_id, exc)
+            return
+        if response.status_code >= 400:
+            log.warning(
+                "interrupting gateway kernel %s: HTTP %s %s",
+                self.kernel_id,
+                response.status_code,
+                self._owner.scrub(_gateway_message(response.content)),
+            )
+
+    async def kill(self) -> None:
+        """``DELETE /api/kernels/{id}`` (404 is fine) and close the channels."""
+        await self._end()
+
+    async def shutdown(self) -> None:
+        """Same as ``kill``: the gateway's DELETE already asks first, then kills."""
+        await self._end()
+
+    def exit_description(self) -> str:
+        """What was seen: the gateway's report, a 404, or the connection closing."""
+        if self.client.death:
+            return self.client.death
+        if self._reported_dead:
+            return "the gateway reported the kernel dead"
+        if self._gone:
+            return "the gateway no longer has the kernel (culled or lost)"
+        if self._ended:
+            return "the kernel was shut down through the gateway"
+        return "the kernel stopped responding"
+
+    def rss_bytes(self) -> int | None:
+        """Unknown: the kernel runs elsewhere."""
+        return None
+
+    async def _end(self) -> None:
+        self._ended = True
+        if self._deleting is None:
+            # Owned by the backend, so a cancelled caller cannot leave the kernel running.
+            self._deleting = self._owner.own(self._owner.delete_kernel(self.kernel_id))
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._deleting)
+        finally:
+            await self.client.aclose()
+
+
+class GatewayBackend:
+    """Starts (and attaches to) kernels on a Jupyter Kernel / Enterprise Gateway.
+
+    Implements ``backend.KernelBackend``. One HTTP client is shared by every
+    kernel of the backend; ``close`` waits for clean-ups still running, then
+    closes it.
+    """
+
+    name = "gateway"
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.gateway_url:
+            raise ValueError("GatewayBackend needs settings.gateway_url")
+        self.settings = settings
+        self.url = settings.gateway_url.rstrip("/")
+        self.limits = OutputLimits(max_output_bytes=settings.max_output_bytes)
+        secret = settings.gateway_token.get_secret_value() if settings.gateway_token else ""
+        self._token = secret.strip()
+        self._headers = {"Authorization": f"token {self._token}"} if self._token else {}
+        self.http = httpx2.AsyncClient(
+            headers=self._headers,
+            timeout=httpx2.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
+        )
+        # The gateway passes KERNEL_* variables from the request to the kernel;
+        # the secret filter first, so KERNEL_MCP_* (our own settings) never go.
+        self._env = {
+            name: value
+            for name, value in kernel_environment(os.environ, allow=settings.env_allow).items()
+            if name.startswith("KERNEL_")
+        }
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- KernelBackend -------------------------------------------------------
+    async def start(self) -> Kernel:
+        """Start a kernel on the gateway and wait until it answers kernel_info.
+
+        Raises:
+            KernelStartFailed: the gateway is unreachable, refused the token, or
+                the kernel did not come up; the message names the gateway.
+        """
+        creating = self.own(self._create())
+        try:
+            kernel_id = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # The gateway may still create it: delete it once it has.
+            self.own(self._delete_once_created(creating))
+            raise
+        try:
+            return await self._attach(kernel_id, ready_on="shell")
+        except BaseException:
+            await self._delete_soon(kernel_id)
+            raise
+
+    async def connect(self, kernel_id: str) -> Kernel:
+        """Attach to a kernel the gateway already runs (started by another replica).
+
+        Raises:
+            KernelError: the gateway no longer has it (404).
+            KernelStartFailed: the gateway is unreachable or refused the token.
+        """
+        response = await self._request(
+            "GET", self._kernel_path(kernel_id), what="looking up the kernel", allow=(404,)
+        )
+        if response.status_code == 404:
+            raise KernelError(
+                f"kernel gateway at {self.url} no longer has kernel {kernel_id} "
+                "(shut down, culled or lost)"
+            )
+        # kernel_info on control: a busy kernel still answers there at once.
+        return await self._attach(kernel_id, ready_on="control")
+
+    async def close(self) -> None:
+        """Wait (bounded) for deletions still running, then close the HTTP client."""
+        try:
+            if self._tasks:
+                _, pending = await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            await self.http.aclose()
+
+    # -- used by GatewayProcess ----------------------------------------------
+    def own(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task this backend owns and ``close`` waits for."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    async def delete_kernel(self, kernel_id: str) -> None:
+        """``DELETE`` a kernel; 404 counts as done, 5xx is retried for a while. Never raises."""
+        deadline = time.monotonic() + DELETE_RETRY_FOR
+        path = self.url + self._kernel_path(kernel_id)
+        while True:
+            try:
+                response = await self.http.delete(path)
+            except (httpx2.HTTPError, RuntimeError) as exc:
+                log.warning(
+                    "could not delete kernel %s on the kernel gateway at %s: %s",
+                    kernel_id,
+                    self.url,
+                    self.scrub(_describe(exc)),
+                )
+                return
+            status = response.status_code
+            if status < 400 or status == 404:
+                return
+            # A kernel in the middle of an autorestart answers 500; try again.
+            if status < 500 or time.monotonic() > deadline:
+                log.warning(
+                    "kernel gateway at %s would not delete kernel %s: HTTP %s %s",
+                    self.url,
+                    kernel_id,
+                    status,
+                    self.scrub(_gateway_message(response.content)),
+                )
+                return
+            await asyncio.sleep(0.25)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the token blanked out, should a message ever echo it."""
+        return text.replace(self._token, "***") if self._token else text
+
+    # -- internals -----------------------------------------------------------
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: whoever awaited it reported it (deletions log)
+
+    @staticmethod
+    def _kernel_path(kernel_id: str) -> str:
+        return f"/api/kernels/{quote(kernel_id, safe='')}"
+
+    async def _create(self) -> str:
+        response = await self._request(
+            "POST",
+            "/api/kernels",
+            what="starting a kernel",
+            json={"name": self.settings.gateway_kernel_name, "env": dict(self._env)},
+            timeout=START_TIMEOUT,
+        )
+        try:
+            kernel_id = response.json()["id"]
+        except (ValueError, KeyError, TypeError):
+            raise KernelStartFailed(
+                f"kernel gateway at {self.url} answered the kernel start without a kernel id"
+            ) from None
+        log.info("kernel %s started on the kernel gateway at %s", kernel_id, self.url)
+        return str(kernel_id)
+
+    async def _delete_once_created(self, creating: asyncio.Task[str]) -> None:
+        try:
+            kernel_id = await creating
+        except BaseException:
+            return
+        await self.delete_kernel(kernel_id)
+
+    async def _delete_soon(self, kernel_id: str) -> None:
+        """Delete, waiting for it; if we are cancelled meanwhile the backend still finishes it."""
+        task = self.own(self.delete_kernel(kernel_id))
+        with contextlib.suppress(Exception):
+            await asyncio.shield(task)
+
+    async def _attach(self, kernel_id: str, *, ready_on: str) -> Kernel:
+        client = GatewayClient(
+            _ws_url(self.url) + self._kernel_path(kernel_id) + "/channels",
+            headers=dict(self._headers),
+            gateway_url=self.url,
+            kernel_id=kernel_id,
+        )
+        try:
+            await client.connect()
+        except KernelError as exc:
+            raise type(exc)(self.scrub(str(exc))) from None
+        try:
+            process = GatewayProcess(self, kernel_id, client)
+            info = await self._kernel_info(client, ready_on)
+        except BaseException:
+            await client.aclose()
+            raise
+        return Kernel(process, client, limits=self.limits, kernel_info=info)
+
+    async def _kernel_info(self, client: GatewayClient, channel: str) -> dict[str, Any]:
+        """Send kernel_info_request until one is answered (a starting kernel may drop some)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        sent: set[str] = set()
+        while True:
+            if client.dead:
+                raise KernelStartFailed(
+                    f"kernel {client.kernel_id} on the kernel gateway at {self.url} "
+                    f"ended while starting: {client.death or 'the connection closed'}"
+                )
+            now = time.monotonic()
+            if now >= deadline:
+                raise KernelStartFailed(
+                    f"kernel {client.kernel_id} on the kernel gateway at {self.url} did not "
+                    f"answer kernel_info within {START_TIMEOUT:g} s"
+                )
+            sent.add(client.kernel_info(channel))
+            retry_at = min(deadline, now + KERNEL_INFO_RETRY)
+            while (left := retry_at - time.monotonic()) > 0:
+                try:
+                    msg = await client._get(channel, left)
+                except queue.Empty:
+                    break
+                if (
+                    msg["header"].get("msg_type") == "kernel_info_reply"
+                    and msg["parent_header"].get("msg_id") in sent
+                ):
+                    return dict(msg["content"])
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        json: Any = None,
+        timeout: float | None = None,
+        allow: tuple[int, ...] = (),
+    ) -> httpx2.Response:
+        """One REST call; failures become KernelStartFailed naming the gateway."""
+        try:
+            response = await self.http.request(
+                method,
+                self.url + path,
+                json=json,
+                timeout=timeout if timeout is not None else httpx2.USE_CLIENT_DEFAULT,
+            )
+        except httpx2.HTTPError as exc:
+            raise KernelStartFailed(
+                f"kernel gateway at {self.url} is unreachable: {self.scrub(_describe(exc))}"
+            ) from None
+        if response.status_code >= 400 and response.status_code not in allow:
+            self._raise_status(response.status_code, response.content, what)
+        return response
+
+    def _raise_status(self, status: int, body: bytes, what: str) -> NoReturn:
+        raise KernelStartFailed(
+            self.scrub(_status_message(self.url, status, body, what, has_token=bool(self._token)))
+        )
+
+
+def _status_message(url: str, status: int, body: bytes, what: str, *, has_token: bool) -> str:
+    """An HTTP error from the gateway as one line that names it."""
+    message = _gateway_message(body)
+    refused = status == 401 or (status == 403 and message in ("", "Forbidden"))
+    if refused and not has_token:
+        return (
+            f"kernel gateway at {url} requires a token (HTTP {status}); "
+            "set KERNEL_MCP_GATEWAY_TOKEN"
+        )
+    if refused:
+        return f"kernel gateway at {url} refused the token (HTTP {status})"
+    detail = f": {message}" if message else ""
+    return f"kernel gateway at {url} answered HTTP {status} to {what}{detail}"
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as a short phrase (some httpx errors have an empty message)."""
+    if isinstance(exc, (httpx2.TimeoutException, asyncio.TimeoutError)):
+        return f"no answer in time ({type(exc).__name__})"
+    text = str(exc).strip()
+    return f"{text} ({type(exc).__name__})" if text else type(exc).__name__
