@@ -25,12 +25,12 @@ serve: $(VENV)/.serve
 	$(BIN)/kernel-mcp serve
 
 test: $(VENV)/.test
-	$(BIN)/ruff check kernel_mcp tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check kernel_mcp tests bench
-	$(BIN)/ruff format --check kernel_mcp tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(VENV)/.test
 	$(BIN)/python bench/bench.py

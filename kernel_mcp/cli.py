@@ -124,6 +124,8 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The gateway backend's HTTP client would log every liveness check at INFO.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     from kernel_mcp import server
 
     if args.stdio:
