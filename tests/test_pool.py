@@ -1,0 +1,254 @@
+"""Specification of ``kernel_mcp.pool.KernelPool``: the warm pool of unused kernels.
+
+The pool keeps ``size`` started kernels ready, refilled in the background. A
+kernel handed out is the caller's and never comes back: no kernel is handed
+out twice. With size 0 every request starts a kernel. ``close`` stops the
+refilling and shuts down every kernel still in the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from kernel_mcp.backend import LocalBackend
+from kernel_mcp.config import load_settings
+from kernel_mcp.errors import KernelError
+from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Kernel
+from kernel_mcp.pool import KernelPool
+from tests.conftest import alive, kernel_processes, wait_for, wait_until
+
+#: A standard-library module a fresh kernel does not import by itself (``json``
+#: is imported by ipykernel already, so preloading it could not be observed).
+PRELOADED = "colorsys"
+
+MakePool = Callable[..., Awaitable[KernelPool]]
+
+
+class RecordingBackend:
+    """A LocalBackend that remembers every kernel it started."""
+
+    name = "local"
+
+    def __init__(self, inner: LocalBackend) -> None:
+        self.inner = inner
+        self.started: list[Kernel] = []
+
+    async def start(self) -> Kernel:
+        kernel = await self.inner.start()
+        self.started.append(kernel)
+        return kernel
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    @property
+    def pids(self) -> set[int]:
+        return {pid_of(k) for k in self.started}
+
+
+def pid_of(kernel: Kernel) -> int:
+    pid = getattr(kernel.process, "pid", None)
+    assert isinstance(pid, int)
+    return pid
+
+
+@pytest.fixture(scope="module")
+def projects(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pool-projects")
+
+
+@pytest.fixture
+async def backend(projects: Path) -> AsyncIterator[RecordingBackend]:
+    recording = RecordingBackend(LocalBackend(load_settings(projects_dir=projects, pool_size=0)))
+    yield recording
+    await asyncio.gather(*(k.shutdown(now=True) for k in recording.started),
+                         return_exceptions=True)
+    await recording.close()
+
+
+@pytest.fixture
+async def make_pool(backend: RecordingBackend) -> AsyncIterator[MakePool]:
+    pools: list[KernelPool] = []
+
+    async def make(size: int, preload: list[str] | None = None) -> KernelPool:
+        pool = KernelPool(backend, size=size, preload=preload or [])  # type: ignore[arg-type]
+        pools.append(pool)
+        await pool.start()
+        return pool
+
+    yield make
+    for pool in pools:
+        await pool.close()
+
+
+async def answer(kernel: Kernel, expression: str) -> str:
+    result = await kernel.execute(expression, timeout=20, grace=2)
+    assert result.status == "ok", result
+    return str(result.outputs[-1]["data"]["text/plain"])
+
+
+async def test_acquire_returns_distinct_live_kernels(make_pool, backend) -> None:
+    pool = await make_pool(2)
+    await pool.wait_full(timeout=30)
+    assert pool.ready_count == 2
+
+    first, second = await pool.acquire(), await pool.acquire()
+
+    assert first is not second
+    assert pid_of(first) != pid_of(second)
+    assert await first.is_alive()
+    assert await second.is_alive()
+    assert await answer(first, "import os; os.getpid()") == str(pid_of(first))
+    assert await answer(second, "import os; os.getpid()") == str(pid_of(second))
+
+
+async def test_the_pool_refills_to_its_size_in_the_background(make_pool, backend) -> None:
+    pool = await make_pool(2)
+    await pool.wait_full(timeout=30)
+    taken = [await pool.acquire(), await pool.acquire()]
+    assert pool.ready_count < 2
+
+    await pool.wait_full(timeout=30)
+
+    assert pool.ready_count == 2
+    assert len(backend.started) == 4
+    assert all(k in backend.started for k in taken)
+
+
+async def test_no_kernel_is_handed_out_twice(make_pool, backend) -> None:
+    pool = await make_pool(2)
+    await pool.wait_full(timeout=30)
+
+    # More concurrent requests than ready kernels, then more after the refill.
+    handed = list(await asyncio.gather(*(pool.acquire() for _ in range(3))))
+    await pool.wait_full(timeout=30)
+    handed += [await pool.acquire(), await pool.acquire()]
+
+    assert len({id(k) for k in handed}) == len(handed) == 5
+    assert len({pid_of(k) for k in handed}) == 5
+    for kernel in handed:
+        assert await kernel.is_alive()
+    # A used kernel is never offered again: its state is the caller's alone.
+    await handed[0].execute("touched = True", timeout=20, grace=2)
+    await pool.wait_full(timeout=30)
+    again = await pool.acquire()
+    assert all(again is not k for k in handed)
+    assert await answer(again, "'touched' in globals()") == "False"
+
+
+async def test_size_zero_starts_a_kernel_per_request(make_pool, backend) -> None:
+    pool = await make_pool(0)
+    assert pool.ready_count == 0
+    assert backend.started == [], "nothing is started ahead of a request"
+
+    kernel = await pool.acquire()
+
+    assert backend.started == [kernel]
+    assert await kernel.is_alive()
+    assert await answer(kernel, "1 + 1") == "2"
+    second = await pool.acquire()
+    assert second is not kernel
+    assert backend.started == [kernel, second]
+    assert pool.ready_count == 0
+
+
+async def test_preload_imports_modules_before_the_kernel_is_handed_out(make_pool) -> None:
+    pool = await make_pool(1, preload=[PRELOADED])
+    await pool.wait_full(timeout=30)
+    pooled = await pool.acquire()
+    assert await answer(pooled, f"import sys; {PRELOADED!r} in sys.modules") == "True"
+
+
+async def test_preload_also_applies_to_kernels_started_on_demand(make_pool) -> None:
+    pool = await make_pool(0, preload=[PRELOADED])
+    kernel = await pool.acquire()
+    assert await answer(kernel, f"import sys; {PRELOADED!r} in sys.modules") == "True"
+
+
+async def test_a_failing_preload_still_hands_out_a_working_kernel(make_pool) -> None:
+    pool = await make_pool(0, preload=["no_such_module_for_kernel_mcp_tests"])
+    kernel = await pool.acquire()
+    assert await kernel.is_alive()
+    assert await answer(kernel, "'usable'") == "'usable'"
+
+
+async def test_kernels_are_prepared_with_the_output_guard(projects: Path) -> None:
+    """A flood is cut inside the kernel, so the server never receives more than it keeps."""
+    settings = load_settings(projects_dir=projects, pool_size=0, max_output_bytes=2048)
+    backend = LocalBackend(settings)
+    pool = KernelPool(backend, size=0, preload=[])
+    try:
+        kernel = await pool.acquire()
+        try:
+            result = await kernel.execute("print('x' * 100_000)", timeout=20, grace=2)
+        finally:
+            await kernel.shutdown(now=True)
+    finally:
+        await pool.close()
+        await backend.close()
+
+    assert result.status == "ok", result
+    (stream,) = result.outputs
+    assert OUTPUT_GUARD_MARKER in stream["text"]
+    assert stream["text"].startswith("x" * 1000)
+    assert len(stream["text"]) <= 2048
+    assert not result.truncated, "the kernel dropped the flood; the collector had nothing to cut"
+
+
+async def test_a_dead_pooled_kernel_is_not_handed_out(make_pool, backend) -> None:
+    pool = await make_pool(1)
+    await pool.wait_full(timeout=30)
+    (doomed,) = backend.started
+    os.kill(pid_of(doomed), signal.SIGKILL)
+
+    async def exited() -> bool:
+        return not await doomed.process.is_alive()
+
+    assert await wait_for(exited, timeout=10)
+
+    kernel = await pool.acquire()
+
+    assert kernel is not doomed
+    assert await kernel.is_alive()
+    assert await answer(kernel, "'fresh'") == "'fresh'"
+
+
+async def test_close_shuts_down_every_pooled_kernel(make_pool, backend) -> None:
+    pool = await make_pool(2)
+    await pool.wait_full(timeout=30)
+    handed = await pool.acquire()
+    await pool.wait_full(timeout=30)
+    pooled = backend.pids - {pid_of(handed)}
+    assert len(pooled) == 2
+    assert alive(pooled) == pooled
+
+    await pool.close()
+
+    assert wait_until(lambda: not alive(pooled), timeout=10)
+    assert await handed.is_alive(), "a kernel handed out belongs to its caller"
+    with pytest.raises(KernelError, match="shutting down"):
+        await pool.acquire()
+
+
+async def test_close_while_refilling_leaves_no_kernel_behind(make_pool, backend) -> None:
+    pool = await make_pool(2)
+
+    async def first_ready() -> bool:
+        return pool.ready_count >= 1
+
+    assert await wait_for(first_ready, timeout=30)
+    manager = backend.started[0].process.manager  # type: ignore[attr-defined]
+    folder = str(Path(manager.connection_file).parent)
+
+    await pool.close()  # the second kernel is being started right now
+
+    def ours() -> set[int]:
+        return {p.pid for p in kernel_processes() if folder in " ".join(p.info["cmdline"])}
+
+    assert wait_until(lambda: not alive(ours()), timeout=15), ours()

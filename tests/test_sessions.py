@@ -1,0 +1,477 @@
+"""Specification of ``kernel_mcp.sessions.SessionRegistry``: named, owned, persistent kernels.
+
+Every lookup names its owner, and another owner's session is reported exactly
+like an unknown one. Calls on one session run alone, in arrival order;
+different sessions run in parallel. A closed or culled session leaves a
+tombstone that says so; a dead kernel is replaced on the next use, which is
+told the state was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernel_mcp.backend import LocalBackend
+from kernel_mcp.config import load_settings
+from kernel_mcp.errors import InvalidArgument, SessionGone, SessionNotFound, TooManySessions
+from kernel_mcp.kernel import Execution, Kernel
+from kernel_mcp.pool import KernelPool
+from kernel_mcp.sessions import Session, SessionRegistry
+from tests.conftest import alive, wait_for, wait_until
+
+MakeRegistry = Callable[..., Awaitable[SessionRegistry]]
+
+
+@pytest.fixture(scope="module")
+async def pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KernelPool]:
+    projects = tmp_path_factory.mktemp("session-projects")
+    backend = LocalBackend(load_settings(projects_dir=projects, pool_size=2))
+    shared = KernelPool(backend, size=2, preload=[])
+    await shared.start()
+    yield shared
+    await shared.close()
+    await backend.close()
+
+
+@pytest.fixture
+async def make_registry(pool: KernelPool) -> AsyncIterator[MakeRegistry]:
+    registries: list[SessionRegistry] = []
+
+    async def make(*, max_sessions: int = 8, idle_timeout: float = 0, **kwargs: Any
+                   ) -> SessionRegistry:
+        registry = SessionRegistry(pool, max_sessions=max_sessions, idle_timeout=idle_timeout,
+                                   **kwargs)
+        registries.append(registry)
+        await registry.start()
+        return registry
+
+    yield make
+    for registry in registries:
+        await registry.close()
+
+
+@pytest.fixture
+async def registry(make_registry: MakeRegistry) -> SessionRegistry:
+    return await make_registry()
+
+
+def pid_of(kernel: Kernel | None) -> int:
+    assert kernel is not None
+    pid = getattr(kernel.process, "pid", None)
+    assert isinstance(pid, int)
+    return pid
+
+
+async def execute(registry: SessionRegistry, owner: str | None, session_id: str, code: str,
+                  *, timeout: float = 20) -> Execution:
+    async def work(session: Session, kernel: Kernel) -> Execution:
+        return await kernel.execute(code, timeout=timeout, grace=2)
+
+    return await registry.use(owner, session_id, work)
+
+
+async def answer(registry: SessionRegistry, owner: str | None, session_id: str,
+                 expression: str) -> str:
+    result = await execute(registry, owner, session_id, expression)
+    assert result.status == "ok", result
+    return str(result.outputs[-1]["data"]["text/plain"])
+
+
+def message_of(excinfo: pytest.ExceptionInfo[BaseException], session_id: str) -> str:
+    return str(excinfo.value).replace(session_id, "<id>")
+
+
+# -- creating and finding ---------------------------------------------------------
+async def test_sessions_are_created_listed_and_found_per_owner(
+    registry: SessionRegistry,
+) -> None:
+    named = await registry.create("alice", "analysis")
+    unnamed = await registry.create("alice")
+    bobs = await registry.create("bob")
+
+    assert named.name == "analysis"
+    assert unnamed.name == unnamed.id, "an unnamed session is called by its id"
+    assert len({named.id, unnamed.id, bobs.id}) == 3
+    assert all(len(s.id) >= 16 for s in (named, unnamed, bobs))
+    assert named.owner == "alice"
+    assert named.state == "idle"
+    assert registry.get("alice", named.id) is named
+    assert registry.get("bob", bobs.id) is bobs
+    assert {s.id for s in registry.list("alice")} == {named.id, unnamed.id}
+    assert [s.id for s in registry.list("bob")] == [bobs.id]
+    assert registry.list("carol") == []
+    assert registry.list(None) == []
+    assert registry.count == 3
+    assert len({pid_of(s.kernel) for s in (named, unnamed, bobs)}) == 3
+
+
+async def test_another_owners_session_is_reported_like_an_unknown_one(
+    registry: SessionRegistry,
+) -> None:
+    mine = await registry.create("alice")
+    unknown = "no-such-session-id-000000"
+
+    with pytest.raises(SessionNotFound) as foreign:
+        registry.get("bob", mine.id)
+    with pytest.raises(SessionNotFound) as missing:
+        registry.get("bob", unknown)
+    assert message_of(foreign, mine.id) == message_of(missing, unknown)
+    assert type(foreign.value) is type(missing.value)
+
+    async def work(session: Session, kernel: Kernel) -> None:
+        raise AssertionError("another owner's work must never run")
+
+    with pytest.raises(SessionNotFound):
+        await registry.use("bob", mine.id, work)
+    with pytest.raises(SessionNotFound):
+        await registry.interrupt("bob", mine.id)
+    with pytest.raises(SessionNotFound):
+        await registry.restart("bob", mine.id)
+    with pytest.raises(SessionNotFound):
+        await registry.close_session("bob", mine.id)
+    with pytest.raises(SessionNotFound):
+        registry.get(None, mine.id)
+
+    assert registry.get("alice", mine.id) is mine
+    assert await mine.kernel.is_alive()  # type: ignore[union-attr]
+
+    # Even its tombstone is not shown to another owner.
+    await registry.close_session("alice", mine.id)
+    with pytest.raises(SessionGone):
+        registry.get("alice", mine.id)
+    with pytest.raises(SessionNotFound) as buried:
+        registry.get("bob", mine.id)
+    assert message_of(buried, mine.id) == message_of(missing, unknown)
+
+
+async def test_max_sessions_is_enforced_even_for_concurrent_creates(
+    make_registry: MakeRegistry,
+) -> None:
+    registry = await make_registry(max_sessions=2)
+
+    outcomes = await asyncio.gather(*(registry.create("alice") for _ in range(3)),
+                                    return_exceptions=True)
+
+    sessions = [o for o in outcomes if isinstance(o, Session)]
+    refused = [o for o in outcomes if not isinstance(o, Session)]
+    assert len(sessions) == 2
+    assert len(refused) == 1 and isinstance(refused[0], TooManySessions), refused
+    assert "KERNEL_MCP_MAX_SESSIONS" in str(refused[0])
+    with pytest.raises(TooManySessions):
+        await registry.create("bob")
+
+    await registry.close_session("alice", sessions[0].id)
+    replacement = await registry.create("bob")
+    assert registry.count == 2
+    assert replacement in registry.list("bob")
+
+
+@pytest.mark.parametrize("name", ["", "a b", "../escape", "sub/dir", ".hidden", "x" * 65])
+async def test_an_invalid_name_is_refused(registry: SessionRegistry, name: str) -> None:
+    with pytest.raises(InvalidArgument, match="Invalid name"):
+        await registry.create("alice", name)
+    assert registry.count == 0
+
+
+async def test_a_duplicate_name_is_refused_until_the_first_is_closed(
+    registry: SessionRegistry,
+) -> None:
+    first = await registry.create("alice", "work")
+    with pytest.raises(InvalidArgument, match="'work' already"):
+        await registry.create("alice", "work")
+    assert registry.count == 1
+
+    await registry.close_session("alice", first.id)
+    second = await registry.create("alice", "work")
+    assert second.name == "work"
+    assert second.id != first.id
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SessionRegistry.create checks the name before awaiting pool.acquire() and registers "
+    "the session only after it, so two concurrent creates with one name both succeed"
+))
+async def test_concurrent_creates_with_one_name_give_one_session(pool: KernelPool) -> None:
+    # An empty pool makes acquire() wait for a kernel start, as under load.
+    empty = KernelPool(pool.backend, size=0, preload=[])
+    registry = SessionRegistry(empty, max_sessions=8, idle_timeout=0)
+    try:
+        outcomes = await asyncio.gather(registry.create("alice", "twin"),
+                                        registry.create("alice", "twin"),
+                                        return_exceptions=True)
+        names = [s.name for s in registry.list("alice")]
+    finally:
+        await registry.close()
+        await empty.close()
+    assert names == ["twin"]
+    assert sum(isinstance(o, InvalidArgument) for o in outcomes) == 1
+
+
+async def test_names_are_per_owner(registry: SessionRegistry) -> None:
+    """Another owner's session names are neither visible nor in the way."""
+    alices = await registry.create("alice", "shared-name")
+    bobs = await registry.create("bob", "shared-name")
+    assert alices.id != bobs.id
+    assert [s.name for s in registry.list("bob")] == ["shared-name"]
+
+
+# -- using --------------------------------------------------------------------------
+async def test_use_runs_work_alone_and_in_arrival_order(registry: SessionRegistry) -> None:
+    session = await registry.create("alice")
+    spans: list[tuple[int, float, float]] = []
+    seen: list[tuple[Kernel, str]] = []
+
+    def work_for(index: int) -> Callable[[Session, Kernel], Awaitable[int]]:
+        async def work(current: Session, kernel: Kernel) -> int:
+            entered = time.monotonic()
+            seen.append((kernel, current.state))
+            await asyncio.sleep(0.05)
+            spans.append((index, entered, time.monotonic()))
+            return index
+
+        return work
+
+    results = await asyncio.gather(
+        *(registry.use("alice", session.id, work_for(i)) for i in range(4))
+    )
+
+    assert results == [0, 1, 2, 3]
+    assert [index for index, _, _ in spans] == [0, 1, 2, 3], "arrival order"
+    for (_, _, left), (_, entered, _) in itertools.pairwise(spans):
+        assert entered >= left, "no two works overlap"
+    assert all(kernel is session.kernel for kernel, _ in seen)
+    assert all(state == "busy" for _, state in seen)
+    assert session.runs == 4
+    assert session.state == "idle"
+
+
+async def test_state_persists_between_uses(registry: SessionRegistry) -> None:
+    session = await registry.create("alice")
+    await execute(registry, "alice", session.id, "counter = 41")
+    assert await answer(registry, "alice", session.id, "counter + 1") == "42"
+    assert session.lost_state is None
+
+
+async def test_different_sessions_run_in_parallel(registry: SessionRegistry) -> None:
+    one = await registry.create("alice")
+    two = await registry.create("alice")
+
+    def meeting() -> tuple[Callable[..., Awaitable[str]], Callable[..., Awaitable[str]]]:
+        """Two works that each wait for the other: they finish only if they overlap."""
+        first_in, second_in = asyncio.Event(), asyncio.Event()
+
+        async def first(session: Session, kernel: Kernel) -> str:
+            first_in.set()
+            await second_in.wait()
+            return "first"
+
+        async def second(session: Session, kernel: Kernel) -> str:
+            second_in.set()
+            await first_in.wait()
+            return "second"
+
+        return first, second
+
+    first, second = meeting()
+    together = asyncio.gather(registry.use("alice", one.id, first),
+                              registry.use("alice", two.id, second))
+    assert await asyncio.wait_for(together, timeout=5) == ["first", "second"]
+
+    # The same pair on one session would wait for each other forever.
+    first, second = meeting()
+    serialised = asyncio.gather(registry.use("alice", one.id, first),
+                                registry.use("alice", one.id, second))
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(serialised, timeout=0.5)
+    assert not one.lock.locked()
+
+
+async def test_interrupt_ends_the_running_call(
+    registry: SessionRegistry, tmp_path: Path
+) -> None:
+    session = await registry.create("alice")
+    assert await registry.interrupt("alice", session.id) is False, "nothing was running"
+
+    marker = tmp_path / "running"
+    call = asyncio.create_task(execute(
+        registry, "alice", session.id,
+        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
+        "while True:\n    time.sleep(0.01)\n",
+        timeout=30,
+    ))
+
+    async def running() -> bool:
+        return marker.exists()
+
+    try:
+        assert await wait_for(running, timeout=20)
+        assert await registry.interrupt("alice", session.id) is True
+        result = await asyncio.wait_for(call, timeout=10)
+    finally:
+        call.cancel()
+    assert result.status == "interrupted"
+    assert await answer(registry, "alice", session.id, "'still alive'") == "'still alive'"
+
+
+# -- kernels that die, restart ------------------------------------------------------
+async def test_a_kernel_that_died_during_a_run_is_replaced_on_the_next_use(
+    registry: SessionRegistry,
+) -> None:
+    session = await registry.create("alice")
+    await execute(registry, "alice", session.id, "lost = 'yes'")
+    old_pid = pid_of(session.kernel)
+
+    died = await execute(registry, "alice", session.id, "import os\nos._exit(1)")
+    assert died.status == "kernel_died"
+    assert session.lost_state == "the kernel was killed or died during the previous run"
+    assert session.state == "dead"
+
+    assert await answer(registry, "alice", session.id, "'lost' in globals()") == "False"
+    assert pid_of(session.kernel) != old_pid
+    assert session.lost_state is not None
+    assert "the kernel was killed or died during the previous run" in session.lost_state
+    assert "state was lost" in session.lost_state
+    assert session.state == "idle"
+
+
+async def test_a_kernel_that_died_while_idle_is_replaced_on_the_next_use(
+    registry: SessionRegistry,
+) -> None:
+    session = await registry.create("alice")
+    kernel = session.kernel
+    assert kernel is not None
+    old_pid = pid_of(kernel)
+    os.kill(old_pid, signal.SIGKILL)
+
+    async def exited() -> bool:
+        return not await kernel.process.is_alive()
+
+    assert await wait_for(exited, timeout=10)
+
+    assert await answer(registry, "alice", session.id, "'fresh'") == "'fresh'"
+    assert pid_of(session.kernel) != old_pid
+    assert session.lost_state == "the kernel died; the session's state was lost"
+
+
+async def test_restart_gives_a_new_kernel_with_an_empty_namespace(
+    registry: SessionRegistry,
+) -> None:
+    session = await registry.create("alice", "restartable")
+    await execute(registry, "alice", session.id, "before_restart = 1")
+    old_pid = pid_of(session.kernel)
+
+    restarted = await registry.restart("alice", session.id)
+
+    assert restarted is session
+    assert restarted.id == session.id and restarted.name == "restartable"
+    assert pid_of(session.kernel) != old_pid
+    assert wait_until(lambda: not alive({old_pid}), timeout=10)
+    assert await answer(registry, "alice", session.id, "'before_restart' in globals()") == "False"
+    assert session.lost_state is None, "a restart asked for is not a loss to report"
+
+
+# -- closing, culling ---------------------------------------------------------------
+async def test_close_session_shuts_the_kernel_and_leaves_a_tombstone(
+    make_registry: MakeRegistry,
+) -> None:
+    closed: list[Session] = []
+
+    async def on_close(session: Session) -> None:
+        closed.append(session)
+
+    registry = await make_registry(on_close=on_close)
+    session = await registry.create("alice")
+    pid = pid_of(session.kernel)
+
+    assert await registry.close_session("alice", session.id) is session
+
+    assert closed == [session]
+    assert session.kernel is None
+    assert wait_until(lambda: not alive({pid}), timeout=10)
+    assert registry.list("alice") == []
+    with pytest.raises(SessionGone, match=r"was closed at .*Create a new one"):
+        registry.get("alice", session.id)
+
+    async def work(current: Session, kernel: Kernel) -> None:
+        raise AssertionError("a closed session runs nothing")
+
+    with pytest.raises(SessionGone, match="was closed"):
+        await registry.use("alice", session.id, work)
+
+
+async def test_closing_a_busy_session_interrupts_its_call_first(
+    registry: SessionRegistry, tmp_path: Path
+) -> None:
+    session = await registry.create("alice")
+    pid = pid_of(session.kernel)
+    marker = tmp_path / "running"
+    call = asyncio.create_task(execute(
+        registry, "alice", session.id,
+        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
+        "while True:\n    time.sleep(0.01)\n",
+        timeout=30,
+    ))
+
+    async def running() -> bool:
+        return marker.exists()
+
+    try:
+        assert await wait_for(running, timeout=20)
+        await asyncio.wait_for(registry.close_session("alice", session.id), timeout=10)
+        result = await asyncio.wait_for(call, timeout=10)
+    finally:
+        call.cancel()
+    assert result.status == "interrupted"
+    assert wait_until(lambda: not alive({pid}), timeout=10)
+
+
+async def test_idle_sessions_are_culled_and_say_so(make_registry: MakeRegistry) -> None:
+    registry = await make_registry(idle_timeout=0.3)
+    session = await registry.create("alice")
+    pid = pid_of(session.kernel)
+
+    # A call longer than the idle timeout does not get its session culled.
+    async def long_work(current: Session, kernel: Kernel) -> str:
+        await asyncio.sleep(0.8)
+        return "done"
+
+    assert await registry.use("alice", session.id, long_work) == "done"
+    assert registry.get("alice", session.id) is session
+
+    async def culled() -> bool:
+        return session.id not in {s.id for s in registry.list("alice")}
+
+    assert await wait_for(culled, timeout=10)
+    with pytest.raises(SessionGone) as gone:
+        registry.get("alice", session.id)
+    assert "was culled at" in str(gone.value)
+    assert "KERNEL_MCP_SESSION_IDLE_TIMEOUT=0.3" in str(gone.value)
+    with pytest.raises(SessionNotFound):
+        registry.get("bob", session.id)
+
+    async def kernel_gone() -> bool:
+        return not alive({pid})
+
+    assert await wait_for(kernel_gone, timeout=10)
+
+
+async def test_closing_the_registry_shuts_every_kernel(make_registry: MakeRegistry) -> None:
+    registry = await make_registry(idle_timeout=60)
+    sessions = [await registry.create("alice"), await registry.create("bob")]
+    pids = {pid_of(s.kernel) for s in sessions}
+    assert alive(pids) == pids
+
+    await registry.close()
+
+    assert registry.count == 0
+    assert wait_until(lambda: not alive(pids), timeout=10)
+    assert all(s.kernel is None for s in sessions)
