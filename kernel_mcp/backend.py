@@ -83,10 +83,11 @@ class LocalProcess:
         self.manager = manager
         self.kernel_id = manager.kernel_id or uuid.uuid4().hex
         provisioner = manager.provisioner
-        process = getattr(provisioner, "process", None)
-        self.pid: int | None = process.pid if process is not None else None
+        # Keep the Popen: jupyter_client drops provisioner.process on shutdown, and
+        # the exit status is still wanted afterwards ("killed by SIGKILL").
+        self._popen = getattr(provisioner, "process", None)
+        self.pid: int | None = self._popen.pid if self._popen is not None else None
         self.pgid: int | None = getattr(provisioner, "pgid", None) or self.pid
-        self._returncode: int | None = None
 
     async def is_alive(self) -> bool:
         return bool(await self.manager.is_alive())
@@ -96,11 +97,9 @@ class LocalProcess:
             await self.manager.interrupt_kernel()
 
     async def kill(self) -> None:
-        self._remember_exit()
         self._kill_group()
         with contextlib.suppress(Exception):
             await self.manager.shutdown_kernel(now=True)
-        self._remember_exit()
 
     async def shutdown(self) -> None:
         try:
@@ -113,8 +112,7 @@ class LocalProcess:
             self._kill_group()
 
     def exit_description(self) -> str:
-        self._remember_exit()
-        code = self._returncode
+        code = self._popen.poll() if self._popen is not None else None
         if code is None:
             return "the kernel stopped responding"
         if code < 0:
@@ -136,11 +134,6 @@ class LocalProcess:
         except (OSError, ValueError):
             return None
         return None
-
-    def _remember_exit(self) -> None:
-        process = getattr(self.manager.provisioner, "process", None)
-        if process is not None and self._returncode is None:
-            self._returncode = process.poll()
 
     def _kill_group(self) -> None:
         if self.pgid and self.pgid != os.getpgid(0):

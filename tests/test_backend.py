@@ -225,10 +225,6 @@ async def test_kill_is_immediate(backend: LocalBackend) -> None:
     assert not alive({process.pid})  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "LocalProcess.kill() reads the exit code only after shutdown_kernel(), which "
-    "has already dropped provisioner.process; a killed kernel reads 'stopped responding'"
-))
 async def test_a_killed_kernel_reports_the_signal(backend: LocalBackend) -> None:
     kernel = await backend.start()
     process = process_of(kernel)
