@@ -36,6 +36,7 @@ class KernelPool:
         self._starting = 0
         self._wanted = asyncio.Event()
         self._filled = asyncio.Event()
+        self._refill_timer: asyncio.TimerHandle | None = None
         self._refiller: asyncio.Task[None] | None = None
         self._closed = False
         self._live: set[Kernel] = set()
@@ -50,19 +51,35 @@ class KernelPool:
     def ready_count(self) -> int:
         return self._ready.qsize()
 
-    async def acquire(self) -> Kernel:
-        """A started kernel that nobody has used: from the pool, or started now."""
+    async def acquire(self, *, refill_now: bool = True) -> Kernel:
+        """A started kernel that nobody has used: from the pool, or started now.
+
+        Args:
+            refill_now: start the replacement at once. A caller about to run code
+                passes False and calls ``refill()`` when done: a kernel start is
+                about 0.5 s of CPU, and on a small machine it would slow that run.
+        """
         if self._closed:
             raise KernelError("the server is shutting down")
-        self._wanted.set()
+        if refill_now:
+            self._wanted.set()
         while not self._ready.empty():
             kernel = self._ready.get_nowait()
-            self._wanted.set()
+            if refill_now:
+                self._wanted.set()
             if await kernel.is_alive():
                 self._live.discard(kernel)
                 return kernel
             await self._discard(kernel)
         return await self._new_kernel(track=False)
+
+    def refill(self, delay: float = 0.05) -> None:
+        """Top the pool up after ``delay`` seconds (long enough for a reply to go out)."""
+        if self._closed:
+            return
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
+        self._refill_timer = asyncio.get_running_loop().call_later(delay, self._wanted.set)
 
     async def wait_full(self, timeout: float = 60.0) -> None:
         """Wait until the pool holds ``size`` ready kernels (benchmarks and tests)."""
@@ -77,6 +94,8 @@ class KernelPool:
     async def close(self) -> None:
         """Stop refilling and shut down every kernel still in the pool."""
         self._closed = True
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
         if self._refiller is not None:
             self._refiller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

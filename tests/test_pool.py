@@ -252,3 +252,26 @@ async def test_close_while_refilling_leaves_no_kernel_behind(make_pool, backend)
         return {p.pid for p in kernel_processes() if folder in " ".join(p.info["cmdline"])}
 
     assert wait_until(lambda: not alive(ours()), timeout=15), ours()
+
+
+async def test_a_deferred_refill_starts_only_when_asked(tmp_path_factory):
+    from kernel_mcp.backend import LocalBackend
+    from kernel_mcp.config import load_settings
+    from kernel_mcp.pool import KernelPool
+
+    projects = tmp_path_factory.mktemp("deferred")
+    backend = LocalBackend(load_settings(projects_dir=projects, pool_size=1))
+    pool = KernelPool(backend, size=1, preload=[])
+    await pool.start()
+    try:
+        await pool.wait_full()
+        kernel = await pool.acquire(refill_now=False)
+        # Nothing refills while the caller runs: the refiller stays idle.
+        assert pool.ready_count == 0 and not pool._wanted.is_set()
+        pool.refill(delay=0)
+        await pool.wait_full()
+        assert pool.ready_count == 1
+        await kernel.shutdown(now=True)
+    finally:
+        await pool.close()
+        await backend.close()
