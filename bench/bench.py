@@ -788,6 +788,16 @@ df = pd.read_csv({csv!r})
 print(df.shape)
 print(df.describe())
 '''
+#: The data-iteration pattern as a file: load once per session, analyse every run.
+#: Run as a subprocess it loads every time, as any script does.
+ITERATE_FILE = '''\
+"""Benchmark (i): a file a data user re-runs while iterating on its analysis."""
+import pandas as pd
+
+if "df" not in globals():  # in a session, df survives from the previous run
+    df = pd.read_csv({csv!r})
+print(f"rows={{len(df)}} mean_c0={{df['c0'].mean():.3f}}")
+'''
 ITERATE = "print(df.describe())"
 #: A lighter iteration, to show how the speed-up depends on the iteration's own cost.
 ITERATE_LIGHT = "df.head()"
@@ -816,6 +826,18 @@ async def case_data(
             out[f"{key}_first_call_ms"] = round(iterate.seconds[0] * 1000, 1)
             later = Calls(iterate.seconds[1:], iterate.server_s[1:])
             out[f"{key}_later_calls"] = with_errors(summary(later.seconds), later)
+            await timed_call(c, "close_session", {"session_id": sid})
+        guarded = script.with_name("iterate_data.py")
+        if guarded.exists():
+            runs = Calls()
+            sid = await create_session(c, "bench-i-file")
+            await wait_quiet(server.pid, pool + 1, timeout=60)
+            start = time.perf_counter()
+            for _ in range(calls_n):
+                args = {"file_name": guarded.name, "session_id": sid}
+                await timed_call(c, "run_python", args, runs, expect="rows=")
+            out["file_total_s"] = round(time.perf_counter() - start, 3)
+            out["file"] = with_errors(summary(runs.seconds), runs)
             await timed_call(c, "close_session", {"session_id": sid})
         if not naive:
             return out
@@ -1080,6 +1102,7 @@ def projects_folder(tmp: Path, csv_path: Path | None) -> tuple[Path, Path | None
     if csv_path is not None:
         script = folder / "load_data.py"
         script.write_text(DATA_SCRIPT.format(csv=str(csv_path)))
+        (folder / "iterate_data.py").write_text(ITERATE_FILE.format(csv=str(csv_path)))
     return folder, script
 
 
@@ -1175,6 +1198,13 @@ def run(plan: Plan) -> dict[str, Any]:
             sub = case_subprocess(plan.n(10, 10), script, "count")
             results["i_subprocess"] = sub
             results["i_subprocess_total_s"] = round(sub["mean_ms"] * sub["n"] / 1000, 3)
+            guarded = script.with_name("iterate_data.py")
+            print("(i) python iterate_data.py as a subprocess…", flush=True)
+            sub_file = case_subprocess(plan.n(10, 10), guarded, "rows=")
+            results["i_file_subprocess"] = sub_file
+            results["i_file_subprocess_total_s"] = round(
+                sub_file["mean_ms"] * sub_file["n"] / 1000, 3
+            )
             with kernel_mcp_server(
                 "kernel-mcp-preload",
                 pool_size=1,
@@ -1353,6 +1383,20 @@ def derive(r: dict[str, Any]) -> tuple[list[list[str]], list[tuple[str, bool | N
         )
         if speed:
             checks.append(("(i) iteration >= 10x faster", speed >= 10, f"{speed:.1f}x"))
+    file_sub = r.get("i_file_subprocess_total_s")
+    for label, source in (("", i), (", KERNEL_MCP_PRELOAD=pandas", r.get("i_session_preload"))):
+        if source and source.get("file_total_s") and file_sub:
+            speed = file_sub / source["file_total_s"]
+            key = "i_speedup_file" + ("_preload" if label else "")
+            r[key] = round(speed, 2)
+            row(
+                f"(i) iterate_data.py x10 in a session{label}",
+                source["file"],
+                f"total {source['file_total_s']:.2f} s vs {file_sub:.2f} s; {speed:.1f}x faster",
+            )
+            checks.append(
+                (f"(i) file x10 in a session >= 10x faster{label}", speed >= 10, f"{speed:.1f}x")
+            )
     pre = r.get("i_session_preload")
     if pre:
         speed = sub_total / pre["iterate_total_s"] if sub_total else None
