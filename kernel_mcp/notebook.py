@@ -44,6 +44,7 @@ __all__ = [
     "inject_parameters",
     "notebook_for",
     "parse_notebook",
+    "read_recording",
     "write_atomically",
 ]
 
@@ -91,7 +92,10 @@ def code_cell(source: str, execution: Execution, tool: str) -> NotebookNode:
 def write_atomically(path: Path, nb: NotebookNode) -> None:
     """Write ``nb`` to ``path`` so that a crash never leaves a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = nbformat.writes(nb, version=4)
+    # Not nbformat.writes: it validates and deep-copies the whole notebook on every
+    # run of a session, which grew with its length (docs/benchmarks.md). Cells are
+    # built by nbformat.v4 and output_from_msg; the tests validate what is written.
+    text = json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -139,6 +143,20 @@ class Recording:
     @property
     def cells(self) -> int:
         return len(self.nb.cells)
+
+
+def read_recording(path: Path, kernel_info: dict[str, Any]) -> Recording:
+    """A recording as it is on disk now (another server replica may have written it).
+
+    A missing or empty file (a crash before the first write) starts empty.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    if not text.strip():
+        return Recording(path=path, nb=notebook_for(kernel_info))
+    return Recording(path=path, nb=nbformat.reads(text, as_version=4))
 
 
 def _claim(folder: Path, stem: str) -> Path:

@@ -29,10 +29,12 @@ from kernel_mcp.notebook import (
     inject_parameters,
     notebook_for,
     parse_notebook,
+    read_recording,
 )
 from kernel_mcp.paths import ProjectFile, list_project_files, read_project_file
 from kernel_mcp.pool import KernelPool
-from kernel_mcp.sessions import Session, SessionRegistry
+from kernel_mcp.sessions import Session, SessionRegistry, SharedSessionRegistry
+from kernel_mcp.state import SharedState, StateUnavailable
 
 __all__ = ["NotebookOutcome", "RunOutcome", "Runner"]
 
@@ -93,12 +95,27 @@ class Runner:
         self.settings = settings
         self.backend = backend or make_backend(settings)
         self.pool = KernelPool(self.backend, size=settings.pool_size, preload=settings.preload)
-        self.sessions = SessionRegistry(
-            self.pool,
-            max_sessions=settings.max_sessions,
-            idle_timeout=settings.session_idle_timeout,
-            on_close=self._session_closed,
-        )
+        self.sessions: SessionRegistry
+        if settings.state_url:
+            # Replicas share sessions: records in Redis, kernels on the gateway,
+            # recordings in the (shared) notebooks folder.
+            self.sessions = SharedSessionRegistry(
+                self.pool,
+                state=SharedState(settings.state_url),
+                backend=self.backend,
+                lease_ttl=settings.lease_ttl,
+                max_sessions=settings.max_sessions,
+                idle_timeout=settings.session_idle_timeout,
+                on_close=self._session_closed,
+                on_create=self._shared_session_created,
+            )
+        else:
+            self.sessions = SessionRegistry(
+                self.pool,
+                max_sessions=settings.max_sessions,
+                idle_timeout=settings.session_idle_timeout,
+                on_close=self._session_closed,
+            )
         self.notebooks = NotebookStore(settings.notebooks_dir)
         self._recordings: dict[str, Recording] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -113,8 +130,9 @@ class Runner:
         await self.close()
 
     async def start(self) -> None:
-        await self.pool.start()
+        # Sessions first: with shared state this checks Redis, before any kernel starts.
         await self.sessions.start()
+        await self.pool.start()
 
     async def close(self) -> None:
         """Shut every kernel down and wait for every background task."""
@@ -224,12 +242,15 @@ class Runner:
 
         if session_id is None:
             async with self._fresh:
-                kernel = await self.pool.acquire()
+                # The replacement starts after the run: on 2 cores a kernel start
+                # (0.5 s of CPU) next to the run slowed it by ~15 ms (docs/benchmarks.md).
+                kernel = await self.pool.acquire(refill_now=False)
                 try:
                     execution = await execute(kernel)
                 finally:
                     # Fresh kernels serve one run only. Stopping it need not delay the reply.
                     self._spawn(kernel.shutdown(now=True))
+                    self.pool.refill()
             outcome = RunOutcome(execution)
             if save_notebook:
                 nb = notebook_for(kernel.kernel_info)
@@ -263,14 +284,31 @@ class Runner:
     async def create_session(self, *, owner: str | None, name: str | None = None) -> Session:
         session = await self.sessions.create(owner, name)
         assert session.kernel is not None
-        await self._recording(session, session.kernel)
+        if not self.sessions.shared:
+            await self._recording(session, session.kernel)
         return session
 
-    def session_notebook_uri(self, session_id: str) -> str | None:
+    async def _shared_session_created(self, session: Session) -> None:
+        """Shared state: the recording is made before the record, which names it."""
+        assert session.kernel is not None
+        recording = await asyncio.to_thread(
+            self.notebooks.new_recording, session.name, session.kernel.kernel_info
+        )
+        session.notebook = recording.path.relative_to(self.notebooks.root).as_posix()
+
+    def session_notebook_uri(self, session_id: str, notebook: str | None = None) -> str | None:
+        if notebook is not None:
+            return self.notebooks.uri(self.notebooks.root / notebook)
         recording = self._recordings.get(session_id)
         return self.notebooks.uri(recording.path) if recording else None
 
     async def _recording(self, session: Session, kernel: Kernel) -> Recording:
+        if self.sessions.shared:
+            # Another replica may have appended since: start from what is on disk.
+            # The caller holds the session's lease, so nobody writes meanwhile.
+            assert session.notebook is not None
+            path = self.notebooks.root / session.notebook
+            return await asyncio.to_thread(read_recording, path, kernel.kernel_info)
         recording = self._recordings.get(session.id)
         if recording is None:
             recording = await asyncio.to_thread(
@@ -293,6 +331,16 @@ class Runner:
         self, *, owner: str | None, session_id: str, name: str | None, overwrite: bool
     ) -> tuple[Path, str, int]:
         """Copy a session's notebook into the notebooks folder. Returns (path, uri, cells)."""
+        if self.sessions.shared:
+            async with self.sessions.hold(owner, session_id) as held:
+                assert held.notebook is not None
+                recording = await asyncio.to_thread(
+                    read_recording, self.notebooks.root / held.notebook, {}
+                )
+                path = await asyncio.to_thread(
+                    self.notebooks.export, recording, name or held.name, overwrite=overwrite
+                )
+            return path, self.notebooks.uri(path), recording.cells
         session = self.sessions.get(owner, session_id)
         recording = self.session_recording(owner, session_id)
         target = name or session.name
@@ -303,29 +351,53 @@ class Runner:
         return path, self.notebooks.uri(path), recording.cells
 
     # -- notebooks ---------------------------------------------------------------
-    def _private(self, owner: str | None, name: str) -> bool:
+    def _mine(self, owner: str | None) -> dict[str, str]:
+        """This process's recordings of ``owner``'s live sessions: id → notebook name."""
+        ids = {s.id for s in self.sessions.list(owner)}
+        return {
+            sid: self.notebooks.uri(rec.path).removeprefix("notebook://")
+            for sid, rec in self._recordings.items()
+            if sid in ids
+        }
+
+    async def owned_notebooks(self, owner: str | None) -> dict[str, str]:
+        """Recordings of ``owner``'s live sessions (id → notebook name), any replica's."""
+        if not self.sessions.shared:
+            return self._mine(owner)
+        try:
+            sessions = await self.sessions.owned(owner)
+        except StateUnavailable as exc:
+            # Shared notebooks stay readable; session recordings are hidden meanwhile.
+            log.warning("session recordings hidden: %s", exc)
+            return {}
+        return {s.id: s.notebook.removesuffix(".ipynb") for s in sessions if s.notebook}
+
+    def _private(self, owner: str | None, name: str, mine: dict[str, str] | None = None) -> bool:
         """With auth on, a session recording is visible only to its live session's owner."""
         if not self.settings.tokens or not name.startswith("sessions/"):
             return False
-        mine = {
-            self.notebooks.uri(rec.path).removeprefix("notebook://")
-            for sid, rec in self._recordings.items()
-            if sid in {s.id for s in self.sessions.list(owner)}
-        }
-        return name not in mine
+        mine = self._mine(owner) if mine is None else mine
+        return name not in set(mine.values())
 
-    def notebook_names(self, owner: str | None) -> list[str]:
+    def notebook_names(self, owner: str | None, mine: dict[str, str] | None = None) -> list[str]:
         """Notebooks in the notebooks folder that ``owner`` may read."""
-        return [n for n in self.notebooks.list() if not self._private(owner, n)]
+        mine = self._mine(owner) if mine is None else mine
+        return [n for n in self.notebooks.list() if not self._private(owner, n, mine)]
 
-    def read_notebook(self, owner: str | None, name: str) -> str:
-        """A notebook's JSON by its listed name (``report``, ``sessions/x``, ``runs/y``)."""
+    def read_notebook(
+        self, owner: str | None, name: str, mine: dict[str, str] | None = None
+    ) -> str:
+        """A notebook's JSON by its listed name (``report``, ``sessions/x``, ``runs/y``).
+
+        ``mine`` is ``owned_notebooks(owner)``, looked up beforehand (shared state).
+        """
+        mine = self._mine(owner) if mine is None else mine
         if name.startswith("sessions/"):
             session_id = name.removeprefix("sessions/")
-            recording = self._recordings.get(session_id)
-            if recording is not None and session_id in {s.id for s in self.sessions.list(owner)}:
-                return recording.path.read_text(encoding="utf-8")
-        if self._private(owner, name.removesuffix(".ipynb")):
+            if session_id in mine:
+                path = self.notebooks.root / f"{mine[session_id]}.ipynb"
+                return path.read_text(encoding="utf-8")
+        if self._private(owner, name.removesuffix(".ipynb"), mine):
             raise FileNotFound(f"No notebook {name!r}.")
         return self.notebooks.read(name)
 
@@ -369,11 +441,12 @@ class Runner:
         notes: list[str] = []
         if session_id is None:
             async with self._fresh:
-                kernel = await self.pool.acquire()
+                kernel = await self.pool.acquire(refill_now=False)
                 try:
                     run = await execute(kernel)
                 finally:
                     self._spawn(kernel.shutdown(now=True))
+                    self.pool.refill()
         else:
 
             async def in_session(session: Session, kernel: Kernel) -> NotebookRun:

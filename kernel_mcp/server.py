@@ -186,11 +186,15 @@ class NotebookResources(Provider):
 
     async def _list_resources(self) -> list[FunctionResource]:
         runner, owner = self._runner, _owner()
+        mine = await runner.owned_notebooks(owner)
         resources = []
-        for name in await anyio.to_thread.run_sync(runner.notebook_names, owner):
+        for name in await anyio.to_thread.run_sync(runner.notebook_names, owner, mine):
             resources.append(
                 FunctionResource.from_function(
-                    functools.partial(runner.read_notebook, owner, name),
+                    # In process, who owns what is looked up again when read.
+                    functools.partial(
+                        runner.read_notebook, owner, name, mine if runner.sessions.shared else None
+                    ),
                     uri=f"notebook://{name}",
                     name=name,
                     mime_type="application/x-ipynb+json",
@@ -327,8 +331,8 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
             runs=session.runs,
             kernel_memory_mb=round(rss / 2**20, 1) if rss else None,
             backend=kernel.process.backend if kernel else runner.backend.name,
-            kernel_id=kernel.process.kernel_id if kernel else None,
-            notebook=runner.session_notebook_uri(session.id),
+            kernel_id=kernel.process.kernel_id if kernel else session.kernel_id,
+            notebook=runner.session_notebook_uri(session.id, session.notebook),
         )
 
     @mcp.tool
@@ -353,7 +357,7 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
         runs, kernel_memory_mb (resident MiB), backend, kernel_id and notebook (URI of
         its recording). Pass a session_id to run_code / run_python, or close it.
         """
-        sessions = runner.sessions.list(_owner())
+        sessions = await runner.sessions.owned(_owner())
         return SessionList(sessions=[view(s) for s in sessions], max_sessions=settings.max_sessions)
 
     @mcp.tool
@@ -443,8 +447,10 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
     async def session_notebook(session_id: str) -> str:
         """A session's recorded notebook, by session id (or by its file name)."""
         try:
+            owner = _owner()
+            mine = await runner.owned_notebooks(owner)
             return await anyio.to_thread.run_sync(
-                runner.read_notebook, _owner(), f"sessions/{session_id}"
+                runner.read_notebook, owner, f"sessions/{session_id}", mine
             )
         except KernelMCPError as exc:
             raise ResourceError(str(exc)) from None
@@ -453,11 +459,25 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
     async def notebook(name: str) -> str:
         """An exported or saved notebook from the notebooks folder."""
         try:
-            return await anyio.to_thread.run_sync(runner.read_notebook, _owner(), name)
+            owner = _owner()
+            mine = await runner.owned_notebooks(owner)
+            return await anyio.to_thread.run_sync(runner.read_notebook, owner, name, mine)
         except KernelMCPError as exc:
             raise ResourceError(str(exc)) from None
 
     return mcp
+
+
+async def _answer_input_schema_lookups(mcp: FastMCP) -> None:
+    """Let the SDK look tool input schemas up instead of listing every tool per call.
+
+    On the 2026-07-28 streamable-HTTP path the MCP SDK validates Mcp-Param-*
+    headers on every tools/call by running a whole tools/list unless the server
+    sets ``get_tool_input_schema`` (4-7 ms a call here, docs/benchmarks.md).
+    The tools are fixed once built, so their schemas are read once.
+    """
+    schemas = {tool.name: tool.parameters for tool in await mcp.list_tools()}
+    mcp._mcp_server.get_tool_input_schema = schemas.get
 
 
 def _notebook_result(outcome: NotebookOutcome, limits: ReplyLimits) -> ToolResult:
@@ -502,7 +522,8 @@ class _Dispatcher:
     /healthz answers without auth for probes.
     """
 
-    def __init__(self, http_app: Any, sse_app: Any, runner: Runner) -> None:
+    def __init__(self, mcp: FastMCP, http_app: Any, sse_app: Any, runner: Runner) -> None:
+        self.mcp = mcp
         self.http_app = http_app
         self.sse_app = sse_app
         self.runner = runner
@@ -530,6 +551,7 @@ class _Dispatcher:
                 await stack.enter_async_context(self.runner)
                 await stack.enter_async_context(self.http_app.lifespan(self.http_app))
                 await stack.enter_async_context(self.sse_app.lifespan(self.sse_app))
+                await _answer_input_schema_lookups(self.mcp)
                 await send({"type": "lifespan.startup.complete"})
                 started = True
                 message = await receive()
@@ -553,7 +575,7 @@ def build_http_app(settings: Settings, runner: Runner | None = None) -> _Dispatc
     }
     http_app = mcp.http_app(path="/mcp", transport="http", **guard)
     sse_app = mcp.http_app(path="/sse", transport="sse", **guard)
-    return _Dispatcher(http_app, sse_app, runner)
+    return _Dispatcher(mcp, http_app, sse_app, runner)
 
 
 async def run_stdio(settings: Settings) -> None:
