@@ -115,6 +115,7 @@ class SessionRegistry:
         self._sessions: dict[str, Session] = {}
         self._gone: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
         self._reserved = 0
+        self._naming: set[tuple[str | None, str | None]] = set()
         self._culler: asyncio.Task[None] | None = None
 
     # -- lifecycle of the registry --------------------------------------------
@@ -142,9 +143,11 @@ class SessionRegistry:
             TooManySessions: at KERNEL_MCP_MAX_SESSIONS.
             InvalidArgument: a bad or already used name.
         """
+        claim = (owner, name)
         if name is not None:
             validate_name(name)
-            if any(s.name == name for s in self.list(owner)):
+            # Names being created count too: acquire() below may wait for a kernel.
+            if claim in self._naming or any(s.name == name for s in self.list(owner)):
                 raise InvalidArgument(f"You have an open session named {name!r} already.")
         if len(self._sessions) + self._reserved >= self.max_sessions:
             raise TooManySessions(
@@ -152,10 +155,13 @@ class SessionRegistry:
                 "Close a session with close_session first."
             )
         self._reserved += 1
+        if name is not None:
+            self._naming.add(claim)
         try:
             kernel = await self.pool.acquire()
         finally:
             self._reserved -= 1
+            self._naming.discard(claim)
         session_id = secrets.token_urlsafe(16)
         session = Session(id=session_id, name=name or session_id, owner=owner, kernel=kernel)
         self._sessions[session_id] = session

@@ -196,10 +196,6 @@ async def test_a_duplicate_name_is_refused_until_the_first_is_closed(
     assert second.id != first.id
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SessionRegistry.create checks the name before awaiting pool.acquire() and registers "
-    "the session only after it, so two concurrent creates with one name both succeed"
-))
 async def test_concurrent_creates_with_one_name_give_one_session(pool: KernelPool) -> None:
     # An empty pool makes acquire() wait for a kernel start, as under load.
     empty = KernelPool(pool.backend, size=0, preload=[])
