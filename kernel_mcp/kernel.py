@@ -204,7 +204,7 @@ class Kernel:
         Raises:
             KernelError: the kernel was already dead.
         """
-        await self._settle()
+        await self.settle()
         if self.dead:
             raise KernelError("kernel is dead")
         self._interrupt_requested = False
@@ -304,7 +304,7 @@ class Kernel:
 
         Returns the execute_reply content. Raises KernelError if it failed.
         """
-        await self._settle()
+        await self.settle()
         msg_id = self.client.execute(code, silent=True, store_history=False, allow_stdin=False)
         deadline = time.monotonic() + timeout
         while True:
@@ -414,7 +414,12 @@ class Kernel:
     async def is_alive(self) -> bool:
         return not self.dead and await self.process.is_alive()
 
-    async def _settle(self) -> None:
+    @property
+    def recovering(self) -> bool:
+        """A cancelled execution is still being cleaned up (interrupt, wait, maybe kill)."""
+        return self._recovery is not None and not self._recovery.done()
+
+    async def settle(self) -> None:
         """Wait for the clean-up of a cancelled execution before starting another."""
         if self._recovery is not None:
             with contextlib.suppress(Exception):

@@ -614,10 +614,9 @@ class SharedSessionRegistry(SessionRegistry):
             finally:
                 # A timed-out run may still be being interrupted (or its kernel killed)
                 # in the background; another replica must not get the kernel before then.
-                settle = getattr(session.kernel, "_settle", None)
-                if settle is not None:
+                if session.kernel is not None:
                     with contextlib.suppress(Exception):
-                        await settle()
+                        await session.kernel.settle()
                 if session.kernel is not None and session.kernel.dead and not session.lost_state:
                     session.lost_state = "the kernel was killed or died during the previous run"
                 session.busy = False
@@ -765,7 +764,6 @@ class SharedSessionRegistry(SessionRegistry):
                 or now - session.last_used_mono < ATTACHED_IDLE
             ):
                 continue
-            recovery = getattr(kernel, "_recovery", None)
-            if recovery is not None and not recovery.done():
+            if kernel.recovering:
                 continue  # a timed-out run is still being interrupted through it
             await self._detach(session)
