@@ -8,10 +8,11 @@ of MCP: the server module translates its results and exceptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,20 @@ class Runner:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         await self.backend.close()
 
+    @contextlib.asynccontextmanager
+    async def _fresh_kernel(self) -> AsyncIterator[Kernel]:
+        """A never-used kernel for one run, within the fresh-run cap; killed afterwards."""
+        async with self._fresh:
+            # The replacement starts after the run: on 2 cores a kernel start (0.5 s
+            # of CPU) next to the run slowed it by ~15 ms (docs/benchmarks.md).
+            kernel = await self.pool.acquire(refill_now=False)
+            try:
+                yield kernel
+            finally:
+                # Fresh kernels serve one run only. Stopping it need not delay the reply.
+                self._spawn(kernel.shutdown(now=True))
+                self.pool.refill()
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
@@ -241,16 +256,8 @@ class Runner:
             return await kernel.execute(code, timeout=limit, grace=grace, progress=progress)
 
         if session_id is None:
-            async with self._fresh:
-                # The replacement starts after the run: on 2 cores a kernel start
-                # (0.5 s of CPU) next to the run slowed it by ~15 ms (docs/benchmarks.md).
-                kernel = await self.pool.acquire(refill_now=False)
-                try:
-                    execution = await execute(kernel)
-                finally:
-                    # Fresh kernels serve one run only. Stopping it need not delay the reply.
-                    self._spawn(kernel.shutdown(now=True))
-                    self.pool.refill()
+            async with self._fresh_kernel() as kernel:
+                execution = await execute(kernel)
             outcome = RunOutcome(execution)
             if save_notebook:
                 nb = notebook_for(kernel.kernel_info)
@@ -440,13 +447,8 @@ class Runner:
 
         notes: list[str] = []
         if session_id is None:
-            async with self._fresh:
-                kernel = await self.pool.acquire(refill_now=False)
-                try:
-                    run = await execute(kernel)
-                finally:
-                    self._spawn(kernel.shutdown(now=True))
-                    self.pool.refill()
+            async with self._fresh_kernel() as kernel:
+                run = await execute(kernel)
         else:
 
             async def in_session(session: Session, kernel: Kernel) -> NotebookRun:
