@@ -32,8 +32,9 @@ SERVER_ENV = {
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     projects = tmp_path_factory.mktemp("backend-projects")
-    return load_settings(projects_dir=projects, pool_size=0, memory_limit_mb=1024,
-                         env_allow=["ALLOWED_TOKEN"])
+    return load_settings(
+        projects_dir=projects, pool_size=0, memory_limit_mb=1024, env_allow=["ALLOWED_TOKEN"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,8 @@ def test_kernel_environment_keeps_what_allow_names_in_any_case() -> None:
 def test_kernel_environment_takes_custom_patterns() -> None:
     environ = {"PATH": "/usr/bin", "INTERNAL_URL": "u", "GITHUB_TOKEN": "g"}
     assert kernel_environment(environ, patterns=["internal_*"]) == {
-        "PATH": "/usr/bin", "GITHUB_TOKEN": "g",
+        "PATH": "/usr/bin",
+        "GITHUB_TOKEN": "g",
     }
 
 
@@ -162,8 +164,7 @@ async def test_kernels_started_concurrently_each_get_their_own_sockets(settings:
     local = LocalBackend(settings)
     kernels: list[Kernel] = []
     try:
-        started = await asyncio.gather(*(local.start() for _ in range(4)),
-                                       return_exceptions=True)
+        started = await asyncio.gather(*(local.start() for _ in range(4)), return_exceptions=True)
         kernels = [k for k in started if isinstance(k, Kernel)]
         assert len(kernels) == 4, started
 

@@ -25,10 +25,7 @@ from kernel_mcp.kernel import Execution, Kernel
 from tests.conftest import alive, wait_for, wait_until
 
 LOOP_AFTER_MARKER = (
-    "import pathlib, time\n"
-    "pathlib.Path({marker!r}).touch()\n"
-    "while True:\n"
-    "    time.sleep(0.01)\n"
+    "import pathlib, time\npathlib.Path({marker!r}).touch()\nwhile True:\n    time.sleep(0.01)\n"
 )
 
 
@@ -209,8 +206,10 @@ async def test_timeout_interrupts_and_keeps_output_and_kernel(kernel: Kernel) ->
     await run(kernel, "kept_state = 'survives'")
 
     result = await run(
-        kernel, "print('before the loop', flush=True)\nwhile True:\n    pass\n",
-        timeout=1, grace=5,
+        kernel,
+        "print('before the loop', flush=True)\nwhile True:\n    pass\n",
+        timeout=1,
+        grace=5,
     )
 
     assert result.status == "timeout"
@@ -232,7 +231,8 @@ async def test_a_kernel_ignoring_sigint_is_killed_after_the_grace(fresh: Kernel)
         "print('ignoring SIGINT', flush=True)\n"
         "while True:\n"
         "    pass\n",
-        timeout=0.5, grace=0.5,
+        timeout=0.5,
+        grace=0.5,
     )
 
     assert result.status == "timeout"
@@ -316,8 +316,9 @@ async def test_a_cancelled_caller_leaves_the_kernel_recovered_for_the_next_run(
     await run(kernel, "earlier_state = 123")
 
     with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(kernel.execute("while True:\n    pass\n", timeout=60, grace=3),
-                               timeout=1)
+        await asyncio.wait_for(
+            kernel.execute("while True:\n    pass\n", timeout=60, grace=3), timeout=1
+        )
 
     started = time.monotonic()
     result = await run(kernel, "earlier_state", timeout=10)

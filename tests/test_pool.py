@@ -67,8 +67,7 @@ def projects(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def backend(projects: Path) -> AsyncIterator[RecordingBackend]:
     recording = RecordingBackend(LocalBackend(load_settings(projects_dir=projects, pool_size=0)))
     yield recording
-    await asyncio.gather(*(k.shutdown(now=True) for k in recording.started),
-                         return_exceptions=True)
+    await asyncio.gather(*(k.shutdown(now=True) for k in recording.started), return_exceptions=True)
     await recording.close()
 
 

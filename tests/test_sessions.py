@@ -46,10 +46,12 @@ async def pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Kernel
 async def make_registry(pool: KernelPool) -> AsyncIterator[MakeRegistry]:
     registries: list[SessionRegistry] = []
 
-    async def make(*, max_sessions: int = 8, idle_timeout: float = 0, **kwargs: Any
-                   ) -> SessionRegistry:
-        registry = SessionRegistry(pool, max_sessions=max_sessions, idle_timeout=idle_timeout,
-                                   **kwargs)
+    async def make(
+        *, max_sessions: int = 8, idle_timeout: float = 0, **kwargs: Any
+    ) -> SessionRegistry:
+        registry = SessionRegistry(
+            pool, max_sessions=max_sessions, idle_timeout=idle_timeout, **kwargs
+        )
         registries.append(registry)
         await registry.start()
         return registry
@@ -71,16 +73,18 @@ def pid_of(kernel: Kernel | None) -> int:
     return pid
 
 
-async def execute(registry: SessionRegistry, owner: str | None, session_id: str, code: str,
-                  *, timeout: float = 20) -> Execution:
+async def execute(
+    registry: SessionRegistry, owner: str | None, session_id: str, code: str, *, timeout: float = 20
+) -> Execution:
     async def work(session: Session, kernel: Kernel) -> Execution:
         return await kernel.execute(code, timeout=timeout, grace=2)
 
     return await registry.use(owner, session_id, work)
 
 
-async def answer(registry: SessionRegistry, owner: str | None, session_id: str,
-                 expression: str) -> str:
+async def answer(
+    registry: SessionRegistry, owner: str | None, session_id: str, expression: str
+) -> str:
     result = await execute(registry, owner, session_id, expression)
     assert result.status == "ok", result
     return str(result.outputs[-1]["data"]["text/plain"])
@@ -158,8 +162,9 @@ async def test_max_sessions_is_enforced_even_for_concurrent_creates(
 ) -> None:
     registry = await make_registry(max_sessions=2)
 
-    outcomes = await asyncio.gather(*(registry.create("alice") for _ in range(3)),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(registry.create("alice") for _ in range(3)), return_exceptions=True
+    )
 
     sessions = [o for o in outcomes if isinstance(o, Session)]
     refused = [o for o in outcomes if not isinstance(o, Session)]
@@ -201,9 +206,11 @@ async def test_concurrent_creates_with_one_name_give_one_session(pool: KernelPoo
     empty = KernelPool(pool.backend, size=0, preload=[])
     registry = SessionRegistry(empty, max_sessions=8, idle_timeout=0)
     try:
-        outcomes = await asyncio.gather(registry.create("alice", "twin"),
-                                        registry.create("alice", "twin"),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            registry.create("alice", "twin"),
+            registry.create("alice", "twin"),
+            return_exceptions=True,
+        )
         names = [s.name for s in registry.list("alice")]
     finally:
         await registry.close()
@@ -278,32 +285,36 @@ async def test_different_sessions_run_in_parallel(registry: SessionRegistry) -> 
         return first, second
 
     first, second = meeting()
-    together = asyncio.gather(registry.use("alice", one.id, first),
-                              registry.use("alice", two.id, second))
+    together = asyncio.gather(
+        registry.use("alice", one.id, first), registry.use("alice", two.id, second)
+    )
     assert await asyncio.wait_for(together, timeout=5) == ["first", "second"]
 
     # The same pair on one session would wait for each other forever.
     first, second = meeting()
-    serialised = asyncio.gather(registry.use("alice", one.id, first),
-                                registry.use("alice", one.id, second))
+    serialised = asyncio.gather(
+        registry.use("alice", one.id, first), registry.use("alice", one.id, second)
+    )
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(serialised, timeout=0.5)
     assert not one.lock.locked()
 
 
-async def test_interrupt_ends_the_running_call(
-    registry: SessionRegistry, tmp_path: Path
-) -> None:
+async def test_interrupt_ends_the_running_call(registry: SessionRegistry, tmp_path: Path) -> None:
     session = await registry.create("alice")
     assert await registry.interrupt("alice", session.id) is False, "nothing was running"
 
     marker = tmp_path / "running"
-    call = asyncio.create_task(execute(
-        registry, "alice", session.id,
-        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
-        "while True:\n    time.sleep(0.01)\n",
-        timeout=30,
-    ))
+    call = asyncio.create_task(
+        execute(
+            registry,
+            "alice",
+            session.id,
+            f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
+            "while True:\n    time.sleep(0.01)\n",
+            timeout=30,
+        )
+    )
 
     async def running() -> bool:
         return marker.exists()
@@ -410,12 +421,16 @@ async def test_closing_a_busy_session_interrupts_its_call_first(
     session = await registry.create("alice")
     pid = pid_of(session.kernel)
     marker = tmp_path / "running"
-    call = asyncio.create_task(execute(
-        registry, "alice", session.id,
-        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
-        "while True:\n    time.sleep(0.01)\n",
-        timeout=30,
-    ))
+    call = asyncio.create_task(
+        execute(
+            registry,
+            "alice",
+            session.id,
+            f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
+            "while True:\n    time.sleep(0.01)\n",
+            timeout=30,
+        )
+    )
 
     async def running() -> bool:
         return marker.exists()
