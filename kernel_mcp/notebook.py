@@ -156,7 +156,9 @@ def read_recording(path: Path, kernel_info: dict[str, Any]) -> Recording:
         text = ""
     if not text.strip():
         return Recording(path=path, nb=notebook_for(kernel_info))
-    return Recording(path=path, nb=nbformat.reads(text, as_version=4))
+    # Our own atomic writes made this file: parse it without re-validating every
+    # cell on every run (that cost grew with the session; docs/benchmarks.md).
+    return Recording(path=path, nb=nbformat.from_dict(json.loads(text)))
 
 
 def _claim(folder: Path, stem: str) -> Path:
