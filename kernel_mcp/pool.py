@@ -13,6 +13,7 @@ import logging
 from kernel_mcp.backend import KernelBackend
 from kernel_mcp.errors import KernelError
 from kernel_mcp.kernel import Kernel
+from kernel_mcp.tasks import stop_task
 
 __all__ = ["KernelPool"]
 
@@ -96,11 +97,8 @@ class KernelPool:
         self._closed = True
         if self._refill_timer is not None:
             self._refill_timer.cancel()
-        if self._refiller is not None:
-            self._refiller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refiller
-            self._refiller = None
+        await stop_task(self._refiller)
+        self._refiller = None
         kernels = list(self._live)
         while not self._ready.empty():
             kernels.append(self._ready.get_nowait())

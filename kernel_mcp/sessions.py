@@ -35,6 +35,7 @@ from kernel_mcp.kernel import Kernel
 from kernel_mcp.paths import validate_name
 from kernel_mcp.pool import KernelPool
 from kernel_mcp.state import SessionRecord, SharedState, StateUnavailable
+from kernel_mcp.tasks import stop_task
 
 __all__ = ["Session", "SessionRegistry", "SharedSessionRegistry"]
 
@@ -126,9 +127,7 @@ class SessionRegistry:
     async def close(self) -> None:
         """Stop culling and shut every session's kernel down."""
         if self._culler is not None:
-            self._culler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._culler
+            await stop_task(self._culler)
             self._culler = None
         sessions = list(self._sessions.values())
         self._sessions.clear()
@@ -346,15 +345,11 @@ class SharedSessionRegistry(SessionRegistry):
     async def close(self) -> None:
         """Stop culling and detach from every kernel; the sessions live on in Redis."""
         if self._culler is not None:
-            self._culler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._culler
+            await stop_task(self._culler)
             self._culler = None
             await self.state.resign("culler", self._token)
         if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+            await stop_task(self._janitor)
             self._janitor = None
         sessions = list(self._sessions.values())
         self._sessions.clear()
