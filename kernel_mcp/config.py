@@ -1,9 +1,16 @@
 """Settings: one frozen object, read once at start-up and passed in explicitly.
 
-Every setting is an environment variable (``PYTHON_PROJECTS_DIR`` and the
-``PYTHON_*`` timeouts keep the seed's names, the rest are ``KERNEL_MCP_*``), may
-come from a ``.env`` file in the working directory, and may be overridden by a
-CLI flag. ``.env.example`` documents each one.
+Only two families of environment variables are read: ``KERNEL_MCP_*`` (the
+field name, upper-cased, after the prefix) and the seed's three
+``PYTHON_PROJECTS_DIR``, ``PYTHON_TIMEOUT`` and ``PYTHON_MAX_TIMEOUT``. A bare
+``HOST``, ``PORT``, ``TOKEN`` or ``INSECURE`` in a user's shell or ``.env`` is
+never a setting. Values may also come from a ``.env`` file in the working
+directory (same names) and from CLI flags, which win. ``.env.example``
+documents each one.
+
+Constraints live on the fields (``gt=0``, ``le=65535``, ``allow_inf_nan``);
+the text that follows them in ``Annotated[...]`` is what a bad value's
+one-line error says.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kernel_mcp.errors import ConfigError, InvalidArgument
 
-__all__ = ["DEFAULT_SECRET_PATTERNS", "Settings", "load_settings"]
+__all__ = ["DEFAULT_SECRET_PATTERNS", "ENV_PREFIX", "Settings", "load_settings", "setting_name"]
+
+ENV_PREFIX = "KERNEL_MCP_"
 
 #: Environment variables whose names match these (fnmatch, case-insensitive)
 #: never reach a kernel, unless named in KERNEL_MCP_ENV_ALLOW.
@@ -36,21 +45,41 @@ DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
     "KERNEL_MCP_*",
 )
 
+
+class Rule(str):
+    """The requirement a field states in its one-line error (``Annotated`` metadata)."""
+
+
+Seconds = Annotated[
+    float, Field(gt=0, allow_inf_nan=False), Rule("must be a positive number of seconds")
+]
+SecondsOrNever = Annotated[
+    float,
+    Field(ge=0, allow_inf_nan=False),
+    Rule("must be zero (never) or a positive number of seconds"),
+]
+Positive = Annotated[int, Field(gt=0), Rule("must be a positive integer")]
+NonNegative = Annotated[int, Field(ge=0), Rule("must be zero or a positive integer")]
+Port = Annotated[int, Field(ge=0, le=65535), Rule("must be a TCP port, 0-65535")]
 CommaList = Annotated[list[str], NoDecode]
 
 
-def _env(*names: str) -> AliasChoices:
-    return AliasChoices(*names)
+def _seed(name: str) -> AliasChoices:
+    """The seed's own variable name, read instead of the KERNEL_MCP_ one."""
+    return AliasChoices(name)
 
 
 class Settings(BaseSettings):
     """Everything the server can be told. Field docs are the user-facing help."""
 
     model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
+        # Lets CLI overrides and tests pass field names; the environment is still
+        # read only under the prefix or the seed's names.
         populate_by_name=True,
         case_sensitive=False,
     )
@@ -58,148 +87,105 @@ class Settings(BaseSettings):
     # --- where code comes from, how long it may run -------------------------
     projects_dir: Path = Field(
         Path("python_projects"),
-        validation_alias=_env("PYTHON_PROJECTS_DIR", "projects_dir"),
+        validation_alias=_seed("PYTHON_PROJECTS_DIR"),
         description="Folder whose .py and .ipynb files may be run.",
     )
-    timeout: float = Field(
+    timeout: Seconds = Field(
         30.0,
-        validation_alias=_env("PYTHON_TIMEOUT", "timeout"),
+        validation_alias=_seed("PYTHON_TIMEOUT"),
         description="Default per-call time limit, seconds.",
     )
-    max_timeout: float = Field(
+    max_timeout: Seconds = Field(
         600.0,
-        validation_alias=_env("PYTHON_MAX_TIMEOUT", "max_timeout"),
+        validation_alias=_seed("PYTHON_MAX_TIMEOUT"),
         description="Largest time limit a caller may ask for, seconds.",
     )
-    interrupt_grace: float = Field(
-        3.0,
-        validation_alias=_env("KERNEL_MCP_INTERRUPT_GRACE", "interrupt_grace"),
-        description="After a timeout or cancel, seconds to wait for SIGINT before killing.",
+    interrupt_grace: Seconds = Field(
+        3.0, description="After a timeout or cancel, seconds to wait for SIGINT before killing."
     )
-    max_file_bytes: int = Field(
-        2 * 1024 * 1024,
-        validation_alias=_env("KERNEL_MCP_MAX_FILE_BYTES", "max_file_bytes"),
-        description="Largest file that may be run, bytes.",
+    max_file_bytes: Positive = Field(
+        2 * 1024 * 1024, description="Largest file that may be run, bytes."
+    )
+    allow_hardlinks: bool = Field(
+        False,
+        description="Run files with more than one hard link (one may live outside the folder).",
     )
 
     # --- HTTP ---------------------------------------------------------------
-    host: str = Field("127.0.0.1", validation_alias=_env("KERNEL_MCP_HOST", "host"))
-    port: int = Field(8000, validation_alias=_env("KERNEL_MCP_PORT", "port"))
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: Port = Field(8000, description="TCP port.")
     token: SecretStr | None = Field(
-        None,
-        validation_alias=_env("KERNEL_MCP_TOKEN", "token"),
-        description="Bearer token(s), comma-separated; each token is its own principal.",
+        None, description="Bearer token(s), comma-separated; each token is its own principal."
     )
-    insecure: bool = Field(
-        False,
-        validation_alias=_env("KERNEL_MCP_INSECURE", "insecure"),
-        description="Allow a non-loopback bind without a token.",
-    )
+    insecure: bool = Field(False, description="Allow a non-loopback bind without a token.")
     allowed_hosts: CommaList = Field(
         default_factory=list,
-        validation_alias=_env("KERNEL_MCP_ALLOWED_HOSTS", "allowed_hosts"),
         description="Extra Host header values accepted (loopback names always are).",
     )
     allowed_origins: CommaList = Field(
-        default_factory=list,
-        validation_alias=_env("KERNEL_MCP_ALLOWED_ORIGINS", "allowed_origins"),
-        description="Browser origins accepted besides same-origin loopback.",
+        default_factory=list, description="Browser origins accepted besides same-origin loopback."
     )
 
     # --- kernels ------------------------------------------------------------
-    kernel_name: str = Field(
-        "python3", validation_alias=_env("KERNEL_MCP_KERNEL_NAME", "kernel_name")
-    )
-    pool_size: int = Field(2, validation_alias=_env("KERNEL_MCP_POOL_SIZE", "pool_size"))
+    kernel_name: str = Field("python3", description="Jupyter kernelspec to start.")
+    pool_size: NonNegative = Field(2, description="Started kernels kept ready.")
     preload: CommaList = Field(
-        default_factory=list,
-        validation_alias=_env("KERNEL_MCP_PRELOAD", "preload"),
-        description="Modules pooled kernels import in advance, e.g. numpy,pandas.",
+        default_factory=list, description="Modules pooled kernels import in advance."
     )
-    memory_limit_mb: int = Field(
-        4096,
-        validation_alias=_env("KERNEL_MCP_MEMORY_LIMIT_MB", "memory_limit_mb"),
-        description="Address-space limit per kernel (RLIMIT_AS), MiB; 0 turns it off.",
+    memory_limit_mb: NonNegative = Field(
+        4096, description="Address-space limit per kernel (RLIMIT_AS), MiB; 0 turns it off."
     )
     env_allow: CommaList = Field(
         default_factory=list,
-        validation_alias=_env("KERNEL_MCP_ENV_ALLOW", "env_allow"),
         description="Variables passed to kernels even though their names look secret.",
     )
-
-    max_fresh_runs: int = Field(
-        8,
-        validation_alias=_env("KERNEL_MCP_MAX_FRESH_RUNS", "max_fresh_runs"),
-        description="Session-less runs at once; more wait their turn (each is a kernel).",
+    max_fresh_runs: Positive = Field(
+        8, description="Session-less runs at once; more wait their turn (each is a kernel)."
     )
 
     # --- remote kernels and shared state (scale-out) -----------------------
     gateway_url: str | None = Field(
-        None,
-        validation_alias=_env("KERNEL_MCP_GATEWAY_URL", "gateway_url"),
-        description="Jupyter Kernel/Enterprise Gateway base URL; unset = local kernels.",
+        None, description="Jupyter Kernel/Enterprise Gateway base URL; unset = local kernels."
     )
     gateway_token: SecretStr | None = Field(
-        None,
-        validation_alias=_env("KERNEL_MCP_GATEWAY_TOKEN", "gateway_token"),
-        description="Token the gateway expects (sent as 'Authorization: token ...').",
+        None, description="Token the gateway expects (sent as 'Authorization: token ...')."
     )
-    gateway_kernel_name: str = Field(
-        "python3",
-        validation_alias=_env("KERNEL_MCP_GATEWAY_KERNEL_NAME", "gateway_kernel_name"),
-        description="Kernel spec name the gateway starts.",
-    )
+    gateway_kernel_name: str = Field("python3", description="Kernel spec name the gateway starts.")
     state_url: str | None = Field(
-        None,
-        validation_alias=_env("KERNEL_MCP_STATE_URL", "state_url"),
-        description="Redis URL for sessions shared by server replicas; unset = in process.",
+        None, description="Redis URL for sessions shared by server replicas; unset = in process."
     )
-    lease_ttl: float = Field(
-        15.0,
-        validation_alias=_env("KERNEL_MCP_LEASE_TTL", "lease_ttl"),
-        description="Seconds a dead replica's hold on a session outlives it (shared state).",
+    lease_ttl: Seconds = Field(
+        15.0, description="Seconds a dead replica's hold on a session outlives it (shared state)."
     )
 
     # --- sessions -----------------------------------------------------------
-    max_sessions: int = Field(32, validation_alias=_env("KERNEL_MCP_MAX_SESSIONS", "max_sessions"))
-    session_idle_timeout: float = Field(
-        3600.0,
-        validation_alias=_env("KERNEL_MCP_SESSION_IDLE_TIMEOUT", "session_idle_timeout"),
-        description="Seconds a session may sit unused before its kernel is culled; 0 = never.",
+    max_sessions: Positive = Field(32, description="Open sessions, over all principals.")
+    session_idle_timeout: SecondsOrNever = Field(
+        3600.0, description="Seconds a session may sit unused before its kernel is culled."
     )
 
     # --- reply caps (the notebook keeps more) ------------------------------
-    max_stream_chars: int = Field(
-        64 * 1024,
-        validation_alias=_env("KERNEL_MCP_MAX_STREAM_CHARS", "max_stream_chars"),
-        description="stdout and stderr each keep at most this many characters in a reply.",
+    max_stream_chars: Positive = Field(
+        64 * 1024, description="stdout and stderr each keep at most this many characters."
     )
-    max_images: int = Field(8, validation_alias=_env("KERNEL_MCP_MAX_IMAGES", "max_images"))
-    max_image_bytes: int = Field(
-        512 * 1024,
-        validation_alias=_env("KERNEL_MCP_MAX_IMAGE_BYTES", "max_image_bytes"),
-        description="Largest image inlined in a reply (decoded bytes).",
+    max_images: NonNegative = Field(8, description="Images inlined in a reply.")
+    max_image_bytes: Positive = Field(
+        512 * 1024, description="Largest image inlined in a reply (decoded bytes)."
     )
-    max_reply_bytes: int = Field(
+    max_reply_bytes: Positive = Field(
         900 * 1024,
-        validation_alias=_env("KERNEL_MCP_MAX_REPLY_BYTES", "max_reply_bytes"),
         description="Whole reply budget; stays under the 1 MiB SSE event limit of MCP clients.",
     )
-    max_output_bytes: int = Field(
-        10 * 1024 * 1024,
-        validation_alias=_env("KERNEL_MCP_MAX_OUTPUT_BYTES", "max_output_bytes"),
-        description="Per-output cap kept in memory and in recorded notebooks.",
+    max_output_bytes: Positive = Field(
+        10 * 1024 * 1024, description="Per-output cap kept in memory and in recorded notebooks."
     )
 
     # --- notebooks ----------------------------------------------------------
     notebooks_dir: Path = Field(
-        Path("notebooks"),
-        validation_alias=_env("KERNEL_MCP_NOTEBOOKS_DIR", "notebooks_dir"),
+        Path("notebooks"), description="Where recordings, exports and executed copies go."
     )
-    notebook_timeout: float = Field(
-        1800.0,
-        validation_alias=_env("KERNEL_MCP_NOTEBOOK_TIMEOUT", "notebook_timeout"),
-        description="Total time cap for one run_notebook call, seconds.",
+    notebook_timeout: Seconds = Field(
+        1800.0, description="Total time cap for one run_notebook call, seconds."
     )
 
     @field_validator("allowed_hosts", "allowed_origins", "preload", "env_allow", mode="before")
@@ -207,49 +193,6 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("timeout", "max_timeout", "interrupt_grace", "notebook_timeout", "lease_ttl")
-    @classmethod
-    def _positive_seconds(cls, value: float) -> float:
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError("must be a positive number of seconds")
-        return value
-
-    @field_validator("session_idle_timeout")
-    @classmethod
-    def _non_negative_seconds(cls, value: float) -> float:
-        if not math.isfinite(value) or value < 0:
-            raise ValueError("must be zero (never) or a positive number of seconds")
-        return value
-
-    @field_validator(
-        "max_file_bytes",
-        "max_stream_chars",
-        "max_image_bytes",
-        "max_reply_bytes",
-        "max_output_bytes",
-        "max_sessions",
-        "max_fresh_runs",
-    )
-    @classmethod
-    def _positive_int(cls, value: int) -> int:
-        if value <= 0:
-            raise ValueError("must be a positive integer")
-        return value
-
-    @field_validator("pool_size", "max_images", "memory_limit_mb")
-    @classmethod
-    def _non_negative_int(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("must be zero or a positive integer")
-        return value
-
-    @field_validator("port")
-    @classmethod
-    def _port(cls, value: int) -> int:
-        if not 0 <= value <= 65535:
-            raise ValueError("must be a TCP port, 0-65535")
         return value
 
     @field_validator("projects_dir")
@@ -291,21 +234,43 @@ class Settings(BaseSettings):
         return [t.strip() for t in self.token.get_secret_value().split(",") if t.strip()]
 
     def clamp_timeout(self, requested: float | None) -> float:
-        """The time limit for one call: the default, or the caller's, capped at max_timeout."""
+        """The time limit for one call: the default, or the caller's, capped at max_timeout.
+
+        Raises:
+            InvalidArgument: not a positive, finite number of seconds.
+        """
         if requested is None:
             return min(self.timeout, self.max_timeout)
         if not math.isfinite(requested) or requested <= 0:
             raise InvalidArgument("timeout must be a positive number of seconds")
-        return min(requested, self.max_timeout)
+        return min(float(requested), self.max_timeout)
 
 
-# Which environment variable feeds each field, for one-line error messages.
-def _setting_name(field: str) -> str:
+def _field(name: str) -> str:
+    """The field behind a name from an error location (a field name or a seed alias)."""
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and name.upper() in (str(c) for c in alias.choices):
+            return field
+    return name
+
+
+def setting_name(field: str) -> str:
+    """The environment variable that feeds ``field`` (for messages)."""
+    field = _field(field)
     info = Settings.model_fields.get(field)
     alias = info.validation_alias if info else None
     if isinstance(alias, AliasChoices):
         return str(alias.choices[0])
-    return field
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _rule(field: str) -> str | None:
+    info = Settings.model_fields.get(_field(field))
+    for item in info.metadata if info else []:
+        if isinstance(item, Rule):
+            return str(item)
+    return None
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -320,8 +285,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{_setting_name(field)}: {message}") from None
+        message = _rule(field) or first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{setting_name(field)}: {message}") from None
     if settings.max_timeout < settings.timeout:
         raise ConfigError("PYTHON_MAX_TIMEOUT: must not be smaller than PYTHON_TIMEOUT")
     if settings.state_url and not settings.gateway_url:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_mcp.config import Settings, load_settings
+from kernel_mcp.config import Settings, load_settings, setting_name
 from kernel_mcp.errors import ConfigError, InvalidArgument
 
 OUR_PREFIXES = ("PYTHON_", "KERNEL_MCP_")
@@ -287,3 +287,51 @@ def test_clamp_timeout_refuses_non_positive_and_non_finite(
     with pytest.raises(InvalidArgument) as caught:
         settings.clamp_timeout(requested)
     assert "timeout" in str(caught.value)
+
+
+# --- only our own names are read ---------------------------------------------------------
+
+STRAY = {"PORT": "9999", "HOST": "0.0.0.0", "TOKEN": "abc", "INSECURE": "1", "TIMEOUT": "5"}
+
+
+def test_stray_bare_names_in_the_environment_change_nothing(
+    projects: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    baseline = load_settings()
+    for name, value in STRAY.items():
+        monkeypatch.setenv(name, value)
+    # Every field's bare name too, in both cases: none of them is one of our settings.
+    for field in Settings.model_fields:
+        monkeypatch.setenv(field.upper(), "stray-value")
+        monkeypatch.setenv(field, "stray-value")
+    settings = load_settings()
+    assert settings == baseline
+    assert (settings.host, settings.port, settings.tokens) == ("127.0.0.1", 8000, [])
+    assert settings.insecure is False and settings.timeout == 30.0
+
+
+def test_stray_bare_names_in_dotenv_change_nothing(projects: Path) -> None:
+    baseline = load_settings()
+    Path(".env").write_text("".join(f"{name}={value}\n" for name, value in STRAY.items()))
+    assert load_settings() == baseline
+
+
+def test_every_setting_is_read_under_its_documented_name(projects: Path) -> None:
+    names = {field: setting_name(field) for field in Settings.model_fields}
+    seeds = {"projects_dir", "timeout", "max_timeout"}
+    for field, name in names.items():
+        expected = f"PYTHON_{field.upper()}" if field in seeds else f"KERNEL_MCP_{field.upper()}"
+        if field == "projects_dir":
+            expected = "PYTHON_PROJECTS_DIR"
+        assert name == expected
+    documented = Path(__file__).resolve().parent.parent.joinpath(".env.example").read_text()
+    missing = [name for name in names.values() if name not in documented]
+    assert not missing, f"not in .env.example: {missing}"
+
+
+def test_prefixed_names_are_read(projects: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERNEL_MCP_HOST", "0.0.0.0")
+    monkeypatch.setenv("KERNEL_MCP_TOKEN", "abc")
+    monkeypatch.setenv("KERNEL_MCP_ALLOW_HARDLINKS", "true")
+    settings = load_settings()
+    assert (settings.host, settings.tokens, settings.allow_hardlinks) == ("0.0.0.0", ["abc"], True)
