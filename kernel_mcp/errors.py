@@ -10,11 +10,14 @@
     │   ├── InvalidArgument      a bad argument value
     │   ├── InvalidNotebook      not a valid nbformat v4 notebook
     │   ├── NotebookExists       export target exists and overwrite was not asked
+    │   ├── NotebookUnwritable   the notebooks folder refused an export (says why)
     │   ├── SessionNotFound      unknown id, or one owned by another principal
     │   ├── SessionGone          the session was culled or closed (says when)
     │   └── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
-    └── KernelError              the kernel machinery failed
-        └── KernelStartFailed    a kernel could not be started
+    ├── KernelError              the kernel machinery failed
+    │   └── KernelStartFailed    a kernel could not be started
+    └── RecordingError           a run could not be written to its notebook (yet);
+                                 the run itself succeeded and keeps its reply
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ __all__ = [
     "KernelMCPError",
     "KernelStartFailed",
     "NotebookExists",
+    "NotebookUnwritable",
     "PathRefused",
+    "RecordingError",
     "RequestError",
     "SessionGone",
     "SessionNotFound",
@@ -72,6 +77,10 @@ class NotebookExists(RequestError):
     """An export would overwrite a file and ``overwrite`` was not set."""
 
 
+class NotebookUnwritable(RequestError):
+    """An export could not be written; the message says why, without paths."""
+
+
 class SessionNotFound(RequestError):
     """Unknown session id. Foreign ids get exactly this error too."""
 
@@ -94,3 +103,10 @@ class KernelError(KernelMCPError):
 
 class KernelStartFailed(KernelError):
     """A kernel could not be started."""
+
+
+class RecordingError(KernelMCPError):
+    """A run's cell could not be written to disk. It is kept in memory and retried.
+
+    The message says why in words a caller may see: no absolute paths.
+    """

@@ -1,18 +1,20 @@
-"""Runs as notebooks: recording, durable writes, export, and running notebooks.
+"""One notebook: its cells and metadata, durable writes, parameters, and running it.
 
 Cells hold outputs exactly as Jupyter stores them (the collector builds them
 with ``nbformat.v4.output_from_msg``); ANSI codes stay, because JupyterLab
 renders them. Writes are atomic: a temporary file in the same folder, fsync,
 rename, fsync of the folder, so a server killed at any moment leaves either
 the previous notebook or the new one, both valid.
+
+Where notebooks live is ``notebook_store``; how a session's runs are recorded
+is ``recording``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
+import keyword
 import os
 import tempfile
 import time
@@ -25,30 +27,26 @@ import nbformat
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_notebook
 
-from kernel_mcp.errors import (
-    FileNotFound,
-    InvalidArgument,
-    InvalidNotebook,
-    NotebookExists,
-)
+from kernel_mcp.errors import InvalidArgument, InvalidNotebook
 from kernel_mcp.kernel import Execution, Kernel
-from kernel_mcp.paths import validate_name
 
 __all__ = [
+    "INJECTED_TAG",
+    "SETUP_TAG",
     "CellSummary",
     "NotebookRun",
-    "NotebookStore",
-    "Recording",
     "code_cell",
     "execute_notebook",
+    "file_cell_source",
+    "fsync_folder",
     "inject_parameters",
     "notebook_for",
+    "notebook_text",
     "parse_notebook",
-    "read_recording",
+    "setup_cell",
+    "umask_mode",
     "write_atomically",
 ]
-
-SESSIONS = "sessions"
 
 
 def _iso(moment: datetime) -> str:
@@ -74,7 +72,8 @@ def code_cell(source: str, execution: Execution, tool: str) -> NotebookNode:
     """A code cell holding what one execution produced."""
     cell = new_code_cell(source=source)
     cell.execution_count = execution.execution_count
-    cell.outputs = copy.deepcopy(execution.outputs)
+    # The execution is not changed afterwards: its outputs can be shared, not copied.
+    cell.outputs = list(execution.outputs)
     cell.metadata["execution"] = {
         "iopub.execute_input": _iso(execution.started_at),
         "shell.execute_reply": _iso(execution.ended_at),
@@ -89,15 +88,43 @@ def code_cell(source: str, execution: Execution, tool: str) -> NotebookNode:
     return cell
 
 
-def write_atomically(path: Path, nb: NotebookNode) -> None:
-    """Write ``nb`` to ``path`` so that a crash never leaves a partial file."""
+def notebook_text(nb: dict[str, Any]) -> str:
+    """The JSON text of a notebook, as Jupyter writes it (sorted keys, indent 1)."""
+    # Not nbformat.writes: it validates and deep-copies the whole notebook, which grew
+    # with a session's length (docs/benchmarks.md). Cells are built by nbformat.v4 and
+    # output_from_msg; the tests validate what is written.
+    return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
+
+def umask_mode() -> int:
+    """The mode the umask gives a new file: what exports and executed copies get."""
+    # os.umask can only be read by setting it; /proc says it without changing anything.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return 0o666 & ~current
+
+
+def write_atomically(path: Path, content: str | dict[str, Any], *, mode: int = 0o600) -> None:
+    """Write a notebook (or its text) to ``path`` so that a crash never leaves a partial file.
+
+    A temporary file in the same folder, fsync, rename, fsync of the folder: a
+    server killed at any moment leaves either the previous file or the new one.
+
+    Raises:
+        OSError: the folder cannot be written (read-only, full, not a folder).
+    """
+    text = content if isinstance(content, str) else notebook_text(content)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Not nbformat.writes: it validates and deep-copies the whole notebook on every
-    # run of a session, which grew with its length (docs/benchmarks.md). Cells are
-    # built by nbformat.v4 and output_from_msg; the tests validate what is written.
-    text = json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -107,8 +134,13 @@ def write_atomically(path: Path, nb: NotebookNode) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` survive a power cut (best effort)."""
     with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -126,117 +158,51 @@ def parse_notebook(text: str, name: str) -> NotebookNode:
     return nb
 
 
-@dataclass
-class Recording:
-    """One session's runs as a notebook, written after every run."""
+# -- re-running a recording elsewhere -------------------------------------------
 
-    path: Path
-    nb: NotebookNode
+#: Tag of the first cell of recordings and exports: the set-up a re-run needs.
+SETUP_TAG = "kernel-mcp-setup"
 
-    def add(self, source: str, execution: Execution, tool: str) -> None:
-        self.nb.cells.append(code_cell(source, execution, tool))
-        self.save()
-
-    def save(self) -> None:
-        write_atomically(self.path, self.nb)
-
-    @property
-    def cells(self) -> int:
-        return len(self.nb.cells)
+_SETUP = '''\
+# kernel-mcp set-up (not a recorded run): lets this notebook re-run as it was recorded.
+# Runs happened in the projects folder, and run_python cells call _kmcp_file(...) to
+# set __file__, sys.argv and sys.path the way `python file.py` does.
+import os as _kmcp_os, sys as _kmcp_sys
+for _kmcp_dir in ({absolute!r}, {relative!r}):
+    if _kmcp_os.path.isdir(_kmcp_dir):
+        _kmcp_os.chdir(_kmcp_dir)
+        break
 
 
-def read_recording(path: Path, kernel_info: dict[str, Any]) -> Recording:
-    """A recording as it is on disk now (another server replica may have written it).
+def _kmcp_file(path):
+    """Set up a run_python cell like `python path`, from the projects folder."""
+    path = _kmcp_os.path.abspath(path)
+    folder = _kmcp_os.path.dirname(path)
+    _kmcp_sys.argv = [path]
+    if folder not in _kmcp_sys.path:
+        _kmcp_sys.path.insert(0, folder)
+    globals().update(__file__=path, __name__="__main__")
+'''
 
-    A missing or empty file (a crash before the first write) starts empty.
+
+def setup_cell(projects_dir: Path, location: Path) -> NotebookNode:
+    """The first cell of a recording or export written to the folder ``location``.
+
+    It changes to the projects folder, by its absolute path or else by its path
+    relative to the notebook (the working directory nbclient, nbconvert and
+    JupyterLab give a notebook's kernel), and defines ``_kmcp_file``.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        text = ""
-    if not text.strip():
-        return Recording(path=path, nb=notebook_for(kernel_info))
-    # Our own atomic writes made this file: parse it without re-validating every
-    # cell on every run (that cost grew with the session; docs/benchmarks.md).
-    return Recording(path=path, nb=nbformat.from_dict(json.loads(text)))
+    relative = os.path.relpath(projects_dir, location)
+    cell = new_code_cell(source=_SETUP.format(absolute=str(projects_dir), relative=relative))
+    cell.id = SETUP_TAG  # the same in every rebuild: diffs show only new runs
+    cell.metadata["tags"] = [SETUP_TAG]
+    cell.metadata["kernel_mcp"] = {"setup": True}
+    return cell
 
 
-def _claim(folder: Path, stem: str) -> Path:
-    """Create an empty ``<stem>[-N].ipynb`` that nobody else has; O_EXCL settles races."""
-    folder.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while True:
-        path = folder / (f"{stem}.ipynb" if n == 1 else f"{stem}-{n}.ipynb")
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            return path
-        except FileExistsError:
-            n += 1
-
-
-class NotebookStore:
-    """The notebooks folder: session recordings under ``sessions/``, exports at the top."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def uri(self, path: Path) -> str:
-        rel = path.relative_to(self.root).as_posix()
-        return f"notebook://{rel.removesuffix('.ipynb')}"
-
-    def new_recording(self, name: str, kernel_info: dict[str, Any]) -> Recording:
-        """A recording for a session; never reuses a file an earlier session left."""
-        path = _claim(self.root / SESSIONS, name)
-        recording = Recording(path=path, nb=notebook_for(kernel_info))
-        recording.save()
-        return recording
-
-    def export(self, recording: Recording, name: str, *, overwrite: bool) -> Path:
-        """Copy a session's notebook to ``<root>/<name>.ipynb``."""
-        path = self.export_path(name)
-        if path.exists() and not overwrite:
-            raise NotebookExists(
-                f"{path.name} exists in the notebooks folder; pass overwrite=true to replace it."
-            )
-        write_atomically(path, recording.nb)
-        return path
-
-    def export_path(self, name: str) -> Path:
-        stem = validate_name(name.removesuffix(".ipynb"))
-        path = (self.root / f"{stem}.ipynb").resolve()
-        if path.parent != self.root.resolve():
-            raise InvalidArgument(f"Invalid notebook name {name!r}.")
-        return path
-
-    def save_single(self, stem: str, nb: NotebookNode) -> Path:
-        """Write a one-off notebook under ``runs/`` with a unique name."""
-        path = _claim(self.root / "runs", stem)
-        write_atomically(path, nb)
-        return path
-
-    def list(self) -> list[str]:
-        """Names of every notebook in the folder, e.g. ``sessions/abc`` or ``report``."""
-        names = []
-        for path in sorted(self.root.rglob("*.ipynb")):
-            rel = path.relative_to(self.root)
-            if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-                continue
-            names.append(rel.as_posix().removesuffix(".ipynb"))
-        return names
-
-    def read(self, name: str) -> str:
-        """The JSON text of a notebook, by its listed name."""
-        parts = name.removesuffix(".ipynb").split("/")
-        if not 1 <= len(parts) <= 2:
-            raise InvalidArgument(f"Invalid notebook name {name!r}.")
-        for part in parts:
-            validate_name(part)
-        path = self.root.joinpath(*parts[:-1], f"{parts[-1]}.ipynb")
-        real = path.resolve()
-        if not str(real).startswith(str(self.root.resolve()) + os.sep) or not real.is_file():
-            raise FileNotFound(f"No notebook {name!r}.")
-        return real.read_text(encoding="utf-8")
+def file_cell_source(relative: str, source: str) -> str:
+    """How a run_python cell is recorded: a set-up line naming the file, then the file."""
+    return f"_kmcp_file({relative!r})  # run_python {relative}\n{source}"
 
 
 # -- running notebooks ---------------------------------------------------------
@@ -263,27 +229,53 @@ class NotebookRun:
     duration_s: float = 0.0
 
 
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+
+
 def _json_safe(value: Any, where: str) -> None:
     try:
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
+    except ValueError:
+        raise InvalidArgument(
+            f"Parameter {where!r} is not JSON: NaN and Infinity are not allowed."
+        ) from None
+    except TypeError:
         raise InvalidArgument(f"Parameter {where!r} is not JSON-representable.") from None
-    if isinstance(value, float) and not math.isfinite(value):  # pragma: no cover
-        raise InvalidArgument(f"Parameter {where!r} is not finite.")
 
 
 def inject_parameters(nb: NotebookNode, parameters: dict[str, Any]) -> None:
-    """Papermill's convention: a cell tagged ``injected-parameters`` after ``parameters``."""
+    """Papermill's convention: one cell tagged ``injected-parameters`` after ``parameters``.
+
+    An ``injected-parameters`` cell the notebook already has (from an earlier
+    papermill or kernel-mcp run) is replaced, so the new values win, as papermill
+    does; otherwise the cell goes after the cell tagged ``parameters``, or first.
+
+    Raises:
+        InvalidArgument: a name is not an identifier, or a value is not JSON
+            (NaN and Infinity are not).
+    """
     lines = ["# Parameters"]
     for key, value in parameters.items():
-        if not key.isidentifier():
-            raise InvalidArgument(f"Parameter name {key!r} is not a Python identifier.")
+        if not isinstance(key, str) or not key.isidentifier() or keyword.iskeyword(key):
+            raise InvalidArgument(f"Parameter name {str(key)[:80]!r} is not a Python identifier.")
         _json_safe(value, key)
         lines.append(f"{key} = {_python_literal(value)}")
     cell = new_code_cell(source="\n".join(lines) + "\n")
-    cell.metadata["tags"] = ["injected-parameters"]
+    cell.metadata["tags"] = [INJECTED_TAG]
+
+    def tags(existing: NotebookNode) -> list[str]:
+        return list(existing.get("metadata", {}).get("tags", []))
+
     for index, existing in enumerate(nb.cells):
-        if "parameters" in existing.get("metadata", {}).get("tags", []):
+        if INJECTED_TAG in tags(existing):
+            nb.cells[index] = cell
+            # A notebook injected into twice by hand: keep only the new values.
+            rest = nb.cells[index + 1 :]
+            nb.cells[index + 1 :] = [c for c in rest if INJECTED_TAG not in tags(c)]
+            return
+    for index, existing in enumerate(nb.cells):
+        if PARAMETERS_TAG in tags(existing):
             nb.cells.insert(index + 1, cell)
             return
     nb.cells.insert(0, cell)

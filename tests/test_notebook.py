@@ -1,22 +1,27 @@
-"""notebook.py without kernels: cells, parameters, atomic writes, the notebooks folder."""
+"""notebook.py without kernels: cells, parameters, atomic writes, the re-run set-up cell."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from datetime import datetime, timedelta, timezone
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from kernel_mcp.errors import FileNotFound, InvalidArgument, InvalidNotebook, NotebookExists
+from kernel_mcp.errors import InvalidArgument, InvalidNotebook
 from kernel_mcp.kernel import Execution
 from kernel_mcp.notebook import (
-    NotebookStore,
+    SETUP_TAG,
     code_cell,
+    file_cell_source,
     inject_parameters,
     notebook_for,
     parse_notebook,
+    setup_cell,
+    umask_mode,
     write_atomically,
 )
 
@@ -90,12 +95,39 @@ def test_parameters_go_first_without_a_tagged_cell():
     assert nb.cells[0].metadata["tags"] == ["injected-parameters"]
 
 
+def test_new_parameters_replace_an_injected_cell_the_notebook_already_has():
+    # A notebook papermill (or kernel-mcp) ran before carries its injected values.
+    nb = new_notebook(cells=[new_code_cell("a = 1"), new_code_cell("a = 99"), new_code_cell("a")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.cells[1].metadata["tags"] = ["injected-parameters"]
+    inject_parameters(nb, {"a": 5})
+    assert [c.source for c in nb.cells] == ["a = 1", "# Parameters\na = 5\n", "a"]
+    namespace: dict[str, object] = {}
+    for cell in nb.cells[:2]:
+        exec(cell.source, namespace)
+    assert namespace["a"] == 5  # the new value wins
+
+
 @pytest.mark.parametrize(
-    "parameters", [{"not an identifier": 1}, {"x": float("nan")}, {"x": object()}, {"x": {1, 2}}]
+    "parameters",
+    [
+        {"not an identifier": 1},
+        {"class": 1},
+        {"x": float("nan")},
+        {"x": float("inf")},
+        {"x": [1, {"y": -float("inf")}]},
+        {"x": object()},
+        {"x": {1, 2}},
+    ],
 )
 def test_bad_parameters_are_refused(parameters):
     with pytest.raises(InvalidArgument):
         inject_parameters(new_notebook(), parameters)
+
+
+def test_nan_is_refused_as_not_json():
+    with pytest.raises(InvalidArgument, match="NaN and Infinity"):
+        inject_parameters(new_notebook(), {"x": float("nan")})
 
 
 def test_atomic_write_leaves_a_valid_file_and_no_temporaries(tmp_path):
@@ -108,48 +140,68 @@ def test_atomic_write_leaves_a_valid_file_and_no_temporaries(tmp_path):
     nbformat.validate(nbformat.read(target, as_version=4))
 
 
+@pytest.mark.parametrize("mode", [0o600, 0o644, 0o664])
+def test_atomic_write_gives_the_mode_asked_for(tmp_path, mode):
+    target = tmp_path / "n.ipynb"
+    write_atomically(target, notebook_for(KERNEL_INFO), mode=mode)
+    assert target.stat().st_mode & 0o777 == mode
+
+
+def test_umask_mode_is_what_the_umask_gives_a_new_file(tmp_path):
+    probe = tmp_path / "probe"
+    probe.touch()
+    assert umask_mode() == probe.stat().st_mode & 0o777
+
+
+def test_atomic_write_into_a_folder_that_is_a_file_raises_oserror(tmp_path):
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    with pytest.raises(OSError):
+        write_atomically(tmp_path / "blocked" / "n.ipynb", notebook_for(KERNEL_INFO))
+
+
+# --- re-running a recording elsewhere ----------------------------------------------------
+
+
+def test_setup_cell_moves_to_the_projects_folder_and_runs_files_like_python(tmp_path):
+    projects = tmp_path / "projects"
+    (projects / "pkg").mkdir(parents=True)
+    elsewhere = tmp_path / "notebooks" / "sessions"
+    elsewhere.mkdir(parents=True)
+    cell = setup_cell(projects, elsewhere)
+    assert cell.metadata["tags"] == [SETUP_TAG]
+    source = file_cell_source("pkg/main.py", "print(__file__)")
+    assert source.splitlines()[0].startswith("_kmcp_file('pkg/main.py')")
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    cwd, argv, path = os.getcwd(), list(sys.argv), list(sys.path)
+    try:
+        os.chdir(elsewhere)
+        exec(cell.source, namespace)
+        assert os.getcwd() == str(projects)
+        exec(source.splitlines()[0], namespace)
+        assert namespace["__file__"] == str(projects / "pkg" / "main.py")
+        assert sys.argv == [str(projects / "pkg" / "main.py")]
+        assert sys.path[0] == str(projects / "pkg")
+    finally:
+        os.chdir(cwd)
+        sys.argv[:], sys.path[:] = argv, path
+
+
+def test_setup_cell_falls_back_to_the_path_relative_to_the_notebook(tmp_path):
+    # The projects folder moved with the notebooks (another machine, a copied repo).
+    moved = tmp_path / "copy"
+    (moved / "projects").mkdir(parents=True)
+    (moved / "notebooks").mkdir()
+    cell = setup_cell(tmp_path / "gone" / "projects", tmp_path / "gone" / "notebooks")
+    cwd = os.getcwd()
+    try:
+        os.chdir(moved / "notebooks")
+        exec(cell.source, {})
+        assert os.getcwd() == str(moved / "projects")
+    finally:
+        os.chdir(cwd)
+
+
 @pytest.mark.parametrize("text", ["not json", json.dumps({"cells": "nope"}), "{}"])
 def test_invalid_notebooks_are_refused_with_the_reason(text):
     with pytest.raises(InvalidNotebook, match=r"is not a valid notebook: .+"):
         parse_notebook(text, "bad.ipynb")
-
-
-def test_store_exports_without_overwriting(tmp_path):
-    store = NotebookStore(tmp_path)
-    recording = store.new_recording("s1", KERNEL_INFO)
-    recording.add("x = 1", execution(), "run_code")
-    path = store.export(recording, "report", overwrite=False)
-    assert path == (tmp_path / "report.ipynb").resolve()
-    with pytest.raises(NotebookExists):
-        store.export(recording, "report.ipynb", overwrite=False)
-    recording.add("y = 2", execution(count=2), "run_code")
-    store.export(recording, "report", overwrite=True)
-    assert len(nbformat.read(path, as_version=4).cells) == 2
-    assert store.uri(path) == "notebook://report"
-    assert set(store.list()) == {"report", "sessions/s1"}
-    assert "".join(json.loads(store.read("sessions/s1"))["cells"][0]["source"]) == "x = 1"
-
-
-def test_recordings_never_reuse_an_earlier_file(tmp_path):
-    store = NotebookStore(tmp_path)
-    first = store.new_recording("same", KERNEL_INFO)
-    second = store.new_recording("same", KERNEL_INFO)
-    assert first.path != second.path
-    assert second.path.name == "same-2.ipynb"
-
-
-@pytest.mark.parametrize(
-    "name", ["../x", "/etc/passwd", "a/b", ".hidden", "", "x" * 70, "sub/../../x"]
-)
-def test_export_names_are_validated(tmp_path, name):
-    store = NotebookStore(tmp_path)
-    with pytest.raises(InvalidArgument):
-        store.export_path(name)
-
-
-@pytest.mark.parametrize("name", ["../secret", "sessions/../../x", "/abs", "a/b/c"])
-def test_reading_cannot_leave_the_folder(tmp_path, name):
-    store = NotebookStore(tmp_path / "nb")
-    (tmp_path / "secret.ipynb").write_text("{}")
-    with pytest.raises((InvalidArgument, FileNotFound)):
-        store.read(name)
