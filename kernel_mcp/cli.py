@@ -2,6 +2,10 @@
 
 Every ``serve`` flag is also an environment variable (see ``.env.example``);
 flags win over the environment. ``main(argv) -> int`` is what tests call.
+
+Exit codes: 0 done; 1 ``run`` finished with a status other than ok; 2 a bad
+setting; 3 the server could not serve (its port is in use, start-up failed);
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -9,9 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import errno
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ from kernel_mcp.errors import ConfigError
 __all__ = ["main", "main_entry"]
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+EXIT_OK, EXIT_FAILED_RUN, EXIT_BAD_SETTING, EXIT_CANNOT_SERVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
 
 
@@ -100,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_tools(args))
     except ConfigError as exc:
         print(f"kernel-mcp: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_SETTING
+    except CannotServe as exc:
+        print(f"kernel-mcp: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def main_entry() -> None:  # pragma: no cover - console script
@@ -110,6 +120,37 @@ def main_entry() -> None:  # pragma: no cover - console script
 
 
 # -- serve ----------------------------------------------------------------------
+class CannotServe(Exception):
+    """The server cannot start serving (one line for the user)."""
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the server's socket before anything starts, so a busy port is one clear line."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CannotServe(
+            f"cannot bind to {host!r}: {exc.strerror}; set --host or KERNEL_MCP_HOST"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CannotServe(f"port {port} is in use; set --port or KERNEL_MCP_PORT") from None
+        raise CannotServe(
+            f"cannot listen on {host}:{port}: {exc.strerror}; set --host/--port "
+            "or KERNEL_MCP_HOST/KERNEL_MCP_PORT"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(
         args,
@@ -138,25 +179,33 @@ def _serve(args: argparse.Namespace) -> int:
         )
     import uvicorn
 
+    sock = _listen(settings.host, settings.port)
+    port = sock.getsockname()[1]
     app = server.build_http_app(settings)
     print(
-        f"kernel-mcp {__version__}: http://{settings.host}:{settings.port}/mcp "
+        f"kernel-mcp {__version__}: http://{settings.host}:{port}/mcp "
         f"(streamable HTTP) and /sse (SSE); projects: {settings.projects_dir}; "
         f"auth: {'bearer token' if settings.tokens else 'none'}",
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.Server(
+    instance = uvicorn.Server(
         uvicorn.Config(
             app,
             host=settings.host,
-            port=settings.port,
+            port=port,
             lifespan="on",
             log_level=args.log_level,
             timeout_graceful_shutdown=5,
         )
-    ).run()
-    return 0
+    )
+    try:
+        instance.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not instance.started:
+        raise CannotServe("the server did not start; the log above says why")
+    return EXIT_OK
 
 
 # -- client side -------------------------------------------------------------------

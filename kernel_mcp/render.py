@@ -15,46 +15,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution, Status
+from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution
+from kernel_mcp.notebook import NotebookRun
 from kernel_mcp.outputs import strip_ansi as _strip_ansi
+from kernel_mcp.views import CellReport, ErrorInfo, NotebookReport, RunReport
 
-__all__ = ["ErrorInfo", "Image", "Reply", "ReplyLimits", "RunReport", "render"]
+__all__ = ["Image", "NotebookReply", "Reply", "ReplyLimits", "render", "render_notebook"]
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
 # Rich types shown as text, best first, when the kernel sent no useful text/plain.
 TEXT_TYPES = ("text/markdown", "text/html", "text/latex", "application/json")
-
-
-class ErrorInfo(BaseModel):
-    """The exception a run raised."""
-
-    ename: str
-    evalue: str
-    traceback: str = Field(description="Plain text, ANSI codes removed.")
-
-
-class RunReport(BaseModel):
-    """Structured result of run_python / run_code (the tools' output schema)."""
-
-    status: Status = Field(
-        description="ok | error (exception) | timeout | kernel_died | interrupted"
-    )
-    stdout: str
-    stderr: str
-    result: str | None = Field(description="text/plain of the last expression's value, if any")
-    error: ErrorInfo | None
-    images: int = Field(description="ImageContent blocks included in this reply")
-    truncated: bool = Field(description="Some output was cut or left out; see notes")
-    duration_s: float
-    execution_count: int | None
-    mime_types: list[str] = Field(description="MIME types the outputs carried")
-    timeout_s: float
-    file: str | None = Field(None, description="The file run, relative to the projects folder")
-    session_id: str | None = None
-    notebook: str | None = Field(None, description="Recorded notebook URI, when there is one")
-    notes: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,3 +262,79 @@ def _text_block(report: RunReport, displays: list[tuple[list[str], str]]) -> str
     if report.images:
         lines.append(f"[{report.images} image(s) follow]")
     return "\n".join(lines)
+
+
+# -- run_notebook -------------------------------------------------------------------
+
+#: A notebook reply lists at most this many cells: the first half and the last half.
+MAX_LISTED_CELLS = 200
+
+
+@dataclass(slots=True)
+class NotebookReply:
+    text: str
+    report: NotebookReport
+    is_error: bool
+
+
+def render_notebook(
+    run: NotebookRun,
+    limits: ReplyLimits,
+    *,
+    source: str,
+    path: str | None,
+    uri: str | None,
+    session_id: str | None = None,
+    notes: list[str] | None = None,
+) -> NotebookReply:
+    """The run_notebook reply, within ``max_reply_bytes`` however many cells ran."""
+    notes = list(notes or [])
+    shown = run.cells
+    truncated = False
+    if len(shown) > MAX_LISTED_CELLS:
+        half = MAX_LISTED_CELLS // 2
+        kept = shown[:half] + shown[-half:]
+        failed = [c for c in shown[half:-half] if c.index == run.failed_index]
+        shown = sorted(kept + failed, key=lambda c: c.index)
+        truncated = True
+        notes.append(
+            f"{len(run.cells) - len(shown)} of {len(run.cells)} cells are not listed "
+            f"(the first and last {half} are); the executed copy has them all."
+        )
+    budget = limits
+    while True:
+        failed_reply = render(run.failed, budget) if run.failed is not None else None
+        report = NotebookReport(
+            status=run.status,
+            notebook=source,
+            path=path,
+            uri=uri,
+            duration_s=run.duration_s,
+            cells=[
+                CellReport(index=c.index, status=c.status, duration_s=c.duration_s) for c in shown
+            ],
+            cells_total=len(run.cells),
+            failed_cell=run.failed_index,
+            error=failed_reply.report if failed_reply else None,
+            truncated=truncated or bool(failed_reply and failed_reply.report.truncated),
+            session_id=session_id,
+            notes=notes,
+        )
+        lines = [f"status: {run.status} · {source} · {run.duration_s:.2f} s"]
+        if uri:
+            lines.append(f"executed copy: {uri}")
+        lines += [f"note: {n}" for n in notes]
+        lines += [f"cell {c.index}: {c.status} ({c.duration_s:.3f} s)" for c in shown]
+        if failed_reply is not None:
+            lines += [f"--- cell {run.failed_index} output ---", failed_reply.text]
+        text = "\n".join(lines)
+        size = len(text.encode("utf-8")) + len(report.model_dump_json().encode("utf-8"))
+        if size <= limits.max_reply_bytes or budget.max_stream_chars <= 256:
+            return NotebookReply(text=text, report=report, is_error=run.status != "ok")
+        # The failing cell's output shares the budget with the cell list: shrink it.
+        budget = ReplyLimits(
+            max_stream_chars=budget.max_stream_chars // 4,
+            max_images=0,
+            max_image_bytes=budget.max_image_bytes,
+            max_reply_bytes=max(1024, budget.max_reply_bytes // 4),
+        )

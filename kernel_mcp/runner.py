@@ -1,15 +1,18 @@
 """The domain's front door: run files, snippets and notebooks, fresh or in sessions.
 
-``Runner`` owns the kernel backend, the warm pool, the session registry and
-the notebooks folder, and every background task they start. It knows nothing
-of MCP: the server module translates its results and exceptions.
+``Runner`` owns the kernel backend, the warm pool, the session registry, the
+notebooks folder and its recorder, and every background task they start. It
+knows nothing of MCP: the server layer translates its results and exceptions.
+
+A run that executed always gets its reply. What happens around it (recording,
+saving a copy) may fail on a broken disk; that becomes a note in the reply,
+never an error that throws the run's output away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -19,27 +22,53 @@ from typing import Any
 
 from kernel_mcp.backend import KernelBackend, LocalBackend
 from kernel_mcp.config import Settings
-from kernel_mcp.errors import FileNotFound, InvalidArgument
+from kernel_mcp.errors import (
+    FileNotFound,
+    InvalidArgument,
+    KernelMCPError,
+    NotebookUnwritable,
+    RecordingError,
+)
 from kernel_mcp.kernel import Execution, Kernel, ProgressCallback
 from kernel_mcp.notebook import (
     NotebookRun,
-    NotebookStore,
-    Recording,
     code_cell,
     execute_notebook,
+    file_cell_source,
     inject_parameters,
     notebook_for,
     parse_notebook,
-    read_recording,
+    setup_cell,
 )
+from kernel_mcp.notebook_store import RUNS, NotebookStore
 from kernel_mcp.paths import ProjectFile, list_project_files, read_project_file
 from kernel_mcp.pool import KernelPool
+from kernel_mcp.recording import Recorder, Recording, describe_os_error
 from kernel_mcp.sessions import Session, SessionRegistry, SharedSessionRegistry
 from kernel_mcp.state import SharedState, StateUnavailable
 
-__all__ = ["NotebookOutcome", "RunOutcome", "Runner"]
+__all__ = ["NotebookOutcome", "RunOutcome", "RunRequest", "Runner"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One run of a file or snippet: what runs, how it is recorded, and its limits."""
+
+    code: str
+    tool: str
+    owner: str | None
+    record_as: str
+    """The cell source a notebook records (a file's set-up line, then its source)."""
+    preamble: str | None = None
+    """Set-up run silently first (``python file.py``'s __file__, argv, sys.path)."""
+    file: str | None = None
+    timeout: float | None = None
+    session_id: str | None = None
+    progress: ProgressCallback | None = None
+    save_notebook: bool = False
+    stem: str = "code"
 
 
 @dataclass
@@ -57,8 +86,8 @@ class RunOutcome:
 @dataclass
 class NotebookOutcome:
     run: NotebookRun
-    path: Path
-    uri: str
+    path: Path | None
+    uri: str | None
     source: str
     session_id: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -117,7 +146,10 @@ class Runner:
                 idle_timeout=settings.session_idle_timeout,
                 on_close=self._session_closed,
             )
-        self.notebooks = NotebookStore(settings.notebooks_dir)
+        self.notebooks = NotebookStore(
+            settings.notebooks_dir, private_recordings=bool(settings.tokens)
+        )
+        self.recorder = Recorder(self.notebooks, projects_dir=settings.projects_dir)
         self._recordings: dict[str, Recording] = {}
         self._background: set[asyncio.Task[Any]] = set()
         # Each fresh run is a kernel process: bound how many run at once.
@@ -133,14 +165,16 @@ class Runner:
     async def start(self) -> None:
         # Sessions first: with shared state this checks Redis, before any kernel starts.
         await self.sessions.start()
+        await self.recorder.start()
         await self.pool.start()
 
     async def close(self) -> None:
-        """Shut every kernel down and wait for every background task."""
+        """Shut every kernel down, write every recording, wait for every background task."""
         await self.sessions.close()
         await self.pool.close()
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.recorder.close()
         await self.backend.close()
 
     @contextlib.asynccontextmanager
@@ -187,22 +221,21 @@ class Runner:
     ) -> RunOutcome:
         """Run a .py file from the projects folder, as ``python file.py`` would."""
         project = self.read_file(file_name)
-        source = f"# {project.relative}\n{project.source}"
-        preamble = _file_preamble(project, self.settings.projects_dir)
-        outcome = await self._run(
-            project.source,
-            record_as=source,
-            preamble=preamble,
-            tool="run_python",
-            owner=owner,
-            timeout=timeout,
-            session_id=session_id,
-            progress=progress,
-            save_notebook=save_notebook,
-            stem=Path(project.relative).stem,
+        return await self.run(
+            RunRequest(
+                code=project.source,
+                tool="run_python",
+                owner=owner,
+                record_as=file_cell_source(project.relative, project.source),
+                preamble=_file_preamble(project, self.settings.projects_dir),
+                file=project.relative,
+                timeout=timeout,
+                session_id=session_id,
+                progress=progress,
+                save_notebook=save_notebook,
+                stem=Path(project.relative).stem,
+            )
         )
-        outcome.file = project.relative
-        return outcome
 
     async def run_code(
         self,
@@ -220,72 +253,105 @@ class Runner:
                 f"code is larger than {self.settings.max_file_bytes} bytes "
                 "(KERNEL_MCP_MAX_FILE_BYTES)"
             )
-        return await self._run(
-            code,
-            record_as=code,
-            preamble=None,
-            tool="run_code",
-            owner=owner,
-            timeout=timeout,
-            session_id=session_id,
-            progress=progress,
-            save_notebook=save_notebook,
-            stem="code",
+        return await self.run(
+            RunRequest(
+                code=code,
+                tool="run_code",
+                owner=owner,
+                record_as=code,
+                timeout=timeout,
+                session_id=session_id,
+                progress=progress,
+                save_notebook=save_notebook,
+            )
         )
 
-    async def _run(
-        self,
-        code: str,
-        *,
-        record_as: str,
-        preamble: str | None,
-        tool: str,
-        owner: str | None,
-        timeout: float | None,
-        session_id: str | None,
-        progress: ProgressCallback | None,
-        save_notebook: bool,
-        stem: str,
-    ) -> RunOutcome:
-        limit = self.settings.clamp_timeout(timeout)
+    def _time_limit(self, requested: float | None, notes: list[str]) -> float:
+        limit = self.settings.clamp_timeout(requested)
+        if requested is not None and limit < requested:
+            notes.append(
+                f"timeout {requested:g} s is above PYTHON_MAX_TIMEOUT; {limit:g} s applies."
+            )
+        return limit
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        """Run one request: fresh, or in its session (recorded there)."""
+        notes: list[str] = []
+        limit = self._time_limit(request.timeout, notes)
         grace = self.settings.interrupt_grace
 
         async def execute(kernel: Kernel) -> Execution:
-            if preamble:
-                await kernel.run_silently(preamble)
-            return await kernel.execute(code, timeout=limit, grace=grace, progress=progress)
+            if request.preamble:
+                await kernel.run_silently(request.preamble)
+            return await kernel.execute(
+                request.code, timeout=limit, grace=grace, progress=request.progress
+            )
 
-        if session_id is None:
+        if request.session_id is None:
             async with self._fresh_kernel() as kernel:
                 execution = await execute(kernel)
-            outcome = RunOutcome(execution)
-            if save_notebook:
-                nb = notebook_for(kernel.kernel_info)
-                nb.cells.append(code_cell(record_as, execution, tool))
-                path = await asyncio.to_thread(self.notebooks.save_single, stem, nb)
-                outcome.notebook_path, outcome.notebook_uri = path, self.notebooks.uri(path)
-                outcome.notes.append(f"Saved as {path} ({outcome.notebook_uri}).")
+            outcome = RunOutcome(execution, file=request.file, notes=notes)
+            if request.save_notebook:
+                await self._save_single(request, kernel, execution, outcome)
             return outcome
 
         async def in_session(session: Session, kernel: Kernel) -> RunOutcome:
-            notes = []
             if session.lost_state:
                 notes.append(f"New kernel: {session.lost_state}.")
                 session.lost_state = None
             execution = await execute(kernel)
             recording = await self._recording(session, kernel)
-            await asyncio.to_thread(recording.add, record_as, execution, tool)
+            notes.extend(
+                await self._record(
+                    session, recording, [code_cell(request.record_as, execution, request.tool)]
+                )
+            )
             if execution.kernel_replaced:
                 notes.append("The session's kernel was lost; the next call starts a new one.")
             return RunOutcome(
                 execution,
+                file=request.file,
                 session_id=session.id,
                 notes=notes,
-                notebook_uri=self.notebooks.uri(recording.path),
+                notebook_uri=recording.uri,
                 notebook_path=recording.path,
             )
 
-        return await self.sessions.use(owner, session_id, in_session)
+        return await self.sessions.use(request.owner, request.session_id, in_session)
+
+    async def _save_single(
+        self, request: RunRequest, kernel: Kernel, execution: Execution, outcome: RunOutcome
+    ) -> None:
+        nb = notebook_for(kernel.kernel_info)
+        nb.cells.append(setup_cell(self.settings.projects_dir, self.notebooks.root / RUNS))
+        nb.cells.append(code_cell(request.record_as, execution, request.tool))
+        try:
+            path = await asyncio.to_thread(self.notebooks.save_single, request.stem, nb)
+        except OSError as exc:
+            outcome.notes.append(f"Not saved as a notebook: {describe_os_error(exc)}.")
+            return
+        outcome.notebook_path, outcome.notebook_uri = path, self.notebooks.uri(path)
+        outcome.notes.append(f"Saved as {self.notebooks.name_of(path)} ({outcome.notebook_uri}).")
+
+    async def _record(
+        self, session: Session, recording: Recording, cells: list[dict[str, Any]]
+    ) -> list[str]:
+        """Append a run's cells to the session's recording; what went wrong, as notes."""
+        try:
+            # Shared sessions: a replica that lost the session's lease must not write.
+            session.fence()
+            for cell in cells:
+                await self.recorder.append_async(recording, cell)
+        except RecordingError as exc:
+            return [str(exc)]
+        except StateUnavailable as exc:
+            return [f"Not recorded: {exc}"]
+        if recording.failure:
+            return [
+                f"The notebook {recording.name} cannot be rebuilt right now "
+                f"({recording.failure.split(': ', 1)[-1]}); the run is kept in its journal."
+            ]
+        return []
 
     # -- sessions ----------------------------------------------------------------
     async def create_session(self, *, owner: str | None, name: str | None = None) -> Session:
@@ -299,72 +365,87 @@ class Runner:
         """Shared state: the recording is made before the record, which names it."""
         assert session.kernel is not None
         recording = await asyncio.to_thread(
-            self.notebooks.new_recording, session.name, session.kernel.kernel_info
+            self.recorder.create, session.name, session.kernel.kernel_info
         )
-        session.notebook = recording.path.relative_to(self.notebooks.root).as_posix()
+        self.recorder.release(recording)
+        if recording.path is not None:
+            session.notebook = recording.path.relative_to(self.notebooks.root).as_posix()
 
     def session_notebook_uri(self, session_id: str, notebook: str | None = None) -> str | None:
         if notebook is not None:
             return self.notebooks.uri(self.notebooks.root / notebook)
         recording = self._recordings.get(session_id)
-        return self.notebooks.uri(recording.path) if recording else None
+        return recording.uri if recording else None
+
+    def recording_notes(self, session_id: str) -> list[str]:
+        """What a session's view should say about its recording (a failing disk)."""
+        recording = self._recordings.get(session_id)
+        if recording is None or not recording.failure:
+            return []
+        return [recording.failure_note()]
 
     async def _recording(self, session: Session, kernel: Kernel) -> Recording:
-        if self.sessions.shared:
-            # Another replica may have appended since: start from what is on disk.
-            # The caller holds the session's lease, so nobody writes meanwhile.
-            assert session.notebook is not None
-            path = self.notebooks.root / session.notebook
-            return await asyncio.to_thread(read_recording, path, kernel.kernel_info)
         recording = self._recordings.get(session.id)
+        if recording is not None:
+            return recording
+        if self.sessions.shared:
+            # Any replica appends to the session's journal, one at a time under its lease.
+            if session.notebook is None:
+                await self._shared_session_created(session)
+            if session.notebook is not None:
+                recording = self.recorder.attach(session.notebook)
         if recording is None:
             recording = await asyncio.to_thread(
-                self.notebooks.new_recording, session.name, kernel.kernel_info
+                self.recorder.create, session.name, kernel.kernel_info
             )
-            self._recordings[session.id] = recording
+        self._recordings[session.id] = recording
         return recording
 
     async def _session_closed(self, session: Session) -> None:
-        self._recordings.pop(session.id, None)
-
-    def session_recording(self, owner: str | None, session_id: str) -> Recording:
-        session = self.sessions.get(owner, session_id)
-        recording = self._recordings.get(session.id)
-        if recording is None:  # pragma: no cover - created with the session
-            raise InvalidArgument("this session has no recording yet")
-        return recording
+        recording = self._recordings.pop(session.id, None)
+        if recording is None:
+            return
+        if self.sessions.shared:
+            self.recorder.release(recording)
+        else:
+            await self.recorder.finish(recording)
 
     async def export_notebook(
         self, *, owner: str | None, session_id: str, name: str | None, overwrite: bool
     ) -> tuple[Path, str, int]:
-        """Copy a session's notebook into the notebooks folder. Returns (path, uri, cells)."""
-        if self.sessions.shared:
-            async with self.sessions.hold(owner, session_id) as held:
-                assert held.notebook is not None
-                recording = await asyncio.to_thread(
-                    read_recording, self.notebooks.root / held.notebook, {}
-                )
-                path = await asyncio.to_thread(
-                    self.notebooks.export, recording, name or held.name, overwrite=overwrite
-                )
-            return path, self.notebooks.uri(path), recording.cells
-        session = self.sessions.get(owner, session_id)
-        recording = self.session_recording(owner, session_id)
-        target = name or session.name
-        async with session.lock:  # not in the middle of a run's write
-            path = await asyncio.to_thread(
-                self.notebooks.export, recording, target, overwrite=overwrite
-            )
-        return path, self.notebooks.uri(path), recording.cells
+        """Copy a session's notebook into the notebooks folder. Returns (path, uri, runs).
 
-    # -- notebooks ---------------------------------------------------------------
+        Raises:
+            NotebookUnwritable: the folder refused the export (the message says why).
+        """
+        async with self.sessions.hold(owner, session_id) as held:
+            # Holding the session means no run is being recorded meanwhile.
+            assert held.kernel is not None or self.sessions.shared
+            recording = self._recordings.get(held.id)
+            if recording is None and held.notebook is not None:
+                recording = self.recorder.attach(held.notebook)
+                self._recordings[held.id] = recording
+            if recording is None or recording.path is None:
+                raise NotebookUnwritable(
+                    "The session has no recording on disk yet: "
+                    + (recording.failure_note() if recording else "nothing was recorded.")
+                )
+            try:
+                path = await self.recorder.export(recording, name or held.name, overwrite=overwrite)
+            except OSError as exc:
+                raise NotebookUnwritable(
+                    f"The export could not be written: {describe_os_error(exc)}."
+                ) from None
+            return path, self.notebooks.uri(path), recording.recorded
+
+    # -- notebooks: who may read what ------------------------------------------------
     def _mine(self, owner: str | None) -> dict[str, str]:
         """This process's recordings of ``owner``'s live sessions: id → notebook name."""
         ids = {s.id for s in self.sessions.list(owner)}
         return {
-            sid: self.notebooks.uri(rec.path).removeprefix("notebook://")
+            sid: rec.name
             for sid, rec in self._recordings.items()
-            if sid in ids
+            if sid in ids and rec.path is not None
         }
 
     async def owned_notebooks(self, owner: str | None) -> dict[str, str]:
@@ -379,35 +460,47 @@ class Runner:
             return {}
         return {s.id: s.notebook.removesuffix(".ipynb") for s in sessions if s.notebook}
 
-    def _private(self, owner: str | None, name: str, mine: dict[str, str] | None = None) -> bool:
-        """With auth on, a session recording is visible only to its live session's owner."""
-        if not self.settings.tokens or not name.startswith("sessions/"):
-            return False
-        mine = self._mine(owner) if mine is None else mine
-        return name not in set(mine.values())
-
     def notebook_names(self, owner: str | None, mine: dict[str, str] | None = None) -> list[str]:
         """Notebooks in the notebooks folder that ``owner`` may read."""
-        mine = self._mine(owner) if mine is None else mine
-        return [n for n in self.notebooks.list() if not self._private(owner, n, mine)]
+        allowed = set((self._mine(owner) if mine is None else mine).values())
+        return [n for n in self.notebooks.list() if self.notebooks.readable(n, allowed)]
 
-    def read_notebook(
+    async def read_notebook(
         self, owner: str | None, name: str, mine: dict[str, str] | None = None
     ) -> str:
         """A notebook's JSON by its listed name (``report``, ``sessions/x``, ``runs/y``).
 
-        ``mine`` is ``owned_notebooks(owner)``, looked up beforehand (shared state).
+        A session recording is rebuilt from its journal first, so it is current to
+        its last completed run. ``mine`` is ``owned_notebooks(owner)``, looked up
+        beforehand (shared state).
         """
         mine = self._mine(owner) if mine is None else mine
+        name = name.removesuffix(".ipynb")
         if name.startswith("sessions/"):
-            session_id = name.removeprefix("sessions/")
-            if session_id in mine:
-                path = self.notebooks.root / f"{mine[session_id]}.ipynb"
-                return path.read_text(encoding="utf-8")
-        if self._private(owner, name.removesuffix(".ipynb"), mine):
+            key = name.removeprefix("sessions/")
+            if key in mine:  # by session id
+                name = mine[key]
+            if name in mine.values():
+                return await self._recording_text(name)
+        if not self.notebooks.readable(name, set(mine.values())):
             raise FileNotFound(f"No notebook {name!r}.")
-        return self.notebooks.read(name)
+        if name.startswith("sessions/"):
+            # A closed session's recording (no token: everyone's): rebuilt from its journal.
+            with contextlib.suppress(KernelMCPError, OSError):
+                return await self._recording_text(name)
+        return await asyncio.to_thread(self.notebooks.read, name)
 
+    async def _recording_text(self, name: str) -> str:
+        live = next((r for r in self._recordings.values() if r.name == name), None)
+        if live is not None:
+            return await self.recorder.text(live)
+        path = self.notebooks.path_of(name)
+        recording = Recording(self.notebooks, stem=path.stem, path=path)
+        if recording.journal is None or not recording.journal.exists():
+            return await asyncio.to_thread(self.notebooks.read, name)
+        return await asyncio.to_thread(recording.text)
+
+    # -- running notebooks -------------------------------------------------------------
     async def run_notebook(
         self,
         notebook_path: str,
@@ -421,31 +514,29 @@ class Runner:
         """Execute a notebook from the projects folder; save the executed copy."""
         project = self.read_file(notebook_path, suffixes=(".ipynb",))
         nb = parse_notebook(project.source, project.relative)
-        nb = copy.deepcopy(nb)
-        if parameters:
+        if parameters is not None:
             if not isinstance(parameters, dict):
                 raise InvalidArgument("parameters must be an object of name: JSON value")
-            inject_parameters(nb, parameters)
-        cell_timeout = self.settings.clamp_timeout(timeout)
+            if parameters:
+                inject_parameters(nb, parameters)
+        notes: list[str] = []
+        cell_timeout = self._time_limit(timeout, notes)
         total = self.settings.notebook_timeout
         grace = self.settings.interrupt_grace
         stem = Path(project.relative).stem
 
         async def execute(kernel: Kernel) -> NotebookRun:
-            run_nb = nb
             if not session_id:
-                meta = notebook_for(kernel.kernel_info).metadata
-                run_nb.metadata.update(meta)
+                nb.metadata.update(notebook_for(kernel.kernel_info).metadata)
             return await execute_notebook(
                 kernel,
-                run_nb,
+                nb,
                 cell_timeout=cell_timeout,
                 total_timeout=total,
                 grace=grace,
                 allow_errors=allow_errors,
             )
 
-        notes: list[str] = []
         if session_id is None:
             async with self._fresh_kernel() as kernel:
                 run = await execute(kernel)
@@ -458,21 +549,23 @@ class Runner:
                 run = await execute(kernel)
                 # The session's own notebook records what ran in its kernel.
                 recording = await self._recording(session, kernel)
-                ran = {c.index for c in run.cells if c.status not in ("skipped", "not_run")}
-                for index in sorted(ran):
-                    recording.nb.cells.append(copy.deepcopy(run.nb.cells[index]))
-                await asyncio.to_thread(recording.save)
+                ran = [c.index for c in run.cells if c.status not in ("skipped", "not_run")]
+                notes.extend(await self._record(session, recording, [nb.cells[i] for i in ran]))
                 return run
 
             run = await self.sessions.use(owner, session_id, in_session)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = await asyncio.to_thread(
-            self.notebooks.save_single, f"{stem}.executed-{stamp}", run.nb
-        )
+        try:
+            path = await asyncio.to_thread(
+                self.notebooks.save_single, f"{stem}.executed-{stamp}", run.nb
+            )
+        except OSError as exc:
+            notes.append(f"The executed copy was not saved: {describe_os_error(exc)}.")
+            path = None
         return NotebookOutcome(
             run=run,
             path=path,
-            uri=self.notebooks.uri(path),
+            uri=self.notebooks.uri(path) if path is not None else None,
             source=project.relative,
             session_id=session_id,
             notes=notes,

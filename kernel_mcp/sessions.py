@@ -94,6 +94,9 @@ class Session:
         self.last_used = _now()
         self.last_used_mono = time.monotonic()
 
+    def fence(self) -> None:
+        """Raise if this process may no longer write for the session (shared state)."""
+
 
 class SessionRegistry:
     """All live sessions of this process, with their limits and culling."""

@@ -84,12 +84,13 @@ async def test_session_runs_are_recorded_as_a_valid_notebook(client):
         nb = await read_notebook(client, f"notebook://sessions/{sid}")
     finally:
         await call(client, "close_session", session_id=sid)
-    assert len(nb.cells) == 4  # the refused call is not recorded
-    first, hello, error, result = nb.cells
+    assert len(nb.cells) == 5  # the set-up cell, then the runs; the refused call is not recorded
+    setup, first, hello, error, result = nb.cells
+    assert setup.metadata["tags"] == ["kernel-mcp-setup"] and setup.execution_count is None
     assert first.source == "x = 21\nprint('x set')"
     assert first.outputs[0]["text"] == "x set\n"
-    assert hello.source.startswith("# hello_world.py\n") and "print(" in hello.source
-    assert [c.execution_count for c in nb.cells] == [1, 2, 3, 4]
+    assert hello.source.startswith("_kmcp_file('hello_world.py')") and "print(" in hello.source
+    assert [c.execution_count for c in nb.cells[1:]] == [1, 2, 3, 4]
     assert error.metadata["kernel_mcp"]["status"] == "error"
     assert error.outputs[0]["ename"] == "ZeroDivisionError"
     assert any(
@@ -102,12 +103,18 @@ async def test_session_runs_are_recorded_as_a_valid_notebook(client):
 
 
 async def test_export_and_reexecute_with_nbclient_gives_the_same_text(client, server):
+    projects = Path(server.env["PYTHON_PROJECTS_DIR"])
+    (projects / "data").mkdir(exist_ok=True)
+    (projects / "data" / "values.txt").write_text("3 1 2\n")
+    (projects / "load_values.py").write_text(
+        "import pathlib, sys\n"
+        "values = [int(v) for v in open('data/values.txt').read().split()]\n"
+        "print(pathlib.Path(__file__).name, sys.argv[0] == __file__, sorted(values))\n"
+    )
     sid = structured(await call(client, "create_session"))["session_id"]
     name = f"export-{client.kind}"
     try:
-        await call(
-            client, "run_code", code="values = [3, 1, 2]\nprint(sorted(values))", session_id=sid
-        )
+        await call(client, "run_python", file_name="load_values.py", session_id=sid)
         await call(client, "run_code", code="sum(values) * 7", session_id=sid)
         exported = structured(
             await call(client, "export_notebook", session_id=sid, name=name, overwrite=True)
@@ -125,7 +132,11 @@ async def test_export_and_reexecute_with_nbclient_gives_the_same_text(client, se
     recorded = nbformat.read(path, as_version=4)
     nbformat.validate(recorded)
     rerun = nbformat.read(path, as_version=4)
-    NotebookClient(rerun, timeout=60, kernel_name="python3").execute()
+    # As `jupyter nbconvert --execute notebooks/x.ipynb` runs it: from the notebooks folder,
+    # where the relative data path and __file__ only work thanks to the set-up cell.
+    NotebookClient(
+        rerun, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
 
     def texts(nb):
         found = []
@@ -134,7 +145,7 @@ async def test_export_and_reexecute_with_nbclient_gives_the_same_text(client, se
                 found.append(output.get("text") or output.get("data", {}).get("text/plain"))
         return found
 
-    assert texts(rerun) == texts(recorded) == ["[1, 2, 3]\n", "42"]
+    assert texts(rerun) == texts(recorded) == ["load_values.py True [1, 2, 3]\n", "42"]
 
 
 async def test_figure_round_trips_as_png_in_the_notebook(client):
@@ -144,7 +155,7 @@ async def test_figure_round_trips_as_png_in_the_notebook(client):
         nb = await read_notebook(client, f"notebook://sessions/{sid}")
     finally:
         await call(client, "close_session", session_id=sid)
-    pngs = [o["data"]["image/png"] for o in nb.cells[0].outputs if "image/png" in o.get("data", {})]
+    pngs = [o["data"]["image/png"] for o in nb.cells[1].outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 1
     assert base64.b64decode(pngs[0]).startswith(b"\x89PNG")
 
@@ -154,7 +165,7 @@ async def test_fresh_run_can_be_saved_as_a_notebook(client):
     report = structured(result)
     assert report["notebook"].startswith("notebook://runs/code")
     nb = await read_notebook(client, report["notebook"])
-    assert len(nb.cells) == 1 and nb.cells[0].outputs[0]["text"] == "kept\n"
+    assert len(nb.cells) == 2 and nb.cells[1].outputs[0]["text"] == "kept\n"
 
 
 async def test_resources_list_every_notebook(client):
@@ -253,9 +264,14 @@ async def test_sigkill_mid_run_leaves_a_valid_notebook_with_every_completed_run(
                     await asyncio.wait_for(running, timeout=30)
                 killed_mid_run = not running.done() or running.exception() is not None
     assert killed_mid_run
-    nb = nbformat.read(recording, as_version=4)
+    # Every completed run is in the journal the moment its reply was sent...
+    journal = recording.with_name(".durable.journal").read_text().splitlines()
+    assert len(journal) == 3 and "one" in journal[1] and "two" in journal[2]
+    # ...and the next server start rebuilds the notebook from it.
+    with running_server(tmp_path, KERNEL_MCP_POOL_SIZE="0"):
+        nb = nbformat.read(recording, as_version=4)
     nbformat.validate(nb)
-    assert [c.outputs[0]["text"] for c in nb.cells] == ["one\n", "two\n"]
+    assert [c.outputs[0]["text"] for c in nb.cells[1:]] == ["one\n", "two\n"]
     # Orphaned kernels notice their parent died and exit by themselves.
     assert wait_until(lambda: not alive(pids), timeout=15)
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -73,19 +74,23 @@ async def test_twenty_concurrent_sessions_do_not_cross_talk(client):
         await asyncio.gather(*(call(client, "close_session", session_id=sid) for sid in ids))
 
 
-async def test_calls_on_one_session_are_serialised_in_arrival_order(client):
+async def test_calls_on_one_session_are_serialised_in_arrival_order(client, server):
+    gate = Path(server.env["PYTHON_PROJECTS_DIR"]) / f"gate-{client.kind}"
+    gate.unlink(missing_ok=True)
     async with session(client) as sid:
-        await call(client, "run_code", code="import time\nlog = []", session_id=sid)
+        await call(client, "run_code", code="import os, time\nlog = []", session_id=sid)
         step = "t0 = time.monotonic(); time.sleep(0.3); log.append(({tag!r}, t0, time.monotonic()))"
+        # "a" holds the kernel until the test has sent "b" and "c".
+        hold = f"while not os.path.exists({gate.name!r}): time.sleep(0.01)\n" + step
 
         async def busy() -> bool:
             listed = structured(await call(client, "list_sessions"))["sessions"]
             return any(s["session_id"] == sid and s["state"] == "busy" for s in listed)
 
         first = asyncio.ensure_future(
-            call(client, "run_code", code=step.format(tag="a"), session_id=sid)
+            call(client, "run_code", code=hold.format(tag="a"), session_id=sid, timeout=60)
         )
-        assert await wait_for(busy, timeout=10)
+        assert await wait_for(busy, timeout=20)
         second = asyncio.ensure_future(
             call(client, "run_code", code=step.format(tag="b"), session_id=sid)
         )
@@ -93,6 +98,8 @@ async def test_calls_on_one_session_are_serialised_in_arrival_order(client):
         third = asyncio.ensure_future(
             call(client, "run_code", code=step.format(tag="c"), session_id=sid)
         )
+        await asyncio.sleep(0)
+        gate.touch()
         await asyncio.gather(first, second, third)
         log = json.loads(
             structured(

@@ -1,0 +1,27 @@
+"""The MCP surface: thin tools, notebook resources, transports and auth.
+
+The only package that imports fastmcp. Tools translate arguments into
+``Runner`` calls and results into MCP content; domain exceptions become tool
+errors once, in ``edge``. Session ids are minted by the domain and passed as
+tool arguments; they never depend on the MCP transport session, which the
+2026-07-28 protocol does not have.
+
+::
+
+    app.py            build_server: the FastMCP app, its tools registered by area
+    edge.py           the one translation of domain errors and replies into MCP
+    auth.py           bearer tokens; the caller's principal
+    run_tools.py      run_python, run_code
+    session_tools.py  create/list/interrupt/restart/close sessions
+    notebook_tools.py export_notebook, run_notebook
+    file_tools.py     list_files
+    resources.py      notebook://… resources
+    http.py           /mcp + /sse + /healthz in one ASGI app, Host/Origin guards
+    stdio.py          one client on stdin/stdout
+"""
+
+from kernel_mcp.server.app import build_server
+from kernel_mcp.server.http import build_http_app
+from kernel_mcp.server.stdio import run_stdio
+
+__all__ = ["build_http_app", "build_server", "run_stdio"]

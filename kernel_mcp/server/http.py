@@ -1,0 +1,92 @@
+"""HTTP: /mcp (streamable HTTP), /sse + /messages/ (legacy SSE) and /healthz in one ASGI app."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from fastmcp import FastMCP
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.types import Receive, Scope, Send
+
+from kernel_mcp.config import Settings
+from kernel_mcp.runner import Runner
+from kernel_mcp.server.app import answer_input_schema_lookups, build_server
+
+__all__ = ["build_http_app"]
+
+log = logging.getLogger("kernel_mcp.server")
+
+
+class Dispatcher:
+    """Routes each request to its transport's app; each keeps its own middleware
+    (Host/Origin guard, bearer auth). /healthz answers without auth, for probes."""
+
+    def __init__(self, mcp: FastMCP, http_app: Any, sse_app: Any, runner: Runner) -> None:
+        self.mcp = mcp
+        self.http_app = http_app
+        self.sse_app = sse_app
+        self.runner = runner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path == "/healthz":
+            await JSONResponse(self.health())(scope, receive, send)
+        elif path == "/mcp" or path.startswith("/mcp/"):
+            await self.http_app(scope, receive, send)
+        elif path.startswith(("/sse", "/messages")):
+            await self.sse_app(scope, receive, send)
+        else:
+            await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
+
+    def health(self) -> dict[str, Any]:
+        """``ok``, or ``degraded`` with what is failing (the server still serves)."""
+        recording = self.runner.recorder.health()
+        if recording.ok:
+            return {"status": "ok"}
+        return {
+            "status": "degraded",
+            "recording": {
+                "failing": recording.failing,
+                "waiting_runs": recording.waiting_runs,
+            },
+        }
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        started = False
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(self.runner)
+                await stack.enter_async_context(self.http_app.lifespan(self.http_app))
+                await stack.enter_async_context(self.sse_app.lifespan(self.sse_app))
+                await answer_input_schema_lookups(self.mcp)
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                message = await receive()
+                assert message["type"] == "lifespan.shutdown"
+        except Exception as exc:
+            log.exception("server %s failed", "shutdown" if started else "start-up")
+            phase = "shutdown" if started else "startup"
+            await send({"type": f"lifespan.{phase}.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def build_http_app(settings: Settings, runner: Runner | None = None) -> Dispatcher:
+    """The ASGI app for ``kernel-mcp serve``: /mcp, /sse, /healthz, with guards on."""
+    runner = runner or Runner(settings)
+    mcp = build_server(settings, runner)
+    guard: dict[str, Any] = {
+        "host_origin_protection": True,
+        "allowed_hosts": settings.allowed_hosts or None,
+        "allowed_origins": settings.allowed_origins or None,
+    }
+    http_app = mcp.http_app(path="/mcp", transport="http", **guard)
+    sse_app = mcp.http_app(path="/sse", transport="sse", **guard)
+    return Dispatcher(mcp, http_app, sse_app, runner)

@@ -1,0 +1,82 @@
+"""Notebooks: export a session's recording, run a notebook with parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastmcp import FastMCP
+from fastmcp.tools import ToolResult
+
+from kernel_mcp.render import ReplyLimits, render_notebook
+from kernel_mcp.runner import Runner
+from kernel_mcp.server.auth import owner
+from kernel_mcp.server.edge import notebook_result, translated
+from kernel_mcp.server.run_tools import RUN_ANNOTATIONS
+from kernel_mcp.views import ExportResult, NotebookReport
+
+__all__ = ["register_notebook_tools"]
+
+
+def register_notebook_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> None:
+    @mcp.tool
+    @translated
+    async def export_notebook(
+        session_id: str, name: str | None = None, overwrite: bool = False
+    ) -> ExportResult:
+        """Save a session's runs as <notebooks folder>/<name>.ipynb (JupyterLab opens it).
+
+        Args:
+            session_id: the session to export.
+            name: file name without folder (letters, digits, -, _, .); default the session's.
+            overwrite: replace an existing file of that name.
+
+        Returns path, uri (readable as an MCP resource) and cells (recorded runs). The
+        notebook starts with a set-up cell, so it re-runs elsewhere (nbclient, papermill,
+        JupyterLab) as it was recorded.
+        """
+        path, uri, cells = await runner.export_notebook(
+            owner=owner(), session_id=session_id, name=name, overwrite=overwrite
+        )
+        return ExportResult(path=str(path), uri=uri, cells=cells)
+
+    @mcp.tool(output_schema=NotebookReport.model_json_schema(), annotations=RUN_ANNOTATIONS)
+    @translated
+    async def run_notebook(
+        notebook_path: str,
+        parameters: dict[str, Any] | None = None,
+        session_id: str | None = None,
+        timeout: float | None = None,
+        allow_errors: bool = False,
+    ) -> ToolResult:
+        """Execute a .ipynb from the projects folder, cell by cell, papermill-style.
+
+        Args:
+            notebook_path: relative to the projects folder.
+            parameters: JSON values (no NaN or Infinity) injected after the cell tagged
+                "parameters"; an existing "injected-parameters" cell is replaced.
+            session_id: run in that session's kernel; omit for a fresh kernel.
+            timeout: per cell, seconds (a total cap applies too).
+            allow_errors: keep going after a failing cell.
+
+        Returns a per-cell summary (index, status, duration_s), the failing cell's
+        outputs, and the executed copy's path and URI (the source is never changed).
+        """
+        outcome = await runner.run_notebook(
+            notebook_path,
+            owner=owner(),
+            parameters=parameters,
+            session_id=session_id,
+            timeout=timeout,
+            allow_errors=allow_errors,
+        )
+        return notebook_result(
+            render_notebook(
+                outcome.run,
+                limits,
+                source=outcome.source,
+                path=str(outcome.path) if outcome.path is not None else None,
+                uri=outcome.uri,
+                session_id=outcome.session_id,
+                notes=outcome.notes,
+            )
+        )

@@ -1,0 +1,97 @@
+"""Sessions: kernels whose variables and imports persist across calls."""
+
+from __future__ import annotations
+
+from fastmcp import FastMCP
+from mcp_types import ToolAnnotations
+
+from kernel_mcp.runner import Runner
+from kernel_mcp.server.auth import owner
+from kernel_mcp.server.edge import translated
+from kernel_mcp.sessions import Session
+from kernel_mcp.views import SessionAction, SessionList, SessionView
+
+__all__ = ["register_session_tools"]
+
+
+def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
+    async def view(session: Session) -> SessionView:
+        kernel = session.kernel
+        state = session.state
+        # A kernel killed from outside (OOM killer, kill -9) shows as dead at once,
+        # not when the next call stumbles on it.
+        if state == "idle" and kernel is not None and not await kernel.is_alive():
+            state = "dead"
+        rss = kernel.process.rss_bytes() if kernel is not None and state != "dead" else None
+        return SessionView(
+            session_id=session.id,
+            name=session.name,
+            state=state,
+            created_at=session.created_at,
+            last_used=session.last_used,
+            runs=session.runs,
+            kernel_memory_mb=round(rss / 2**20, 1) if rss else None,
+            backend=kernel.process.backend if kernel else runner.backend.name,
+            kernel_id=kernel.process.kernel_id if kernel else session.kernel_id,
+            notebook=runner.session_notebook_uri(session.id, session.notebook),
+            notes=runner.recording_notes(session.id),
+        )
+
+    @mcp.tool
+    @translated
+    async def create_session(name: str | None = None) -> SessionView:
+        """Start a session: a kernel whose variables and imports persist across calls.
+
+        Args:
+            name: optional label (letters, digits, -, _, .); names the session's notebook.
+
+        Returns session_id: pass it to run_python / run_code / run_notebook. Close the
+        session with close_session when done; idle sessions are culled.
+        """
+        return await view(await runner.create_session(owner=owner(), name=name))
+
+    @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    @translated
+    async def list_sessions() -> SessionList:
+        """List your open sessions.
+
+        Each has session_id, name, state (idle | busy | dead), created_at, last_used,
+        runs, kernel_memory_mb (resident MiB), backend, kernel_id and notebook (URI of
+        its recording). Pass a session_id to run_code / run_python, or close it.
+        """
+        sessions = await runner.sessions.owned(owner())
+        return SessionList(
+            sessions=[await view(s) for s in sessions],
+            max_sessions=runner.settings.max_sessions,
+        )
+
+    @mcp.tool
+    @translated
+    async def interrupt_session(session_id: str) -> SessionAction:
+        """Interrupt the call running in a session, like Ctrl-C in a notebook.
+
+        The running call replies with status "interrupted"; the session's variables are
+        kept. action is "interrupted" if a call was running, else "idle".
+        """
+        running = await runner.sessions.interrupt(owner(), session_id)
+        return SessionAction(
+            session_id=session_id,
+            action="interrupted" if running else "idle",
+            message="Interrupt sent." if running else "Nothing was running; interrupt sent.",
+        )
+
+    @mcp.tool
+    @translated
+    async def restart_session(session_id: str) -> SessionAction:
+        """Restart a session's kernel: every variable and import is cleared; the id stays."""
+        await runner.sessions.restart(owner(), session_id)
+        return SessionAction(
+            session_id=session_id, action="restarted", message="New kernel; state cleared."
+        )
+
+    @mcp.tool
+    @translated
+    async def close_session(session_id: str) -> SessionAction:
+        """Close a session and shut its kernel down. Its notebook stays on disk."""
+        await runner.sessions.close_session(owner(), session_id)
+        return SessionAction(session_id=session_id, action="closed", message="Kernel shut down.")
