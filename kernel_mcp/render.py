@@ -18,9 +18,18 @@ from typing import Any
 from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution
 from kernel_mcp.notebook import NotebookRun
 from kernel_mcp.outputs import strip_ansi as _strip_ansi
-from kernel_mcp.views import CellReport, ErrorInfo, NotebookReport, RunReport
+from kernel_mcp.paths import FileListing
+from kernel_mcp.views import CellReport, ErrorInfo, FileList, NotebookReport, RunReport
 
-__all__ = ["Image", "NotebookReply", "Reply", "ReplyLimits", "render", "render_notebook"]
+__all__ = [
+    "Image",
+    "NotebookReply",
+    "Reply",
+    "ReplyLimits",
+    "render",
+    "render_file_list",
+    "render_notebook",
+]
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
 # Rich types shown as text, best first, when the kernel sent no useful text/plain.
@@ -338,3 +347,24 @@ def render_notebook(
             max_image_bytes=budget.max_image_bytes,
             max_reply_bytes=max(1024, budget.max_reply_bytes // 4),
         )
+
+
+# -- list_files -----------------------------------------------------------------------
+
+
+def render_file_list(listing: FileListing, limits: ReplyLimits) -> FileList:
+    """The list_files reply: the listing, cut to ``max_reply_bytes`` if the names are long."""
+    notes = [f"Listing incomplete: {listing.reason}."] if listing.reason else []
+    files, size = [], 256 + sum(len(n) for n in notes)
+    for name in listing.files:
+        # A JSON string of the name in the structured content, and a line in the text.
+        size += 2 * len(name.encode("utf-8")) + 8
+        if size > limits.max_reply_bytes:
+            notes.append(
+                f"{len(listing.files) - len(files)} more names left out to keep the reply "
+                "under KERNEL_MCP_MAX_REPLY_BYTES."
+            )
+            break
+        files.append(name)
+    truncated = listing.truncated or len(files) < len(listing.files)
+    return FileList(files=files, projects_dir=".", truncated=truncated, notes=notes)

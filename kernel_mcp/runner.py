@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from kernel_mcp.notebook import (
     setup_cell,
 )
 from kernel_mcp.notebook_store import RUNS, NotebookStore
-from kernel_mcp.paths import ProjectFile, list_project_files, read_project_file
+from kernel_mcp.paths import FileListing, ProjectFile, list_project_files, read_project_file
 from kernel_mcp.pool import KernelPool
 from kernel_mcp.recording import Recorder, Recording, describe_os_error
 from kernel_mcp.sessions import Session, SessionRegistry, SharedSessionRegistry
@@ -203,10 +204,23 @@ class Runner:
             file_name,
             suffixes=suffixes,
             max_bytes=self.settings.max_file_bytes,
+            allow_hardlinks=self.settings.allow_hardlinks,
         )
 
-    def list_files(self, pattern: str) -> list[str]:
-        return list_project_files(self.settings.projects_dir, pattern)
+    async def list_files(self, pattern: str) -> FileListing:
+        """Files matching ``pattern``; the walk is bounded and stops if the caller goes away."""
+        cancel = threading.Event()
+        walk = asyncio.ensure_future(
+            asyncio.to_thread(
+                list_project_files, self.settings.projects_dir, pattern, cancel=cancel
+            )
+        )
+        try:
+            return await asyncio.shield(walk)
+        except asyncio.CancelledError:
+            # The thread cannot be cancelled: tell the walk to stop, and let it end.
+            cancel.set()
+            raise
 
     # -- running -----------------------------------------------------------------
     async def run_file(

@@ -212,3 +212,26 @@ async def test_a_flood_over_the_cap_is_dropped_in_the_kernel(client):
     assert report["truncated"] is True
     assert "The kernel dropped stream output over KERNEL_MCP_MAX_OUTPUT_BYTES." in report["notes"]
     assert report["stdout"].rstrip().endswith("the rest was dropped]")
+
+
+@pytest.mark.timeout(120)
+async def test_list_files_on_a_deep_tree_answers_whatever_the_pattern(client):
+    # Any caller can build such a tree with run_code; a glob with many ** must not hang.
+    made = await call(
+        client,
+        "run_code",
+        code=(
+            "import os\n"
+            "p = 'deep-" + client.kind + "'\n"
+            "for i in range(40):\n"
+            "    p = os.path.join(p, f'd{i}')\n"
+            "os.makedirs(p, exist_ok=True)\n"
+            "open(os.path.join(p, 'bottom.py'), 'w').close()\n"
+        ),
+    )
+    assert structured(made)["status"] == "ok"
+    result = await call(client, "list_files", pattern="**/**/**/**/**/**/bottom.py")
+    listing = structured(result)
+    assert [f for f in listing["files"] if f.startswith(f"deep-{client.kind}/")] == [
+        f"deep-{client.kind}/" + "/".join(f"d{i}" for i in range(40)) + "/bottom.py"
+    ]

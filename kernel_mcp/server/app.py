@@ -45,7 +45,7 @@ def build_server(settings: Settings, runner: Runner) -> FastMCP:
     )
     limits = reply_limits(settings)
     register_run_tools(mcp, runner, limits)
-    register_file_tools(mcp, runner)
+    register_file_tools(mcp, runner, limits)
     register_session_tools(mcp, runner)
     register_notebook_tools(mcp, runner, limits)
     register_resources(mcp, runner)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import anyio
 from fastmcp import FastMCP
 from mcp_types import ToolAnnotations
 
-from kernel_mcp.paths import MAX_LISTED_FILES
+from kernel_mcp.render import ReplyLimits, render_file_list
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.edge import translated
 from kernel_mcp.views import FileList
@@ -14,7 +13,7 @@ from kernel_mcp.views import FileList
 __all__ = ["register_file_tools"]
 
 
-def register_file_tools(mcp: FastMCP, runner: Runner) -> None:
+def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> None:
     @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
     @translated
     async def list_files(pattern: str = "**/*.py") -> FileList:
@@ -23,8 +22,9 @@ def register_file_tools(mcp: FastMCP, runner: Runner) -> None:
         Args:
             pattern: a glob relative to the projects folder, e.g. "**/*.py" or "*.ipynb".
 
-        Returns relative paths, sorted, at most 1000 (truncated says if more matched).
-        Pass one to run_python (or run_notebook for .ipynb).
+        Returns relative paths, sorted, at most 1000. Hidden files and symlinked
+        folders are skipped. truncated (with a note) says the list is incomplete: more
+        matched, or the walk hit its bound on entries visited or on time. Pass a path
+        to run_python (or run_notebook for .ipynb).
         """
-        files = await anyio.to_thread.run_sync(runner.list_files, pattern)
-        return FileList(files=files, projects_dir=".", truncated=len(files) >= MAX_LISTED_FILES)
+        return render_file_list(await runner.list_files(pattern), limits)
