@@ -107,6 +107,8 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    wrapper: tuple[str, ...] = ()
+    """A command the server runs under (it must exec its arguments), e.g. a namespace."""
 
     @property
     def base(self) -> str:
@@ -115,7 +117,16 @@ class ServerProcess:
     def start(self, *extra: str) -> ServerProcess:
         assert self.log is not None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kernel_mcp", "serve", "--port", str(self.port), *extra],
+            [
+                *self.wrapper,
+                sys.executable,
+                "-m",
+                "kernel_mcp",
+                "serve",
+                "--port",
+                str(self.port),
+                *extra,
+            ],
             env=self.env,
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
@@ -173,12 +184,14 @@ def server_env(projects: Path, notebooks: Path, **settings: str) -> dict[str, st
 
 
 @contextlib.contextmanager
-def running_server(tmp: Path, *extra: str, **settings: str) -> Iterator[ServerProcess]:
+def running_server(
+    tmp: Path, *extra: str, wrapper: tuple[str, ...] = (), **settings: str
+) -> Iterator[ServerProcess]:
     tmp.mkdir(parents=True, exist_ok=True)
     projects = tmp / "projects"
     if not projects.exists():
         make_projects(tmp)
-    server = ServerProcess(server_env(projects, tmp / "notebooks", **settings))
+    server = ServerProcess(server_env(projects, tmp / "notebooks", **settings), wrapper=wrapper)
     server.log = tmp / "server.log"
     server.start(*extra)
     try:

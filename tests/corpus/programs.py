@@ -1,0 +1,140 @@
+"""Hostile programs: what a caller may run, and the status the server owes each.
+
+Every program runs in a fresh kernel and in a session on a server with its
+default settings (``tests/test_hostile.py``). Whatever it does, the call gets a
+reply with the expected status, the reply never carries a raw control sequence
+or an absolute server path it did not print itself, and the server keeps
+serving: in a session, the next call works (in the same kernel, or in a new one
+with a note saying the state was lost).
+
+The cases are kinds of behaviour, not replays of one attack: a failing cell of
+each kind, each way a process can end, each way output can flood, each way a
+program can ignore or break the machinery that stops it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PROGRAMS", "Program"]
+
+
+@dataclass(frozen=True)
+class Program:
+    id: str
+    code: str
+    status: frozenset[str]
+    """Acceptable statuses (one, unless the outcome depends on the machine's speed)."""
+    timeout: float | None = None
+    contains: tuple[str, ...] = ()
+    """Text the reply's text block must contain."""
+    absent: tuple[str, ...] = ()
+    """Text it must not contain."""
+    truncated: bool | None = None
+
+
+def P(
+    id: str,
+    code: str,
+    *status: str,
+    timeout: float | None = None,
+    contains: tuple[str, ...] = (),
+    absent: tuple[str, ...] = (),
+    truncated: bool | None = None,
+) -> Program:
+    return Program(id, code, frozenset(status), timeout, contains, absent, truncated)
+
+
+PROGRAMS: list[Program] = [
+    # -- cells that fail ----------------------------------------------------------------
+    P("zero_division", "1 / 0", "error", contains=("ZeroDivisionError",)),
+    P("syntax_error", "def (:", "error", contains=("SyntaxError",)),
+    P("surrogate_in_error", "raise ValueError('err-\\udfff-end')", "error"),
+    P("surrogate_in_output", "print('a\\udcffb')", "ok"),
+    P("recursion", "def f(): return f()\nf()", "error", contains=("RecursionError",)),
+    P("huge_error_value", "raise ValueError('v' * 5_000_000)", "error", truncated=True),
+    P("keyboard_interrupt_raised", "raise KeyboardInterrupt", "error"),
+    P("system_exit", "import sys; sys.exit(3)", "error", contains=("SystemExit",)),
+    P("input_without_a_client_answer", "input('name? ')", "error", contains=("input",)),
+    P("memory_bomb", "x = bytearray(64 * 1024**3)", "error", contains=("MemoryError",)),
+    # -- the process ends ----------------------------------------------------------------
+    P("os_exit", "import os; os._exit(3)", "kernel_died", contains=("exit code 3",)),
+    P(
+        "sigkill_self",
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+        "kernel_died",
+        contains=("SIGKILL",),
+    ),
+    P("segfault", "import ctypes; ctypes.string_at(0)", "kernel_died"),
+    P("abort", "import os; os.abort()", "kernel_died"),
+    P("exit_builtin", "exit()", "ok", "kernel_died"),
+    # -- it will not stop ------------------------------------------------------------------
+    P("busy_loop", "while True: pass", "timeout", timeout=2),
+    P("sleep_in_c", "import time; time.sleep(1000)", "timeout", timeout=2),
+    P(
+        "ignores_sigint",
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
+        "timeout",
+        timeout=2,
+        contains=("killed",),
+    ),
+    P(
+        "swallows_keyboard_interrupt",
+        "while True:\n    try:\n        while True: pass\n"
+        "    except KeyboardInterrupt:\n        pass",
+        "timeout",
+        timeout=2,
+    ),
+    P(
+        "breaks_message_signing",
+        "get_ipython().kernel.session.key = b'not-the-key'",
+        "timeout",
+        timeout=3,
+    ),
+    # -- floods ------------------------------------------------------------------------------
+    P("print_100_mb", "print('x' * 100_000_000)", "ok", truncated=True),
+    P("print_many_lines", "for i in range(300_000): print(i)", "ok", truncated=True),
+    P(
+        "write_without_newline",
+        "import sys\nfor _ in range(20_000): sys.stdout.write('y' * 1000)",
+        "ok",
+        truncated=True,
+    ),
+    P(
+        "display_flood",
+        "from IPython.display import display\nfor i in range(100_000): display(i)",
+        "ok",
+        "timeout",
+        timeout=20,
+        truncated=True,
+    ),
+    P(
+        "one_huge_display",
+        "from IPython.display import HTML, display\ndisplay(HTML('x' * 20_000_000))",
+        "ok",
+        truncated=True,
+    ),
+    P(
+        "stderr_flood",
+        "import sys\nfor i in range(200_000): print(i, file=sys.stderr)",
+        "ok",
+        truncated=True,
+    ),
+    # -- odd but harmless output -----------------------------------------------------------
+    P("ansi_colours", "print('\\x1b[31mred\\x1b[0m')", "ok", contains=("red",), absent=("\x1b[",)),
+    P("nul_bytes", "print('a\\x00b')", "ok"),
+    P("unicode", "print('ünï©ødé 😀')", "ok", contains=("ünï©ødé 😀",)),
+    P(
+        "closes_its_stdout_fds",
+        "import os; os.close(1); os.close(2); print('still')",
+        "ok",
+        contains=("still",),
+    ),
+    P("replaces_sys_stdout", "import sys; sys.stdout = None; print('gone')", "ok"),
+    P(
+        "carriage_returns",
+        "import sys\nfor i in range(1000): sys.stdout.write(f'\\r{i}')",
+        "ok",
+        contains=("999",),
+    ),
+]
