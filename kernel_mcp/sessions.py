@@ -772,6 +772,8 @@ class SharedSessionRegistry(SessionRegistry):
                     f"{idle_for:.0f} s idle (KERNEL_MCP_SESSION_IDLE_TIMEOUT="
                     f"{self.idle_timeout:g})"
                 )
+                if not lease.valid:
+                    continue  # stalled past the TTL: another replica may be using it now
                 if not await self.state.remove(record.id, record.owner, how, name=fresh.name):
                     continue
                 log.info("culled session %s after %.0f s idle", record.id, idle_for)
