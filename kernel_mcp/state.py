@@ -574,8 +574,9 @@ class SharedState:
             # In a task of its own (shielded_to_end): the caller's cancel cannot
             # reach stop_task here and be taken for the listener's.
             await stop_task(listener)
-            with contextlib.suppress(Exception):
-                await pubsub.unsubscribe(channel)
+            if listener is not None:  # subscribed: confirm the end before leaving
+                with contextlib.suppress(Exception):
+                    await pubsub.unsubscribe(channel)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
 
