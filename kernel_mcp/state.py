@@ -244,8 +244,11 @@ class Lease:
 
     @property
     def valid(self) -> bool:
-        """Not lost, and confirmed within its TTL (Redis cannot have let it expire yet)."""
-        return not self.lost and time.monotonic() - self.confirmed_at < self.ttl
+        """Held: not lost, not released, and confirmed within its TTL (so Redis cannot
+        have let it expire yet)."""
+        return (
+            not self.lost and not self._released and time.monotonic() - self.confirmed_at < self.ttl
+        )
 
     def fence(self) -> None:
         """Raise LeaseLost unless the lease is still ``valid``."""
@@ -281,7 +284,7 @@ class Lease:
         await stop_task(renewer)
         if self._released or self.lost:
             return
-        self._released = True
+        self._released = True  # from here on it is not this holder's to act on
         try:
             await self._state._run(_RELEASE, [self.key], [self.token])
         except StateUnavailable as exc:

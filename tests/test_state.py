@@ -369,6 +369,7 @@ async def test_a_cancel_landing_on_release_is_re_raised_after_the_lease_is_given
         await task
     assert await state.leased_ids(["s1"]) == set(), "the lease was not given back"
     assert lease._renewer is None
+    assert not lease.valid
 
 
 @pytest.mark.parametrize("where", ["inside", "on the way out"])
