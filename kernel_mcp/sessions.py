@@ -34,7 +34,14 @@ from kernel_mcp.errors import (
 from kernel_mcp.kernel import Kernel
 from kernel_mcp.paths import validate_name
 from kernel_mcp.pool import KernelPool
-from kernel_mcp.state import SessionRecord, SharedState, StateUnavailable
+from kernel_mcp.state import (
+    Lease,
+    LeaseLost,
+    SessionRecord,
+    SharedState,
+    StateUnavailable,
+    shielded_to_end,
+)
 from kernel_mcp.tasks import stop_task
 
 __all__ = ["Session", "SessionRegistry", "SharedSessionRegistry"]
@@ -78,6 +85,8 @@ class Session:
     notebook: str | None = None
     """Shared state only: the recording, relative to the notebooks folder."""
     shared: bool = False
+    lease: Lease | None = field(default=None, repr=False)
+    """Shared state only: the lease of the call running now (set by ``use`` and ``hold``)."""
 
     @property
     def state(self) -> Literal["idle", "busy", "dead"]:
@@ -95,7 +104,18 @@ class Session:
         self.last_used_mono = time.monotonic()
 
     def fence(self) -> None:
-        """Raise if this process may no longer write for the session (shared state)."""
+        """Check, right before a write on the session's behalf (its recording), that this
+        call still holds the session.
+
+        A no-op for in-process sessions. For shared sessions inside ``use``/``hold``:
+
+        Raises:
+            LeaseLost: the call's lease is no longer valid (a stalled event loop or
+                a Redis outage outlasted KERNEL_MCP_LEASE_TTL); another replica
+                may be serving the session, so the write must not happen.
+        """
+        if self.lease is not None:
+            self.lease.fence()
 
 
 class SessionRegistry:
@@ -413,14 +433,33 @@ class SharedSessionRegistry(SessionRegistry):
         self._apply(session, record)
         return session, record
 
-    async def _store(self, session: Session) -> None:
-        """Write the session back; if it was closed meanwhile, end what we started."""
-        if await self.state.save(self._record(session), only_if_exists=True):
+    async def _store(self, session: Session, lease: Lease) -> None:
+        """Write the session back, fenced by ``lease``; if it was closed meanwhile, end
+        what we started.
+
+        Raises:
+            LeaseLost: the lease is lost; nothing was written.
+        """
+        if await self.state.save(self._record(session), lease=lease):
             return
         self._sessions.pop(session.id, None)
         kernel, session.kernel = session.kernel, None
         if kernel is not None:  # maybe a replacement the closer never knew of
             await kernel.shutdown(now=True)
+
+    async def _let_go(self, session: Session, recorded_kernel_id: str) -> None:
+        """After a lost lease: keep nothing of this call's kernel for later work.
+
+        Another replica may be serving the session now. A kernel this call
+        started (the record never named it) is ended; the recorded one is only
+        detached, and the next call attaches afresh from the record.
+        """
+        kernel = session.kernel
+        if kernel is not None and kernel.process.kernel_id != recorded_kernel_id:
+            session.kernel = None
+            await kernel.shutdown(now=True)
+        else:
+            await self._detach(session)
 
     def _forget(self, session_id: str) -> None:
         session = self._sessions.get(session_id)
@@ -516,9 +555,13 @@ class SharedSessionRegistry(SessionRegistry):
     @contextlib.asynccontextmanager
     async def hold(self, owner: str | None, session_id: str) -> AsyncIterator[Session]:
         session, _ = await self._lookup(owner, session_id)
-        async with session.lock, self.state.leased(session_id, self.lease_ttl):
+        async with session.lock, self.state.leased(session_id, self.lease_ttl) as lease:
             session, _ = await self._lookup(owner, session_id)
-            yield session
+            session.lease = lease
+            try:
+                yield session
+            finally:
+                session.lease = None
 
     async def create(self, owner: str | None, name: str | None = None) -> Session:
         if name is not None:
@@ -575,7 +618,7 @@ class SharedSessionRegistry(SessionRegistry):
 
         async with (
             session.lock,
-            self.state.leased(session_id, self.lease_ttl),
+            self.state.leased(session_id, self.lease_ttl) as lease,
             self.state.interrupt_requests(session_id, interrupt),
         ):
             # Another replica may have run, replaced, closed or culled it meanwhile.
@@ -589,43 +632,56 @@ class SharedSessionRegistry(SessionRegistry):
                 log.warning("session %s: a call was cut off by a lost replica", session_id)
                 await session.kernel.interrupt()
             session.busy = True
+            session.lease = lease
             late: asyncio.Task[None] | None = None
             try:
-                await self.state.save(self._record(session), only_if_exists=True)
+                await self.state.save(self._record(session), lease=lease)
                 if session.kernel is None or not await session.kernel.is_alive():
                     await self._replace_kernel(session, session.lost_state or "the kernel died")
                 assert session.kernel is not None
+                lease.fence()  # a replacement may have taken a while
                 started = True
                 if pending:
                     late = asyncio.ensure_future(self._interrupt_soon(session.kernel))
                 try:
                     result = await work(session, session.kernel)
                 finally:
-                    if late is not None:
-                        late.cancel()
-                        with contextlib.suppress(BaseException):
-                            await late
+                    await stop_task(late)
                 session.runs += 1
                 if session.kernel.dead:
                     session.lost_state = "the kernel was killed or died during the previous run"
                 return result
             finally:
-                # A timed-out run may still be being interrupted (or its kernel killed)
-                # in the background; another replica must not get the kernel before then.
-                if session.kernel is not None:
-                    with contextlib.suppress(Exception):
-                        await session.kernel.settle()
-                if session.kernel is not None and session.kernel.dead and not session.lost_state:
-                    session.lost_state = "the kernel was killed or died during the previous run"
-                session.busy = False
-                session.touch()
-                await asyncio.shield(self._store(session))
+                session.lease = None
+                await shielded_to_end(self._end_call(session, lease, record.kernel_id))
+
+    async def _end_call(self, session: Session, lease: Lease, recorded_kernel_id: str) -> None:
+        """Settle the kernel, then write the session back, unless the lease was lost."""
+        # A timed-out run may still be being interrupted (or its kernel killed)
+        # in the background; another replica must not get the kernel before then.
+        if session.kernel is not None:
+            with contextlib.suppress(Exception):
+                await session.kernel.settle()
+        if session.kernel is not None and session.kernel.dead and not session.lost_state:
+            session.lost_state = "the kernel was killed or died during the previous run"
+        session.busy = False
+        session.touch()
+        try:
+            await self._store(session, lease)
+        except LeaseLost as exc:
+            # The call's outcome (if any) still reaches the caller; the record is
+            # the new holder's now, and so is the kernel.
+            log.warning("session %s: %s; the record was not written back", session.id, exc)
+            await self._let_go(session, recorded_kernel_id)
 
     @staticmethod
     async def _interrupt_soon(kernel: Kernel) -> None:
         """An interrupt that arrived before the run: sent once the run has begun."""
         await asyncio.sleep(LATE_INTERRUPT)
-        await kernel.interrupt()
+        try:
+            await kernel.interrupt()
+        except Exception:
+            log.exception("a late interrupt failed")
 
     async def interrupt(self, owner: str | None, session_id: str) -> bool:
         session, record = await self._lookup(owner, session_id)
@@ -637,7 +693,7 @@ class SharedSessionRegistry(SessionRegistry):
         session, record = await self._lookup(owner, session_id)
         if session_id in await self.state.leased_ids([session_id]):
             await self._interrupt_anywhere(session, record)
-        async with session.lock, self.state.leased(session_id, self.lease_ttl):
+        async with session.lock, self.state.leased(session_id, self.lease_ttl) as lease:
             session, record = await self._lookup(owner, session_id)
             with contextlib.suppress(KernelError):
                 await self._attach(session, record)
@@ -645,7 +701,11 @@ class SharedSessionRegistry(SessionRegistry):
                 await self._delete_kernel(record.kernel_id)
             await self._replace_kernel(session, None)
             session.touch()
-            await self._store(session)
+            try:
+                await self._store(session, lease)
+            except LeaseLost:
+                await self._let_go(session, record.kernel_id)  # ends the new kernel
+                raise
             return session
 
     async def close_session(self, owner: str | None, session_id: str) -> Session:
@@ -712,6 +772,8 @@ class SharedSessionRegistry(SessionRegistry):
                     f"{idle_for:.0f} s idle (KERNEL_MCP_SESSION_IDLE_TIMEOUT="
                     f"{self.idle_timeout:g})"
                 )
+                if not lease.valid:
+                    continue  # stalled past the TTL: another replica may be using it now
                 if not await self.state.remove(record.id, record.owner, how, name=fresh.name):
                     continue
                 log.info("culled session %s after %.0f s idle", record.id, idle_for)

@@ -15,6 +15,20 @@ renews it every third of the TTL while held; release is compare-and-delete
 (Lua), so a replica never releases a lease it lost. A replica that dies holds
 its leases only until they expire.
 
+Fencing: a lease is *valid* only while it is not lost and was confirmed (taken
+or renewed) less than its TTL ago, by this process's monotonic clock, measured
+from before the request was sent, so it turns invalid no later than Redis lets
+the key expire. A stalled event loop or a Redis outage longer than the TTL
+therefore makes it invalid even before the renewer notices; a renewal that
+finds another token, or renewals failing for longer than the TTL, mark it lost
+for good. Writes that need the lease are fenced in Redis itself: the record is
+saved by a script that writes only while the lease key still holds this
+lease's token (``save(..., lease=)``), and ``Lease.fence()`` lets a caller check
+before a write elsewhere (a recording) that it is still the holder.
+
+Every script is registered once (``register_script``: EVALSHA, loading it again
+only if Redis lost its script cache), never sent whole with EVAL per call.
+
 ``redis`` is imported lazily: without ``KERNEL_MCP_STATE_URL`` it is not needed
 (``pip install 'kernel-mcp[scale]'`` brings it).
 """
@@ -27,15 +41,27 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from kernel_mcp.errors import ConfigError, KernelError
+from kernel_mcp.tasks import stop_task
 
-__all__ = ["Lease", "SessionRecord", "SharedState", "StateUnavailable", "redacted_url"]
+__all__ = [
+    "Lease",
+    "LeaseLost",
+    "SessionRecord",
+    "SharedState",
+    "StateUnavailable",
+    "redacted_url",
+    "shielded_to_end",
+]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How long a tombstone ("was closed at ...") is kept, seconds.
 TOMBSTONE_TTL = 7 * 24 * 3600
@@ -58,6 +84,22 @@ local holder = redis.call('get', KEYS[1])
 if holder == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end
 if holder then return 0 end
 redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+# KEYS[1] = record, KEYS[2] = ids set; ARGV[1] = id, ARGV[2] = record JSON.
+# SADD first: it is the one that can fail (a wrong-type key), and a script that
+# fails half-way keeps what it wrote; SET cannot fail after it.
+_SAVE = """
+redis.call('sadd', KEYS[2], ARGV[1])
+redis.call('set', KEYS[1], ARGV[2])
+return 1
+"""
+# KEYS[1] = lease key, KEYS[2] = record; ARGV[1] = token, ARGV[2] = record JSON.
+# -1: the lease is not ours (lost); 0: the record is gone (closed); 1: written.
+_SAVE_FENCED = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('exists', KEYS[2]) == 0 then return 0 end
+redis.call('set', KEYS[2], ARGV[2])
 return 1
 """
 # KEYS[1] = ids set, ARGV[1] = id, ARGV[2] = max
@@ -90,6 +132,32 @@ return 1
 
 class StateUnavailable(KernelError):
     """The shared state (Redis) could not be reached or answered an error."""
+
+
+class LeaseLost(StateUnavailable):
+    """This replica no longer holds the session's lease; another may be serving the session."""
+
+
+async def shielded_to_end(aw: Awaitable[T]) -> T:
+    """Await ``aw`` to its end even if the caller is cancelled meanwhile, then re-raise that cancel.
+
+    For clean-up that must finish (giving a lease back, writing a session back)
+    on the way out of a cancelled call: unlike ``asyncio.shield`` alone, the
+    caller does not leave before it is done, and unlike ``suppress`` the
+    caller's cancellation is never lost. ``aw`` must be bounded in time.
+    """
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True  # asyncio.wait leaves the task running: keep waiting
+    if cancelled:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("clean-up of a cancelled call failed: %r", task.exception())
+        raise asyncio.CancelledError
+    return task.result()
 
 
 def redacted_url(url: str) -> str:
@@ -146,27 +214,79 @@ class SessionRecord:
 
 
 class Lease:
-    """A held per-session lease; renewed by its own task until ``release``."""
+    """A held per-session lease; renewed by its own task until ``release``.
 
-    def __init__(self, state: SharedState, key: str, token: str, ttl: float) -> None:
+    ``valid`` is what a holder checks before acting on the session; ``fence()``
+    raises LeaseLost when it is not. ``lost`` is final: once another holder may
+    have had the key, this lease never becomes valid again.
+    """
+
+    def __init__(
+        self,
+        state: SharedState,
+        session_id: str,
+        key: str,
+        token: str,
+        ttl: float,
+        *,
+        confirmed_at: float,
+    ) -> None:
         self._state = state
+        self.session_id = session_id
         self.key = key
         self.token = token
         self.ttl = ttl
         self.lost = False
+        self.confirmed_at = confirmed_at
+        """Monotonic time (taken before the request) of the last successful take or renewal."""
         self._renewer: asyncio.Task[None] | None = None
+        self._released = False
+
+    @property
+    def valid(self) -> bool:
+        """Held: not lost, not released, and confirmed within its TTL (so Redis cannot
+        have let it expire yet)."""
+        return (
+            not self.lost and not self._released and time.monotonic() - self.confirmed_at < self.ttl
+        )
+
+    def fence(self) -> None:
+        """Raise LeaseLost unless the lease is still ``valid``."""
+        if not self.valid:
+            raise LeaseLost(self.lost_message())
+
+    def lost_message(self) -> str:
+        return (
+            f"the lease on session {self.session_id} was lost (not renewed within "
+            f"KERNEL_MCP_LEASE_TTL={self.ttl:g} s); another replica may be serving the session"
+        )
+
+    def mark_lost(self, why: str) -> None:
+        if not self.lost:
+            self.lost = True
+            log.warning("lease %s lost: %s; another replica may take it", self.key, why)
 
     def start_renewing(self) -> None:
         self._renewer = asyncio.ensure_future(self._renew_forever())
 
     async def release(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._renewer
-            self._renewer = None
+        """Stop renewing and give the lease back (compare-and-delete).
+
+        Finishes even if the caller is cancelled meanwhile, and then re-raises
+        that cancel. A lost lease is not deleted: the key is another holder's or gone.
+        """
+        await shielded_to_end(self._release())
+
+    async def _release(self) -> None:
+        # Runs in a task of its own (shielded_to_end): a cancel aimed at the
+        # caller cannot reach stop_task here and be taken for the renewer's.
+        renewer, self._renewer = self._renewer, None
+        await stop_task(renewer)
+        if self._released or self.lost:
+            return
+        self._released = True  # from here on it is not this holder's to act on
         try:
-            await self._state._eval(_RELEASE, [self.key], [self.token])
+            await self._state._run(_RELEASE, [self.key], [self.token])
         except StateUnavailable as exc:
             log.warning("could not release %s (it expires by itself): %s", self.key, exc)
 
@@ -174,15 +294,19 @@ class Lease:
         ms = max(1, int(self.ttl * 1000))
         while True:
             await asyncio.sleep(self.ttl / 3)
+            sent = time.monotonic()
             try:
-                kept = await self._state._eval(_RENEW, [self.key], [self.token, ms])
+                kept = await self._state._run(_RENEW, [self.key], [self.token, ms])
             except StateUnavailable as exc:
+                if time.monotonic() - self.confirmed_at >= self.ttl:
+                    self.mark_lost(f"not renewed for longer than its TTL ({exc})")
+                    return
                 log.warning("could not renew %s: %s", self.key, exc)
                 continue
             if not kept:
-                self.lost = True
-                log.warning("lease %s expired while held; another replica may take it", self.key)
+                self.mark_lost("it expired while held (a stalled replica or a slow Redis)")
                 return
+            self.confirmed_at = sent
 
 
 class SharedState:
@@ -200,6 +324,7 @@ class SharedState:
         self.tombstone_ttl = tombstone_ttl
         self._redis: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
+        self._scripts: dict[str, Any] = {}
 
     # -- lifecycle --------------------------------------------------------------
     async def connect(self) -> None:
@@ -218,13 +343,22 @@ class SharedState:
             )
         except ValueError as exc:
             raise ConfigError(f"KERNEL_MCP_STATE_URL: {exc}") from None
-        await self._call(self._redis.ping())
+        await self._call(self._client.ping())
 
     async def close(self) -> None:
         if self._redis is not None:
             with contextlib.suppress(Exception):
-                await self._redis.aclose()
+                await self._client.aclose()
             self._redis = None
+            self._scripts.clear()
+
+    @property
+    def _client(self) -> Any:
+        if self._redis is None:
+            raise StateUnavailable(
+                f"shared state at {redacted_url(self.url)} (KERNEL_MCP_STATE_URL) is not connected"
+            )
+        return self._redis
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -235,8 +369,12 @@ class SharedState:
                 f"is unavailable: {type(exc).__name__}: {exc}"
             ) from None
 
-    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._call(self._redis.eval(script, len(keys), *keys, *args))
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one of this module's scripts: EVALSHA, loading it only when Redis lacks it."""
+        registered = self._scripts.get(script)
+        if registered is None:
+            registered = self._scripts[script] = self._client.register_script(script)
+        return await self._call(registered(keys=keys, args=args))
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -248,44 +386,64 @@ class SharedState:
     # -- records ----------------------------------------------------------------
     async def reserve(self, session_id: str, max_sessions: int) -> bool:
         """Count a new session in, unless ``max_sessions`` are open already (atomic)."""
-        return bool(await self._eval(_RESERVE, [self._ids], [session_id, max_sessions]))
+        return bool(await self._run(_RESERVE, [self._ids], [session_id, max_sessions]))
 
     async def unreserve(self, session_id: str) -> None:
-        await self._call(self._redis.srem(self._ids, session_id))
+        await self._call(self._client.srem(self._ids, session_id))
 
-    async def save(self, record: SessionRecord, *, only_if_exists: bool = False) -> bool:
-        """Write a record. With ``only_if_exists`` a closed session is not brought back."""
+    async def save(
+        self, record: SessionRecord, *, only_if_exists: bool = False, lease: Lease | None = None
+    ) -> bool:
+        """Write a record (and count it), atomically. Returns whether it was written.
+
+        With ``only_if_exists`` a closed session is not brought back. With
+        ``lease`` (which implies ``only_if_exists``) the write is fenced: Redis
+        writes only while the lease key still holds the lease's token.
+
+        Raises:
+            LeaseLost: ``lease`` is lost, or another holder has the key now.
+            StateUnavailable: Redis failed; nothing was written.
+        """
         key = self._key("session", record.id)
+        if lease is not None:
+            if lease.lost:
+                raise LeaseLost(lease.lost_message())
+            written = await self._run(_SAVE_FENCED, [lease.key, key], [lease.token, record.dumps()])
+            if written == -1:
+                lease.mark_lost("another holder has its key")
+                raise LeaseLost(lease.lost_message())
+            return bool(written)
         if only_if_exists:
-            return bool(await self._call(self._redis.set(key, record.dumps(), xx=True)))
-        await self._call(self._redis.set(key, record.dumps()))
-        await self._call(self._redis.sadd(self._ids, record.id))
+            return bool(await self._call(self._client.set(key, record.dumps(), xx=True)))
+        await self._run(_SAVE, [key, self._ids], [record.id, record.dumps()])
         return True
 
     async def load(self, session_id: str) -> SessionRecord | None:
-        text = await self._call(self._redis.get(self._key("session", session_id)))
+        text = await self._call(self._client.get(self._key("session", session_id)))
         return SessionRecord.loads(text) if text else None
 
     async def load_many(self, ids: list[str]) -> list[SessionRecord]:
         if not ids:
             return []
         keys = [self._key("session", i) for i in ids]
-        texts = await self._call(self._redis.mget(keys))
+        texts = await self._call(self._client.mget(keys))
         return [SessionRecord.loads(t) for t in texts if t]
 
     async def ids(self) -> list[str]:
-        return sorted(await self._call(self._redis.smembers(self._ids)))
+        return sorted(await self._call(self._client.smembers(self._ids)))
 
     async def records(self) -> list[SessionRecord]:
         return await self.load_many(await self.ids())
 
     async def count(self) -> int:
-        return int(await self._call(self._redis.scard(self._ids)))
+        return int(await self._call(self._client.scard(self._ids)))
 
     async def delete(self, session_id: str) -> bool:
-        """Remove a record without a tombstone. Returns whether it existed."""
-        removed = await self._call(self._redis.delete(self._key("session", session_id)))
-        await self.unreserve(session_id)
+        """Remove a record without a tombstone, atomically. Returns whether it existed."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key("session", session_id))
+            pipe.srem(self._ids, session_id)
+            removed, _ = await self._call(pipe.execute())
         return bool(removed)
 
     def _name_key(self, owner: str | None, name: str) -> str:
@@ -294,10 +452,10 @@ class SharedState:
     async def claim_name(self, owner: str | None, name: str, session_id: str) -> bool:
         """Give ``name`` to the (reserved) session, unless a live session of ``owner`` has it."""
         keys = [self._name_key(owner, name), self._ids]
-        return bool(await self._eval(_CLAIM, keys, [session_id]))
+        return bool(await self._run(_CLAIM, keys, [session_id]))
 
     async def release_name(self, owner: str | None, name: str, session_id: str) -> None:
-        await self._eval(_RELEASE, [self._name_key(owner, name)], [session_id])
+        await self._run(_RELEASE, [self._name_key(owner, name)], [session_id])
 
     async def remove(
         self, session_id: str, owner: str | None, how: str, *, name: str | None = None
@@ -312,12 +470,12 @@ class SharedState:
             self._name_key(owner, name if name is not None else session_id),
         ]
         ttl = max(1, int(self.tombstone_ttl))
-        return bool(await self._eval(_REMOVE, keys, [session_id, tomb, ttl]))
+        return bool(await self._run(_REMOVE, keys, [session_id, tomb, ttl]))
 
     # -- tombstones -----------------------------------------------------------------
     async def bury(self, session_id: str, owner: str | None, how: str) -> None:
         await self._call(
-            self._redis.set(
+            self._client.set(
                 self._key("gone", session_id),
                 json.dumps([owner, how]),
                 ex=max(1, int(self.tombstone_ttl)),
@@ -325,7 +483,7 @@ class SharedState:
         )
 
     async def tombstone(self, session_id: str) -> tuple[str | None, str] | None:
-        text = await self._call(self._redis.get(self._key("gone", session_id)))
+        text = await self._call(self._client.get(self._key("gone", session_id)))
         if not text:
             return None
         owner, how = json.loads(text)
@@ -339,10 +497,11 @@ class SharedState:
         """Take the session's lease if nobody holds it; the caller must ``release`` it."""
         token = secrets.token_hex(16)
         key = self._lease_key(session_id)
-        ok = await self._call(self._redis.set(key, token, nx=True, px=max(1, int(ttl * 1000))))
+        sent = time.monotonic()
+        ok = await self._call(self._client.set(key, token, nx=True, px=max(1, int(ttl * 1000))))
         if not ok:
             return None
-        lease = Lease(self, key, token, ttl)
+        lease = Lease(self, session_id, key, token, ttl, confirmed_at=sent)
         lease.start_renewing()
         return lease
 
@@ -364,18 +523,20 @@ class SharedState:
             delay = min(LEASE_POLL_MAX, delay * 1.5)
 
     @contextlib.asynccontextmanager
-    async def leased(self, session_id: str, ttl: float):  # type: ignore[no-untyped-def]
+    async def leased(self, session_id: str, ttl: float) -> AsyncIterator[Lease]:
+        """Hold the session's lease while inside; it is given back on the way out, cancelled
+        or not (a cancel that arrives meanwhile is re-raised once it is)."""
         lease = await self.lease(session_id, ttl)
         try:
             yield lease
         finally:
-            await asyncio.shield(lease.release())
+            await lease.release()
 
     async def leased_ids(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` have their lease held right now."""
         if not ids:
             return set()
-        found = await self._call(self._redis.mget([self._lease_key(i) for i in ids]))
+        found = await self._call(self._client.mget([self._lease_key(i) for i in ids]))
         return {i for i, holder in zip(ids, found, strict=False) if holder}
 
     # -- interrupts across replicas ------------------------------------------------------
@@ -384,16 +545,20 @@ class SharedState:
 
         Returns how many listened (0: nobody is running a call there).
         """
-        return int(await self._call(self._redis.publish(self._key("interrupt", session_id), "1")))
+        return int(await self._call(self._client.publish(self._key("interrupt", session_id), "1")))
 
     @contextlib.asynccontextmanager
-    async def interrupt_requests(self, session_id: str, on_request: Any):  # type: ignore[no-untyped-def]
-        """While inside, ``await on_request()`` runs for every ``request_interrupt``."""
-        pubsub = self._redis.pubsub()
+    async def interrupt_requests(
+        self, session_id: str, on_request: Callable[[], Awaitable[None]]
+    ) -> AsyncIterator[None]:
+        """While inside, ``await on_request()`` runs for every ``request_interrupt``.
+
+        The subscription ends on the way out, cancelled or not (a cancel that
+        arrives meanwhile is re-raised once it has).
+        """
+        pubsub = self._client.pubsub()
         channel = self._key("interrupt", session_id)
-        await self._call(pubsub.subscribe(channel))
-        # The confirmation: once read, a PUBLISH from anyone reaches us.
-        await self._call(pubsub.get_message(timeout=2.0))
+        listener: asyncio.Task[None] | None = None
 
         async def listen() -> None:
             while True:
@@ -408,24 +573,31 @@ class SharedState:
                     except Exception:
                         log.exception("interrupting session %s failed", session_id)
 
-        listener = asyncio.ensure_future(listen())
-        try:
-            yield
-        finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await listener
-            with contextlib.suppress(Exception):
-                await pubsub.unsubscribe(channel)
+        async def end() -> None:
+            # In a task of its own (shielded_to_end): the caller's cancel cannot
+            # reach stop_task here and be taken for the listener's.
+            await stop_task(listener)
+            if listener is not None:  # subscribed: confirm the end before leaving
+                with contextlib.suppress(Exception):
+                    await pubsub.unsubscribe(channel)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+
+        try:
+            await self._call(pubsub.subscribe(channel))
+            # The confirmation: once read, a PUBLISH from anyone reaches us.
+            await self._call(pubsub.get_message(timeout=2.0))
+            listener = asyncio.ensure_future(listen())
+            yield
+        finally:
+            await shielded_to_end(end())
 
     # -- the culling leader -------------------------------------------------------------
     async def lead(self, name: str, token: str, ttl: float) -> bool:
         """Take or keep the leader lock ``name``; True while ``token`` holds it."""
         key = self._key("leader", name)
-        return bool(await self._eval(_LEAD, [key], [token, max(1, int(ttl * 1000))]))
+        return bool(await self._run(_LEAD, [key], [token, max(1, int(ttl * 1000))]))
 
     async def resign(self, name: str, token: str) -> None:
         with contextlib.suppress(StateUnavailable):
-            await self._eval(_RELEASE, [self._key("leader", name)], [token])
+            await self._run(_RELEASE, [self._key("leader", name)], [token])

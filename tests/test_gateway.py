@@ -28,8 +28,14 @@ from pydantic import SecretStr
 
 from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import KernelError, KernelStartFailed
-from kernel_mcp.gateway import LIVENESS_CACHE, GatewayBackend, GatewayClient, GatewayProcess
-from kernel_mcp.kernel import Execution, Kernel
+from kernel_mcp.gateway import (
+    LIVENESS_CACHE,
+    GatewayBackend,
+    GatewayClient,
+    GatewayProcess,
+    ws_max_size,
+)
+from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution, Kernel
 from tests.conftest import (
     call,
     client_for,
@@ -41,6 +47,24 @@ from tests.conftest import (
     wait_until,
 )
 from tests.services import Gateway
+
+
+def oversized_display(then: str = "") -> str:
+    """Code that puts one display of 3,000,000 characters straight onto IOPub.
+
+    Sent with the kernel's own session, past any output cap inside the kernel:
+    the way a non-Python kernel, a comm or a widget may send a huge message.
+    """
+    return (
+        "from IPython import get_ipython\n"
+        "_k = get_ipython().kernel\n"
+        "_k.session.send(_k.iopub_socket, 'display_data', "
+        "{'data': {'text/plain': 'x' * 3_000_000}, 'metadata': {}, 'transient': {}}, "
+        "parent=_k.get_parent())\n"
+        f"{then}"
+        "after_display = True\n"
+    )
+
 
 STUBBORN = (
     "import signal\n"
@@ -196,12 +220,72 @@ async def test_a_figure_comes_back_as_png(kernel: Kernel) -> None:
 
 
 async def test_a_huge_print_is_capped(kernel: Kernel) -> None:
-    result = await run(kernel, "print('x' * 3_000_000)\nprint('after')")
+    # Over the collector's cap, under the WebSocket bound (the next tests go past that).
+    result = await run(kernel, "print('x' * 1_500_000)\nprint('after')")
     assert result.status == "ok", result
     assert result.dropped_chars > 0
     assert result.truncated
     kept = sum(len(o.get("text", "")) for o in result.outputs)
     assert kept <= 1_000_000
+
+
+def kept_chars(execution: Execution) -> int:
+    return sum(len(output.get("text", "")) for output in execution.outputs) + sum(
+        len(str(value)) for output in execution.outputs for value in output.get("data", {}).values()
+    )
+
+
+async def test_a_message_over_the_websocket_bound_is_dropped_with_a_note_and_the_run_goes_on(
+    kernel: Kernel, settings: Settings
+) -> None:
+    client = kernel.client
+    assert isinstance(client, GatewayClient)
+    assert client.max_size == ws_max_size(settings.max_output_bytes) < 3_000_000
+    before, dropped = client.session_id, client.oversized
+    # The display is the run's last output: its idle status may be lost while the
+    # connection is re-opened, so the run completes on the barrier.
+    result = await run(kernel, "kept_before = 'yes'\n" + oversized_display())
+    assert result.status == "ok", result
+    assert client.oversized == dropped + 1
+    # Counted for the run it was noted on (what Kernel can add to dropped_outputs).
+    [(noted_on, count)] = client._dropped.items()
+    assert count == 1
+    assert client.take_dropped(noted_on) == 1 and client.take_dropped(noted_on) == 0
+    assert client.session_id != before, "not a fresh connection"
+    notice = text(result)
+    assert OUTPUT_GUARD_MARKER in notice and "dropped unread" in notice, result.outputs
+    assert "KERNEL_MCP_MAX_OUTPUT_BYTES" in notice
+    assert kept_chars(result) < 10_000, "the huge display was kept after all"
+    assert not client.dead and await kernel.is_alive()
+    # The run went on past the display, and the kernel keeps its state.
+    assert await value(kernel, "(kept_before, after_display)") == "('yes', True)"
+    assert await value(kernel, "6 * 7") == "42"
+
+
+async def test_a_run_still_going_after_an_oversized_message_completes_on_its_idle(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    client = kernel.client
+    assert isinstance(client, GatewayClient)
+    before = client.session_id
+    flag = tmp_path / "reconnected"
+    # The run waits until the client is on its new connection, then prints.
+    wait = (
+        f"import pathlib, time\nwhile not pathlib.Path({str(flag)!r}).exists(): time.sleep(0.01)\n"
+        "print('printed after the reconnect')\n"
+    )
+    running = asyncio.ensure_future(run(kernel, oversized_display(then=wait)))
+
+    async def reconnected() -> bool:
+        return client.session_id != before
+
+    assert await wait_for(reconnected, timeout=20)
+    flag.touch()
+    result = await running
+    assert result.status == "ok", result
+    assert "printed after the reconnect" in text(result)
+    assert "dropped unread" in text(result)
+    assert await value(kernel, "after_display") == "True"
 
 
 async def test_is_alive_asks_the_gateway_at_most_once_a_second(
@@ -367,6 +451,8 @@ def server(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         KERNEL_MCP_GATEWAY_URL=gateway.url,
         KERNEL_MCP_GATEWAY_TOKEN=gateway.token,
         KERNEL_MCP_POOL_SIZE="1",
+        # Small enough that an over-the-bound display stays cheap to make.
+        KERNEL_MCP_MAX_OUTPUT_BYTES="1000000",
     ) as srv:
         yield srv
 
@@ -465,6 +551,31 @@ async def test_the_product_reports_errors_timeouts_deaths_and_floods(server: Any
 
         again = structured(await call(client, "run_python", file_name="hello_world.py"))
         assert again["status"] == "ok"
+
+
+@pytest.mark.transport
+async def test_a_display_over_the_websocket_bound_becomes_a_note_in_the_reply(
+    server: Any,
+) -> None:
+    async with client_for("mcp", server) as client:
+        session_id = structured(await call(client, "create_session"))["session_id"]
+        try:
+            await call(client, "run_code", code="kept = 'yes'", session_id=session_id)
+            reply = structured(
+                await call(client, "run_code", code=oversized_display(), session_id=session_id)
+            )
+            assert reply["status"] == "ok", reply
+            assert reply["truncated"]
+            assert "dropped unread" in reply["stderr"], reply
+            assert "xxxxxxxxxx" not in str(reply)
+            later = structured(
+                await call(client, "run_code", code="(kept, after_display)", session_id=session_id)
+            )
+            assert later["status"] == "ok", later
+            assert later["result"] == "('yes', True)"
+            assert not any("lost" in note for note in later["notes"]), later["notes"]
+        finally:
+            await call(client, "close_session", session_id=session_id)
 
 
 # -- failures ----------------------------------------------------------------------

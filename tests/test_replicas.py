@@ -20,7 +20,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,12 @@ from typing import Any
 import nbformat
 import pytest
 
+from kernel_mcp.config import load_settings
+from kernel_mcp.gateway import GatewayBackend
+from kernel_mcp.kernel import Kernel
+from kernel_mcp.pool import KernelPool
+from kernel_mcp.sessions import Session, SharedSessionRegistry
+from kernel_mcp.state import LeaseLost, SharedState
 from tests.conftest import (
     ServerProcess,
     call,
@@ -393,6 +399,84 @@ async def test_a_replica_killed_mid_call_loses_no_session_and_no_completed_run(
             assert [c.source for c in nb.cells] == ["a = 1", "b = 2", "c = 3", "(a, b, c)"]
         finally:
             await call(on_b, "close_session", session_id=sid)
+
+
+@contextlib.asynccontextmanager
+async def in_process_replica(
+    gateway: Gateway, state_url: str, projects: Path, *, lease_ttl: float
+) -> AsyncIterator[SharedSessionRegistry]:
+    """The shared session registry of one replica, in this process (for fault injection)."""
+    settings = load_settings(
+        projects_dir=projects, gateway_url=gateway.url, gateway_token=gateway.token, pool_size=0
+    )
+    backend = GatewayBackend(settings)
+    pool = KernelPool(backend, size=0, preload=[])
+    registry = SharedSessionRegistry(
+        pool,
+        state=SharedState(state_url),
+        backend=backend,
+        lease_ttl=lease_ttl,
+        max_sessions=8,
+        idle_timeout=0,
+    )
+    try:
+        await registry.start()
+        yield registry
+    finally:
+        await registry.close()
+        await pool.close()
+        await backend.close()
+
+
+async def test_a_replica_that_stalls_past_its_lease_neither_writes_nor_keeps_the_kernel(
+    gateway: Gateway, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url.rsplit("/", 1)[0] + "/2"  # a deployment of its own
+    async with (
+        in_process_replica(gateway, url, tmp_path, lease_ttl=0.6) as a,
+        in_process_replica(gateway, url, tmp_path, lease_ttl=0.6) as b,
+    ):
+        sid = (await a.create("alice")).id
+        seen: dict[str, Any] = {}
+        try:
+
+            async def on_b(session: Session, kernel: Kernel) -> str:
+                assert (await kernel.execute("x = 'b'", timeout=20, grace=3)).status == "ok"
+                return "b"
+
+            async def on_a(session: Session, kernel: Kernel) -> str:
+                assert (await kernel.execute("x = 'a'", timeout=20, grace=3)).status == "ok"
+                seen["kernel"] = kernel
+                other = asyncio.ensure_future(b.use("alice", sid, on_b))
+                # Fault injection: A's event loop stalls for longer than the lease TTL.
+                time.sleep(1.5)  # noqa: ASYNC251
+                # B took the session over while A was still inside its call.
+                assert await asyncio.wait_for(other, 30) == "b"
+                try:
+                    session.fence()  # what the runner does before writing the recording
+                except LeaseLost as exc:
+                    seen["fenced"] = str(exc)
+                return "a"
+
+            assert await a.use("alice", sid, on_a) == "a"
+            assert "another replica may be serving the session" in seen.get("fenced", ""), seen
+            stored = await b.state.load(sid)
+            assert stored is not None
+            # A did not write its record back over B's.
+            assert (stored.served_by, stored.runs, stored.busy) == (b._token, 1, False)
+            # Nor does A keep the kernel connection for its next call.
+            assert a._sessions[sid].kernel is None
+            assert seen["kernel"].client.closed
+
+            async def on_a_again(session: Session, kernel: Kernel) -> str:
+                result = await kernel.execute("x", timeout=20, grace=3)
+                return str(result.outputs[-1]["data"]["text/plain"])
+
+            assert await a.use("alice", sid, on_a_again) == "'b'"
+            stored = await a.state.load(sid)
+            assert stored is not None and (stored.served_by, stored.runs) == (a._token, 2)
+        finally:
+            await a.close_session("alice", sid)
 
 
 async def test_idle_sessions_are_culled_once_and_both_replicas_say_so(

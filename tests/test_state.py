@@ -12,12 +12,19 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kernel_mcp.errors import ConfigError
-from kernel_mcp.state import SessionRecord, SharedState, StateUnavailable, redacted_url
-from tests.conftest import free_port
+from kernel_mcp.state import (
+    LeaseLost,
+    SessionRecord,
+    SharedState,
+    StateUnavailable,
+    redacted_url,
+)
+from tests.conftest import free_port, wait_for
 from tests.services import RedisServer
 
 
@@ -177,6 +184,226 @@ async def test_a_dead_holders_lease_expires(state: SharedState, redis_server: Re
     waited = time.monotonic() - started
     assert 0.3 < waited < 3, waited
     await lease.release()
+
+
+def raw_client(server: RedisServer) -> Any:
+    import redis
+
+    return contextlib.closing(redis.Redis(port=server.port, decode_responses=True))
+
+
+def record_with(session_id: str, **changes: Any) -> SessionRecord:
+    written = record(session_id)
+    for name, value in changes.items():
+        setattr(written, name, value)
+    return written
+
+
+async def test_a_stalled_holders_lease_is_taken_and_its_fenced_write_fails(
+    state: SharedState, redis_server: RedisServer
+) -> None:
+    other = SharedState(redis_server.url)  # a second replica
+    await other.connect()
+    try:
+        await state.save(record("s1"))
+        first = await state.try_lease("s1", ttl=0.5)
+        assert first is not None and first.valid
+        first.fence()
+        # Fault injection: this replica's event loop stalls for longer than the TTL,
+        # so its renewer cannot run and Redis lets the lease expire.
+        time.sleep(1.2)  # noqa: ASYNC251
+        assert not first.valid, "a stalled holder still believes it holds the session"
+        with pytest.raises(LeaseLost):
+            first.fence()
+        second = await other.lease("s1", ttl=5, timeout=5)
+        assert await other.save(record_with("s1", runs=2, served_by="second"), lease=second)
+        with pytest.raises(LeaseLost) as caught:
+            await state.save(record_with("s1", runs=1, served_by="first"), lease=first)
+        message = str(caught.value)
+        assert "another replica may be serving the session" in message
+        assert "KERNEL_MCP_LEASE_TTL" in message
+        assert "redis://" not in message and "\n" not in message
+        kept = await state.load("s1")
+        assert kept is not None and (kept.served_by, kept.runs) == ("second", 2)
+        assert first.lost and not first.valid
+        await first.release()  # a lost lease frees nothing: the key is the new holder's
+        assert await state.leased_ids(["s1"]) == {"s1"}
+        await second.release()
+    finally:
+        await other.close()
+
+
+async def test_a_fenced_write_is_refused_by_redis_when_another_holder_has_the_key(
+    state: SharedState, redis_server: RedisServer
+) -> None:
+    await state.save(record("s1"))
+    held = await state.try_lease("s1", ttl=5)
+    assert held is not None
+    assert await state.save(record_with("s1", runs=1), lease=held)
+    with raw_client(redis_server) as raw:
+        raw.set(state._lease_key("s1"), "another-replica", px=5000)
+    assert held.valid  # locally nothing looks wrong: only Redis knows
+    with pytest.raises(LeaseLost):
+        await state.save(record_with("s1", runs=9), lease=held)
+    assert held.lost
+    assert (await state.load("s1")).runs == 1  # type: ignore[union-attr]
+    await held.release()
+    assert await state.leased_ids(["s1"]) == {"s1"}, "released someone else's lease"
+    # A fenced write never brings a closed session back either.
+    other = await state.try_lease("s2", ttl=5)
+    assert other is not None
+    assert not await state.save(record("s2"), lease=other)
+    assert await state.load("s2") is None
+    await other.release()
+
+
+async def test_a_redis_outage_longer_than_the_ttl_invalidates_and_loses_the_lease(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path).start()
+    shared = SharedState(server.url)
+    try:
+        await shared.connect()
+        await shared.save(record("s1"))
+        lease = await shared.try_lease("s1", ttl=0.6)
+        assert lease is not None and lease.valid
+        server.stop()  # the outage: every renewal fails from now on
+
+        async def invalid() -> bool:
+            return not lease.valid
+
+        async def lost() -> bool:
+            return lease.lost
+
+        assert await wait_for(invalid, timeout=10)
+        with pytest.raises(LeaseLost):
+            lease.fence()
+        assert await wait_for(lost, timeout=10), "renewals failed past the TTL, still not lost"
+        server.start()  # Redis is back (empty: no persistence); the lease stays lost
+        with pytest.raises(LeaseLost):
+            await shared.save(record("s1"), lease=lease)
+        assert not lease.valid
+        await lease.release()
+        fresh = await shared.try_lease("s1", ttl=5)
+        assert fresh is not None and fresh.valid
+        await fresh.release()
+    finally:
+        await shared.close()
+        server.stop()
+
+
+async def test_save_writes_the_record_and_its_count_or_nothing(
+    state: SharedState, redis_server: RedisServer
+) -> None:
+    # Fault injection: the ids set has the wrong type, so counting the session in fails.
+    with raw_client(redis_server) as raw:
+        raw.set(state._ids, "not a set")
+        with pytest.raises(StateUnavailable):
+            await state.save(record("s1"))
+        assert not raw.exists(state._key("session", "s1")), "half a write was left behind"
+        raw.delete(state._ids)
+    await state.save(record("s1"))
+    assert await state.load("s1") is not None and await state.ids() == ["s1"]
+    assert await state.delete("s1")
+    assert await state.load("s1") is None and await state.ids() == []
+
+
+async def test_the_hot_path_runs_registered_scripts_and_writes_inside_them(
+    state: SharedState, redis_server: RedisServer
+) -> None:
+    import redis.asyncio as redis_asyncio
+
+    watcher = redis_asyncio.Redis(port=redis_server.port, decode_responses=True)
+    with raw_client(redis_server) as raw:
+        raw.config_resetstat()
+        async with watcher.monitor() as monitor:
+            for i in range(3):
+                assert await state.reserve(f"s{i}", 10)
+                await state.save(record(f"s{i}"))
+                lease = await state.try_lease(f"s{i}", ttl=5)
+                assert lease is not None
+                assert await state.save(record_with(f"s{i}", runs=1), lease=lease)
+                await lease.release()
+                assert await state.lead("culler", "me", ttl=5)
+            raw.echo("end-of-the-hot-path")
+            seen: list[tuple[str, str]] = []
+            while not seen or seen[-1][1].lower() != "echo end-of-the-hot-path":
+                command = await asyncio.wait_for(monitor.next_command(), 10)
+                seen.append((command["client_type"], command["command"]))
+        await watcher.aclose()
+        stats = raw.info("commandstats")
+        sha_calls = stats["cmdstat_evalsha"]["calls"]
+        loads = stats.get("cmdstat_script", {}).get("calls", 0)
+        shas = {s.sha for s in state._scripts.values()}
+        assert all(raw.script_exists(*shas))
+    names = [(kind, command.split(" ", 1)[0].lower()) for kind, command in seen]
+    assert not any(name == "eval" for _, name in names), names
+    assert sha_calls >= 15
+    assert loads <= len(shas), "a script was loaded more than once"
+    # The record and the ids set are written together, inside one script; the only
+    # plain SET is taking a lease (SET NX PX).
+    for kind, command in seen:
+        name, _, rest = command.partition(" ")
+        if kind == "lua":
+            continue
+        assert name.lower() != "sadd", command
+        if name.lower() == "set":
+            assert rest.startswith(state._lease_key("")), command
+    assert ("lua", "sadd") in names and ("lua", "set") in names
+
+
+async def test_a_cancel_landing_on_release_is_re_raised_after_the_lease_is_given_back(
+    state: SharedState,
+) -> None:
+    lease = await state.try_lease("s1", ttl=5)
+    assert lease is not None
+
+    async def caller() -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()  # delivered at release()'s first await
+        await lease.release()
+
+    task = asyncio.ensure_future(caller())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await state.leased_ids(["s1"]) == set(), "the lease was not given back"
+    assert lease._renewer is None
+    assert not lease.valid
+
+
+@pytest.mark.parametrize("where", ["inside", "on the way out"])
+async def test_cancelling_a_caller_in_leased_and_interrupt_requests_propagates_and_cleans_up(
+    state: SharedState, where: str
+) -> None:
+    entered = asyncio.Event()
+    requests: list[int] = []
+
+    async def on_request() -> None:
+        requests.append(1)
+
+    async def caller() -> None:
+        async with state.leased("s1", 5), state.interrupt_requests("s1", on_request):
+            entered.set()
+            if where == "inside":
+                await asyncio.sleep(3600)
+            else:
+                current = asyncio.current_task()
+                assert current is not None
+                current.cancel()  # lands on the clean-up's first await
+
+    task = asyncio.ensure_future(caller())
+    await asyncio.wait_for(entered.wait(), 10)
+    if where == "inside":
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Cleaned up before the cancel came out: the lease is free, nobody listens.
+    assert await state.leased_ids(["s1"]) == set()
+    assert await state.request_interrupt("s1") == 0
+    again = await state.try_lease("s1", ttl=5)
+    assert again is not None
+    await again.release()
 
 
 async def test_the_leader_lock_has_one_holder_until_it_expires(state: SharedState) -> None:
