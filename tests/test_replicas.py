@@ -127,9 +127,16 @@ async def ok(client: Any, tool: str, **arguments: Any) -> dict[str, Any]:
     return structured(result)
 
 
-def recorded(cluster: Cluster, uri: str) -> nbformat.NotebookNode:
-    path = cluster.notebooks / (uri.removeprefix("notebook://") + ".ipynb")
-    return nbformat.read(path, as_version=4)
+async def recorded(client: Any, uri: str) -> list[nbformat.NotebookNode]:
+    """The recorded runs, read as a client would (rebuilt from the journal, any replica's)."""
+    contents = await client.read_resource(uri)
+    nb = nbformat.reads(contents[0].text, as_version=4)
+    nbformat.validate(nb)
+    return without_setup(nb)
+
+
+def without_setup(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [c for c in nb.cells if "kernel-mcp-setup" not in c.metadata.get("tags", [])]
 
 
 async def listed(client: Any, session_id: str) -> dict[str, Any] | None:
@@ -181,8 +188,8 @@ async def test_a_session_hops_between_replicas(cluster: Cluster) -> None:
         exported = await ok(on_b, "export_notebook", session_id=sid, name="hopped")
         assert exported["uri"] == "notebook://hopped"
         nb = nbformat.read(exported["path"], as_version=4)
-        assert exported["cells"] == len(nb.cells) == 4
-        assert [c.source for c in nb.cells] == [
+        assert exported["cells"] == len(without_setup(nb)) == 4
+        assert [c.source for c in without_setup(nb)] == [
             "x = 41",
             "x + 1",
             loop,
@@ -244,8 +251,8 @@ async def test_calls_through_both_replicas_are_serialised_and_recorded_in_order(
                 client = on_a if i % 2 == 0 else on_b
                 await ok(client, "run_code", code=f"step_{i} = {i}", session_id=sid)
             last = await ok(on_b, "run_code", code="step_5", session_id=sid)
-            nb = recorded(cluster, last["notebook"])
-            sources = [c.source for c in nb.cells]
+            cells = await recorded(on_a, last["notebook"])
+            sources = [c.source for c in cells]
             assert sources[0] == "import time\nspans = []"
             assert sorted(sources[1:7]) == sorted(step.format(tag=f"c{i}") for i in range(6))
             # The concurrent calls were recorded in the order they ran.
@@ -256,9 +263,9 @@ async def test_calls_through_both_replicas_are_serialised_and_recorded_in_order(
                 *(f"step_{i} = {i}" for i in range(6)),
                 "step_5",
             ]
-            counts = [c.execution_count for c in nb.cells]
+            counts = [c.execution_count for c in cells]
             assert counts == sorted(counts) and len(set(counts)) == len(counts), counts
-            assert (await listed(on_a, sid))["runs"] == len(nb.cells)  # type: ignore[index]
+            assert (await listed(on_a, sid))["runs"] == len(cells)  # type: ignore[index]
         finally:
             await call(on_a, "close_session", session_id=sid)
 
@@ -395,8 +402,8 @@ async def test_a_replica_killed_mid_call_loses_no_session_and_no_completed_run(
             waited = time.monotonic() - started
             assert later["result"] == "(1, 2, 3)", later
             assert waited < 15, waited
-            nb = recorded(cluster, later["notebook"])
-            assert [c.source for c in nb.cells] == ["a = 1", "b = 2", "c = 3", "(a, b, c)"]
+            cells = await recorded(on_b, later["notebook"])
+            assert [c.source for c in cells] == ["a = 1", "b = 2", "c = 3", "(a, b, c)"]
         finally:
             await call(on_b, "close_session", session_id=sid)
 
