@@ -30,7 +30,9 @@ device), not just the ones an earlier attack used.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import stat
 from collections.abc import Callable
@@ -110,11 +112,22 @@ class PathCase:
 
 
 def prepare(base: Path) -> None:
-    """The layout every case starts from (see the module docstring)."""
+    """The layout every case starts from (see the module docstring).
+
+    ``base`` may hold an earlier case's layout: everything is removed first except
+    the projects folder itself (a running server keeps its path), which is emptied.
+    """
     root = projects(base)
     out = outside(base)
+    if base.exists():
+        for entry in base.iterdir():
+            if entry != root:
+                _remove(entry)
+    if root.is_dir() and not root.is_symlink():
+        for entry in root.iterdir():
+            _remove(entry)
     (out / "sub").mkdir(parents=True)
-    root.mkdir()
+    root.mkdir(parents=True, exist_ok=True)
     for secret_file in (
         out / "secret.py",
         out / "sub" / "secret.py",
@@ -128,6 +141,17 @@ def prepare(base: Path) -> None:
     (root / "pkg").mkdir()
     (root / "pkg" / "mod.py").write_text(INSIDE_SOURCE)
     (root / "notes.txt").write_text(INSIDE_SOURCE)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        # By descriptors: a deep case's paths are longer than PATH_MAX.
+        for folder, _, _ in os.walk(entry):
+            with contextlib.suppress(OSError):  # a case made it unreadable
+                os.chmod(folder, 0o700)
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
 
 
 # --- building blocks ------------------------------------------------------------------
