@@ -15,7 +15,9 @@
     │   ├── SessionGone          the session was culled or closed (says when)
     │   └── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
     ├── KernelError              the kernel machinery failed
-    │   └── KernelStartFailed    a kernel could not be started
+    │   ├── KernelStartFailed    a kernel could not be started
+    │   └── StateUnavailable     shared session state (Redis) cannot be reached
+    │       └── LeaseLost        this replica no longer holds the session it was serving
     └── RecordingError           a run could not be written to its notebook (yet);
                                  the run itself succeeded and keeps its reply
 """
@@ -30,6 +32,7 @@ __all__ = [
     "KernelError",
     "KernelMCPError",
     "KernelStartFailed",
+    "LeaseLost",
     "NotebookExists",
     "NotebookUnwritable",
     "PathRefused",
@@ -37,6 +40,7 @@ __all__ = [
     "RequestError",
     "SessionGone",
     "SessionNotFound",
+    "StateUnavailable",
     "TooManySessions",
 ]
 
@@ -103,6 +107,18 @@ class KernelError(KernelMCPError):
 
 class KernelStartFailed(KernelError):
     """A kernel could not be started."""
+
+
+class StateUnavailable(KernelError):
+    """The shared state (Redis) could not be reached or answered an error."""
+
+
+class LeaseLost(StateUnavailable):
+    """A call's hold on a shared session ended before the call did.
+
+    A stalled event loop or a Redis outage outlasted KERNEL_MCP_LEASE_TTL: another
+    replica may be serving the session now, so nothing may be written for it.
+    """
 
 
 class RecordingError(KernelMCPError):

@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernel_mcp.backend import KernelBackend, LocalBackend
 from kernel_mcp.config import Settings
+from kernel_mcp.deployment import Deployment, deployment_for
 from kernel_mcp.errors import (
     FileNotFound,
     InvalidArgument,
     KernelMCPError,
     NotebookUnwritable,
     RecordingError,
+    StateUnavailable,
 )
 from kernel_mcp.kernel import Execution, Kernel, ProgressCallback
 from kernel_mcp.notebook import (
@@ -45,8 +46,7 @@ from kernel_mcp.notebook_store import RUNS, NotebookStore
 from kernel_mcp.paths import FileListing, ProjectFile, list_project_files, read_project_file
 from kernel_mcp.pool import KernelPool
 from kernel_mcp.recording import Recorder, Recording, describe_os_error
-from kernel_mcp.sessions import Session, SessionRegistry, SharedSessionRegistry
-from kernel_mcp.state import SharedState, StateUnavailable
+from kernel_mcp.sessions import Session, SessionRegistry
 
 __all__ = ["NotebookOutcome", "RunOutcome", "RunRequest", "Runner"]
 
@@ -94,15 +94,6 @@ class NotebookOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def make_backend(settings: Settings) -> KernelBackend:
-    """The kernel backend the settings ask for: a gateway if one is named, else local."""
-    if settings.gateway_url:
-        from kernel_mcp.gateway import GatewayBackend
-
-        return GatewayBackend(settings)
-    return LocalBackend(settings)
-
-
 def _file_preamble(project: ProjectFile, projects_dir: Path) -> str:
     """Set-up that makes a cell run like ``python file.py`` from the projects folder."""
     file = str(project.path)
@@ -122,31 +113,21 @@ def _file_preamble(project: ProjectFile, projects_dir: Path) -> str:
 class Runner:
     """Runs code for callers. Use as ``async with Runner(settings) as runner``."""
 
-    def __init__(self, settings: Settings, backend: KernelBackend | None = None) -> None:
+    def __init__(self, settings: Settings, deployment: Deployment | None = None) -> None:
         self.settings = settings
-        self.backend = backend or make_backend(settings)
+        self.deployment = deployment or deployment_for(settings)
+        self.backend = self.deployment.backend
         self.pool = KernelPool(self.backend, size=settings.pool_size, preload=settings.preload)
-        self.sessions: SessionRegistry
-        if settings.state_url:
-            # Replicas share sessions: records in Redis, kernels on the gateway,
-            # recordings in the (shared) notebooks folder.
-            self.sessions = SharedSessionRegistry(
-                self.pool,
-                state=SharedState(settings.state_url),
-                backend=self.backend,
-                lease_ttl=settings.lease_ttl,
-                max_sessions=settings.max_sessions,
-                idle_timeout=settings.session_idle_timeout,
-                on_close=self._session_closed,
-                on_create=self._shared_session_created,
-            )
-        else:
-            self.sessions = SessionRegistry(
-                self.pool,
-                max_sessions=settings.max_sessions,
-                idle_timeout=settings.session_idle_timeout,
-                on_close=self._session_closed,
-            )
+        self.sessions = SessionRegistry(
+            self.pool,
+            self.deployment.store,
+            kernels=self.deployment.kernels,
+            max_sessions=settings.max_sessions,
+            idle_timeout=settings.session_idle_timeout,
+            on_create=self._session_created,
+            on_close=self._session_closed,
+            on_forget=self._session_forgotten,
+        )
         self.notebooks = NotebookStore(
             settings.notebooks_dir, private_recordings=bool(settings.tokens)
         )
@@ -164,7 +145,7 @@ class Runner:
         await self.close()
 
     async def start(self) -> None:
-        # Sessions first: with shared state this checks Redis, before any kernel starts.
+        # Sessions first: a shared store checks Redis before any kernel starts.
         await self.sessions.start()
         await self.recorder.start()
         await self.pool.start()
@@ -369,19 +350,15 @@ class Runner:
 
     # -- sessions ----------------------------------------------------------------
     async def create_session(self, *, owner: str | None, name: str | None = None) -> Session:
-        session = await self.sessions.create(owner, name)
-        assert session.kernel is not None
-        if not self.sessions.shared:
-            await self._recording(session, session.kernel)
-        return session
+        return await self.sessions.create(owner, name)
 
-    async def _shared_session_created(self, session: Session) -> None:
-        """Shared state: the recording is made before the record, which names it."""
+    async def _session_created(self, session: Session) -> None:
+        """The recording is made before the session's record, which names it."""
         assert session.kernel is not None
         recording = await asyncio.to_thread(
             self.recorder.create, session.name, session.kernel.kernel_info
         )
-        self.recorder.release(recording)
+        self._recordings[session.id] = recording
         if recording.path is not None:
             session.notebook = recording.path.relative_to(self.notebooks.root).as_posix()
 
@@ -399,30 +376,31 @@ class Runner:
         return [recording.failure_note()]
 
     async def _recording(self, session: Session, kernel: Kernel) -> Recording:
+        """The session's recording: this process's, or attached by name (another
+        replica created it; any replica appends, one call at a time)."""
         recording = self._recordings.get(session.id)
-        if recording is not None:
-            return recording
-        if self.sessions.shared:
-            # Any replica appends to the session's journal, one at a time under its lease.
-            if session.notebook is None:
-                await self._shared_session_created(session)
-            if session.notebook is not None:
-                recording = self.recorder.attach(session.notebook)
+        if recording is None and session.notebook is not None:
+            recording = self.recorder.attach(session.notebook)
         if recording is None:
+            # The folder refused it at create time: claim a name now.
             recording = await asyncio.to_thread(
                 self.recorder.create, session.name, kernel.kernel_info
             )
+        if recording.path is not None and session.notebook is None:
+            session.notebook = recording.path.relative_to(self.notebooks.root).as_posix()
         self._recordings[session.id] = recording
         return recording
 
     async def _session_closed(self, session: Session) -> None:
         recording = self._recordings.pop(session.id, None)
-        if recording is None:
-            return
-        if self.sessions.shared:
-            self.recorder.release(recording)
-        else:
+        if recording is not None:
             await self.recorder.finish(recording)
+
+    def _session_forgotten(self, session: Session) -> None:
+        """Another replica ended the session: stop tracking its recording here."""
+        recording = self._recordings.pop(session.id, None)
+        if recording is not None:
+            self.recorder.release(recording)
 
     async def export_notebook(
         self, *, owner: str | None, session_id: str, name: str | None, overwrite: bool
@@ -434,7 +412,6 @@ class Runner:
         """
         async with self.sessions.hold(owner, session_id) as held:
             # Holding the session means no run is being recorded meanwhile.
-            assert held.kernel is not None or self.sessions.shared
             recording = self._recordings.get(held.id)
             if recording is None and held.notebook is not None:
                 recording = self.recorder.attach(held.notebook)
@@ -453,19 +430,8 @@ class Runner:
             return path, self.notebooks.uri(path), recording.recorded
 
     # -- notebooks: who may read what ------------------------------------------------
-    def _mine(self, owner: str | None) -> dict[str, str]:
-        """This process's recordings of ``owner``'s live sessions: id → notebook name."""
-        ids = {s.id for s in self.sessions.list(owner)}
-        return {
-            sid: rec.name
-            for sid, rec in self._recordings.items()
-            if sid in ids and rec.path is not None
-        }
-
     async def owned_notebooks(self, owner: str | None) -> dict[str, str]:
         """Recordings of ``owner``'s live sessions (id → notebook name), any replica's."""
-        if not self.sessions.shared:
-            return self._mine(owner)
         try:
             sessions = await self.sessions.owned(owner)
         except StateUnavailable as exc:
@@ -474,21 +440,21 @@ class Runner:
             return {}
         return {s.id: s.notebook.removesuffix(".ipynb") for s in sessions if s.notebook}
 
-    def notebook_names(self, owner: str | None, mine: dict[str, str] | None = None) -> list[str]:
-        """Notebooks in the notebooks folder that ``owner`` may read."""
-        allowed = set((self._mine(owner) if mine is None else mine).values())
+    def notebook_names(self, mine: dict[str, str]) -> list[str]:
+        """Notebooks in the notebooks folder that the owner of ``mine`` may read.
+
+        ``mine`` is ``owned_notebooks(owner)``: the recordings of their live sessions.
+        """
+        allowed = set(mine.values())
         return [n for n in self.notebooks.list() if self.notebooks.readable(n, allowed)]
 
-    async def read_notebook(
-        self, owner: str | None, name: str, mine: dict[str, str] | None = None
-    ) -> str:
+    async def read_notebook(self, owner: str | None, name: str) -> str:
         """A notebook's JSON by its listed name (``report``, ``sessions/x``, ``runs/y``).
 
         A session recording is rebuilt from its journal first, so it is current to
-        its last completed run. ``mine`` is ``owned_notebooks(owner)``, looked up
-        beforehand (shared state).
+        its last completed run.
         """
-        mine = self._mine(owner) if mine is None else mine
+        mine = await self.owned_notebooks(owner)
         name = name.removesuffix(".ipynb")
         if name.startswith("sessions/"):
             key = name.removeprefix("sessions/")

@@ -3,30 +3,47 @@
 Ids are minted here (``secrets.token_urlsafe``) and are the only key: MCP
 transport sessions are never used, because the 2026-07-28 protocol has none.
 Every lookup takes the caller's principal; another principal's id is reported
-exactly like an unknown one. Calls on one session are serialised in arrival
-order by an ``asyncio.Lock`` (FIFO); different sessions run in parallel.
-An idle-culling task, owned by the registry, closes sessions nobody used for
-``session_idle_timeout`` seconds and leaves a tombstone that says when.
+exactly like an unknown one.
+
+One :class:`SessionRegistry` serves every deployment. What varies sits behind
+two seams:
+
+* a :class:`SessionStore` keeps the records (owner, name, kernel id, times,
+  counters, notebook), the tombstones and the name claims, and gives a call its
+  :class:`Claim` on a session. :class:`InProcessStore` is the default: sessions
+  live and die with this process. ``kernel_mcp.scale.redis_store`` keeps them
+  in Redis, where server replicas share them;
+* :class:`RemoteKernels` (given only with a store whose sessions outlive this
+  process) lets any replica attach to a session's kernel by its id.
+
+Calls on one session run one at a time, in arrival order: a local FIFO
+``asyncio.Lock``, then the store's claim (a Redis lease, across replicas).
+Different sessions run in parallel. A culling task, owned by the registry,
+closes sessions nobody used for ``idle_timeout`` seconds and leaves a
+tombstone that says when; with shared sessions only the store's elected
+leader culls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
-from kernel_mcp.backend import KernelBackend
 from kernel_mcp.errors import (
     InvalidArgument,
     KernelError,
     KernelStartFailed,
+    LeaseLost,
     SessionGone,
     SessionNotFound,
     TooManySessions,
@@ -34,130 +51,475 @@ from kernel_mcp.errors import (
 from kernel_mcp.kernel import Kernel
 from kernel_mcp.paths import validate_name
 from kernel_mcp.pool import KernelPool
-from kernel_mcp.state import (
-    Lease,
-    LeaseLost,
-    SessionRecord,
-    SharedState,
-    StateUnavailable,
-    shielded_to_end,
-)
-from kernel_mcp.tasks import stop_task
+from kernel_mcp.tasks import shielded_to_end, stop_task
 
-__all__ = ["Session", "SessionRegistry", "SharedSessionRegistry"]
+__all__ = [
+    "Claim",
+    "InProcessStore",
+    "InterruptHandler",
+    "RemoteKernels",
+    "Session",
+    "SessionRecord",
+    "SessionRegistry",
+    "SessionStore",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_TOMBSTONES = 1000
-#: Shared state: cached sessions are checked this often, seconds.
+#: Tombstones an in-process store keeps ("was closed at ...").
+TOMBSTONES = 1000
+#: Attached remote kernels: cached sessions are checked this often, seconds.
 TIDY_PERIOD = 5.0
-#: Shared state: a kernel connection unused this long is closed, seconds.
+#: Attached remote kernels: a connection unused this long is closed, seconds.
 ATTACHED_IDLE = 30.0
-#: Shared state: an interrupt asked for before the run began is sent this long after.
+#: An interrupt asked for before the run began is sent this long after it begins.
 LATE_INTERRUPT = 0.2
-#: Shared state: how long an interrupt waits for the lease holder to listen, seconds.
-INTERRUPT_RELAY_WAIT = 1.0
+
+InterruptHandler = Callable[[], Awaitable[None]]
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass(eq=False)
-class Session:
-    """One session. ``kernel`` is None only between a death and its replacement."""
+def _stamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+# -- records and sessions ------------------------------------------------------------
+@dataclass
+class SessionRecord:
+    """What a session is, as a store keeps it. Times are epoch seconds."""
 
     id: str
     name: str
     owner: str | None
-    kernel: Kernel | None
-    created_at: datetime = field(default_factory=_now)
-    last_used: datetime = field(default_factory=_now)
-    last_used_mono: float = field(default_factory=time.monotonic)
+    kernel_id: str = ""
+    created_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
     runs: int = 0
-    busy: bool = False
+    notebook: str | None = None
+    """The session's recording, relative to the notebooks folder."""
     lost_state: str | None = None
     """Why the previous kernel was lost; reported once by the next run."""
+    busy: bool = False
+    served_by: str | None = None
+    """The registry (a random token per process) that ran the last call."""
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> SessionRecord:
+        data = json.loads(text)
+        fields = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+@dataclass(eq=False)
+class Session:
+    """One session: its record, and what this process holds of it (kernel, lock, claim).
+
+    ``kernel`` is None between a death and its replacement, and for a session
+    this process has not attached to (another replica's).
+    """
+
+    record: SessionRecord
+    kernel: Kernel | None = None
+    busy: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    kernel_id: str | None = None
-    """Shared state only: the backend's id of the session's kernel (attached or not)."""
-    notebook: str | None = None
-    """Shared state only: the recording, relative to the notebooks folder."""
-    shared: bool = False
-    lease: Lease | None = field(default=None, repr=False)
-    """Shared state only: the lease of the call running now (set by ``use`` and ``hold``)."""
+    last_used_mono: float = field(default_factory=time.monotonic)
+    claim: Claim | None = field(default=None, repr=False)
+    """The claim of the call running now (set by ``use`` and ``hold``)."""
+    started: bool = False
+    """The running call's work has begun (interrupts go straight to the kernel)."""
+    pending_interrupt: bool = False
+
+    # The record's fields, read and written through the session.
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def owner(self) -> str | None:
+        return self.record.owner
+
+    @property
+    def runs(self) -> int:
+        return self.record.runs
+
+    @property
+    def notebook(self) -> str | None:
+        return self.record.notebook
+
+    @notebook.setter
+    def notebook(self, value: str | None) -> None:
+        self.record.notebook = value
+
+    @property
+    def lost_state(self) -> str | None:
+        return self.record.lost_state
+
+    @lost_state.setter
+    def lost_state(self, value: str | None) -> None:
+        self.record.lost_state = value
+
+    @property
+    def kernel_id(self) -> str:
+        return self.kernel.process.kernel_id if self.kernel is not None else self.record.kernel_id
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.record.created_at, timezone.utc)
+
+    @property
+    def last_used(self) -> datetime:
+        return datetime.fromtimestamp(self.record.last_used, timezone.utc)
 
     @property
     def state(self) -> Literal["idle", "busy", "dead"]:
-        if self.shared and self.kernel is None:
-            # Not attached here: what the shared record and lease say.
-            if self.busy:
-                return "busy"
+        if self.busy:
+            return "busy"
+        if self.kernel is None:
+            # Not attached here: what the record says.
             return "dead" if self.lost_state else "idle"
-        if self.kernel is None or self.kernel.dead:
-            return "dead"
-        return "busy" if self.busy else "idle"
+        return "dead" if self.kernel.dead else "idle"
 
     def touch(self) -> None:
-        self.last_used = _now()
+        self.record.last_used = time.time()
         self.last_used_mono = time.monotonic()
 
     def fence(self) -> None:
         """Check, right before a write on the session's behalf (its recording), that this
         call still holds the session.
 
-        A no-op for in-process sessions. For shared sessions inside ``use``/``hold``:
+        Raises:
+            LeaseLost: the call's claim is no longer valid (with shared sessions: a
+                stalled event loop or a Redis outage outlasted KERNEL_MCP_LEASE_TTL,
+                and another replica may be serving the session).
+        """
+        if self.claim is not None:
+            self.claim.fence()
+
+
+# -- the seams ------------------------------------------------------------------------
+class Claim(Protocol):
+    """One call's hold on a session (in process: always valid; Redis: a lease)."""
+
+    @property
+    def valid(self) -> bool: ...
+    def fence(self) -> None:
+        """Raise LeaseLost unless ``valid``."""
+
+    async def release(self) -> None: ...
+
+
+class SessionStore(Protocol):
+    """Where session records live, and how a call gets a session to itself."""
+
+    durable: bool
+    """Sessions outlive this process (other replicas serve them): stopping detaches."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def reserve(self, record: SessionRecord, max_sessions: int) -> None:
+        """Count a new session in and claim its name, atomically.
 
         Raises:
-            LeaseLost: the call's lease is no longer valid (a stalled event loop or
-                a Redis outage outlasted KERNEL_MCP_LEASE_TTL); another replica
-                may be serving the session, so the write must not happen.
+            TooManySessions: ``max_sessions`` are open.
+            InvalidArgument: the owner has an open session of that name.
         """
-        if self.lease is not None:
-            self.lease.fence()
+
+    async def unreserve(self, record: SessionRecord) -> None: ...
+    async def save(self, record: SessionRecord, claim: Claim | None = None) -> bool:
+        """Write a record; with ``claim``, only while it holds. False: removed meanwhile.
+
+        Raises:
+            LeaseLost: ``claim`` no longer holds the session; nothing was written.
+        """
+
+    async def load(self, session_id: str) -> SessionRecord | None: ...
+    async def records(self) -> list[SessionRecord]: ...
+    async def remove(self, record: SessionRecord, how: str) -> bool:
+        """Delete the record, free its name, leave a tombstone; True for the one winner."""
+
+    async def tombstone(self, session_id: str) -> tuple[str | None, str] | None: ...
+    def claim(
+        self, session_id: str, on_interrupt: InterruptHandler
+    ) -> AbstractAsyncContextManager[Claim]:
+        """Wait for the session; ``on_interrupt`` runs for interrupts relayed meanwhile."""
+
+    async def try_claim(self, session_id: str) -> Claim | None: ...
+    async def wait_claim(self, session_id: str) -> Claim | None:
+        """Wait as long as a dead holder's claim can last; None if it still holds."""
+
+    async def busy(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` a call holds right now (in any process)."""
+
+    async def relay_interrupt(self, session_id: str) -> bool:
+        """Interrupt the call another process runs on the session; False if none listens."""
+
+    async def lead(self, role: str, ttl: float) -> bool:
+        """Take or keep the leader lock ``role`` (culling); always True in process."""
+
+    async def resign(self, role: str) -> None: ...
 
 
+class RemoteKernels(Protocol):
+    """Kernels any replica can reach by id (a gateway's)."""
+
+    async def connect(self, kernel_id: str) -> Kernel:
+        """Attach to a running kernel.
+
+        Raises:
+            KernelStartFailed: the gateway is unreachable.
+            KernelError: it no longer has the kernel.
+        """
+
+    async def disconnect(self, kernel: Kernel) -> None:
+        """Close this process's connection to a kernel; the kernel keeps running."""
+
+    async def delete_kernel(self, kernel_id: str) -> None: ...
+
+
+# -- the in-process store ---------------------------------------------------------------
+class _Held:
+    """An in-process claim: the registry's lock already orders calls, so it always holds."""
+
+    def __init__(self, store: InProcessStore, session_id: str) -> None:
+        self._store = store
+        self._id = session_id
+
+    @property
+    def valid(self) -> bool:
+        return True
+
+    def fence(self) -> None:
+        return None
+
+    async def release(self) -> None:
+        self._store._held.discard(self._id)
+
+
+class InProcessStore:
+    """Sessions that live and die with this process (the default)."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._records: dict[str, SessionRecord] = {}
+        self._reserved: set[str] = set()
+        self._names: dict[tuple[str | None, str], str] = {}
+        self._gone: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
+        self._held: set[str] = set()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def reserve(self, record: SessionRecord, max_sessions: int) -> None:
+        key = (record.owner, record.name)
+        if record.name != record.id and key in self._names:
+            raise InvalidArgument(f"You have an open session named {record.name!r} already.")
+        if len(self._records) + len(self._reserved) >= max_sessions:
+            raise TooManySessions(
+                f"Session limit reached ({max_sessions}, KERNEL_MCP_MAX_SESSIONS). "
+                "Close a session with close_session first."
+            )
+        self._reserved.add(record.id)
+        self._names[key] = record.id
+
+    async def unreserve(self, record: SessionRecord) -> None:
+        self._reserved.discard(record.id)
+        if self._names.get((record.owner, record.name)) == record.id:
+            del self._names[(record.owner, record.name)]
+
+    async def save(self, record: SessionRecord, claim: Claim | None = None) -> bool:
+        if record.id in self._reserved:
+            self._reserved.discard(record.id)
+        elif record.id not in self._records:
+            return False
+        self._records[record.id] = record
+        return True
+
+    async def load(self, session_id: str) -> SessionRecord | None:
+        return self._records.get(session_id)
+
+    async def records(self) -> list[SessionRecord]:
+        return list(self._records.values())
+
+    async def remove(self, record: SessionRecord, how: str) -> bool:
+        if self._records.pop(record.id, None) is None:
+            return False
+        await self.unreserve(record)
+        self._gone[record.id] = (record.owner, how)
+        while len(self._gone) > TOMBSTONES:
+            self._gone.popitem(last=False)
+        return True
+
+    async def tombstone(self, session_id: str) -> tuple[str | None, str] | None:
+        return self._gone.get(session_id)
+
+    @contextlib.asynccontextmanager
+    async def claim(self, session_id: str, on_interrupt: InterruptHandler) -> AsyncIterator[Claim]:
+        self._held.add(session_id)
+        held = _Held(self, session_id)
+        try:
+            yield held
+        finally:
+            await held.release()
+
+    async def try_claim(self, session_id: str) -> Claim | None:
+        if session_id in self._held:
+            return None
+        self._held.add(session_id)
+        return _Held(self, session_id)
+
+    async def wait_claim(self, session_id: str) -> Claim | None:
+        # The registry's lock, held by the caller, already waited for the running call.
+        return await self.try_claim(session_id)
+
+    async def busy(self, ids: list[str]) -> set[str]:
+        return {i for i in ids if i in self._held}
+
+    async def relay_interrupt(self, session_id: str) -> bool:
+        return False  # no other process can be running it
+
+    async def lead(self, role: str, ttl: float) -> bool:
+        return True
+
+    async def resign(self, role: str) -> None:
+        return None
+
+
+# -- the registry ---------------------------------------------------------------------
 class SessionRegistry:
-    """All live sessions of this process, with their limits and culling."""
+    """Every session this process serves, their limits, culling and kernels.
 
-    #: Whether sessions live in shared state (``SharedSessionRegistry``).
-    shared = False
+    Args:
+        pool: where new kernels come from.
+        store: where records live (``InProcessStore()`` unless replicas share them).
+        kernels: how to reach a kernel by id; needed when ``store.durable``.
+        max_sessions: open sessions, over all principals.
+        idle_timeout: seconds unused before a session is culled; 0 never.
+        on_create: runs for a new session before its record is first written
+            (the recording is made there, and the record names it).
+        on_close: runs when a session ends (closed or culled), before its kernel stops.
+        on_forget: runs when this process drops a session another process removed.
+    """
 
     def __init__(
         self,
         pool: KernelPool,
+        store: SessionStore,
         *,
+        kernels: RemoteKernels | None = None,
         max_sessions: int,
         idle_timeout: float,
+        on_create: Callable[[Session], Awaitable[None]] | None = None,
         on_close: Callable[[Session], Awaitable[None]] | None = None,
+        on_forget: Callable[[Session], None] | None = None,
     ) -> None:
         self.pool = pool
+        self.store = store
+        self.kernels = kernels
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
+        self._on_create = on_create
         self._on_close = on_close
+        self._on_forget = on_forget
+        self._token = secrets.token_hex(16)
         self._sessions: dict[str, Session] = {}
-        self._gone: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
-        self._reserved = 0
-        self._naming: set[tuple[str | None, str | None]] = set()
         self._culler: asyncio.Task[None] | None = None
+        self._janitor: asyncio.Task[None] | None = None
 
-    # -- lifecycle of the registry --------------------------------------------
+    # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
+        await self.store.start()
         if self.idle_timeout > 0 and self._culler is None:
             self._culler = asyncio.create_task(self._cull_forever(), name="session-culler")
+        if self.kernels is not None and self._janitor is None:
+            self._janitor = asyncio.create_task(self._tidy_forever(), name="session-janitor")
 
     async def close(self) -> None:
-        """Stop culling and shut every session's kernel down."""
+        """Stop the background tasks. Sessions that die with this process end (their
+        kernels are killed); shared ones are only let go: other replicas serve them."""
         if self._culler is not None:
             await stop_task(self._culler)
             self._culler = None
+            await self.store.resign("culler")
+        await stop_task(self._janitor)
+        self._janitor = None
         sessions = list(self._sessions.values())
         self._sessions.clear()
-        # A server that stops loses every kernel's state anyway: kill, don't ask.
-        await asyncio.gather(*(self._end(s, now=True) for s in sessions), return_exceptions=True)
+        if self.store.durable:
+            await asyncio.gather(*(self._detach(s) for s in sessions), return_exceptions=True)
+        else:
+            how = f"ended when the server stopped at {_stamp(_now())}"
+            for session in sessions:
+                await self.store.remove(session.record, how)
+            # A server that stops loses every kernel's state anyway: kill, don't ask.
+            await asyncio.gather(
+                *(self._end(s, now=True) for s in sessions), return_exceptions=True
+            )
+        await self.store.close()
 
-    # -- the public operations -------------------------------------------------
+    # -- looking sessions up ----------------------------------------------------------
+    async def find(self, owner: str | None, session_id: str) -> Session:
+        """The caller's session, refreshed from the store.
+
+        While a call holds the session in this process, its record in memory is the
+        one that call writes back, and it is left alone.
+
+        Raises:
+            SessionNotFound: unknown, or another principal's.
+            SessionGone: closed or culled (says when).
+        """
+        return await self._load(owner, session_id, refresh=False)
+
+    async def _load(self, owner: str | None, session_id: str, *, refresh: bool) -> Session:
+        """``find``; with ``refresh`` the record is replaced even while the lock is held
+        (the caller holds it, and the store's copy is the current one)."""
+        record = await self.store.load(session_id)
+        if record is None or record.owner != owner:
+            if record is None:
+                self._forget(session_id)
+            gone = await self.store.tombstone(session_id)
+            if record is None and gone is not None and gone[0] == owner:
+                raise SessionGone(f"Session {session_id!r} {gone[1]}. Create a new one.")
+            raise SessionNotFound(session_id)
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = self._sessions[session_id] = Session(record)
+        elif refresh or not session.lock.locked():
+            session.record = record
+        return session
+
+    async def owned(self, owner: str | None) -> list[Session]:
+        """The caller's sessions, oldest first, as they are now (busy in any process)."""
+        records = [r for r in await self.store.records() if r.owner == owner]
+        busy = await self.store.busy([r.id for r in records])
+        records.sort(key=lambda r: r.created_at)
+        listed = []
+        for record in records:
+            cached = self._sessions.get(record.id)
+            kernel = cached.kernel if cached is not None else None
+            view = Session(record, kernel=kernel)
+            view.busy = record.id in busy or (cached is not None and cached.busy)
+            listed.append(view)
+        return listed
+
+    async def count(self) -> int:
+        return len(await self.store.records())
+
+    # -- the public operations -----------------------------------------------------------
     async def create(self, owner: str | None, name: str | None = None) -> Session:
         """Start a session with a kernel from the warm pool.
 
@@ -165,61 +527,52 @@ class SessionRegistry:
             TooManySessions: at KERNEL_MCP_MAX_SESSIONS.
             InvalidArgument: a bad or already used name.
         """
-        claim = (owner, name)
         if name is not None:
             validate_name(name)
-            # Names being created count too: acquire() below may wait for a kernel.
-            if claim in self._naming or any(s.name == name for s in self.list(owner)):
-                raise InvalidArgument(f"You have an open session named {name!r} already.")
-        if len(self._sessions) + self._reserved >= self.max_sessions:
-            raise TooManySessions(
-                f"Session limit reached ({self.max_sessions}, KERNEL_MCP_MAX_SESSIONS). "
-                "Close a session with close_session first."
-            )
-        self._reserved += 1
-        if name is not None:
-            self._naming.add(claim)
+        session_id = secrets.token_urlsafe(16)
+        record = SessionRecord(id=session_id, name=name or session_id, owner=owner)
+        # Counted and named before the kernel is acquired (that may wait): two creates
+        # with one name, in any process, make one session.
+        await self.store.reserve(record, self.max_sessions)
         try:
             kernel = await self.pool.acquire()
-        finally:
-            self._reserved -= 1
-            self._naming.discard(claim)
-        session_id = secrets.token_urlsafe(16)
-        session = Session(id=session_id, name=name or session_id, owner=owner, kernel=kernel)
+        except BaseException:
+            await shielded_to_end(self.store.unreserve(record))
+            raise
+        session = Session(record, kernel=kernel)
+        record.kernel_id = kernel.process.kernel_id
+        record.served_by = self._token
+        try:
+            if self._on_create is not None:
+                await self._on_create(session)
+            await self.store.save(record)
+        except BaseException:
+            await shielded_to_end(self._abandon(session))
+            raise
         self._sessions[session_id] = session
         return session
 
-    def get(self, owner: str | None, session_id: str) -> Session:
-        """The caller's session, or SessionNotFound / SessionGone."""
-        session = self._sessions.get(session_id)
-        if session is not None and session.owner == owner:
-            return session
-        gone = self._gone.get(session_id)
-        if session is None and gone is not None and gone[0] == owner:
-            raise SessionGone(f"Session {session_id!r} {gone[1]}. Create a new one.")
-        raise SessionNotFound(session_id)
-
-    def list(self, owner: str | None) -> list[Session]:
-        return [s for s in self._sessions.values() if s.owner == owner]
-
-    @property
-    def count(self) -> int:
-        return len(self._sessions)
-
-    # Async forms of the look-ups: what the runner and the server call, because
-    # with shared state (``SharedSessionRegistry``) they read Redis.
-    async def find(self, owner: str | None, session_id: str) -> Session:
-        return self.get(owner, session_id)
-
-    async def owned(self, owner: str | None) -> list[Session]:
-        return self.list(owner)
+    async def _abandon(self, session: Session) -> None:
+        """A create that failed half-way: give back the reservation, end what it started."""
+        with contextlib.suppress(Exception):
+            await self.store.unreserve(session.record)
+        await self._end(session, now=True)
 
     @contextlib.asynccontextmanager
     async def hold(self, owner: str | None, session_id: str) -> AsyncIterator[Session]:
         """The session, with no call running in it while inside (for exports)."""
-        session = self.get(owner, session_id)
-        async with session.lock:
-            yield session
+        session = await self.find(owner, session_id)
+        async with session.lock, self.store.claim(session_id, self._ignore) as claim:
+            session = await self._load(owner, session_id, refresh=True)
+            session.claim = claim
+            try:
+                yield session
+            finally:
+                session.claim = None
+
+    @staticmethod
+    async def _ignore() -> None:
+        return None
 
     async def use(
         self, owner: str | None, session_id: str, work: Callable[[Session, Kernel], Awaitable[T]]
@@ -228,437 +581,116 @@ class SessionRegistry:
 
         A dead kernel is replaced first; ``session.lost_state`` then says why.
         """
-        session = self.get(owner, session_id)
-        async with session.lock:
-            # It may have been closed or culled while this call waited.
-            session = self.get(owner, session_id)
-            session.busy = True
+        session = await self.find(owner, session_id)
+
+        async def interrupt() -> None:
+            await self._interrupt_here(session)
+
+        async with session.lock, self.store.claim(session_id, interrupt) as claim:
+            # It may have been run, replaced, closed or culled (in any process) meanwhile.
+            session = await self._load(owner, session_id, refresh=True)
+            record = session.record
+            recorded_kernel = record.kernel_id
+            if record.served_by != self._token:
+                # Served elsewhere since: drop our connection and what it buffered.
+                await self._detach(session)
+            await self._attach(session)
+            if record.busy and session.kernel is not None:
+                # Its last holder died mid-call (its claim expired): stop that run.
+                log.warning("session %s: a call was cut off by a lost replica", session_id)
+                await session.kernel.interrupt()
+            session.busy, session.claim = True, claim
+            session.started = session.pending_interrupt = False
+            late: asyncio.Task[None] | None = None
             try:
+                await self.store.save(self._written(session), claim)
                 if session.kernel is None or not await session.kernel.is_alive():
                     await self._replace_kernel(session, session.lost_state or "the kernel died")
                 assert session.kernel is not None
-                result = await work(session, session.kernel)
-                session.runs += 1
+                claim.fence()  # a replacement may have taken a while
+                session.started = True
+                if session.pending_interrupt:
+                    late = asyncio.ensure_future(self._interrupt_soon(session.kernel))
+                try:
+                    result = await work(session, session.kernel)
+                finally:
+                    await stop_task(late)
+                session.record.runs += 1
                 if session.kernel.dead:
                     session.lost_state = "the kernel was killed or died during the previous run"
                 return result
             finally:
-                session.busy = False
-                session.touch()
+                session.claim = None
+                session.started = False
+                await shielded_to_end(self._end_call(session, claim, recorded_kernel))
 
     async def interrupt(self, owner: str | None, session_id: str) -> bool:
-        """Interrupt the running call, if any. Returns whether one was running."""
-        session = self.get(owner, session_id)
-        if session.kernel is None:
-            return False
-        was_busy = session.busy
-        await session.kernel.interrupt()
-        return was_busy
+        """Interrupt the running call, if any, wherever it runs. Returns whether one was."""
+        session = await self.find(owner, session_id)
+        busy = session.busy or session_id in await self.store.busy([session_id])
+        await self._interrupt_anywhere(session)
+        return busy
 
     async def restart(self, owner: str | None, session_id: str) -> Session:
         """Give the session a fresh kernel; its state is cleared."""
-        session = self.get(owner, session_id)
-        if session.kernel is not None:
-            await session.kernel.interrupt()
-        async with session.lock:
-            session = self.get(owner, session_id)
+        session = await self.find(owner, session_id)
+        if session.busy or session_id in await self.store.busy([session_id]):
+            await self._interrupt_anywhere(session)
+        async with session.lock, self.store.claim(session_id, self._ignore) as claim:
+            session = await self._load(owner, session_id, refresh=True)
+            recorded_kernel = session.record.kernel_id
+            with contextlib.suppress(KernelError):
+                await self._attach(session)
             await self._replace_kernel(session, None)
             session.touch()
+            try:
+                await self._store(session, claim)
+            except LeaseLost:
+                await self._let_go(session, recorded_kernel)  # ends the new kernel
+                raise
             return session
 
     async def close_session(self, owner: str | None, session_id: str) -> Session:
         """Shut the session's kernel down; the id then reports it was closed."""
-        session = self.get(owner, session_id)
-        if session.kernel is not None and session.busy:
-            await session.kernel.interrupt()
+        session = await self.find(owner, session_id)
+        if session.busy or session_id in await self.store.busy([session_id]):
+            with contextlib.suppress(KernelError):
+                await self._interrupt_anywhere(session)
+        how = f"was closed at {_stamp(_now())}"
+        if not await self.store.remove(session.record, how):
+            await self.find(owner, session_id)  # closed or culled meanwhile: says so
+            raise SessionNotFound(session_id)  # pragma: no cover
         self._sessions.pop(session_id, None)
-        self._bury(session, f"was closed at {_now().isoformat(timespec='seconds')}")
-        async with session.lock:
-            await self._end(session)
+        await self._finish(session)
         return session
 
-    # -- internals -------------------------------------------------------------
-    async def _replace_kernel(self, session: Session, lost: str | None) -> None:
-        old, session.kernel = session.kernel, None
-        if old is not None:
-            await old.shutdown(now=True)
-        session.kernel = await self.pool.acquire()
-        session.lost_state = f"{lost}; the session's state was lost" if lost else None
+    # -- calls ----------------------------------------------------------------------------
+    def _written(self, session: Session) -> SessionRecord:
+        """The session's record as this call writes it back."""
+        record = session.record
+        record.kernel_id = session.kernel_id
+        record.busy = session.busy
+        record.served_by = self._token
+        return record
 
-    def _bury(self, session: Session, how: str) -> None:
-        self._gone[session.id] = (session.owner, how)
-        while len(self._gone) > _TOMBSTONES:
-            self._gone.popitem(last=False)
-
-    async def _end(self, session: Session, *, now: bool = False) -> None:
-        kernel, session.kernel = session.kernel, None
-        try:
-            if self._on_close is not None:
-                await self._on_close(session)
-        finally:
-            if kernel is not None:
-                await kernel.shutdown(now=now)
-
-    async def _cull_forever(self) -> None:
-        period = max(0.05, min(self.idle_timeout / 4, 30.0))
-        while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            for session in list(self._sessions.values()):
-                idle_for = now - session.last_used_mono
-                if session.busy or session.lock.locked() or idle_for < self.idle_timeout:
-                    continue
-                self._sessions.pop(session.id, None)
-                self._bury(
-                    session,
-                    f"was culled at {_now().isoformat(timespec='seconds')} after "
-                    f"{idle_for:.0f} s idle (KERNEL_MCP_SESSION_IDLE_TIMEOUT="
-                    f"{self.idle_timeout:g})",
-                )
-                try:
-                    await self._end(session)
-                except Exception:
-                    log.exception("culling session %s failed", session.id)
-
-
-class SharedSessionRegistry(SessionRegistry):
-    """Sessions shared by server replicas through ``state.SharedState`` (Redis).
-
-    What a session is (owner, name, kernel id, times, counters, notebook) lives
-    in Redis; this replica keeps only caches: ``Session`` objects with a kernel
-    connection it attached with ``backend.connect`` and a local FIFO lock. A
-    call holds the local lock *and* the session's Redis lease, reloads the
-    record first (another replica may have replaced the kernel), and writes it
-    back after. Closing or stopping this replica detaches its connections; it
-    never ends a session's kernel (other replicas serve it). Every replica runs
-    the culler loop; only the holder of the leader lock culls.
-    """
-
-    shared = True
-
-    def __init__(
-        self,
-        pool: KernelPool,
-        *,
-        state: SharedState,
-        backend: KernelBackend,
-        lease_ttl: float,
-        max_sessions: int,
-        idle_timeout: float,
-        on_close: Callable[[Session], Awaitable[None]] | None = None,
-        on_create: Callable[[Session], Awaitable[None]] | None = None,
-    ) -> None:
-        super().__init__(
-            pool, max_sessions=max_sessions, idle_timeout=idle_timeout, on_close=on_close
-        )
-        self.state = state
-        self.backend = backend
-        self.lease_ttl = lease_ttl
-        self._on_create = on_create
-        self._token = secrets.token_hex(16)
-        self._janitor: asyncio.Task[None] | None = None
-
-    # -- lifecycle ---------------------------------------------------------------
-    async def start(self) -> None:
-        await self.state.connect()
-        await super().start()
-        if self._janitor is None:
-            self._janitor = asyncio.create_task(self._tidy_forever(), name="session-janitor")
-
-    async def close(self) -> None:
-        """Stop culling and detach from every kernel; the sessions live on in Redis."""
-        if self._culler is not None:
-            await stop_task(self._culler)
-            self._culler = None
-            await self.state.resign("culler", self._token)
-        if self._janitor is not None:
-            await stop_task(self._janitor)
-            self._janitor = None
-        sessions = list(self._sessions.values())
-        self._sessions.clear()
-        await asyncio.gather(*(self._detach(s) for s in sessions), return_exceptions=True)
-        await self.state.close()
-
-    # -- records <-> sessions ---------------------------------------------------
-    def _record(self, session: Session) -> SessionRecord:
-        kernel = session.kernel
-        return SessionRecord(
-            id=session.id,
-            name=session.name,
-            owner=session.owner,
-            kernel_id=kernel.process.kernel_id if kernel is not None else session.kernel_id or "",
-            created_at=session.created_at.timestamp(),
-            last_used=session.last_used.timestamp(),
-            runs=session.runs,
-            notebook=session.notebook,
-            lost_state=session.lost_state,
-            busy=session.busy,
-            served_by=self._token,
-        )
-
-    @staticmethod
-    def _apply(session: Session, record: SessionRecord) -> None:
-        session.name = record.name
-        session.kernel_id = record.kernel_id
-        session.created_at = datetime.fromtimestamp(record.created_at, timezone.utc)
-        session.last_used = datetime.fromtimestamp(record.last_used, timezone.utc)
-        session.runs = record.runs
-        session.notebook = record.notebook
-        session.lost_state = record.lost_state
-
-    def _snapshot(self, record: SessionRecord, busy: bool) -> Session:
-        session = Session(
-            id=record.id, name=record.name, owner=record.owner, kernel=None, shared=True
-        )
-        self._apply(session, record)
-        session.busy = busy
-        return session
-
-    async def _lookup(self, owner: str | None, session_id: str) -> tuple[Session, SessionRecord]:
-        """The cached session refreshed from its record; a foreign id is an unknown one."""
-        record = await self.state.load(session_id)
-        if record is None or record.owner != owner:
-            if record is None:
-                self._forget(session_id)
-            gone = await self.state.tombstone(session_id)
-            if record is None and gone is not None and gone[0] == owner:
-                raise SessionGone(f"Session {session_id!r} {gone[1]}. Create a new one.")
-            raise SessionNotFound(session_id)
-        session = self._sessions.get(session_id)
-        if session is None:
-            session = Session(
-                id=record.id, name=record.name, owner=record.owner, kernel=None, shared=True
-            )
-            self._sessions[session_id] = session
-        self._apply(session, record)
-        return session, record
-
-    async def _store(self, session: Session, lease: Lease) -> None:
-        """Write the session back, fenced by ``lease``; if it was closed meanwhile, end
-        what we started.
+    async def _store(self, session: Session, claim: Claim) -> None:
+        """Write the session back, fenced by ``claim``; if it was closed meanwhile, end
+        what this call started.
 
         Raises:
-            LeaseLost: the lease is lost; nothing was written.
+            LeaseLost: the claim is lost; nothing was written.
         """
-        if await self.state.save(self._record(session), lease=lease):
+        if await self.store.save(self._written(session), claim):
             return
         self._sessions.pop(session.id, None)
         kernel, session.kernel = session.kernel, None
         if kernel is not None:  # maybe a replacement the closer never knew of
             await kernel.shutdown(now=True)
 
-    async def _let_go(self, session: Session, recorded_kernel_id: str) -> None:
-        """After a lost lease: keep nothing of this call's kernel for later work.
-
-        Another replica may be serving the session now. A kernel this call
-        started (the record never named it) is ended; the recorded one is only
-        detached, and the next call attaches afresh from the record.
-        """
-        kernel = session.kernel
-        if kernel is not None and kernel.process.kernel_id != recorded_kernel_id:
-            session.kernel = None
-            await kernel.shutdown(now=True)
-        else:
-            await self._detach(session)
-
-    def _forget(self, session_id: str) -> None:
-        session = self._sessions.get(session_id)
-        if session is not None and not session.lock.locked():
-            self._sessions.pop(session_id, None)
-            if session.kernel is not None:
-                task = asyncio.ensure_future(self._detach(session))
-                task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
-
-    # -- kernels -------------------------------------------------------------------
-    @staticmethod
-    async def _detach(session: Session) -> None:
-        """Drop this replica's connection to the kernel; the kernel keeps running."""
-        kernel, session.kernel = session.kernel, None
-        if kernel is None:
-            return
-        close = getattr(kernel.client, "aclose", None)
-        if close is not None:
-            await close()
-        else:  # pragma: no cover - every shared backend's client has aclose
-            kernel.client.stop_channels()
-
-    async def _attach(self, session: Session, record: SessionRecord) -> None:
-        """Make ``session.kernel`` the kernel the record names, connecting if needed.
-
-        A kernel the gateway no longer has leaves ``session.kernel`` None with
-        ``lost_state`` saying so; the caller replaces it. A gateway that is
-        down raises (KernelStartFailed names it).
-        """
-        kernel = session.kernel
-        if kernel is not None and kernel.process.kernel_id == record.kernel_id:
-            return
-        await self._detach(session)
-        if not record.kernel_id:
-            return
-        try:
-            session.kernel = await self.backend.connect(record.kernel_id)  # type: ignore[attr-defined]
-        except KernelStartFailed:
-            raise
-        except KernelError as exc:
-            log.info("session %s: %s", session.id, exc)
-            session.lost_state = session.lost_state or (
-                "the kernel gateway no longer has the session's kernel (culled or lost)"
-            )
-
-    async def _delete_kernel(self, kernel_id: str) -> None:
-        if not kernel_id:
-            return
-        delete = getattr(self.backend, "delete_kernel", None)
-        if delete is not None:
-            await delete(kernel_id)
-            return
-        with contextlib.suppress(KernelError):  # pragma: no cover - gateway has delete_kernel
-            kernel = await self.backend.connect(kernel_id)  # type: ignore[attr-defined]
-            await kernel.shutdown(now=True)
-
-    async def _interrupt_anywhere(self, session: Session, record: SessionRecord) -> None:
-        """Interrupt the running call: through the replica running it, else directly."""
-        deadline = time.monotonic() + INTERRUPT_RELAY_WAIT
-        while True:
-            if await self.state.request_interrupt(session.id):
-                return
-            # A lease holder that has not subscribed yet is a moment away from it.
-            if time.monotonic() >= deadline or not await self.state.leased_ids([session.id]):
-                break
-            await asyncio.sleep(0.05)
-        if session.lock.locked() and session.kernel is not None:
-            await session.kernel.interrupt()
-            return
-        with contextlib.suppress(KernelError):
-            await self._attach(session, record)
-        if session.kernel is not None:
-            await session.kernel.interrupt()
-
-    # -- the public operations -------------------------------------------------
-    def get(self, owner: str | None, session_id: str) -> Session:
-        """This replica's cached session only; callers use ``find`` (it reads Redis)."""
-        session = self._sessions.get(session_id)
-        if session is not None and session.owner == owner:
-            return session
-        raise SessionNotFound(session_id)
-
-    async def find(self, owner: str | None, session_id: str) -> Session:
-        session, _ = await self._lookup(owner, session_id)
-        return session
-
-    async def owned(self, owner: str | None) -> list[Session]:
-        records = [r for r in await self.state.records() if r.owner == owner]
-        busy = await self.state.leased_ids([r.id for r in records])
-        records.sort(key=lambda r: r.created_at)
-        return [self._snapshot(r, r.id in busy) for r in records]
-
-    @contextlib.asynccontextmanager
-    async def hold(self, owner: str | None, session_id: str) -> AsyncIterator[Session]:
-        session, _ = await self._lookup(owner, session_id)
-        async with session.lock, self.state.leased(session_id, self.lease_ttl) as lease:
-            session, _ = await self._lookup(owner, session_id)
-            session.lease = lease
-            try:
-                yield session
-            finally:
-                session.lease = None
-
-    async def create(self, owner: str | None, name: str | None = None) -> Session:
-        if name is not None:
-            validate_name(name)
-        session_id = secrets.token_urlsafe(16)
-        if not await self.state.reserve(session_id, self.max_sessions):
-            raise TooManySessions(
-                f"Session limit reached ({self.max_sessions}, KERNEL_MCP_MAX_SESSIONS). "
-                "Close a session with close_session first."
-            )
-
-        async def give_back() -> None:
-            with contextlib.suppress(Exception):
-                if name is not None:
-                    await self.state.release_name(owner, name, session_id)
-                await self.state.unreserve(session_id)
-
-        try:
-            # Claimed in Redis: two creates with one name, on any replicas, make one session.
-            if name is not None and not await self.state.claim_name(owner, name, session_id):
-                raise InvalidArgument(f"You have an open session named {name!r} already.")
-            kernel = await self.pool.acquire()
-        except BaseException:
-            await give_back()
-            raise
-        session = Session(
-            id=session_id, name=name or session_id, owner=owner, kernel=kernel, shared=True
-        )
-        session.kernel_id = kernel.process.kernel_id
-        try:
-            if self._on_create is not None:
-                await self._on_create(session)
-            await self.state.save(self._record(session))
-        except BaseException:
-            await give_back()
-            await kernel.shutdown(now=True)
-            raise
-        self._sessions[session_id] = session
-        return session
-
-    async def use(
-        self, owner: str | None, session_id: str, work: Callable[[Session, Kernel], Awaitable[T]]
-    ) -> T:
-        session, _ = await self._lookup(owner, session_id)
-        started = False
-        pending = False
-
-        async def interrupt() -> None:
-            nonlocal pending
-            if started and session.kernel is not None:
-                await session.kernel.interrupt()
-            else:
-                pending = True  # asked while the call was starting: delivered once it runs
-
-        async with (
-            session.lock,
-            self.state.leased(session_id, self.lease_ttl) as lease,
-            self.state.interrupt_requests(session_id, interrupt),
-        ):
-            # Another replica may have run, replaced, closed or culled it meanwhile.
-            session, record = await self._lookup(owner, session_id)
-            if record.served_by != self._token:
-                # Served elsewhere since: drop our connection and what it buffered.
-                await self._detach(session)
-            await self._attach(session, record)
-            if record.busy and session.kernel is not None:
-                # Its last holder died mid-call (its lease expired): stop that run.
-                log.warning("session %s: a call was cut off by a lost replica", session_id)
-                await session.kernel.interrupt()
-            session.busy = True
-            session.lease = lease
-            late: asyncio.Task[None] | None = None
-            try:
-                await self.state.save(self._record(session), lease=lease)
-                if session.kernel is None or not await session.kernel.is_alive():
-                    await self._replace_kernel(session, session.lost_state or "the kernel died")
-                assert session.kernel is not None
-                lease.fence()  # a replacement may have taken a while
-                started = True
-                if pending:
-                    late = asyncio.ensure_future(self._interrupt_soon(session.kernel))
-                try:
-                    result = await work(session, session.kernel)
-                finally:
-                    await stop_task(late)
-                session.runs += 1
-                if session.kernel.dead:
-                    session.lost_state = "the kernel was killed or died during the previous run"
-                return result
-            finally:
-                session.lease = None
-                await shielded_to_end(self._end_call(session, lease, record.kernel_id))
-
-    async def _end_call(self, session: Session, lease: Lease, recorded_kernel_id: str) -> None:
-        """Settle the kernel, then write the session back, unless the lease was lost."""
-        # A timed-out run may still be being interrupted (or its kernel killed)
-        # in the background; another replica must not get the kernel before then.
+    async def _end_call(self, session: Session, claim: Claim, recorded_kernel: str) -> None:
+        """Settle the kernel, then write the session back, unless the claim was lost."""
+        # A timed-out run may still be being interrupted (or its kernel killed) in the
+        # background; another call, here or on another replica, must not start before.
         if session.kernel is not None:
             with contextlib.suppress(Exception):
                 await session.kernel.settle()
@@ -667,12 +699,45 @@ class SharedSessionRegistry(SessionRegistry):
         session.busy = False
         session.touch()
         try:
-            await self._store(session, lease)
+            await self._store(session, claim)
         except LeaseLost as exc:
             # The call's outcome (if any) still reaches the caller; the record is
             # the new holder's now, and so is the kernel.
             log.warning("session %s: %s; the record was not written back", session.id, exc)
-            await self._let_go(session, recorded_kernel_id)
+            await self._let_go(session, recorded_kernel)
+
+    async def _let_go(self, session: Session, recorded_kernel: str) -> None:
+        """After a lost claim: keep nothing of this call's kernel for later work.
+
+        Another replica may be serving the session now. A kernel this call
+        started (the record never named it) is ended; the recorded one is only
+        detached, and the next call attaches afresh from the record.
+        """
+        kernel = session.kernel
+        if kernel is not None and kernel.process.kernel_id != recorded_kernel:
+            session.kernel = None
+            await kernel.shutdown(now=True)
+        else:
+            await self._detach(session)
+
+    # -- interrupts -------------------------------------------------------------------------
+    async def _interrupt_here(self, session: Session) -> None:
+        """Interrupt the call this process runs on the session (or once it begins)."""
+        if session.started and session.kernel is not None:
+            await session.kernel.interrupt()
+        else:
+            session.pending_interrupt = True  # asked while the call was starting
+
+    async def _interrupt_anywhere(self, session: Session) -> None:
+        if session.claim is not None:
+            await self._interrupt_here(session)
+            return
+        if await self.store.relay_interrupt(session.id):
+            return  # the process running the call interrupted it
+        with contextlib.suppress(KernelError):
+            await self._attach(session)
+        if session.kernel is not None:
+            await session.kernel.interrupt()
 
     @staticmethod
     async def _interrupt_soon(kernel: Kernel) -> None:
@@ -683,113 +748,137 @@ class SharedSessionRegistry(SessionRegistry):
         except Exception:
             log.exception("a late interrupt failed")
 
-    async def interrupt(self, owner: str | None, session_id: str) -> bool:
-        session, record = await self._lookup(owner, session_id)
-        was_busy = session_id in await self.state.leased_ids([session_id])
-        await self._interrupt_anywhere(session, record)
-        return was_busy
+    # -- kernels ----------------------------------------------------------------------------
+    async def _attach(self, session: Session) -> None:
+        """Make ``session.kernel`` the kernel the record names, connecting if needed.
 
-    async def restart(self, owner: str | None, session_id: str) -> Session:
-        session, record = await self._lookup(owner, session_id)
-        if session_id in await self.state.leased_ids([session_id]):
-            await self._interrupt_anywhere(session, record)
-        async with session.lock, self.state.leased(session_id, self.lease_ttl) as lease:
-            session, record = await self._lookup(owner, session_id)
+        A kernel that is gone leaves ``session.kernel`` None with ``lost_state``
+        saying so; the caller replaces it. A gateway that is down raises
+        (KernelStartFailed names it).
+        """
+        kernel = session.kernel
+        wanted = session.record.kernel_id
+        if kernel is not None and kernel.process.kernel_id == wanted:
+            return
+        if self.kernels is None or not wanted:
+            return  # in-process kernels are never detached: a missing one died
+        await self._detach(session)
+        try:
+            session.kernel = await self.kernels.connect(wanted)
+        except KernelStartFailed:
+            raise
+        except KernelError as exc:
+            log.info("session %s: %s", session.id, exc)
+            session.lost_state = session.lost_state or (
+                "the kernel gateway no longer has the session's kernel (culled or lost)"
+            )
+
+    async def _detach(self, session: Session) -> None:
+        """Drop this process's connection to a remote kernel; the kernel keeps running."""
+        kernel = session.kernel
+        if kernel is None or self.kernels is None:
+            return
+        session.kernel = None
+        await self.kernels.disconnect(kernel)
+
+    async def _replace_kernel(self, session: Session, lost: str | None) -> None:
+        old, session.kernel = session.kernel, None
+        if old is not None:
+            await old.shutdown(now=True)
+        elif session.record.kernel_id:
+            await self._delete_kernel(session.record.kernel_id)
+        session.kernel = await self.pool.acquire()
+        session.record.kernel_id = session.kernel.process.kernel_id
+        session.lost_state = f"{lost}; the session's state was lost" if lost else None
+
+    async def _delete_kernel(self, kernel_id: str) -> None:
+        if self.kernels is not None and kernel_id:
             with contextlib.suppress(KernelError):
-                await self._attach(session, record)
-            if session.kernel is None and record.kernel_id:
-                await self._delete_kernel(record.kernel_id)
-            await self._replace_kernel(session, None)
-            session.touch()
-            try:
-                await self._store(session, lease)
-            except LeaseLost:
-                await self._let_go(session, record.kernel_id)  # ends the new kernel
-                raise
-            return session
+                await self.kernels.delete_kernel(kernel_id)
 
-    async def close_session(self, owner: str | None, session_id: str) -> Session:
-        session, record = await self._lookup(owner, session_id)
-        if session_id in await self.state.leased_ids([session_id]):
-            with contextlib.suppress(KernelError):
-                await self._interrupt_anywhere(session, record)
-        how = f"was closed at {_now().isoformat(timespec='seconds')}"
-        if not await self.state.remove(session_id, owner, how, name=record.name):
-            await self._lookup(owner, session_id)  # closed or culled meanwhile: says so
-            raise SessionNotFound(session_id)  # pragma: no cover
-        self._sessions.pop(session_id, None)
-        await self._finish(session, record.kernel_id)
-        return session
+    async def _end(self, session: Session, *, now: bool = False) -> None:
+        """The session is over: tell the owner (its recording), then stop its kernel."""
+        kernel, session.kernel = session.kernel, None
+        try:
+            if self._on_close is not None:
+                await self._on_close(session)
+        finally:
+            if kernel is not None:
+                await kernel.shutdown(now=now)
+            elif session.record.kernel_id:
+                await self._delete_kernel(session.record.kernel_id)
 
-    # -- internals ---------------------------------------------------------------
-    async def _finish(self, session: Session, kernel_id: str) -> None:
+    async def _finish(self, session: Session) -> None:
         """End a removed session's kernel once the call in it (if any) is over."""
-        lease = None
         async with session.lock:
-            try:
-                lease = await self.state.lease(session.id, self.lease_ttl, timeout=self.lease_ttl)
-            except (TimeoutError, StateUnavailable):
+            claim = await self.store.wait_claim(session.id)
+            if claim is None:
                 log.warning("session %s: ending its kernel while a call still holds it", session.id)
             try:
-                kernel = session.kernel
-                await self._end(session, now=True)
-                if kernel is None or kernel.process.kernel_id != kernel_id:
-                    await self._delete_kernel(kernel_id)
+                await self._end(session, now=self.store.durable)
             finally:
-                if lease is not None:
-                    await lease.release()
+                if claim is not None:
+                    await claim.release()
 
+    def _forget(self, session_id: str) -> None:
+        """A session removed elsewhere: drop the cache (and its connection) here."""
+        session = self._sessions.get(session_id)
+        if session is not None and not session.lock.locked():
+            self._sessions.pop(session_id, None)
+            if self._on_forget is not None:
+                self._on_forget(session)
+            if session.kernel is not None and self.kernels is not None:
+                task = asyncio.ensure_future(self._detach(session))
+                task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    # -- culling ------------------------------------------------------------------------------
     async def _cull_forever(self) -> None:
         period = max(0.05, min(self.idle_timeout / 4, 30.0))
         lead_for = max(4 * period, 2.0)
         while True:
             await asyncio.sleep(period)
             try:
-                if await self.state.lead("culler", self._token, lead_for):
+                if await self.store.lead("culler", lead_for):
                     await self._cull_once()
             except asyncio.CancelledError:
                 raise
-            except StateUnavailable as exc:
+            except KernelError as exc:
                 log.warning("culling skipped: %s", exc)
             except Exception:
                 log.exception("culling failed")
 
     async def _cull_once(self) -> None:
-        now = time.time()
-        for record in await self.state.records():
-            if now - record.last_used < self.idle_timeout:
+        for record in await self.store.records():
+            if time.time() - record.last_used < self.idle_timeout:
                 continue
-            lease = await self.state.try_lease(record.id, self.lease_ttl)
-            if lease is None:
+            cached = self._sessions.get(record.id)
+            if cached is not None and (cached.busy or cached.lock.locked()):
+                continue
+            claim = await self.store.try_claim(record.id)
+            if claim is None:
                 continue  # in use right now
             try:
-                fresh = await self.state.load(record.id)
+                fresh = await self.store.load(record.id)
                 idle_for = time.time() - fresh.last_used if fresh else 0.0
-                if fresh is None or idle_for < self.idle_timeout:
-                    continue
+                if fresh is None or idle_for < self.idle_timeout or not claim.valid:
+                    continue  # used meanwhile, or stalled: another replica may have it now
                 how = (
-                    f"was culled at {_now().isoformat(timespec='seconds')} after "
-                    f"{idle_for:.0f} s idle (KERNEL_MCP_SESSION_IDLE_TIMEOUT="
-                    f"{self.idle_timeout:g})"
+                    f"was culled at {_stamp(_now())} after {idle_for:.0f} s idle "
+                    f"(KERNEL_MCP_SESSION_IDLE_TIMEOUT={self.idle_timeout:g})"
                 )
-                if not lease.valid:
-                    continue  # stalled past the TTL: another replica may be using it now
-                if not await self.state.remove(record.id, record.owner, how, name=fresh.name):
+                if not await self.store.remove(fresh, how):
                     continue
                 log.info("culled session %s after %.0f s idle", record.id, idle_for)
-                session = self._sessions.pop(record.id, None)
+                session = self._sessions.pop(record.id, None) or Session(fresh)
+                session.record = fresh
                 try:
-                    if session is not None:
-                        kernel = session.kernel
-                        await self._end(session, now=True)
-                        if kernel is not None and kernel.process.kernel_id == fresh.kernel_id:
-                            continue
-                    await self._delete_kernel(fresh.kernel_id)
+                    await self._end(session, now=self.store.durable)
                 except Exception:
                     log.exception("culling session %s failed", record.id)
             finally:
-                await lease.release()
+                await claim.release()
 
+    # -- attached remote kernels ----------------------------------------------------------------
     async def _tidy_forever(self) -> None:
         while True:
             await asyncio.sleep(TIDY_PERIOD)
@@ -797,21 +886,21 @@ class SharedSessionRegistry(SessionRegistry):
                 await self._tidy()
             except asyncio.CancelledError:
                 raise
-            except StateUnavailable as exc:
+            except KernelError as exc:
                 log.warning("tidying cached sessions skipped: %s", exc)
             except Exception:
                 log.exception("tidying cached sessions failed")
 
     async def _tidy(self) -> None:
-        """Drop cached sessions another replica closed or culled, and idle connections.
+        """Drop cached sessions removed elsewhere, and close idle kernel connections.
 
-        A connection this replica does not use still receives every IOPub
-        message of the kernel (another replica's calls); closing it after
-        ``ATTACHED_IDLE`` seconds keeps that from piling up.
+        A connection this process does not use still receives every IOPub message
+        of the kernel (another replica's calls); closing it after ``ATTACHED_IDLE``
+        seconds keeps that from piling up. The next call attaches again.
         """
         if not self._sessions:
             return
-        live = set(await self.state.ids())
+        live = {r.id for r in await self.store.records()}
         now = time.monotonic()
         for session_id, session in list(self._sessions.items()):
             if session_id not in live:

@@ -28,14 +28,14 @@ from pydantic import SecretStr
 
 from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import KernelError, KernelStartFailed
-from kernel_mcp.gateway import (
+from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution, Kernel
+from kernel_mcp.scale.gateway import (
     LIVENESS_CACHE,
     GatewayBackend,
     GatewayClient,
     GatewayProcess,
     ws_max_size,
 )
-from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution, Kernel
 from tests.conftest import (
     call,
     client_for,
@@ -280,6 +280,11 @@ async def test_a_run_still_going_after_an_oversized_message_completes_on_its_idl
         return client.session_id != before
 
     assert await wait_for(reconnected, timeout=20)
+    # Output sent while the connection is re-opened may be lost (the notice says so):
+    # release the run only once a round trip on the new connection has come back.
+    probe = client.kernel_info("control")
+    while (await client.get_control_msg(timeout=20))["parent_header"].get("msg_id") != probe:
+        pass
     flag.touch()
     result = await running
     assert result.status == "ok", result

@@ -29,11 +29,12 @@ import nbformat
 import pytest
 
 from kernel_mcp.config import load_settings
-from kernel_mcp.gateway import GatewayBackend
 from kernel_mcp.kernel import Kernel
 from kernel_mcp.pool import KernelPool
-from kernel_mcp.sessions import Session, SharedSessionRegistry
-from kernel_mcp.state import LeaseLost, SharedState
+from kernel_mcp.scale.gateway import GatewayBackend
+from kernel_mcp.scale.redis_store import RedisStore
+from kernel_mcp.scale.state import LeaseLost, SharedState
+from kernel_mcp.sessions import Session, SessionRegistry
 from tests.conftest import (
     ServerProcess,
     call,
@@ -411,18 +412,17 @@ async def test_a_replica_killed_mid_call_loses_no_session_and_no_completed_run(
 @contextlib.asynccontextmanager
 async def in_process_replica(
     gateway: Gateway, state_url: str, projects: Path, *, lease_ttl: float
-) -> AsyncIterator[SharedSessionRegistry]:
+) -> AsyncIterator[SessionRegistry]:
     """The shared session registry of one replica, in this process (for fault injection)."""
     settings = load_settings(
         projects_dir=projects, gateway_url=gateway.url, gateway_token=gateway.token, pool_size=0
     )
     backend = GatewayBackend(settings)
     pool = KernelPool(backend, size=0, preload=[])
-    registry = SharedSessionRegistry(
+    registry = SessionRegistry(
         pool,
-        state=SharedState(state_url),
-        backend=backend,
-        lease_ttl=lease_ttl,
+        RedisStore(SharedState(state_url), lease_ttl=lease_ttl),
+        kernels=backend,
         max_sessions=8,
         idle_timeout=0,
     )
@@ -467,7 +467,7 @@ async def test_a_replica_that_stalls_past_its_lease_neither_writes_nor_keeps_the
 
             assert await a.use("alice", sid, on_a) == "a"
             assert "another replica may be serving the session" in seen.get("fenced", ""), seen
-            stored = await b.state.load(sid)
+            stored = await b.store.load(sid)
             assert stored is not None
             # A did not write its record back over B's.
             assert (stored.served_by, stored.runs, stored.busy) == (b._token, 1, False)
@@ -480,7 +480,7 @@ async def test_a_replica_that_stalls_past_its_lease_neither_writes_nor_keeps_the
                 return str(result.outputs[-1]["data"]["text/plain"])
 
             assert await a.use("alice", sid, on_a_again) == "'b'"
-            stored = await a.state.load(sid)
+            stored = await a.store.load(sid)
             assert stored is not None and (stored.served_by, stored.runs) == (a._token, 2)
         finally:
             await a.close_session("alice", sid)

@@ -25,7 +25,7 @@ from kernel_mcp.config import load_settings
 from kernel_mcp.errors import InvalidArgument, SessionGone, SessionNotFound, TooManySessions
 from kernel_mcp.kernel import Execution, Kernel
 from kernel_mcp.pool import KernelPool
-from kernel_mcp.sessions import Session, SessionRegistry
+from kernel_mcp.sessions import InProcessStore, Session, SessionRegistry
 from tests.conftest import alive, wait_for, wait_until
 
 MakeRegistry = Callable[..., Awaitable[SessionRegistry]]
@@ -50,7 +50,7 @@ async def make_registry(pool: KernelPool) -> AsyncIterator[MakeRegistry]:
         *, max_sessions: int = 8, idle_timeout: float = 0, **kwargs: Any
     ) -> SessionRegistry:
         registry = SessionRegistry(
-            pool, max_sessions=max_sessions, idle_timeout=idle_timeout, **kwargs
+            pool, InProcessStore(), max_sessions=max_sessions, idle_timeout=idle_timeout, **kwargs
         )
         registries.append(registry)
         await registry.start()
@@ -108,13 +108,13 @@ async def test_sessions_are_created_listed_and_found_per_owner(
     assert all(len(s.id) >= 16 for s in (named, unnamed, bobs))
     assert named.owner == "alice"
     assert named.state == "idle"
-    assert registry.get("alice", named.id) is named
-    assert registry.get("bob", bobs.id) is bobs
-    assert {s.id for s in registry.list("alice")} == {named.id, unnamed.id}
-    assert [s.id for s in registry.list("bob")] == [bobs.id]
-    assert registry.list("carol") == []
-    assert registry.list(None) == []
-    assert registry.count == 3
+    assert await registry.find("alice", named.id) is named
+    assert await registry.find("bob", bobs.id) is bobs
+    assert {s.id for s in (await registry.owned("alice"))} == {named.id, unnamed.id}
+    assert [s.id for s in (await registry.owned("bob"))] == [bobs.id]
+    assert (await registry.owned("carol")) == []
+    assert (await registry.owned(None)) == []
+    assert (await registry.count()) == 3
     assert len({pid_of(s.kernel) for s in (named, unnamed, bobs)}) == 3
 
 
@@ -125,9 +125,9 @@ async def test_another_owners_session_is_reported_like_an_unknown_one(
     unknown = "no-such-session-id-000000"
 
     with pytest.raises(SessionNotFound) as foreign:
-        registry.get("bob", mine.id)
+        await registry.find("bob", mine.id)
     with pytest.raises(SessionNotFound) as missing:
-        registry.get("bob", unknown)
+        await registry.find("bob", unknown)
     assert message_of(foreign, mine.id) == message_of(missing, unknown)
     assert type(foreign.value) is type(missing.value)
 
@@ -143,17 +143,17 @@ async def test_another_owners_session_is_reported_like_an_unknown_one(
     with pytest.raises(SessionNotFound):
         await registry.close_session("bob", mine.id)
     with pytest.raises(SessionNotFound):
-        registry.get(None, mine.id)
+        await registry.find(None, mine.id)
 
-    assert registry.get("alice", mine.id) is mine
+    assert await registry.find("alice", mine.id) is mine
     assert await mine.kernel.is_alive()  # type: ignore[union-attr]
 
     # Even its tombstone is not shown to another owner.
     await registry.close_session("alice", mine.id)
     with pytest.raises(SessionGone):
-        registry.get("alice", mine.id)
+        await registry.find("alice", mine.id)
     with pytest.raises(SessionNotFound) as buried:
-        registry.get("bob", mine.id)
+        await registry.find("bob", mine.id)
     assert message_of(buried, mine.id) == message_of(missing, unknown)
 
 
@@ -176,15 +176,15 @@ async def test_max_sessions_is_enforced_even_for_concurrent_creates(
 
     await registry.close_session("alice", sessions[0].id)
     replacement = await registry.create("bob")
-    assert registry.count == 2
-    assert replacement in registry.list("bob")
+    assert (await registry.count()) == 2
+    assert replacement.id in {s.id for s in await registry.owned("bob")}
 
 
 @pytest.mark.parametrize("name", ["", "a b", "../escape", "sub/dir", ".hidden", "x" * 65])
 async def test_an_invalid_name_is_refused(registry: SessionRegistry, name: str) -> None:
     with pytest.raises(InvalidArgument, match="Invalid name"):
         await registry.create("alice", name)
-    assert registry.count == 0
+    assert (await registry.count()) == 0
 
 
 async def test_a_duplicate_name_is_refused_until_the_first_is_closed(
@@ -193,7 +193,7 @@ async def test_a_duplicate_name_is_refused_until_the_first_is_closed(
     first = await registry.create("alice", "work")
     with pytest.raises(InvalidArgument, match="'work' already"):
         await registry.create("alice", "work")
-    assert registry.count == 1
+    assert (await registry.count()) == 1
 
     await registry.close_session("alice", first.id)
     second = await registry.create("alice", "work")
@@ -204,14 +204,14 @@ async def test_a_duplicate_name_is_refused_until_the_first_is_closed(
 async def test_concurrent_creates_with_one_name_give_one_session(pool: KernelPool) -> None:
     # An empty pool makes acquire() wait for a kernel start, as under load.
     empty = KernelPool(pool.backend, size=0, preload=[])
-    registry = SessionRegistry(empty, max_sessions=8, idle_timeout=0)
+    registry = SessionRegistry(empty, InProcessStore(), max_sessions=8, idle_timeout=0)
     try:
         outcomes = await asyncio.gather(
             registry.create("alice", "twin"),
             registry.create("alice", "twin"),
             return_exceptions=True,
         )
-        names = [s.name for s in registry.list("alice")]
+        names = [s.name for s in (await registry.owned("alice"))]
     finally:
         await registry.close()
         await empty.close()
@@ -224,7 +224,7 @@ async def test_names_are_per_owner(registry: SessionRegistry) -> None:
     alices = await registry.create("alice", "shared-name")
     bobs = await registry.create("bob", "shared-name")
     assert alices.id != bobs.id
-    assert [s.name for s in registry.list("bob")] == ["shared-name"]
+    assert [s.name for s in (await registry.owned("bob"))] == ["shared-name"]
 
 
 # -- using --------------------------------------------------------------------------
@@ -404,9 +404,9 @@ async def test_close_session_shuts_the_kernel_and_leaves_a_tombstone(
     assert closed == [session]
     assert session.kernel is None
     assert wait_until(lambda: not alive({pid}), timeout=10)
-    assert registry.list("alice") == []
+    assert (await registry.owned("alice")) == []
     with pytest.raises(SessionGone, match=r"was closed at .*Create a new one"):
-        registry.get("alice", session.id)
+        await registry.find("alice", session.id)
 
     async def work(current: Session, kernel: Kernel) -> None:
         raise AssertionError("a closed session runs nothing")
@@ -456,18 +456,18 @@ async def test_idle_sessions_are_culled_and_say_so(make_registry: MakeRegistry) 
         return "done"
 
     assert await registry.use("alice", session.id, long_work) == "done"
-    assert registry.get("alice", session.id) is session
+    assert await registry.find("alice", session.id) is session
 
     async def culled() -> bool:
-        return session.id not in {s.id for s in registry.list("alice")}
+        return session.id not in {s.id for s in (await registry.owned("alice"))}
 
     assert await wait_for(culled, timeout=10)
     with pytest.raises(SessionGone) as gone:
-        registry.get("alice", session.id)
+        await registry.find("alice", session.id)
     assert "was culled at" in str(gone.value)
     assert "KERNEL_MCP_SESSION_IDLE_TIMEOUT=0.3" in str(gone.value)
     with pytest.raises(SessionNotFound):
-        registry.get("bob", session.id)
+        await registry.find("bob", session.id)
 
     async def kernel_gone() -> bool:
         return not alive({pid})
@@ -483,6 +483,6 @@ async def test_closing_the_registry_shuts_every_kernel(make_registry: MakeRegist
 
     await registry.close()
 
-    assert registry.count == 0
+    assert (await registry.count()) == 0
     assert wait_until(lambda: not alive(pids), timeout=10)
     assert all(s.kernel is None for s in sessions)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from kernel_mcp.errors import ConfigError
-from kernel_mcp.state import (
+from kernel_mcp.scale.state import (
     LeaseLost,
     SessionRecord,
     SharedState,

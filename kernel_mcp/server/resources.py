@@ -30,13 +30,11 @@ class NotebookResources(Provider):
         runner, caller = self._runner, owner()
         mine = await runner.owned_notebooks(caller)
         resources = []
-        for name in await anyio.to_thread.run_sync(runner.notebook_names, caller, mine):
+        for name in await anyio.to_thread.run_sync(runner.notebook_names, mine):
             resources.append(
                 FunctionResource.from_function(
-                    # In process, who owns what is looked up again when read.
-                    functools.partial(
-                        _read, runner, caller, name, mine if runner.sessions.shared else None
-                    ),
+                    # Who owns what is looked up again when read.
+                    functools.partial(_read, runner, caller, name),
                     uri=f"notebook://{name}",
                     name=name,
                     mime_type=MIME,
@@ -46,9 +44,9 @@ class NotebookResources(Provider):
         return resources
 
 
-async def _read(runner: Runner, caller: str | None, name: str, mine: dict[str, str] | None) -> str:
+async def _read(runner: Runner, caller: str | None, name: str) -> str:
     try:
-        return await runner.read_notebook(caller, name, mine)
+        return await runner.read_notebook(caller, name)
     except KernelMCPError as exc:
         raise ResourceError(str(exc)) from None
 
@@ -59,13 +57,9 @@ def register_resources(mcp: FastMCP, runner: Runner) -> None:
     @mcp.resource("notebook://sessions/{session_id}", mime_type=MIME)
     async def session_notebook(session_id: str) -> str:
         """A session's recorded notebook, by session id (or by its file name)."""
-        caller = owner()
-        return await _read(
-            runner, caller, f"sessions/{session_id}", await runner.owned_notebooks(caller)
-        )
+        return await _read(runner, owner(), f"sessions/{session_id}")
 
     @mcp.resource("notebook://{name}", mime_type=MIME)
     async def notebook(name: str) -> str:
         """An exported or saved notebook from the notebooks folder."""
-        caller = owner()
-        return await _read(runner, caller, name, await runner.owned_notebooks(caller))
+        return await _read(runner, owner(), name)

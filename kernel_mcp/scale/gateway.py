@@ -34,11 +34,12 @@ with a fresh session id, and the run goes on. The shell reply of a request sent
 over the old connection is lost with it (the gateway routes replies to the
 connection that asked), and so is whatever IOPub sent while reconnecting; such a
 request therefore completes on its IOPub ``idle`` status, for which the client
-synthesises the missing ``execute_reply``. If that idle fell into the gap, a
-``kernel_info_request`` sent on the new connection is the barrier: the kernel
-handles shell requests in order, so once its IOPub messages (or, failing those,
-its reply and ``PROBE_SETTLE`` seconds) arrive, the earlier request has ended
-and its idle is synthesised too. The same session id is not reused on purpose:
+synthesises the missing ``execute_reply``. If that idle fell into the gap, an
+empty silent ``execute_request`` sent on the new connection is the barrier: the
+kernel runs execute requests in order (it may answer a ``kernel_info_request``
+while a cell still runs, so that is no barrier), so once its IOPub messages (or,
+failing those, its reply and ``PROBE_SETTLE`` seconds) arrive, the earlier
+request has ended and its idle is synthesised too. The same session id is not reused on purpose:
 the gateway replays a buffer only when it had no other connection (not true
 with replicas attached), and a new client must not share a ZMQ identity.
 
@@ -545,7 +546,20 @@ class GatewayClient:
         self._ws = ws
         self._writer = asyncio.ensure_future(self._write(ws))
         if self._orphans:
-            self._probe = self._send("kernel_info_request", {}, "shell")
+            # An empty silent execute, not a kernel_info_request: ipykernel 7 may answer
+            # kernel_info while a cell still runs, but runs execute requests in order.
+            self._probe = self._send(
+                "execute_request",
+                {
+                    "code": "",
+                    "silent": True,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                    "stop_on_error": False,
+                },
+                "shell",
+            )
         return ws
 
     def _settle_orphans(self) -> None:
@@ -791,6 +805,14 @@ class GatewayBackend:
             )
         # kernel_info on control: a busy kernel still answers there at once.
         return await self._attach(kernel_id, ready_on="control")
+
+    async def disconnect(self, kernel: Kernel) -> None:
+        """Close this process's connection to a kernel; the kernel keeps running."""
+        client = kernel.client
+        if isinstance(client, GatewayClient):
+            await client.aclose()
+        else:  # pragma: no cover - every kernel this backend makes has a GatewayClient
+            client.stop_channels()
 
     async def close(self) -> None:
         """Wait (bounded) for deletions still running, then close the HTTP client."""

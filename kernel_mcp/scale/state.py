@@ -1,4 +1,6 @@
-"""Shared state for server replicas: the durable part of the session registry, in Redis.
+"""Redis primitives for server replicas: records, tombstones, name claims, leases,
+interrupt relays and the culling leader (``redis_store.RedisStore`` builds the
+session store on them).
 
 Selected by ``KERNEL_MCP_STATE_URL``. Every replica keeps only caches (an
 attached kernel connection and a local FIFO lock per session); what a session
@@ -42,22 +44,14 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from kernel_mcp.errors import ConfigError, KernelError
-from kernel_mcp.tasks import stop_task
+from kernel_mcp.errors import ConfigError, LeaseLost, StateUnavailable
+from kernel_mcp.sessions import SessionRecord
+from kernel_mcp.tasks import shielded_to_end, stop_task
 
-__all__ = [
-    "Lease",
-    "LeaseLost",
-    "SessionRecord",
-    "SharedState",
-    "StateUnavailable",
-    "redacted_url",
-    "shielded_to_end",
-]
+__all__ = ["Lease", "LeaseLost", "SharedState", "StateUnavailable", "redacted_url"]
 
 log = logging.getLogger(__name__)
 
@@ -130,36 +124,6 @@ return 1
 """
 
 
-class StateUnavailable(KernelError):
-    """The shared state (Redis) could not be reached or answered an error."""
-
-
-class LeaseLost(StateUnavailable):
-    """This replica no longer holds the session's lease; another may be serving the session."""
-
-
-async def shielded_to_end(aw: Awaitable[T]) -> T:
-    """Await ``aw`` to its end even if the caller is cancelled meanwhile, then re-raise that cancel.
-
-    For clean-up that must finish (giving a lease back, writing a session back)
-    on the way out of a cancelled call: unlike ``asyncio.shield`` alone, the
-    caller does not leave before it is done, and unlike ``suppress`` the
-    caller's cancellation is never lost. ``aw`` must be bounded in time.
-    """
-    task = asyncio.ensure_future(aw)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.wait([task])
-        except asyncio.CancelledError:
-            cancelled = True  # asyncio.wait leaves the task running: keep waiting
-    if cancelled:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("clean-up of a cancelled call failed: %r", task.exception())
-        raise asyncio.CancelledError
-    return task.result()
-
-
 def redacted_url(url: str) -> str:
     """The URL without a password, for messages and logs."""
     try:
@@ -183,34 +147,6 @@ def _redis_asyncio() -> Any:
             "KERNEL_MCP_STATE_URL needs the redis package: pip install 'kernel-mcp[scale]'"
         ) from None
     return redis_asyncio
-
-
-@dataclass
-class SessionRecord:
-    """What any replica needs to serve a session. Times are epoch seconds."""
-
-    id: str
-    name: str
-    owner: str | None
-    kernel_id: str
-    created_at: float
-    last_used: float
-    runs: int = 0
-    notebook: str | None = None
-    """The session's recording, relative to the notebooks folder."""
-    lost_state: str | None = None
-    busy: bool = False
-    served_by: str | None = None
-    """The replica (a random token per process) that ran the last call."""
-
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def loads(cls, text: str | bytes) -> SessionRecord:
-        data = json.loads(text)
-        fields = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in fields})
 
 
 class Lease:

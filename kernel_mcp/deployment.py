@@ -1,0 +1,38 @@
+"""Which kernel backend and session store the settings select: the one place that
+reaches into ``kernel_mcp.scale``, and only when the settings ask for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernel_mcp.backend import KernelBackend, LocalBackend
+from kernel_mcp.config import Settings
+from kernel_mcp.sessions import InProcessStore, RemoteKernels, SessionStore
+
+__all__ = ["Deployment", "deployment_for"]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where kernels run and where sessions live."""
+
+    backend: KernelBackend
+    store: SessionStore
+    kernels: RemoteKernels | None = None
+    """How a replica reaches a shared session's kernel by id (shared sessions only)."""
+
+
+def deployment_for(settings: Settings) -> Deployment:
+    """Local kernels and in-process sessions, unless a gateway or Redis is configured."""
+    if not settings.gateway_url:
+        return Deployment(LocalBackend(settings), InProcessStore())
+    from kernel_mcp.scale.gateway import GatewayBackend
+
+    gateway = GatewayBackend(settings)
+    if not settings.state_url:
+        return Deployment(gateway, InProcessStore())
+    from kernel_mcp.scale.redis_store import RedisStore
+    from kernel_mcp.scale.state import SharedState
+
+    store = RedisStore(SharedState(settings.state_url), lease_ttl=settings.lease_ttl)
+    return Deployment(gateway, store, kernels=gateway)
