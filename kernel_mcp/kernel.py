@@ -595,7 +595,7 @@ class Kernel:
         recovery = self._recovery
         if recovery is not None:
             # asyncio.wait raises only if this caller is cancelled, and leaves the
-            # recovery running then; its own outcome is logged by _recover.
+            # recovery running then. _recover logs what it catches itself.
             await asyncio.wait({recovery})
             if not recovery.cancelled() and recovery.exception() is not None:
                 log.error("recovering a cancelled execution failed", exc_info=recovery.exception())
