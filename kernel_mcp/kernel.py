@@ -24,7 +24,13 @@ from typing import Any, Literal, Protocol
 from nbformat import NotebookNode
 
 from kernel_mcp.errors import KernelError
-from kernel_mcp.outputs import OutputCollector, OutputLimits
+from kernel_mcp.outputs import (
+    GUARD_METADATA_KEY,
+    OutputCollector,
+    OutputLimits,
+    error_from_reply,
+)
+from kernel_mcp.tasks import stop_task
 
 __all__ = [
     "Execution",
@@ -44,6 +50,10 @@ ProgressCallback = Callable[[float, str], Awaitable[None]]
 LIVENESS_INTERVAL = 0.25
 #: How often, at most, progress is reported, seconds.
 PROGRESS_INTERVAL = 1.0
+#: The IOPub reader yields to the event loop at least this often, seconds. With
+#: messages already queued, reading one completes without suspending, so a
+#: flood would otherwise keep every timer (the deadline among them) from firing.
+READER_SLICE = 0.005
 
 
 class KernelClient(Protocol):
@@ -108,44 +118,180 @@ class Execution:
         return bool(self.dropped_chars or self.dropped_outputs)
 
 
-# Installed in every Python kernel before first use. ipykernel batches writes
-# into stream messages of any size; a flood would reach the server as huge
-# JSON messages whose parsing stalls its event loop. Dropping what is over the
-# cap in the kernel means the server never receives more than it would keep.
-# The class method is patched because IPython swaps instance attributes per
-# cell, and IPython's history tee is switched off: it keeps every byte a cell
-# prints in kernel memory.
-_OUTPUT_GUARD = """
-def _kmcp_guard(limit):
-    import contextlib, sys
+# Installed in every Python kernel before first use, called with one dict of
+# settings (see Kernel.prepare); the source itself is constant. ipykernel batches
+# writes into stream messages of any size, and a loop of display() calls sends
+# one message each: a flood would reach the server as more JSON than it could
+# parse in time. Dropping what is over the caps in the kernel means the server
+# never receives much more than it would keep.
+# * Streams: at most stream_limit characters per stream and run, then a notice.
+#   The class method is patched because IPython swaps instance attributes per
+#   cell, and IPython's history tee is switched off: it keeps every byte a cell
+#   prints in kernel memory.
+# * Rich outputs (display_data, execute_result, update_display_data): at most
+#   max_rich per run, each at most max_bytes. Over the count, displays are
+#   dropped with one notice (updated with the final count when the cell ends);
+#   an update over the count is held back and only the latest one per display
+#   is sent when the cell ends, so a display shows its final state. An output
+#   over the size is replaced by a notice. Notices carry the run's totals in
+#   their metadata (outputs.GUARD_METADATA_KEY). The publisher classes are
+#   patched, not their per-thread hooks, so displays from threads are capped too.
+# * mute_fd_echo: ipykernel echoes fd-level writes (subprocesses, C code) to the
+#   kernel's original stderr as well as to the notebook; past start-up that copy
+#   is only a duplicate, and it would grow the kernel's private stderr file.
+_OUTPUT_GUARD = r"""
+def _kmcp_guard(config):
+    import contextlib, json, os, sys, uuid
     from IPython import get_ipython
+
     shell = get_ipython()
+    marker = config["marker"]
+    stream_limit = config["stream_limit"]
     if hasattr(shell, "_tee"):
         shell._tee = lambda channel: contextlib.nullcontext()
     stream_class = type(sys.stdout)
-    original = stream_class.write
+    original_write = stream_class.write
     left = {}
-    def reset(*args, **kwargs):
-        left.clear()
+
     def write(self, text):
-        name = getattr(self, "name", "stream")
-        room = left.get(name, limit)
         if not isinstance(text, str):
-            return original(self, text)
+            return original_write(self, text)
+        name = getattr(self, "name", "stream")
+        room = left.get(name, stream_limit)
         if room <= 0:
             return len(text)
         if len(text) > room:
             left[name] = 0
-            original(self, text[:room])
-            original(self, f"\\nMARKER {name} over {limit} characters in one run; "
-                           "the rest was dropped]\\n")
+            original_write(self, text[:room])
+            original_write(
+                self,
+                f"\n{marker} {name} over {stream_limit} characters in one run; "
+                "the rest was dropped]\n",
+            )
             return len(text)
         left[name] = room - len(text)
-        return original(self, text)
+        return original_write(self, text)
+
     stream_class.write = write
-    shell.events.register("pre_execute", reset)
-_kmcp_guard(LIMIT)
-del _kmcp_guard
+    shell.events.register("pre_execute", lambda *args, **kwargs: left.clear())
+
+    if config["mute_fd_echo"]:
+        with contextlib.suppress(Exception):
+            echo = getattr(sys.stderr, "_original_stdstream_copy", None)
+            if isinstance(echo, int):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, echo, inheritable=False)
+                os.close(null)
+
+    max_rich = config["max_rich"]
+    max_bytes = config["max_bytes"]
+    key = config["metadata_key"]
+    run = {}
+
+    def reset(*args, **kwargs):
+        run.update(count=0, dropped=0, chars=0, notice=None, shown=set(), held={})
+
+    def size_of(data):
+        total = 0
+        if not isinstance(data, dict):
+            return total
+        for value in data.values():
+            if isinstance(value, str):
+                total += len(value)
+            elif isinstance(value, (bytes, bytearray)):
+                total += (len(value) + 2) // 3 * 4
+            else:
+                with contextlib.suppress(Exception):
+                    total += len(json.dumps(value, default=str))
+        return total
+
+    def totals():
+        return {key: {"dropped_outputs": run["dropped"], "dropped_chars": run["chars"]}}
+
+    def fit(data, metadata):
+        size = size_of(data)
+        if size <= max_bytes:
+            return data, metadata
+        run["chars"] += size
+        mimes = ", ".join(sorted(map(str, data)))
+        text = (
+            f"{marker} an output of {size} characters ({mimes}) over the per-output "
+            f"limit of {max_bytes} was dropped]"
+        )
+        return {"text/plain": text}, totals()
+
+    def install():
+        reset()
+        display_pub = shell.display_pub
+        pub_class = type(display_pub)
+        original_publish = pub_class.publish
+        hook_class = type(shell.displayhook)
+        original_format = hook_class.write_format_data
+
+        def own(text, display_id, update=False):
+            original_publish(
+                display_pub,
+                {"text/plain": text},
+                totals(),
+                transient={"display_id": display_id},
+                update=update,
+            )
+
+        def drop(data):
+            run["dropped"] += 1
+            run["chars"] += size_of(data)
+            if run["notice"] is None:
+                run["notice"] = "kernel-mcp-guard-" + uuid.uuid4().hex
+                own(
+                    f"{marker} over {max_rich} rich outputs in one run; the rest are dropped]",
+                    run["notice"],
+                )
+
+        def publish(self, data, metadata=None, *args, **kwargs):
+            transient = kwargs.get("transient")
+            display_id = transient.get("display_id") if isinstance(transient, dict) else None
+            update = bool(kwargs.get("update"))
+            if run["count"] >= max_rich:
+                if not update:
+                    drop(data)
+                elif display_id in run["shown"]:
+                    run["held"][display_id] = (self, data, metadata)
+                return None
+            run["count"] += 1
+            if display_id and not update:
+                run["shown"].add(display_id)
+            data, metadata = fit(data, metadata)
+            return original_publish(self, data, metadata, *args, **kwargs)
+
+        def write_format_data(self, format_dict, md_dict=None):
+            if run["count"] >= max_rich:
+                drop(format_dict)
+                return None  # the execute_result keeps no data, so it is not sent
+            run["count"] += 1
+            return original_format(self, *fit(format_dict, md_dict))
+
+        def finish(*args, **kwargs):
+            held, run["held"] = run["held"], {}
+            for display_id, (publisher, data, metadata) in held.items():
+                data, metadata = fit(data, metadata)
+                original_publish(
+                    publisher, data, metadata, transient={"display_id": display_id}, update=True
+                )
+            if run["notice"] is not None:
+                own(
+                    f"{marker} {run['dropped']} rich outputs over {max_rich} in one run "
+                    "were dropped]",
+                    run["notice"],
+                    update=True,
+                )
+
+        pub_class.publish = publish
+        hook_class.write_format_data = write_format_data
+        shell.events.register("pre_execute", reset)
+        shell.events.register("post_run_cell", finish)
+
+    with contextlib.suppress(Exception):  # a kernel without IPython's publishers
+        install()
 """
 #: Starts the notice the output guard writes when it drops a flood.
 OUTPUT_GUARD_MARKER = "[kernel-mcp:"
@@ -218,9 +364,10 @@ class Kernel:
             allow_stdin=False,
             stop_on_error=False,
         )
-        waiters = _Waiters(
+        waiters = _Waiters()
+        waiters.start(
             asyncio.ensure_future(self._shell_reply(msg_id)),
-            asyncio.ensure_future(self._iopub_until_idle(msg_id, collector)),
+            asyncio.ensure_future(self._iopub_until_idle(msg_id, collector, waiters)),
         )
         try:
             outcome = await self._wait(waiters, collector, start + timeout, progress, start)
@@ -229,6 +376,13 @@ class Kernel:
             replaced = False
             notes: list[str] = []
             if outcome == _Outcome.COMPLETE:
+                reply = waiters.reply_content()
+                if collector.execution_count is None:
+                    collector.execution_count = reply.get("execution_count")
+                if collector.error is None and reply.get("status") in ("error", "aborted"):
+                    # The reply is the kernel's verdict even when no error was published
+                    # (ipykernel fails to send a traceback holding a lone surrogate).
+                    collector.add_error(error_from_reply(reply))
                 if collector.error is None:
                     status = "ok"
                 elif (
@@ -283,10 +437,7 @@ class Kernel:
         """Install the output guard and import ``preload``; called once, before first use."""
         if self.language_info.get("name", "python") != "python":
             return  # both are Python code
-        # Leave room under the collector's cap for the guard's own notice.
-        limit = max(0, self.limits.max_output_bytes - 256)
-        guard = _OUTPUT_GUARD.replace("LIMIT", str(limit)).replace("MARKER", OUTPUT_GUARD_MARKER)
-        await self.run_silently(guard)
+        await self.run_silently(self.guard_source())
         # The guard's own cell ended with IPython's tee restoring the old bound
         # method on the instances; with the tee now off, drop those leftovers.
         await self.run_silently(
@@ -298,6 +449,20 @@ class Kernel:
                 await self.run_silently("\n".join(f"import {name}" for name in preload))
             except KernelError as exc:
                 log.warning("preloading %s failed: %s", ", ".join(preload), exc)
+
+    def guard_source(self) -> str:
+        """The output guard's code, called with this kernel's caps as a literal dict."""
+        config: dict[str, str | int | bool] = {
+            "marker": OUTPUT_GUARD_MARKER,
+            # Leave room under the collector's caps for the guard's own notices.
+            "stream_limit": max(0, self.limits.max_output_bytes - 256),
+            "max_rich": max(0, self.limits.max_outputs - 1),
+            "max_bytes": max(0, self.limits.max_output_bytes - 256),
+            "metadata_key": GUARD_METADATA_KEY,
+            "mute_fd_echo": self.process.backend == "local",
+        }
+        # repr of str, int and bool values is a Python literal that means exactly them.
+        return f"{_OUTPUT_GUARD}\n_kmcp_guard({config!r})\ndel _kmcp_guard\n"
 
     async def run_silently(self, code: str, *, timeout: float = 60.0) -> dict[str, Any]:
         """Run set-up code that records nothing and shows nothing.
@@ -337,6 +502,7 @@ class Kernel:
     ) -> str:
         last_report = start
         last_line = ""
+        waiters.deadline = deadline
         while True:
             pending = waiters.pending()
             if not pending:
@@ -368,9 +534,17 @@ class Kernel:
             if msg.get("parent_header", {}).get("msg_id") == msg_id:
                 return msg
 
-    async def _iopub_until_idle(self, msg_id: str, collector: OutputCollector) -> None:
+    async def _iopub_until_idle(
+        self, msg_id: str, collector: OutputCollector, waiters: _Waiters
+    ) -> None:
+        yield_at = time.monotonic() + READER_SLICE
         while True:
             msg = await self.client.get_iopub_msg(timeout=None)
+            now = time.monotonic()
+            if now >= yield_at or now >= waiters.deadline:
+                # Past the deadline, yield on every message so the waiter acts at once.
+                await asyncio.sleep(0)
+                yield_at = time.monotonic() + READER_SLICE
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             if (
@@ -400,10 +574,7 @@ class Kernel:
 
     async def shutdown(self, *, now: bool = False) -> None:
         """Stop the kernel (politely unless ``now``), end its process group, close channels."""
-        if self._recovery is not None and not self._recovery.done():
-            self._recovery.cancel()
-            with contextlib.suppress(BaseException):
-                await self._recovery
+        await stop_task(self._recovery)
         self.dead = True
         try:
             await (self.process.kill() if now else self.process.shutdown())
@@ -421,9 +592,13 @@ class Kernel:
 
     async def settle(self) -> None:
         """Wait for the clean-up of a cancelled execution before starting another."""
-        if self._recovery is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._recovery)
+        recovery = self._recovery
+        if recovery is not None:
+            # asyncio.wait raises only if this caller is cancelled, and leaves the
+            # recovery running then. _recover logs what it catches itself.
+            await asyncio.wait({recovery})
+            if not recovery.cancelled() and recovery.exception() is not None:
+                log.error("recovering a cancelled execution failed", exc_info=recovery.exception())
             self._recovery = None
 
     async def _recover(self, waiters: _Waiters, grace: float) -> None:
@@ -445,8 +620,20 @@ class Kernel:
 class _Waiters:
     """The two readers of one execution: its shell reply and its IOPub stream."""
 
-    def __init__(self, reply: asyncio.Future[Any], idle: asyncio.Future[Any]) -> None:
+    def __init__(self) -> None:
+        self.tasks: tuple[asyncio.Future[Any], ...] = ()
+        #: What the current wait waits until (monotonic); the IOPub reader reads it.
+        self.deadline = float("inf")
+
+    def start(self, reply: asyncio.Future[Any], idle: asyncio.Future[Any]) -> None:
         self.tasks = (reply, idle)
+
+    def reply_content(self) -> dict[str, Any]:
+        """The shell reply's content, once it has arrived ({} before)."""
+        reply = self.tasks[0]
+        if not reply.done() or reply.cancelled() or reply.exception() is not None:
+            return {}
+        return dict(reply.result().get("content") or {})
 
     def pending(self) -> set[asyncio.Future[Any]]:
         for task in self.tasks:

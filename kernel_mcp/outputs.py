@@ -6,13 +6,20 @@ messages. The collector keeps outputs exactly as Jupyter stores them (built by
 backspaces applied the way JupyterLab applies them, display updates and
 ``clear_output`` honoured. It bounds memory: one output holds at most
 ``max_output_bytes``, and at most ``max_outputs`` outputs are kept; the rest is
-counted, not stored.
+counted, not stored. Once the collector is full, further outputs are only
+counted: no node is built for them, so a flood costs little per message.
+
+The kernel-side output guard (``kernel.Kernel.prepare``) drops rich outputs
+before they are sent. Its notices carry its running totals in their metadata
+under ``GUARD_METADATA_KEY``; the collector adds them to its own counts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +27,18 @@ from nbformat import NotebookNode
 from nbformat.v4 import new_output, output_from_msg
 
 __all__ = [
+    "GUARD_METADATA_KEY",
     "OutputCollector",
     "OutputLimits",
     "apply_control_chars",
+    "error_from_reply",
     "output_size",
     "strip_ansi",
 ]
+
+#: Metadata key of the kernel-side guard's notices: ``{"dropped_outputs": n,
+#: "dropped_chars": n}``, its totals so far in the current run.
+GUARD_METADATA_KEY = "kernel-mcp/output-guard"
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _CR_NEWLINE = re.compile(r"\r+\n")
@@ -56,7 +69,7 @@ def apply_control_chars(text: str) -> str:
     return text
 
 
-def output_size(output: dict[str, Any]) -> int:
+def output_size(output: Mapping[str, Any]) -> int:
     """Approximate stored size of one output, in characters of its payload."""
     kind = output.get("output_type")
     if kind == "stream":
@@ -65,10 +78,42 @@ def output_size(output: dict[str, Any]) -> int:
         return sum(len(line) for line in output.get("traceback", [])) + len(
             output.get("evalue", "")
         )
+    return _data_size(output.get("data"))
+
+
+def _data_size(data: Any) -> int:
+    if not isinstance(data, Mapping):
+        return 0
     total = 0
-    for value in output.get("data", {}).values():
+    for value in data.values():
         total += len(value) if isinstance(value, str) else len(json.dumps(value))
     return total
+
+
+def error_from_reply(content: Mapping[str, Any]) -> NotebookNode:
+    """The error output for a failed ``execute_reply`` that no IOPub error matched.
+
+    A kernel can fail while reporting a cell's exception (ipykernel cannot send
+    a traceback holding a lone surrogate): its reply then says ``error`` with
+    the reporting failure's name, and no error output is published. An
+    ``aborted`` reply means the cell never ran.
+    """
+    if content.get("status") == "aborted":
+        ename = "ExecutionAborted"
+        evalue = "the kernel aborted this execution without running it"
+        traceback: list[str] = []
+    else:
+        ename = str(content.get("ename") or "KernelError")
+        evalue = str(content.get("evalue") or "")
+        traceback = [str(line) for line in content.get("traceback") or []]
+    if not traceback:
+        headline = f"{ename}: {evalue}" if evalue else ename
+        traceback = [
+            headline,
+            "(The kernel's reply reported this error, but the kernel published no error "
+            "output: it may have failed while reporting the cell's own exception.)",
+        ]
+    return new_output("error", ename=ename, evalue=evalue, traceback=traceback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +145,11 @@ class OutputCollector:
         self.limits = limits or OutputLimits()
         self.execution_count: int | None = None
         self.error: NotebookNode | None = None
-        self.dropped_chars = 0
-        self.dropped_outputs = 0
         self.latest_line = ""
+        self._dropped_chars = 0
+        self._dropped_outputs = 0
+        self._guard_chars = 0
+        self._guard_outputs = 0
         self._outputs: list[NotebookNode] = []
         self._streams: dict[int, _Stream] = {}
         self._display_ids: dict[str, list[int]] = {}
@@ -115,6 +162,21 @@ class OutputCollector:
         for index, stream in self._streams.items():
             self._outputs[index]["text"] = "".join(stream.done) + apply_control_chars(stream.tail)
         return self._outputs
+
+    @property
+    def dropped_chars(self) -> int:
+        """Characters not kept: cut here, plus what the kernel-side guard reported."""
+        return self._dropped_chars + self._guard_chars
+
+    @property
+    def dropped_outputs(self) -> int:
+        """Outputs not kept: dropped here, plus what the kernel-side guard reported."""
+        return self._dropped_outputs + self._guard_outputs
+
+    @property
+    def full(self) -> bool:
+        """No room for another output (until a ``clear_output``)."""
+        return len(self._outputs) >= self.limits.max_outputs
 
     @property
     def truncated(self) -> bool:
@@ -134,8 +196,15 @@ class OutputCollector:
             self._flush_pending_clear()
             if kind == "execute_result":
                 self.execution_count = content.get("execution_count", self.execution_count)
+            self._read_guard_totals(content)
+            if self.full:
+                # Count only: building a node per message is what makes a flood slow.
+                self._dropped_outputs += 1
+                self._dropped_chars += _data_size(content.get("data"))
+                return
             self._append(output_from_msg(msg), content.get("transient") or {})
         elif kind == "update_display_data":
+            self._read_guard_totals(content)
             self._update_display(content)
         elif kind == "clear_output":
             if content.get("wait"):
@@ -144,15 +213,29 @@ class OutputCollector:
                 self._clear()
         elif kind == "error":
             self._flush_pending_clear()
-            node = output_from_msg(msg)
-            self.error = node
-            self._append(node, {})
+            self.add_error(output_from_msg(msg))
+
+    def add_error(self, node: NotebookNode) -> None:
+        """Record an error output (one built from a shell reply, or from IOPub)."""
+        self._flush_pending_clear()
+        self.error = node
+        self._append(node, {})
 
     # -- internals -------------------------------------------------------------
     def _flush_pending_clear(self) -> None:
         if self._clear_on_next:
             self._clear_on_next = False
             self._clear()
+
+    def _read_guard_totals(self, content: Mapping[str, Any]) -> None:
+        metadata = content.get("metadata")
+        totals = metadata.get(GUARD_METADATA_KEY) if isinstance(metadata, Mapping) else None
+        if not isinstance(totals, Mapping):
+            return
+        # Running totals for the run: the latest (largest) report is the count.
+        with contextlib.suppress(TypeError, ValueError):
+            self._guard_outputs = max(self._guard_outputs, int(totals.get("dropped_outputs", 0)))
+            self._guard_chars = max(self._guard_chars, int(totals.get("dropped_chars", 0)))
 
     def _clear(self) -> None:
         self._outputs.clear()
@@ -162,7 +245,7 @@ class OutputCollector:
     def _room(self) -> bool:
         if len(self._outputs) < self.limits.max_outputs:
             return True
-        self.dropped_outputs += 1
+        self._dropped_outputs += 1
         return False
 
     def _stream(self, name: str, text: str) -> None:
@@ -176,7 +259,7 @@ class OutputCollector:
         stream = self._streams.get(last)
         if stream is None or stream.output["name"] != name:
             if not self._room():
-                self.dropped_chars += len(text)
+                self._dropped_chars += len(text)
                 return
             node = new_output("stream", name=name, text="")
             self._outputs.append(node)
@@ -184,10 +267,10 @@ class OutputCollector:
         cap = self.limits.max_output_bytes
         room = cap - stream.done_len - len(stream.tail)
         if room <= 0:
-            self.dropped_chars += len(text)
+            self._dropped_chars += len(text)
             return
         if len(text) > room:
-            self.dropped_chars += len(text) - room
+            self._dropped_chars += len(text) - room
             text = text[:room]
         raw = stream.tail + text
         cut = raw.rfind("\n")
@@ -225,10 +308,10 @@ class OutputCollector:
                     break
                 kept.append(line)
                 room -= len(line)
-            self.dropped_chars += size - output_size(node)
+            self._dropped_chars += size - output_size(node)
             node["traceback"] = kept
             return node
-        self.dropped_chars += size
+        self._dropped_chars += size
         mimes = ", ".join(sorted(node.get("data", {})))
         notice = f"[output of {size} characters ({mimes}) dropped: over the per-output limit]"
         node["data"] = {"text/plain": notice}
@@ -237,7 +320,7 @@ class OutputCollector:
 
     def _append(self, node: NotebookNode, transient: dict[str, Any]) -> None:
         if not self._room():
-            self.dropped_chars += output_size(node)
+            self._dropped_chars += output_size(node)
             return
         self._outputs.append(self._fit(node))
         display_id = transient.get("display_id")

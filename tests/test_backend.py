@@ -2,25 +2,36 @@
 
 Each kernel talks over IPC sockets inside one private 0700 folder per backend,
 sees the server's environment minus secrets, runs in the projects folder under
-an address-space limit, writes nothing to the server's stdout, and takes every
-process it started with it when it is shut down.
+an address-space limit, writes nothing to the server's stdout or stderr (its
+stderr is a private file, quoted when it fails to start), and takes every
+process it started with it when it is shut down. Its process group is
+signalled only while the group is certainly its own: while the leader is
+unreaped.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import json
 import os
+import signal
+import socket
 import stat
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from kernel_mcp.backend import LocalBackend, LocalProcess, kernel_environment
+from kernel_mcp.backend import LocalBackend, LocalProcess, kernel_environment, scrub_paths
 from kernel_mcp.config import Settings, load_settings
+from kernel_mcp.errors import KernelStartFailed
 from kernel_mcp.kernel import Execution, Kernel
-from tests.conftest import alive, wait_until
+from tests.conftest import ROOT, alive, free_port, kernel_processes, wait_for, wait_until
 
 SERVER_ENV = {
     "FAKE_API_KEY": "s3cr3t",
@@ -234,3 +245,280 @@ async def test_a_killed_kernel_reports_the_signal(backend: LocalBackend) -> None
     finally:
         await kernel.shutdown(now=True)
     assert process.exit_description() == "killed by SIGKILL"
+
+
+# -- the process group: signalled only while it is the kernel's -------------------------
+SPAWN_SLEEPER = (
+    "import os, subprocess\n"
+    "child = subprocess.Popen(['sleep', '300'])\n"
+    "(os.getpid(), os.getpgid(0), child.pid)"
+)
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def start_with_a_sleeper(backend: LocalBackend) -> tuple[Kernel, int]:
+    """A kernel that left a ``sleep 300`` in its process group; returns the sleeper's pid."""
+    kernel = await backend.start()
+    result = await run(kernel, SPAWN_SLEEPER)
+    assert result.status == "ok", result
+    leader, group, child = ast.literal_eval(result.outputs[-1]["data"]["text/plain"])
+    assert leader == group == process_of(kernel).pid, "the kernel leads its own group"
+    assert alive({child}) == {child}
+    return kernel, child
+
+
+async def test_a_dead_kernel_stays_unreaped_and_kill_still_ends_what_it_left(
+    backend: LocalBackend,
+) -> None:
+    kernel, child = await start_with_a_sleeper(backend)
+    process = process_of(kernel)
+    try:
+        os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
+
+        async def dead() -> bool:
+            return not await process.is_alive()
+
+        assert await wait_for(dead, timeout=10)
+        # Noticing the death did not reap the leader: its pid, and so its group id,
+        # cannot have been given to anyone else.
+        assert zombie(process.pid), "the liveness check reaped the leader"  # type: ignore[arg-type]
+        assert process.exit_description() == "killed by SIGKILL"
+        assert alive({child}) == {child}
+
+        await kernel.kill()
+
+        assert wait_until(lambda: not alive({child}), timeout=10), "kill left the sleeper"
+        assert wait_until(lambda: not psutil.pid_exists(process.pid), timeout=10), "not reaped"  # type: ignore[arg-type]
+        assert process.exit_description() == "killed by SIGKILL"
+    finally:
+        await kernel.shutdown(now=True)
+        if alive({child}):
+            os.kill(child, signal.SIGKILL)
+
+
+async def test_once_the_leader_is_reaped_its_group_is_never_signalled(
+    backend: LocalBackend,
+) -> None:
+    kernel, child = await start_with_a_sleeper(backend)
+    process = process_of(kernel)
+    try:
+        os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        # Reaped by someone (jupyter_client polls with Popen.poll): from now on its
+        # group id could belong to an unrelated group; the sleeper stands in for one.
+        process.manager.provisioner.process.wait(timeout=10)
+
+        process._kill_group()
+        await kernel.kill()
+        await kernel.shutdown()
+        await process.interrupt()
+
+        assert alive({child}) == {child}, "a group was signalled after its leader was reaped"
+        assert process.exit_description() == "killed by SIGKILL"
+        assert not await process.is_alive()
+    finally:
+        await kernel.shutdown(now=True)
+        if alive({child}):
+            os.kill(child, signal.SIGKILL)
+
+
+# -- kernel noise: a private stderr -------------------------------------------------
+STDERR_NOISE = (
+    "import os, subprocess\n"
+    "os.write(2, b'FD2-NOISE-FROM-THE-KERNEL\\n')\n"
+    "subprocess.run('echo SUBPROCESS-NOISE-FROM-THE-KERNEL >&2', shell=True)\n"
+)
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["started", "prepared"])
+async def test_a_kernel_s_stderr_never_reaches_the_server_s_stderr(
+    settings: Settings, capfd: pytest.CaptureFixture[str], prepared: bool
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        # ipykernel forwards fd-level output only outside pytest.
+        patch.delenv("PYTEST_CURRENT_TEST", raising=False)
+        local = LocalBackend(settings)
+    kernel = await local.start()  # started here, it inherits the captured fd 2
+    process = process_of(kernel)
+    private = process.stderr_path
+    assert private is not None
+    assert private.parent == Path(process.manager.connection_file).parent
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    shown: list[str] = []
+    try:
+        if prepared:
+            await kernel.prepare([])
+        shown.append(text_of(await run(kernel, STDERR_NOISE)))
+
+        async def in_the_notebook() -> bool:
+            # ipykernel forwards fd-level writes from a thread: they may land in the next run.
+            if "SUBPROCESS-NOISE-FROM-THE-KERNEL" not in "".join(shown):
+                shown.append(text_of(await run(kernel, "pass")))
+            return "SUBPROCESS-NOISE-FROM-THE-KERNEL" in "".join(shown)
+
+        assert await wait_for(in_the_notebook, timeout=20), shown
+
+        def echoed() -> bool:
+            assert private is not None
+            return "SUBPROCESS-NOISE-FROM-THE-KERNEL" in private.read_text(errors="replace")
+
+        if prepared:
+            assert not echoed(), "past start-up ipykernel's echo is muted"
+        else:
+            assert wait_until(echoed, timeout=10), "the echo went to the private file"
+    finally:
+        await kernel.shutdown(now=True)
+        await local.close()
+
+    assert "FD2-NOISE-FROM-THE-KERNEL" in "".join(shown)
+    server_stderr = capfd.readouterr().err
+    assert "NOISE-FROM-THE-KERNEL" not in server_stderr
+    assert not private.exists(), "the private stderr is removed with the kernel"
+
+
+def text_of(result: Execution) -> str:
+    return "".join(str(o.get("text", "")) for o in result.outputs)
+
+
+async def test_cancelling_a_start_prints_no_traceback(
+    backend: LocalBackend, capfd: pytest.CaptureFixture[str]
+) -> None:
+    before = {p.pid for p in kernel_processes()}
+    starting = asyncio.create_task(backend.start())
+
+    async def launched() -> bool:
+        return bool({p.pid for p in kernel_processes()} - before)
+
+    try:
+        assert await wait_for(launched, timeout=30, interval=0.01)
+    finally:
+        starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    new = {p.pid for p in kernel_processes()} - before
+    assert wait_until(lambda: not alive(new), timeout=10)
+
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def failing_kernelspec(base: Path, script: str) -> Path:
+    """A JUPYTER_PATH with kernelspec 'failing' whose kernel runs ``script`` and exits."""
+    spec = base / "kernels" / "failing"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-c", script, "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "failing", "language": "python"})
+    )
+    return base
+
+
+async def test_a_kernel_that_fails_to_start_is_quoted_from_its_stderr_without_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    script = (
+        "import sys\n"
+        "sys.stderr.write('early noise\\n' * 50)\n"
+        "sys.stderr.write('Traceback (most recent call last):\\n')\n"
+        "sys.stderr.write('  File \"/very/secret/server/path/launcher.py\", line 7\\n')\n"
+        "sys.stderr.write('ImportError: no module named ipykernel_for_this_test\\n')\n"
+        "sys.exit(3)\n"
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(failing_kernelspec(tmp_path / "jupyter", script)))
+    settings = load_settings(projects_dir=tmp_path, pool_size=0, kernel_name="failing")
+    local = LocalBackend(settings)
+    try:
+        with pytest.raises(KernelStartFailed) as caught:
+            await local.start()
+        folder = local._dir
+        assert [p.name for p in folder.iterdir() if p.suffix == ".stderr"] == []
+    finally:
+        await local.close()
+
+    message = str(caught.value)
+    assert "ImportError: no module named ipykernel_for_this_test" in message
+    assert "…/launcher.py" in message
+    assert "/very/secret" not in message
+    assert str(tmp_path) not in message
+    assert message.count("early noise") < 50, "only the tail is quoted"
+    assert "ipykernel_for_this_test" not in capfd.readouterr().err
+
+
+def test_scrub_paths_keeps_only_the_last_component() -> None:
+    text = 'File "/srv/app/.venv/lib/x.py", line 3; see /tmp/kernel-mcp-ab/c.json and ./rel/p'
+    assert scrub_paths(text) == 'File "…/x.py", line 3; see …/c.json and ./rel/p'
+
+
+# -- kernel noise: the whole server ------------------------------------------------------
+def serve_and_stop(tmp_path: Path, *args: str, stop: str) -> tuple[int | None, str]:
+    """Run ``kernel-mcp serve`` until its pool kernels are starting, then stop it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERNEL_MCP_", "PYTHON_"))}
+    env.update(
+        PYTHON_PROJECTS_DIR=str(tmp_path),
+        KERNEL_MCP_NOTEBOOKS_DIR=str(tmp_path / "notebooks"),
+        KERNEL_MCP_POOL_SIZE="2",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernel_mcp", "serve", *args],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        # A test runner in the background may ignore SIGINT; the server must not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    lines: list[str] = []
+    starting = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            lines.append(raw.decode(errors="replace"))
+            if b"startup complete" in raw or b"StreamableHTTP session manager started" in raw:
+                starting.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        if stop == "stdin":
+            assert proc.stdin is not None
+            proc.stdin.close()
+        elif stop != "exit":
+            assert starting.wait(60), "".join(lines)
+            proc.send_signal(getattr(signal, stop))
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    return proc.returncode, "".join(lines)
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_stopping_the_server_while_pool_kernels_start_prints_no_traceback(
+    tmp_path: Path, stop: str
+) -> None:
+    _, err = serve_and_stop(tmp_path, "--port", str(free_port()), stop=stop)
+    assert "Uvicorn running" in err, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_a_busy_port_prints_no_kernel_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, err = serve_and_stop(tmp_path, "--port", str(taken.getsockname()[1]), stop="exit")
+    assert code not in (None, 0), err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_a_stdio_client_leaving_at_once_leaves_no_traceback(tmp_path: Path) -> None:
+    _, err = serve_and_stop(tmp_path, "--stdio", stop="stdin")
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -2,26 +2,41 @@
 
 One execution waits on the shell reply, IOPub until idle, and the kernel's
 liveness. Its status is one of ok / error / timeout / kernel_died /
-interrupted; a timeout interrupts the kernel and kills it only if it ignores
-the interrupt for ``grace`` seconds; a cancelled caller leaves the kernel to be
-recovered in the background before the next execution.
+interrupted, and the shell reply counts: a reply saying error is an error even
+when no error output was published. A timeout interrupts the kernel and kills
+it only if it ignores the interrupt for ``grace`` seconds, whatever the rate of
+its messages; a cancelled caller leaves the kernel to be recovered in the
+background before the next execution. The output guard ``prepare`` installs
+caps streams and rich outputs inside the kernel.
+
+A few tests drive ``Kernel`` with a scripted client instead of a kernel: an
+aborted reply and a message storm that never lets the reader wait cannot be
+produced on demand by a real one.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import itertools
+import os
 import re
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import kernel_mcp.kernel
 from kernel_mcp.backend import LocalBackend
 from kernel_mcp.config import load_settings
 from kernel_mcp.errors import KernelError
-from kernel_mcp.kernel import Execution, Kernel
+from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution, Kernel
+from kernel_mcp.outputs import GUARD_METADATA_KEY, OutputLimits
 from tests.conftest import alive, wait_for, wait_until
 
 LOOP_AFTER_MARKER = (
@@ -348,3 +363,396 @@ async def test_run_silently_raises_kernel_error_when_the_code_fails(kernel: Kern
     with pytest.raises(KernelError, match="ValueError: boom"):
         await kernel.run_silently("raise ValueError('boom')")
     assert await value(kernel, "'usable'") == "'usable'"
+
+
+# -- the shell reply's verdict ------------------------------------------------------
+async def test_a_reply_saying_error_without_an_error_output_is_an_error(kernel: Kernel) -> None:
+    # ipykernel cannot send this traceback (a lone surrogate): its reply says
+    # "error" (UnicodeEncodeError) and no IOPub error arrives.
+    # The code holds the escape, as a client would send it: the exception's
+    # message then holds the lone surrogate.
+    result = await run(kernel, "print('before')\nraise ValueError('err-\\udfff-end')")
+
+    assert result.status == "error", result
+    assert result.error is not None
+    assert result.error["ename"] == "UnicodeEncodeError"
+    assert result.error["traceback"], "a traceback the notebook can show"
+    assert result.outputs[-1] is result.error, "the notebook records the error too"
+    assert result.outputs[0]["text"] == "before\n"
+    assert await value(kernel, "'still usable'") == "'still usable'"
+
+
+class ScriptedProcess:
+    """A KernelProcess without a process: alive until killed."""
+
+    backend = "scripted"
+
+    def __init__(self) -> None:
+        self.kernel_id = uuid.uuid4().hex
+        self.killed = False
+        self.interrupts = 0
+
+    async def is_alive(self) -> bool:
+        return not self.killed
+
+    async def interrupt(self) -> None:
+        self.interrupts += 1
+
+    async def kill(self) -> None:
+        self.killed = True
+
+    async def shutdown(self) -> None:
+        self.killed = True
+
+    def exit_description(self) -> str:
+        return "killed by SIGKILL" if self.killed else "the kernel stopped responding"
+
+    def rss_bytes(self) -> int | None:
+        return None
+
+
+def kernel_message(msg_type: str, parent: str, **content: Any) -> dict[str, Any]:
+    return {
+        "header": {"msg_type": msg_type, "msg_id": uuid.uuid4().hex},
+        "parent_header": {"msg_id": parent},
+        "metadata": {},
+        "content": content,
+    }
+
+
+class ScriptedClient:
+    """A KernelClient whose answers to each execute come from ``script(msg_id)``."""
+
+    def __init__(self, script: Callable[[str], tuple[list[dict[str, Any]], dict[str, Any]]]):
+        self.script = script
+        self.shell: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.iopub: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def execute(self, code: str, *args: Any, **kwargs: Any) -> str:
+        msg_id = uuid.uuid4().hex
+        iopub, reply = self.script(msg_id)
+        for msg in iopub:
+            self.iopub.put_nowait(msg)
+        self.shell.put_nowait(kernel_message("execute_reply", msg_id, **reply))
+        return msg_id
+
+    async def get_iopub_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        return await self.iopub.get()
+
+    async def get_shell_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        return await self.shell.get()
+
+    def stop_channels(self) -> None:
+        pass
+
+
+def scripted_kernel(client: Any, limits: OutputLimits | None = None) -> Kernel:
+    return Kernel(ScriptedProcess(), client, limits=limits or OutputLimits())
+
+
+async def test_an_aborted_reply_is_an_error() -> None:
+    def aborted(msg_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        busy = kernel_message("status", msg_id, execution_state="busy")
+        idle = kernel_message("status", msg_id, execution_state="idle")
+        return [busy, idle], {"status": "aborted"}
+
+    result = await scripted_kernel(ScriptedClient(aborted)).execute("1", timeout=10, grace=1)
+
+    assert result.status == "error"
+    assert result.error is not None
+    assert result.error["ename"] == "ExecutionAborted"
+    assert result.outputs == [result.error]
+
+
+async def test_an_error_reply_keeps_the_kernel_s_own_traceback_when_it_has_one() -> None:
+    def failed(msg_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        idle = kernel_message("status", msg_id, execution_state="idle")
+        reply = {"status": "error", "ename": "E", "evalue": "v", "traceback": ["line 1", "E: v"]}
+        return [idle], reply
+
+    result = await scripted_kernel(ScriptedClient(failed)).execute("1", timeout=10, grace=1)
+
+    assert result.status == "error"
+    assert result.error is not None
+    assert (result.error["ename"], result.error["evalue"]) == ("E", "v")
+    assert result.error["traceback"] == ["line 1", "E: v"]
+
+
+async def test_an_ok_reply_with_an_error_output_keeps_the_published_error() -> None:
+    def published(msg_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        error = kernel_message("error", msg_id, ename="KeyError", evalue="'k'", traceback=["K"])
+        idle = kernel_message("status", msg_id, execution_state="idle")
+        return [error, idle], {"status": "error", "ename": "KeyError", "evalue": "'k'"}
+
+    result = await scripted_kernel(ScriptedClient(published)).execute("1", timeout=10, grace=1)
+
+    assert result.status == "error"
+    assert [o["output_type"] for o in result.outputs] == ["error"], "not reported twice"
+
+
+# -- time limits whatever the message rate ---------------------------------------------
+#: A run's reply comes within timeout + grace; this slack covers the interrupt, the
+#: kill and a loaded machine. It is a correctness bound, not a speed target: without
+#: it enforced, a storm holds the reply for as long as the storm lasts.
+DEADLINE_SLACK = 10.0
+
+
+class StormClient(ScriptedClient):
+    """IOPub messages for the run keep coming and are always already queued.
+
+    Reading one never suspends (as with the gateway client's queue), so a reader
+    that does not yield by itself keeps every timer from firing. The storm stops
+    by itself after ``valve`` seconds so that such a reader ends eventually.
+    """
+
+    def __init__(self, valve: float) -> None:
+        super().__init__(lambda msg_id: ([], {}))
+        self.valve = valve
+        self.msg_id = ""
+        self.sent = 0
+        self.began = 0.0
+
+    def execute(self, code: str, *args: Any, **kwargs: Any) -> str:
+        self.msg_id = uuid.uuid4().hex
+        self.began = time.monotonic()
+        return self.msg_id
+
+    async def get_iopub_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        if time.monotonic() - self.began > self.valve:
+            return kernel_message("status", self.msg_id, execution_state="idle")
+        self.sent += 1
+        return kernel_message(
+            "display_data", self.msg_id, data={"text/plain": f"{self.sent}"}, metadata={}
+        )
+
+
+async def test_a_storm_of_queued_messages_cannot_hold_the_reply_past_its_deadline() -> None:
+    client = StormClient(valve=60)
+    kernel = scripted_kernel(client, OutputLimits(max_output_bytes=10_000, max_outputs=50))
+    timeout, grace = 0.5, 0.5
+
+    result = await kernel.execute("storm()", timeout=timeout, grace=grace)
+
+    assert result.status == "timeout"
+    assert result.duration_s <= timeout + grace + DEADLINE_SLACK, result.duration_s
+    assert result.kernel_replaced, "the storm ignored the interrupt, so it was killed"
+    assert len(result.outputs) == 50
+    assert result.dropped_outputs > 0
+    assert result.truncated
+
+
+# Messages sent straight on the kernel's IOPub socket from its IO thread, built and
+# signed by hand: nothing in ipykernel (the guard included) slows or caps them.
+IOPUB_STORM = r"""
+import itertools, json, time
+from IPython import get_ipython
+_kernel = get_ipython().kernel
+_session = _kernel.session
+_pub = _kernel.iopub_thread.socket
+_parent = json.dumps(_kernel.get_parent("shell")["header"], default=str).encode()
+_content = json.dumps({"data": {"text/plain": "x"}, "metadata": {}, "transient": {}}).encode()
+_ids = itertools.count()
+
+def _message():
+    header = json.dumps({
+        "msg_id": f"storm-{next(_ids)}", "msg_type": "display_data",
+        "session": _session.session, "username": "storm",
+        "date": "2026-01-01T00:00:00.000000Z", "version": "5.3",
+    }).encode()
+    parts = [header, _parent, b"{}", _content]
+    digest = _session.auth.copy()
+    for part in parts:
+        digest.update(part)
+    return [b"storm", b"<IDS|MSG>", digest.hexdigest().encode(), *parts]
+
+def _storm():
+    for _ in range(2000):
+        _pub.send_multipart(_message())
+    _kernel.iopub_thread.schedule(_storm)
+
+_kernel.iopub_thread.schedule(_storm)
+while True:
+    time.sleep(0.01)
+"""
+
+
+async def test_a_real_iopub_storm_bypassing_the_guard_ends_within_timeout_plus_grace(
+    fresh: Kernel,
+) -> None:
+    await fresh.prepare([])
+    timeout, grace = 2.0, 1.0
+    # If the event loop were starved no asyncio timer could end this test: a thread can.
+    watchdog = threading.Timer(120, os.kill, (pid_of(fresh), signal.SIGKILL))
+    watchdog.start()
+    try:
+        result = await fresh.execute(IOPUB_STORM, timeout=timeout, grace=grace)
+    finally:
+        watchdog.cancel()
+
+    assert result.status == "timeout"
+    assert result.duration_s <= timeout + grace + DEADLINE_SLACK, result.duration_s
+    assert len(result.outputs) == fresh.limits.max_outputs
+    assert result.dropped_outputs > 0
+
+
+# -- the output guard --------------------------------------------------------------
+@pytest.fixture
+async def guarded(backend: LocalBackend) -> AsyncIterator[Kernel]:
+    """A kernel of its own with small caps and the output guard installed."""
+    own = await backend.start()
+    own.limits = OutputLimits(max_output_bytes=4096, max_outputs=20)
+    await own.prepare([])
+    yield own
+    await own.shutdown(now=True)
+
+
+def guard_totals(output: dict[str, Any]) -> dict[str, int]:
+    return dict(output.get("metadata", {}).get(GUARD_METADATA_KEY) or {})
+
+
+async def test_the_guard_drops_displays_over_the_cap_with_one_notice(guarded: Kernel) -> None:
+    result = await run(
+        guarded, "from IPython.display import display\nfor i in range(500):\n    display(i)\n"
+    )
+
+    assert result.status == "ok", result
+    *kept, notice = result.outputs
+    assert [o["data"]["text/plain"] for o in kept] == [str(i) for i in range(19)]
+    text = notice["data"]["text/plain"]
+    assert text.startswith(OUTPUT_GUARD_MARKER)
+    assert "481 rich outputs over 19" in text, text
+    assert guard_totals(notice)["dropped_outputs"] == 481
+    assert result.truncated
+    assert result.dropped_outputs == 481
+    # The next run starts with a fresh budget.
+    again = await run(guarded, "from IPython.display import display\ndisplay('one')")
+    assert [o["data"]["text/plain"] for o in again.outputs] == ["'one'"]
+    assert not again.truncated
+
+
+async def test_the_guard_caps_execute_results_too(guarded: Kernel) -> None:
+    await run(guarded, "get_ipython().ast_node_interactivity = 'all'")
+    try:
+        result = await run(guarded, "\n".join(str(i) for i in range(60)))
+    finally:
+        await run(guarded, "get_ipython().ast_node_interactivity = 'last_expr'")
+
+    assert result.status == "ok", result
+    results = [o for o in result.outputs if o["output_type"] == "execute_result"]
+    assert len(results) == 19
+    assert result.outputs[-1]["data"]["text/plain"].startswith(OUTPUT_GUARD_MARKER)
+    assert result.dropped_outputs == 41
+
+
+async def test_the_guard_replaces_an_oversized_display_with_a_notice(guarded: Kernel) -> None:
+    result = await run(
+        guarded,
+        "from IPython.display import display\n"
+        "display({'text/plain': 'p' * 10_000, 'text/html': 'h' * 10}, raw=True)\n"
+        "display('small')\n",
+    )
+
+    assert result.status == "ok", result
+    big, small = result.outputs
+    assert list(big["data"]) == ["text/plain"]
+    assert big["data"]["text/plain"].startswith(OUTPUT_GUARD_MARKER)
+    assert "10010 characters (text/html, text/plain)" in big["data"]["text/plain"]
+    assert small["data"]["text/plain"] == "'small'"
+    assert result.dropped_chars >= 10_010
+    assert result.truncated
+
+
+async def test_updates_over_the_cap_still_leave_the_final_state(guarded: Kernel) -> None:
+    result = await run(
+        guarded,
+        "from IPython.display import display\n"
+        "handle = display('0', display_id=True)\n"
+        "for i in range(1, 500):\n"
+        "    handle.update(str(i))\n",
+    )
+
+    assert result.status == "ok", result
+    (output,) = result.outputs
+    assert output["data"]["text/plain"] == "'499'"
+    assert not result.truncated, "nothing is lost: the latest update is sent at the end"
+
+
+def test_the_guard_source_is_constant_and_takes_its_caps_as_data() -> None:
+    kernel = Kernel(
+        ScriptedProcess(), ScriptedClient(lambda msg_id: ([], {})), limits=OutputLimits(5000, 30)
+    )
+    source = kernel.guard_source()
+
+    assert source.startswith(kernel_mcp.kernel._OUTPUT_GUARD)
+    call = ast.parse(source).body[-2]
+    assert isinstance(call, ast.Expr) and isinstance(call.value, ast.Call)
+    config = ast.literal_eval(call.value.args[0])
+    assert config == {
+        "marker": OUTPUT_GUARD_MARKER,
+        "stream_limit": 5000 - 256,
+        "max_rich": 29,
+        "max_bytes": 5000 - 256,
+        "metadata_key": GUARD_METADATA_KEY,
+        "mute_fd_echo": False,
+    }
+
+
+async def test_a_marker_with_quotes_and_placeholder_words_reaches_the_kernel_intact(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = "[kmcp \"LIMIT\" 'MARKER' \\ {x}:"
+    monkeypatch.setattr(kernel_mcp.kernel, "OUTPUT_GUARD_MARKER", marker)
+    own = await backend.start()
+    try:
+        own.limits = OutputLimits(max_output_bytes=1256, max_outputs=20)
+        await own.prepare([])
+        result = await run(own, "print('x' * 5000)")
+    finally:
+        await own.shutdown(now=True)
+
+    assert result.status == "ok", result
+    (stream,) = result.outputs
+    assert stream["text"].startswith("x" * 1000)
+    assert f"\n{marker} stdout over 1000 characters in one run" in stream["text"]
+
+
+# -- stopping never swallows the caller's cancel -----------------------------------------
+class StubbornInterruptProcess(ScriptedProcess):
+    """Its interrupt refuses to be cancelled until released: a recovery that hangs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.interrupting = asyncio.Event()
+
+    async def interrupt(self) -> None:
+        self.interrupting.set()
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                continue
+
+
+async def test_shutdown_passes_on_a_cancel_aimed_at_its_caller() -> None:
+    def never_idle(msg_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        return [], {"status": "ok"}
+
+    process = StubbornInterruptProcess()
+    kernel = Kernel(process, ScriptedClient(never_idle), limits=OutputLimits())
+    running = asyncio.create_task(kernel.execute("loop()", timeout=60, grace=5))
+    await asyncio.sleep(0.05)
+    running.cancel()  # the caller leaves: a recovery starts and hangs in interrupt()
+    await asyncio.wait({running})
+    await asyncio.wait_for(process.interrupting.wait(), timeout=10)
+
+    stopper = asyncio.create_task(kernel.shutdown(now=True))
+    await asyncio.sleep(0.05)
+    stopper.cancel()
+    await asyncio.wait({stopper}, timeout=10)
+    try:
+        assert stopper.done(), "shutdown held the caller's cancel until the recovery ended"
+        assert stopper.cancelled(), "shutdown swallowed the caller's cancel"
+    finally:
+        process.release.set()
+        await kernel.shutdown(now=True)

@@ -14,10 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import kernel_mcp.outputs
 from kernel_mcp.outputs import (
+    GUARD_METADATA_KEY,
     OutputCollector,
     OutputLimits,
     apply_control_chars,
+    error_from_reply,
     output_size,
     strip_ansi,
 )
@@ -570,3 +573,94 @@ def test_an_oversized_error_stays_a_valid_nbformat_error() -> None:
     cell = new_code_cell("raise ValueError")
     cell.outputs = collector.outputs
     nbformat.validate(new_notebook(cells=[cell]))
+
+
+# --- a full collector, the kernel-side guard's totals ---------------------------------
+
+
+def test_a_full_collector_counts_further_outputs_without_building_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+    real = kernel_mcp.outputs.output_from_msg
+
+    def counting(msg: dict[str, Any]) -> Any:
+        built.append(msg["header"]["msg_type"])
+        return real(msg)
+
+    monkeypatch.setattr(kernel_mcp.outputs, "output_from_msg", counting)
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=3)
+    collector = collect(*[display({"text/plain": f"d{i:03d}"}) for i in range(100)], limits=limits)
+
+    assert len(built) == 3
+    assert len(collector.outputs) == 3
+    assert collector.dropped_outputs == 97
+    assert collector.dropped_chars == 97 * 4
+
+
+def test_a_clear_makes_room_in_a_full_collector_again() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=2)
+    collector = collect(
+        display({"text/plain": "a"}),
+        display({"text/plain": "b"}),
+        display({"text/plain": "dropped"}),
+        clear(wait=True),
+        display({"text/plain": "after"}),
+        limits=limits,
+    )
+    assert [o["data"]["text/plain"] for o in collector.outputs] == ["after"]
+    assert collector.dropped_outputs == 1
+
+
+def guard_notice(text: str, outputs: int, chars: int, *, update_of: str | None = None) -> Any:
+    totals = {GUARD_METADATA_KEY: {"dropped_outputs": outputs, "dropped_chars": chars}}
+    kind = "update_display_data" if update_of else "display_data"
+    transient = {"display_id": update_of or "guard"}
+    return message(kind, data={"text/plain": text}, metadata=totals, transient=transient)
+
+
+def test_the_guard_s_totals_count_as_dropped_and_its_final_update_wins() -> None:
+    collector = collect(
+        display({"text/plain": "kept"}),
+        guard_notice("[kernel-mcp: dropping]", 1, 3),
+        guard_notice("[kernel-mcp: 40 dropped]", 40, 120, update_of="guard"),
+    )
+    assert [o["data"]["text/plain"] for o in collector.outputs] == [
+        "kept",
+        "[kernel-mcp: 40 dropped]",
+    ]
+    assert collector.dropped_outputs == 40
+    assert collector.dropped_chars == 120
+    assert collector.truncated
+
+
+def test_the_guard_s_totals_are_read_even_when_the_collector_is_full() -> None:
+    limits = OutputLimits(max_output_bytes=1000, max_outputs=1)
+    collector = collect(
+        display({"text/plain": "only"}), guard_notice("[kernel-mcp: x]", 7, 9), limits=limits
+    )
+    assert collector.dropped_outputs == 7 + 1  # the guard's, and its notice
+    assert collector.dropped_chars == 9 + len("[kernel-mcp: x]")
+
+
+def test_error_from_a_reply_keeps_its_names_and_explains_a_missing_traceback() -> None:
+    node = error_from_reply({"status": "error", "ename": "UnicodeEncodeError", "evalue": "bad"})
+    assert (node["ename"], node["evalue"]) == ("UnicodeEncodeError", "bad")
+    assert node["traceback"][0] == "UnicodeEncodeError: bad"
+    assert "no error output" in node["traceback"][1]
+
+    aborted = error_from_reply({"status": "aborted"})
+    assert aborted["ename"] == "ExecutionAborted"
+    assert aborted["traceback"]
+
+    bare = error_from_reply({"status": "error"})
+    assert bare["ename"] == "KernelError"
+    assert bare["traceback"][0] == "KernelError"
+
+
+def test_an_error_added_from_a_reply_is_an_output_and_the_error() -> None:
+    collector = collect(stream("before\n"))
+    node = error_from_reply({"status": "error", "ename": "E", "evalue": "v", "traceback": ["t"]})
+    collector.add_error(node)
+    assert collector.error is node
+    assert collector.outputs[-1] is node

@@ -1,0 +1,152 @@
+"""Specification of ``kernel_mcp.tasks.stop_task``: how owners stop their background tasks.
+
+Stopping cancels the task and waits for it. The task's own cancellation ends
+there; its exception is retrieved and logged, never left for the garbage
+collector to report. A cancel aimed at the caller while it waits is never
+swallowed, however the task reacts to being cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from typing import Any
+
+import pytest
+
+from kernel_mcp.tasks import stop_task, stop_tasks
+
+#: A guard against a hang if stop_task regressed; the checks never depend on it.
+HANG_GUARD = 10.0
+
+
+def unretrieved(loop: asyncio.AbstractEventLoop) -> list[dict[str, Any]]:
+    """Collects what the loop would report as 'exception was never retrieved'."""
+    seen: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    return seen
+
+
+async def stubborn(release: asyncio.Event, started: asyncio.Event, *, fail: bool = False) -> str:
+    """A task that refuses to be cancelled until ``release`` is set."""
+    started.set()
+    while True:
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            continue
+        if fail:
+            raise RuntimeError("stubborn task failed late")
+        return "released"
+
+
+async def test_a_task_is_cancelled_and_its_cancellation_stays_inside() -> None:
+    started = asyncio.Event()
+
+    async def sleeper() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(sleeper())
+    await started.wait()
+
+    await stop_task(task)  # returns normally: the task's cancel is not the caller's
+
+    assert task.cancelled()
+    await asyncio.sleep(0)  # and the caller itself was not cancelled
+
+
+async def test_none_and_finished_tasks_are_fine() -> None:
+    await stop_task(None)
+    done = asyncio.create_task(asyncio.sleep(0, result=5))
+    await done
+    await stop_task(done)
+    assert done.result() == 5
+
+
+async def test_a_caller_cancelled_while_stopping_a_stubborn_task_sees_cancelled_error() -> None:
+    release, started = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(stubborn(release, started))
+    await started.wait()
+    stopper = asyncio.create_task(stop_task(task))
+    await asyncio.sleep(0)  # stopper is now waiting for the stubborn task
+
+    stopper.cancel()
+    await asyncio.wait({stopper}, timeout=HANG_GUARD)
+    try:
+        assert stopper.done(), "the caller's cancel was held up by the task it stops"
+        assert stopper.cancelled(), "the caller's cancel was swallowed"
+    finally:
+        release.set()
+        await asyncio.wait({task}, timeout=HANG_GUARD)
+    assert task.result() == "released"
+
+
+async def test_a_caller_cancelled_by_wait_for_times_out() -> None:
+    """asyncio.wait_for (and task groups) rely on the cancel reaching the caller."""
+    release, started = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(stubborn(release, started))
+    await started.wait()
+    runner = asyncio.create_task(asyncio.wait_for(stop_task(task), timeout=0.05))
+    await asyncio.wait({runner}, timeout=HANG_GUARD)
+    try:
+        assert runner.done(), "wait_for could not cancel its stop_task"
+        with pytest.raises(asyncio.TimeoutError):
+            runner.result()
+    finally:
+        release.set()
+        await asyncio.wait({task, runner}, timeout=HANG_GUARD)
+
+
+async def test_an_exception_is_retrieved_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    seen = unretrieved(asyncio.get_running_loop())
+    started = asyncio.Event()
+
+    async def fails_on_cancel() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise ValueError("cleanup went wrong") from None
+
+    task = asyncio.create_task(fails_on_cancel(), name="doomed-cleanup")
+    await started.wait()
+    with caplog.at_level(logging.ERROR, logger="kernel_mcp.tasks"):
+        await stop_task(task)  # not raised at the caller
+        await asyncio.sleep(0)  # the done callback runs on the next loop pass
+    del task
+    gc.collect()
+
+    assert "doomed-cleanup" in caplog.text
+    assert "cleanup went wrong" in caplog.text
+    assert seen == []
+
+
+async def test_a_late_exception_is_retrieved_after_the_caller_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen = unretrieved(asyncio.get_running_loop())
+    release, started = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(stubborn(release, started, fail=True), name="late-failure")
+    await started.wait()
+    stopper = asyncio.create_task(stop_task(task))
+    await asyncio.sleep(0)
+    stopper.cancel()
+    await asyncio.wait({stopper}, timeout=HANG_GUARD)
+
+    with caplog.at_level(logging.ERROR, logger="kernel_mcp.tasks"):
+        release.set()
+        await asyncio.wait({task}, timeout=HANG_GUARD)
+        await asyncio.sleep(0)
+    del task
+    gc.collect()
+
+    assert "stubborn task failed late" in caplog.text
+    assert seen == []
+
+
+async def test_stop_tasks_stops_them_all() -> None:
+    tasks = [asyncio.create_task(asyncio.sleep(3600)) for _ in range(3)]
+    await stop_tasks([*tasks, None])
+    assert all(task.cancelled() for task in tasks)
