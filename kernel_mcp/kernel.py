@@ -147,6 +147,10 @@ def _kmcp_guard(config):
     shell = get_ipython()
     marker = config["marker"]
     stream_limit = config["stream_limit"]
+    import warnings
+
+    # IPython's hint on sys.exit() names its own file: noise with a server path.
+    warnings.filterwarnings("ignore", message="To exit: use 'exit'", category=UserWarning)
     if hasattr(shell, "_tee"):
         shell._tee = lambda channel: contextlib.nullcontext()
     stream_class = type(sys.stdout)
@@ -323,6 +327,8 @@ class Kernel:
         self.limits = limits
         self.kernel_info: dict[str, Any] = kernel_info or {}
         self.dead = False
+        self.unverified = 0
+        """Messages dropped because they failed their signature check (or did not parse)."""
         self._interrupt_requested = False
         self._recovery: asyncio.Task[None] | None = None
 
@@ -355,6 +361,7 @@ class Kernel:
             raise KernelError("kernel is dead")
         self._interrupt_requested = False
         collector = OutputCollector(self.limits)
+        unverified_before = self.unverified
         started_at = datetime.now(timezone.utc)
         start = time.monotonic()
         msg_id = self.client.execute(
@@ -417,6 +424,11 @@ class Kernel:
             raise
         await waiters.cancel()
         ended = time.monotonic()
+        if self.unverified > unverified_before:
+            notes.append(
+                f"{self.unverified - unverified_before} message(s) from the kernel failed their "
+                "signature check and were dropped (did the code change the kernel's session key?)."
+            )
         return Execution(
             status=status,
             outputs=collector.outputs,
@@ -483,6 +495,9 @@ class Kernel:
                     self.dead = True
                     raise KernelError(f"kernel died ({await self._death()})") from None
                 continue
+            except ValueError:
+                self.unverified += 1
+                continue
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             content = msg.get("content", {})
@@ -530,7 +545,13 @@ class Kernel:
 
     async def _shell_reply(self, msg_id: str) -> dict[str, Any]:
         while True:
-            msg = await self.client.get_shell_msg(timeout=None)
+            try:
+                msg = await self.client.get_shell_msg(timeout=None)
+            except ValueError:
+                # jupyter_client's verdict on a message whose signature does not match
+                # (or that does not parse): it is no message of ours. Drop it, go on.
+                self.unverified += 1
+                continue
             if msg.get("parent_header", {}).get("msg_id") == msg_id:
                 return msg
 
@@ -539,7 +560,12 @@ class Kernel:
     ) -> None:
         yield_at = time.monotonic() + READER_SLICE
         while True:
-            msg = await self.client.get_iopub_msg(timeout=None)
+            try:
+                msg = await self.client.get_iopub_msg(timeout=None)
+            except ValueError:
+                self.unverified += 1
+                await asyncio.sleep(0)
+                continue
             now = time.monotonic()
             if now >= yield_at or now >= waiters.deadline:
                 # Past the deadline, yield on every message so the waiter acts at once.

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,26 @@ class NotebookOutcome:
     source: str
     session_id: str | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def as_program_exit(execution: Execution) -> Execution:
+    """A file that called ``sys.exit()`` ended as ``python file.py`` would: code 0 is ok.
+
+    IPython reports every SystemExit as an error; a script's ``sys.exit(0)`` (or
+    ``sys.exit()``) is its normal end, any other code a failure.
+    """
+    error = execution.error
+    if execution.status != "error" or error is None or error.get("ename") != "SystemExit":
+        return execution
+    code = str(error.get("evalue", "")).strip()
+    if code in ("", "0", "None", "False"):
+        outputs = [o for o in execution.outputs if o is not error]
+        note = "The program ended with sys.exit(0)."
+        return replace(
+            execution, status="ok", error=None, outputs=outputs, notes=[*execution.notes, note]
+        )
+    note = f"The program ended with sys.exit({code}): a failure, as for `python file.py`."
+    return replace(execution, notes=[*execution.notes, note])
 
 
 def _file_preamble(project: ProjectFile, projects_dir: Path) -> str:
@@ -285,6 +305,8 @@ class Runner:
         if request.session_id is None:
             async with self._fresh_kernel() as kernel:
                 execution = await execute(kernel)
+            if request.file is not None:
+                execution = as_program_exit(execution)
             outcome = RunOutcome(execution, file=request.file, notes=notes)
             if request.save_notebook:
                 await self._save_single(request, kernel, execution, outcome)
@@ -295,6 +317,8 @@ class Runner:
                 notes.append(f"New kernel: {session.lost_state}.")
                 session.lost_state = None
             execution = await execute(kernel)
+            if request.file is not None:
+                execution = as_program_exit(execution)
             recording = await self._recording(session, kernel)
             notes.extend(
                 await self._record(

@@ -506,7 +506,7 @@ def test_stopping_the_server_while_pool_kernels_start_prints_no_traceback(
     tmp_path: Path, stop: str
 ) -> None:
     _, err = serve_and_stop(tmp_path, "--port", str(free_port()), stop=stop)
-    assert "Uvicorn running" in err, err
+    assert "Application startup complete" in err, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,26 @@ def test_a_bad_setting_stops_start_up_with_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"kernel-mcp: {named}: ")
     assert len(err.splitlines()) == 1
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_and_exits_3(projects, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 3
+    err = capsys.readouterr().err
+    assert err.strip() == f"kernel-mcp: port {port} is in use; set --port or KERNEL_MCP_PORT"
+
+
+def test_run_refusal_is_one_line_without_fastmcps_log(projects, capsys):
+    assert main(["run", "../outside.py"]) == 1
+    captured = capsys.readouterr()
+    assert "rule: path_traversal" in captured.out
+    assert "Error calling tool" not in captured.out + captured.err
+
+
+def test_a_timeout_above_the_maximum_says_it_was_capped(projects, capsys, monkeypatch):
+    monkeypatch.setenv("PYTHON_MAX_TIMEOUT", "40")
+    assert main(["run", "hello_world.py", "--timeout", "100"]) == 0
+    assert "timeout 100 s is above PYTHON_MAX_TIMEOUT; 40 s applies." in capsys.readouterr().out

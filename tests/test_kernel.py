@@ -284,6 +284,20 @@ async def test_os_exit_is_reported_as_kernel_died_with_its_exit_code_quickly(
         await run(fresh, "1")
 
 
+async def test_a_kernel_that_breaks_message_signing_times_out_with_a_note(
+    fresh: Kernel,
+) -> None:
+    # Every message it sends afterwards fails jupyter_client's signature check: no reply
+    # and no idle can be read, so the run times out (never an exception), and says why.
+    result = await fresh.execute(
+        "get_ipython().kernel.session.key = b'not-the-key'", timeout=2, grace=1
+    )
+    assert result.status == "timeout"
+    assert result.kernel_replaced
+    assert fresh.unverified > 0
+    assert any("signature check" in note for note in result.notes), result.notes
+
+
 async def test_a_segfault_is_reported_as_killed_by_sigsegv(fresh: Kernel) -> None:
     result = await run(fresh, "import ctypes\nctypes.string_at(0)", timeout=30)
 

@@ -20,6 +20,8 @@ async def runner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runn
     tmp: Path = tmp_path_factory.mktemp("runner")
     (tmp / "projects").mkdir()
     (tmp / "projects" / "args.py").write_text("import sys\nprint(sys.argv)\nvalue = 3\n")
+    (tmp / "projects" / "exit0.py").write_text("import sys\nprint('done')\nsys.exit(0)\n")
+    (tmp / "projects" / "exit3.py").write_text("import sys\nsys.exit(3)\n")
     settings = load_settings(
         projects_dir=tmp / "projects", notebooks_dir=tmp / "nb", pool_size=1, max_fresh_runs=1
     )
@@ -58,3 +60,17 @@ async def test_refusals_happen_before_any_kernel_is_used(runner):
         await runner.run_code("1", owner=None, timeout=0)
     with pytest.raises(InvalidArgument):
         await runner.run_code("x" * (3 * 1024 * 1024), owner=None)
+
+
+@pytest.mark.parametrize(("file", "status"), [("exit0.py", "ok"), ("exit3.py", "error")])
+async def test_a_file_that_calls_sys_exit_ends_as_python_would(runner, file, status):
+    ran = await runner.run_file(file, owner=None)
+    assert ran.execution.status == status
+    assert any("sys.exit" in note for note in ran.execution.notes)
+    # No hint from IPython that names its own file on the server.
+    assert not [o for o in ran.execution.outputs if o.get("name") == "stderr"]
+
+
+async def test_a_snippet_that_calls_sys_exit_is_an_error_as_in_a_notebook(runner):
+    ran = await runner.run_code("import sys; sys.exit(0)", owner=None)
+    assert ran.execution.status == "error" and ran.execution.error["ename"] == "SystemExit"
