@@ -462,7 +462,15 @@ class Runner:
             # Shared notebooks stay readable; session recordings are hidden meanwhile.
             log.warning("session recordings hidden: %s", exc)
             return {}
-        return {s.id: s.notebook.removesuffix(".ipynb") for s in sessions if s.notebook}
+        mine = {}
+        for session in sessions:
+            recording = self._recordings.get(session.id)
+            if session.notebook:
+                mine[session.id] = session.notebook.removesuffix(".ipynb")
+            elif recording is not None and recording.path is not None:
+                # Claimed late (the folder refused it at first): the record says so next run.
+                mine[session.id] = recording.name
+        return mine
 
     def notebook_names(self, mine: dict[str, str]) -> list[str]:
         """Notebooks in the notebooks folder that the owner of ``mine`` may read.
