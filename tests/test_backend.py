@@ -20,7 +20,7 @@ import pytest
 from kernel_mcp.backend import LocalBackend, LocalProcess, kernel_environment
 from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.kernel import Execution, Kernel
-from tests.conftest import alive, wait_until
+from tests.launchers import alive, wait_until
 
 SERVER_ENV = {
     "FAKE_API_KEY": "s3cr3t",

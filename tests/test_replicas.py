@@ -34,17 +34,8 @@ from kernel_mcp.kernel import Kernel
 from kernel_mcp.pool import KernelPool
 from kernel_mcp.sessions import Session, SharedSessionRegistry
 from kernel_mcp.state import LeaseLost, SharedState
-from tests.conftest import (
-    ServerProcess,
-    call,
-    client_for,
-    free_port,
-    running_server,
-    structured,
-    text_of,
-    wait_for,
-)
-from tests.services import Gateway, RedisServer
+from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
+from tests.launchers import Gateway, RedisServer, ServerProcess, free_port
 
 pytestmark = pytest.mark.transport
 
@@ -359,8 +350,8 @@ async def test_a_replica_killed_mid_call_loses_no_session_and_no_completed_run(
     cluster: Cluster,
 ) -> None:
     async with alice(cluster.b) as on_b:
-        on_victim = alice(cluster.victim)
-        await on_victim.__aenter__()
+        victim_stack = contextlib.AsyncExitStack()
+        on_victim = await victim_stack.enter_async_context(alice(cluster.victim))
         try:
             sid = (await ok(on_victim, "create_session"))["session_id"]
             await ok(on_victim, "run_code", code="a = 1", session_id=sid)
@@ -392,7 +383,7 @@ async def test_a_replica_killed_mid_call_loses_no_session_and_no_completed_run(
         finally:
             # Its server is gone: closing the client may fail, and that is fine.
             with contextlib.suppress(Exception):
-                await on_victim.__aexit__(None, None, None)
+                await victim_stack.aclose()
 
         try:
             started = time.monotonic()
