@@ -31,7 +31,8 @@ from kernel_mcp.backend import LocalBackend, LocalProcess, kernel_environment, s
 from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import KernelStartFailed
 from kernel_mcp.kernel import Execution, Kernel
-from tests.conftest import ROOT, alive, free_port, kernel_processes, wait_for, wait_until
+from tests.helpers import wait_for
+from tests.launchers import ROOT, alive, free_port, kernel_processes, wait_until
 
 SERVER_ENV = {
     "FAKE_API_KEY": "s3cr3t",

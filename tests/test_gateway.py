@@ -36,17 +36,8 @@ from kernel_mcp.scale.gateway import (
     GatewayProcess,
     ws_max_size,
 )
-from tests.conftest import (
-    call,
-    client_for,
-    free_port,
-    running_server,
-    structured,
-    text_of,
-    wait_for,
-    wait_until,
-)
-from tests.services import Gateway
+from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
+from tests.launchers import Gateway, free_port, wait_until
 
 
 def oversized_display(then: str = "") -> str:

@@ -20,17 +20,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    ServerProcess,
-    call,
-    client_for,
-    running_server,
-    structured,
-    text_of,
-    wait_for,
-)
 from tests.corpus import paths as path_corpus
 from tests.corpus.programs import PROGRAMS, Program
+from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
+from tests.launchers import ServerProcess
 
 pytestmark = pytest.mark.transport
 

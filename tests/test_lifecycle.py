@@ -9,20 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     TRANSPORTS,
-    ServerProcess,
-    alive,
     call,
     client_for,
-    descendants_of,
-    kernel_processes,
     running_server,
     structured,
     text_of,
     wait_for,
-    wait_until,
 )
+from tests.launchers import ServerProcess, alive, descendants_of, kernel_processes, wait_until
 
 pytestmark = pytest.mark.transport
 

@@ -21,7 +21,8 @@ from kernel_mcp.config import load_settings
 from kernel_mcp.errors import KernelError
 from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Kernel
 from kernel_mcp.pool import KernelPool
-from tests.conftest import alive, kernel_processes, wait_for, wait_until
+from tests.helpers import wait_for
+from tests.launchers import alive, kernel_processes, wait_until
 
 #: A standard-library module a fresh kernel does not import by itself (``json``
 #: is imported by ipykernel already, so preloading it could not be observed).

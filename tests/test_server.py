@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import SECRET, call, structured, text_of
+from tests.helpers import SECRET, call, structured, text_of
 
 pytestmark = pytest.mark.transport
 
