@@ -67,7 +67,9 @@ class KernelBackend(Protocol):
 
     name: str
 
-    async def start(self) -> Kernel: ...
+    async def start(self, kernel_name: str | None = None) -> Kernel:
+        """A started, ready kernel of ``kernel_name`` (None: the configured default)."""
+
     async def close(self) -> None: ...
 
 
@@ -292,16 +294,17 @@ class LocalBackend:
         self._env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         self._env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 
-    async def start(self) -> Kernel:
-        """Start one kernel and wait until it answers.
+    async def start(self, kernel_name: str | None = None) -> Kernel:
+        """Start one kernel (of ``kernel_name``, else the default) and wait until it answers.
 
         Raises:
             KernelStartFailed: it could not be launched or did not become ready;
                 the message ends with the tail of the kernel's stderr.
         """
+        spec = kernel_name or self.settings.kernel_name
         name = uuid.uuid4().hex[:12]
         manager = AsyncKernelManager(
-            kernel_name=self.settings.kernel_name,
+            kernel_name=spec,
             transport="ipc",
             ip=str(self._dir / name),
             connection_file=str(self._dir / f"{name}.json"),
@@ -332,8 +335,7 @@ class LocalBackend:
             if not isinstance(exc, Exception):
                 raise
             raise KernelStartFailed(
-                scrub_paths(f"could not start kernel {self.settings.kernel_name!r}: {exc}")
-                + _quoted(tail)
+                scrub_paths(f"could not start kernel {spec!r}: {exc}") + _quoted(tail)
             ) from exc
         finally:
             os.close(stderr)

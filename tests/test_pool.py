@@ -40,8 +40,8 @@ class RecordingBackend:
         self.inner = inner
         self.started: list[Kernel] = []
 
-    async def start(self) -> Kernel:
-        kernel = await self.inner.start()
+    async def start(self, kernel_name: str | None = None) -> Kernel:
+        kernel = await self.inner.start(kernel_name)
         self.started.append(kernel)
         return kernel
 

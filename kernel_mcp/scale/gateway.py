@@ -768,14 +768,16 @@ class GatewayBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- KernelBackend -------------------------------------------------------
-    async def start(self) -> Kernel:
+    async def start(self, kernel_name: str | None = None) -> Kernel:
         """Start a kernel on the gateway and wait until it answers kernel_info.
+
+        ``kernel_name`` is the gateway's kernelspec (default KERNEL_MCP_GATEWAY_KERNEL_NAME).
 
         Raises:
             KernelStartFailed: the gateway is unreachable, refused the token, or
                 the kernel did not come up; the message names the gateway.
         """
-        creating = self.own(self._create())
+        creating = self.own(self._create(kernel_name or self.settings.gateway_kernel_name))
         try:
             kernel_id = await asyncio.shield(creating)
         except asyncio.CancelledError:
@@ -877,12 +879,12 @@ class GatewayBackend:
     def _kernel_path(kernel_id: str) -> str:
         return f"/api/kernels/{quote(kernel_id, safe='')}"
 
-    async def _create(self) -> str:
+    async def _create(self, kernel_name: str) -> str:
         response = await self._request(
             "POST",
             "/api/kernels",
             what="starting a kernel",
-            json={"name": self.settings.gateway_kernel_name, "env": dict(self._env)},
+            json={"name": kernel_name, "env": dict(self._env)},
             timeout=START_TIMEOUT,
         )
         try:
