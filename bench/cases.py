@@ -821,6 +821,66 @@ def notebook_rebuild_cost(folder: Path) -> dict[str, Any]:
     return out
 
 
+def recording_cost(folder: Path, sizes: tuple[int, ...], samples: int) -> dict[str, Any]:
+    """What recording one run costs at each size of a session: the journal append a
+    reply waits for (``Recorder.append``), measured as the session grows, in-process.
+
+    Each run's cell holds about 1 KB of output. Between sizes the journal is grown
+    with the same appends, untimed; at each size ``samples`` appends are timed.
+    """
+    from datetime import datetime, timezone
+
+    from nbformat.v4 import new_output
+
+    from kernel_mcp.kernel import Execution
+    from kernel_mcp.notebook import code_cell
+    from kernel_mcp.notebook_store import NotebookStore
+    from kernel_mcp.recording import Recorder
+
+    now = datetime.now(timezone.utc)
+    execution = Execution(
+        status="ok",
+        outputs=[new_output("stream", name="stdout", text="x" * 1000 + "\n")],
+        execution_count=1,
+        error=None,
+        started_at=now,
+        ended_at=now,
+        duration_s=0.001,
+        timeout_s=30,
+    )
+    store = NotebookStore(folder, private_recordings=False)
+    recorder = Recorder(store, projects_dir=folder)
+    recording = recorder.create("bench-r", {"language_info": {"name": "python"}})
+    out: dict[str, Any] = {}
+    cells = 0
+    for size in sizes:
+        while cells < size:
+            recorder.append(recording, code_cell("print('x' * 1000)", execution, "run_code"))
+            cells += 1
+        times = []
+        for _ in range(samples):
+            cell = code_cell("print('x' * 1000)", execution, "run_code")
+            start = time.perf_counter()
+            recorder.append(recording, cell)
+            times.append(time.perf_counter() - start)
+            cells += 1
+        out[f"r_append_at_{size}"] = summary(times)
+    recording.close()
+    first, last = (
+        out[f"r_append_at_{sizes[0]}"]["p50_ms"],
+        out[f"r_append_at_{sizes[-1]}"]["p50_ms"],
+    )
+    out["r_flatness"] = {"last_over_first": round(last / first, 2) if first else None}
+    return out
+
+
+def case_r(bench: Bench) -> dict[str, Any]:
+    """Recording cost per run at 1, 100, 1,000 and 10,000 cells: flat, because a run
+    appends one journal line and the .ipynb is rebuilt off the reply path."""
+    print("(r) recording cost per run by session size…", flush=True)
+    return recording_cost(bench.folder("r-notebooks"), (1, 100, 1000, 10000), bench.n(200, 30))
+
+
 def diagnostic_ab(bench: Bench, n: int) -> dict[str, Any]:
     """run_code("pass") on the shipped server and on each diagnostic variant, one call to
     each in turn, so that noise from the rest of the machine hits all alike."""
@@ -900,6 +960,12 @@ CASES: dict[str, Case] = {
         ),
         Case("j", "run_code('pass'): gateway backend against local, interleaved", case_j),
         Case("k", "two replicas sharing redis and a gateway, 16 sessions hopping", case_k),
+        Case(
+            "r",
+            "recording cost per run (journal append) at 1, 100, 1,000, 10,000 cells",
+            case_r,
+            target="flat within 2x from 1 to 10,000 cells",
+        ),
     )
 }
 """Every case by letter, in the order they run."""

@@ -149,6 +149,7 @@ def derive(r: dict[str, Any]) -> tuple[list[Row], list[Check]]:
                 f"{f / floor['pass']['p50_ms']:.2f}x (p50)",
             )
         )
+        checks.append(("(f) p50 <= floor + 3 ms", gap <= 3, f"{gap:+.1f} ms"))
     row("(f) session run_code 'pass'", r.get("f_session_run_code"), ratio_f)
     shipped = r.get("f_ab_shipped")
     for variant, label in (
@@ -168,6 +169,40 @@ def derive(r: dict[str, Any]) -> tuple[list[Row], list[Check]]:
         "(g) {sessions} sessions x {calls_per_session} concurrent",
         "{calls_per_s} calls/s",
     )
+    g = r.get("g_concurrent")
+    if g:
+        checks.append(
+            (
+                "(g) >= 300 calls/s, p99 <= 50 ms",
+                g["calls_per_s"] >= 300 and g["p99_ms"] <= 50,
+                f"{g['calls_per_s']} calls/s, p99 {g['p99_ms']} ms",
+            )
+        )
+        calls = g["sessions"] * g["calls_per_session"]
+        budget = {
+            part: round(g[f"{part}_cpu_s"] / calls * 1000, 2)
+            for part in ("server", "kernels", "client")
+        }
+        r["g_cpu_ms_per_call"] = budget
+        rows.append(
+            [
+                "(g) CPU per call: server / kernels / client",
+                str(calls),
+                "",
+                "",
+                " / ".join(f"{v} ms" for v in budget.values())
+                + f" = {sum(budget.values()):.2f} ms on 2 cores",
+            ]
+        )
+    for size in (1, 100, 1000, 10000):
+        row(
+            f"(r) recording one run at {size} cells",
+            r.get(f"r_append_at_{size}"),
+            "journal append, in-process",
+        )
+    flat = (r.get("r_flatness") or {}).get("last_over_first")
+    if flat is not None:
+        checks.append(("(r) flat within 2x, 1 to 10,000 cells", flat <= 2, f"{flat:.2f}x"))
     h = r.get("h_idle_rss")
     if h:
         note = f"{h['idle_new_session_mb']} MB (list_sessions)"
