@@ -221,9 +221,11 @@ def serve_noop(port: int) -> int:
         return JSONResponse({"status": "ok"})
 
     app = mcp.http_app(path="/mcp", transport="http", host_origin_protection=True)
-    # Same uvicorn settings as `kernel-mcp serve` (access log at info, like the product).
+    # Same uvicorn settings as `kernel-mcp serve` (no access log, like the product).
     uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="info")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="on", log_level="info", access_log=False
+        )
     ).run()
     return 0
 

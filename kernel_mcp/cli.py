@@ -196,6 +196,8 @@ def _serve(args: argparse.Namespace) -> int:
             port=port,
             lifespan="on",
             log_level=args.log_level,
+            # A line per request costs CPU on the hot path; --log-level debug has them.
+            access_log=args.log_level == "debug",
             timeout_graceful_shutdown=5,
         )
     )

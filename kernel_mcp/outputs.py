@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbformat import NotebookNode
-from nbformat.v4 import new_output, output_from_msg
 
 __all__ = [
     "GUARD_METADATA_KEY",
@@ -113,7 +112,66 @@ def error_from_reply(content: Mapping[str, Any]) -> NotebookNode:
             "(The kernel's reply reported this error, but the kernel published no error "
             "output: it may have failed while reporting the cell's own exception.)",
         ]
-    return new_output("error", ename=ename, evalue=evalue, traceback=traceback)
+    return NotebookNode(output_type="error", ename=ename, evalue=evalue, traceback=traceback)
+
+
+# -- outputs as nbformat stores them --------------------------------------------------
+# Built here, not with nbformat.v4.output_from_msg / new_output: those validate every
+# output against nbformat's JSON schema (about 60-75 µs each, on every message of a
+# run), and raise on a message a kernel got slightly wrong (a non-string text/plain
+# published by hostile code), which would cost the run its reply. These builders make
+# the same shapes and coerce what nbformat would refuse; the tests validate the
+# notebooks that come out.
+
+
+def _mime_bundle(data: Any) -> NotebookNode:
+    """A display's data as nbformat wants it: text as strings, JSON types as JSON."""
+    bundle = NotebookNode()
+    if not isinstance(data, Mapping):
+        return bundle
+    for mime, value in data.items():
+        if not isinstance(mime, str):
+            continue
+        if mime == "application/json" or mime.endswith("+json") or isinstance(value, str):
+            bundle[mime] = value
+        elif isinstance(value, list) and all(isinstance(part, str) for part in value):
+            bundle[mime] = "".join(value)
+        else:
+            bundle[mime] = json.dumps(value, default=str)
+    return bundle
+
+
+def output_from_msg(msg: Mapping[str, Any]) -> NotebookNode:
+    """The notebook output of an IOPub output message (display, result, stream, error)."""
+    kind = msg["header"]["msg_type"]
+    content = msg.get("content") or {}
+    if kind in ("display_data", "execute_result"):
+        metadata = content.get("metadata")
+        node = NotebookNode(
+            output_type=kind,
+            data=_mime_bundle(content.get("data")),
+            metadata=NotebookNode(metadata) if isinstance(metadata, Mapping) else NotebookNode(),
+        )
+        if kind == "execute_result":
+            count = content.get("execution_count")
+            node["execution_count"] = count if isinstance(count, int) else None
+        return node
+    if kind == "stream":
+        return stream_output(str(content.get("name", "stdout")), str(content.get("text", "")))
+    if kind == "error":
+        return NotebookNode(
+            output_type="error",
+            ename=str(content.get("ename", "")),
+            evalue=str(content.get("evalue", "")),
+            traceback=[str(line) for line in content.get("traceback") or []],
+        )
+    raise ValueError(f"not an output message: {kind!r}")
+
+
+def stream_output(name: str, text: str) -> NotebookNode:
+    return NotebookNode(
+        output_type="stream", name=name if name in ("stdout", "stderr") else "stdout", text=text
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +319,7 @@ class OutputCollector:
             if not self._room():
                 self._dropped_chars += len(text)
                 return
-            node = new_output("stream", name=name, text="")
+            node = stream_output(name, "")
             self._outputs.append(node)
             stream = self._streams[len(self._outputs) - 1] = _Stream(node)
         cap = self.limits.max_output_bytes

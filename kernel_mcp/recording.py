@@ -328,7 +328,9 @@ class Recording:
         self._grown = False
         self._built_at = time.monotonic()
         try:
-            write_atomically(self.path, self.text(), mode=self.store.recording_mode)
+            # Not fsynced: the journal is the durable copy, and recover() rebuilds a
+            # notebook a power cut left stale or empty.
+            write_atomically(self.path, self.text(), mode=self.store.recording_mode, durable=False)
         except OSError as exc:
             self._grown = True
             reason = describe_os_error(exc)
@@ -373,8 +375,8 @@ class Recorder:
         store: NotebookStore,
         *,
         projects_dir: Path,
-        fsync_interval: float = 0.1,
-        rebuild_interval: float = 1.0,
+        fsync_interval: float = 0.2,
+        rebuild_interval: float = 2.0,
     ) -> None:
         self.store = store
         self.projects_dir = projects_dir
@@ -514,7 +516,12 @@ class Recorder:
         return come_back
 
     def recover(self) -> list[str]:
-        """Rebuild every notebook whose journal is newer (a crash skipped its rebuild)."""
+        """Rebuild every notebook that is not current with its journal.
+
+        After a SIGKILL a notebook misses the runs since its last rebuild; after a
+        power cut it may be empty or torn (rebuilds are not fsynced). Both show:
+        the notebook does not parse, or its ``journal_bytes`` is not the journal's size.
+        """
         folder = self.store.root / SESSIONS
         rebuilt: list[str] = []
         try:
@@ -524,10 +531,7 @@ class Recorder:
         for journal in journals:
             notebook = journal.with_name(journal.name[1:].removesuffix(".journal") + ".ipynb")
             try:
-                stale = (
-                    not notebook.exists()
-                    or notebook.stat().st_mtime_ns <= journal.stat().st_mtime_ns
-                )
+                stale = _built_from(notebook) != journal.stat().st_size
             except OSError:
                 continue
             if not stale:
@@ -538,6 +542,15 @@ class Recorder:
                 rebuilt.append(recording.name)
                 log.info("rebuilt %s from its journal", recording.name)
         return rebuilt
+
+
+def _built_from(notebook: Path) -> int | None:
+    """The journal size a notebook was built from (None: missing, torn, or not ours)."""
+    try:
+        data = json.loads(notebook.read_bytes())
+        return int(data["metadata"]["kernel_mcp"]["journal_bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _approx_chars(cell: dict[str, Any]) -> int:

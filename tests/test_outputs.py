@@ -8,6 +8,7 @@ what a notebook would store.
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import pytest
@@ -664,3 +665,30 @@ def test_an_error_added_from_a_reply_is_an_output_and_the_error() -> None:
     collector.add_error(node)
     assert collector.error is node
     assert collector.outputs[-1] is node
+
+
+def test_malformed_rich_outputs_become_valid_notebook_outputs():
+    # Hostile or buggy code can publish data nbformat would refuse; the run keeps
+    # its reply and its notebook stays valid.
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    collector = collect(
+        display({"text/plain": 123, "text/html": ["<b>", "x</b>"], "application/json": {"k": 1}}),
+        message("display_data", data="not a bundle", metadata="not a dict", transient={}),
+        message("execute_result", data={"text/plain": None}, metadata={}, execution_count="seven"),
+        message("error", ename=None, evalue=5, traceback=["a", 1]),
+        stream("fine\n", name="weird-stream-name"),
+    )
+    outputs = collector.outputs
+    assert outputs[0]["data"] == {
+        "text/plain": "123",
+        "text/html": "<b>x</b>",
+        "application/json": {"k": 1},
+    }
+    assert outputs[1]["data"] == {} and outputs[1]["metadata"] == {}
+    assert outputs[2]["execution_count"] is None
+    cell = new_code_cell("x")
+    cell.outputs = outputs
+    nb = new_notebook(cells=[cell])
+    nbformat.validate(nbformat.from_dict(json.loads(json.dumps(nb))))

@@ -235,3 +235,16 @@ def test_recordings_follow_the_store_mode(tmp_path):
     assert rec.path.stat().st_mode & 0o777 == 0o600
     assert journal_path(rec.path).stat().st_mode & 0o777 == 0o600
     assert os.path.exists(rec.path)
+
+
+def test_a_notebook_a_power_cut_left_empty_is_rebuilt_even_if_it_looks_newer(store, recorder):
+    # Rebuilds are not fsynced (the journal is the durable copy): after a power cut the
+    # renamed file may be empty, with a fresh mtime. Recovery reads, not the clock.
+    rec = recorder.create("powercut", KERNEL_INFO)
+    recorder.append(rec, cell("kept\n"))
+    rec.sync()
+    rec.close()
+    rec.path.write_bytes(b"")
+    os.utime(rec.path)  # newer than the journal
+    assert Recorder(store, projects_dir=store.root).recover() == ["sessions/powercut"]
+    assert outputs_of(rec.path) == ["kept\n"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from fastmcp import FastMCP
 from mcp.server.request_state import RequestStateSecurity
 
@@ -16,7 +19,7 @@ from kernel_mcp.server.resources import register_resources
 from kernel_mcp.server.run_tools import register_run_tools
 from kernel_mcp.server.session_tools import register_session_tools
 
-__all__ = ["INSTRUCTIONS", "build_server"]
+__all__ = ["INSTRUCTIONS", "KernelMCP", "build_server"]
 
 INSTRUCTIONS = """\
 Runs Python in Jupyter kernels. run_python runs a .py file from the projects
@@ -50,6 +53,34 @@ def request_state_security(settings: Settings) -> RequestStateSecurity:
     return RequestStateSecurity.ephemeral(ttl=ttl, audience="kernel-mcp")
 
 
+class KernelMCP(FastMCP):
+    """FastMCP, with tool look-ups by name resolved once.
+
+    Why: fastmcp resolves the tool of every call by asking each provider
+    concurrently (an anyio task per provider), and the tasks extension resolves it
+    again: about a tenth of the server's CPU per warm call (docs/benchmarks.md).
+    kernel-mcp's tools are fixed once the server is built, and none has a version,
+    a transform or an ``auth`` check of its own (bearer tokens are checked by the
+    transport, per request), so the first answer stays right. ``_get_tool`` is
+    fastmcp 4.1's provider look-up; the enablement checks above it still run on
+    every call.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resolved_tools: dict[str, Any] = {}
+
+    async def _get_tool(self, name: str, version: Any = None) -> Any:
+        if version is not None:
+            return await super()._get_tool(name, version)
+        tool = self._resolved_tools.get(name)
+        if tool is None:
+            tool = await super()._get_tool(name, version)
+            if tool is not None:
+                self._resolved_tools[name] = tool
+        return tool
+
+
 def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> FastMCP:
     """The FastMCP app with every tool and resource bound to ``runner``.
 
@@ -58,7 +89,7 @@ def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> 
     asks for it: importing fastmcp_tasks also makes every fastmcp ``Client`` in the
     process run its calls as tasks.
     """
-    mcp = FastMCP(
+    mcp = KernelMCP(
         "kernel-mcp",
         instructions=INSTRUCTIONS,
         version=__version__,
@@ -80,7 +111,13 @@ def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> 
 
         # Task-mode calls run on an in-process Docket worker: a task's run is this
         # process's, with its kernels (with replicas, tasks/get goes where it started).
-        mcp.add_extension(TasksExtension(url="memory://", name=f"kernel-mcp-{id(mcp):x}"))
+        mcp.add_extension(
+            TasksExtension(
+                url="memory://",
+                name=f"kernel-mcp-{id(mcp):x}",
+                minimum_check_interval=timedelta(seconds=1),
+            )
+        )
     return mcp
 
 
