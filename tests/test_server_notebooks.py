@@ -293,3 +293,61 @@ def test_cli_runs_a_notebook(tmp_path, capsys, monkeypatch):
     executed = next((tmp_path / "nb" / "runs").glob("cli.executed-*.ipynb"))
     cells = json.loads(executed.read_text())["cells"]
     assert "".join(cells[-1]["outputs"][0]["text"]) == "cli says 21\n"
+
+
+async def test_a_notebook_of_15000_cells_gets_a_reply_under_the_cap(client, projects):
+    nb = new_notebook(cells=[new_code_cell("1") for _ in range(15_000)])
+    for cell in nb.cells:
+        cell.metadata["tags"] = ["skip-execution"]
+    nb.cells[-1].metadata["tags"] = []
+    nb.cells[-1].source = "'last'"
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    # Compact, so that the file stays under KERNEL_MCP_MAX_FILE_BYTES.
+    (projects / "huge.ipynb").write_text(json.dumps(nb, separators=(",", ":")))
+    result = await call(client, "run_notebook", notebook_path="huge.ipynb", timeout=60)
+    report = structured(result)
+    size = len(json.dumps(report)) + len(text_of(result))
+    assert size < 900 * 1024, size  # KERNEL_MCP_MAX_REPLY_BYTES, under the 1 MiB SSE limit
+    assert report["status"] == "ok" and report["cells_total"] == 15_000
+    assert len(report["cells"]) <= 201 and report["truncated"]
+    assert report["cells"][-1] == {
+        "index": 14_999,
+        "status": "ok",
+        "duration_s": pytest.approx(report["cells"][-1]["duration_s"]),
+    }
+
+
+def test_parameters_that_are_not_json_are_refused(server, projects):
+    # A client library turns NaN into null; a hand-written request can send the
+    # non-standard NaN and Infinity literals, which are not JSON: they are refused.
+    import urllib.request
+
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        body = (
+            '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_notebook",'
+            '"arguments":{"notebook_path":"params.ipynb","parameters":{"n":' + literal + "}},"
+            '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+            '"io.modelcontextprotocol/clientCapabilities":{}}}}'
+        )
+        request = urllib.request.Request(
+            f"{server.base}/mcp",
+            data=body.encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+                "MCP-Protocol-Version": "2026-07-28",
+                "Mcp-Method": "tools/call",
+                "Mcp-Name": "run_notebook",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = response.read().decode()
+        except urllib.error.HTTPError as exc:
+            answer = exc.read().decode()
+        assert '"isError":true' in answer and "executed copy" not in answer, answer
+        assert "is not JSON: NaN and Infinity are not allowed" in answer, answer
