@@ -37,6 +37,7 @@ from kernel_mcp.scale.gateway import (
     ws_max_size,
 )
 from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
+from tests.kernels import run, text, value
 from tests.launchers import Gateway, free_port, wait_until
 
 
@@ -55,15 +56,6 @@ def oversized_display(then: str = "") -> str:
         f"{then}"
         "after_display = True\n"
     )
-
-
-STUBBORN = (
-    "import signal\n"
-    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-    "print('ignoring SIGINT', flush=True)\n"
-    "while True:\n"
-    "    pass\n"
-)
 
 
 @pytest.fixture(scope="module")
@@ -131,27 +123,6 @@ async def fresh(backend: GatewayBackend) -> AsyncIterator[Kernel]:
     await own.shutdown(now=True)
 
 
-async def run(kernel: Kernel, code: str, *, timeout: float = 20, grace: float = 3) -> Execution:
-    return await kernel.execute(code, timeout=timeout, grace=grace)
-
-
-def text(execution: Execution) -> str:
-    parts = []
-    for output in execution.outputs:
-        if output["output_type"] == "stream":
-            parts.append(output["text"])
-        elif "data" in output:
-            parts.append(output["data"].get("text/plain", ""))
-    return "".join(parts)
-
-
-async def value(kernel: Kernel, expression: str) -> str:
-    result = await run(kernel, expression)
-    assert result.status == "ok", result
-    assert result.outputs[-1]["output_type"] == "execute_result", result.outputs
-    return str(result.outputs[-1]["data"]["text/plain"])
-
-
 async def gone_from(gateway: Gateway, kernel_id: str) -> bool:
     return await wait_for(
         lambda: asyncio.to_thread(lambda: not gateway.has_kernel(kernel_id)), timeout=20
@@ -174,40 +145,12 @@ async def test_a_gateway_kernel_runs_code(kernel: Kernel, gateway: Gateway) -> N
     assert await kernel.is_alive()
 
 
-async def test_an_error_comes_back_with_its_traceback(kernel: Kernel) -> None:
-    result = await run(kernel, "def risky():\n    return 1 / 0\nrisky()")
-    assert result.status == "error"
-    assert result.error is not None
-    assert result.error["ename"] == "ZeroDivisionError"
-    assert any("risky" in line for line in result.error["traceback"])
-    assert await kernel.is_alive()
-
-
 async def test_only_kernel_variables_without_secrets_reach_the_kernel(kernel: Kernel) -> None:
     seen = await value(
         kernel, f"import os\nsorted(k for k in {sorted(KERNEL_ENV)!r} if k in os.environ)"
     )
     assert seen == "['KERNEL_PROBE']"
     assert await value(kernel, "os.environ['KERNEL_PROBE']") == "'visible'"
-
-
-async def test_a_timeout_interrupts_through_the_api_and_keeps_the_kernel(kernel: Kernel) -> None:
-    await run(kernel, "kept = 'still here'")
-    result = await run(kernel, "while True:\n    pass", timeout=1, grace=5)
-    assert result.status == "timeout"
-    assert not result.kernel_replaced
-    assert result.error is not None and result.error["ename"] == "KeyboardInterrupt"
-    assert not kernel.dead
-    assert await value(kernel, "kept") == "'still here'"
-
-
-async def test_a_figure_comes_back_as_png(kernel: Kernel) -> None:
-    result = await run(
-        kernel,
-        "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('gw')\nplt.show()",
-    )
-    assert result.status == "ok", result
-    assert any("image/png" in output.get("data", {}) for output in result.outputs), result.outputs
 
 
 async def test_a_huge_print_is_capped(kernel: Kernel) -> None:
@@ -307,33 +250,6 @@ async def test_is_alive_asks_the_gateway_at_most_once_a_second(
         assert len(asked) == 2  # concurrent callers share one request
     finally:
         backend.http.event_hooks["request"].remove(count)
-
-
-async def test_a_kernel_that_ignores_sigint_is_deleted_after_the_grace(
-    fresh: Kernel, gateway: Gateway
-) -> None:
-    kernel_id = fresh.process.kernel_id
-    result = await run(fresh, STUBBORN, timeout=1, grace=1)
-    assert result.status == "timeout"
-    assert result.kernel_replaced
-    assert any("ignored the interrupt" in note for note in result.notes), result.notes
-    assert fresh.dead
-    assert not await fresh.is_alive()
-    assert not gateway.has_kernel(kernel_id)
-
-
-async def test_os_exit_is_seen_as_a_death_quickly(fresh: Kernel, gateway: Gateway) -> None:
-    kernel_id = fresh.process.kernel_id
-    result = await run(fresh, "import os\nprint('bye', flush=True)\nos._exit(3)", timeout=30)
-    assert result.status == "kernel_died", result
-    assert result.duration_s < 3, result.duration_s
-    assert result.kernel_replaced
-    assert result.death is not None and "gateway" in result.death
-    assert not await fresh.is_alive()
-    with pytest.raises(KernelError, match="dead"):
-        await run(fresh, "1")
-    # The gateway restarted it; we deleted what it restarted.
-    assert await gone_from(gateway, kernel_id)
 
 
 async def test_connect_attaches_a_second_backend_to_the_same_kernel(
@@ -642,10 +558,10 @@ async def test_after_a_gateway_restart_a_session_gets_a_new_kernel_and_says_so(
             await call(client, "close_session", session_id=session_id)
 
 
-async def test_our_side_of_the_channels_websocket_sends_without_delay(kernel: Kernel) -> None:
+async def test_our_side_of_the_channels_websocket_sends_without_delay(fresh: Kernel) -> None:
     import socket
 
-    client = kernel.client
+    client = fresh.client
     assert isinstance(client, GatewayClient)
     sock = client._ws.transport.get_extra_info("socket")
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -411,6 +411,14 @@ class GatewayClient:
         """Queue a kernel_info_request (on ``shell`` or ``control``); returns its msg_id."""
         return self._send("kernel_info_request", {}, channel)
 
+    def input(self, string: str) -> None:
+        """Answer the kernel's input_request (as jupyter_client's ``input`` does)."""
+        self._send("input_reply", {"value": string}, "stdin")
+
+    async def get_stdin_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next stdin message (an input_request). Raises ``queue.Empty`` after ``timeout``."""
+        return await self._get("stdin", timeout)
+
     async def get_shell_msg(self, timeout: float | None = None) -> dict[str, Any]:
         """The next shell message. Raises ``queue.Empty`` after ``timeout`` s (None: wait)."""
         return await self._get("shell", timeout)

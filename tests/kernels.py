@@ -1,0 +1,41 @@
+"""What the kernel-level tests share: running code on a ``Kernel`` and reading what it gave."""
+
+from __future__ import annotations
+
+from kernel_mcp.kernel import Execution, Kernel
+
+#: Touches a marker file, then loops: lets a test act once the code is surely running.
+LOOP_AFTER_MARKER = (
+    "import pathlib, time\npathlib.Path({marker!r}).touch()\nwhile True:\n    time.sleep(0.01)\n"
+)
+#: Code that ignores SIGINT (and so an interrupt by signal) and never ends.
+STUBBORN = (
+    "import signal\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "print('ignoring SIGINT', flush=True)\n"
+    "while True:\n"
+    "    pass\n"
+)
+
+
+async def run(kernel: Kernel, code: str, *, timeout: float = 20, grace: float = 3) -> Execution:
+    return await kernel.execute(code, timeout=timeout, grace=grace)
+
+
+def text(execution: Execution) -> str:
+    """All stream text and text/plain data of an execution, in order."""
+    parts = []
+    for output in execution.outputs:
+        if output["output_type"] == "stream":
+            parts.append(output["text"])
+        elif "data" in output:
+            parts.append(output["data"].get("text/plain", ""))
+    return "".join(parts)
+
+
+async def value(kernel: Kernel, expression: str) -> str:
+    """The text/plain of an expression's value (the run must succeed)."""
+    result = await run(kernel, expression)
+    assert result.status == "ok", result
+    assert result.outputs[-1]["output_type"] == "execute_result", result.outputs
+    return str(result.outputs[-1]["data"]["text/plain"])
