@@ -96,6 +96,20 @@ def _refuse(rule: str, name: str, why: str) -> PathRefused:
     return PathRefused(rule, f"Refused {name!r}: {why} (rule: {rule}).")
 
 
+def _checked_name(name: str) -> str:
+    """The name as shown in a refusal, once it is a name a file system could hold."""
+    shown = name if len(name) <= 200 else name[:200] + "…"
+    if not name or not name.strip():
+        raise _refuse("empty_name", shown, "a file name is required")
+    if "\x00" in name:
+        raise _refuse("nul_byte", shown.replace("\x00", "\\x00"), "the name contains a NUL byte")
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        raise _refuse("unencodable_name", shown, "the name is not valid file-system text") from None
+    return shown
+
+
 def _close(fd: int) -> None:
     if fd >= 0:
         os.close(fd)
@@ -227,15 +241,7 @@ def read_project_file(
         FileNotFound: the name is inside the folder but nothing is there.
         InvalidArgument: the file is not UTF-8 text.
     """
-    shown = name if len(name) <= 200 else name[:200] + "…"
-    if not name or not name.strip():
-        raise _refuse("empty_name", shown, "a file name is required")
-    if "\x00" in name:
-        raise _refuse("nul_byte", shown.replace("\x00", "\\x00"), "the name contains a NUL byte")
-    try:
-        os.fsencode(name)
-    except UnicodeEncodeError:
-        raise _refuse("unencodable_name", shown, "the name is not valid file-system text") from None
+    shown = _checked_name(name)
 
     changed = _refuse("changed_during_check", shown, "the file changed while being checked")
     missing = FileNotFound(f"No file {shown!r} in the projects folder.")
@@ -359,15 +365,7 @@ def write_project_file(
             besides the read rules).
         InvalidArgument: the content is larger than ``max_bytes``.
     """
-    shown = name if len(name) <= 200 else name[:200] + "…"
-    if not name or not name.strip():
-        raise _refuse("empty_name", shown, "a file name is required")
-    if "\x00" in name:
-        raise _refuse("nul_byte", shown.replace("\x00", "\\x00"), "the name contains a NUL byte")
-    try:
-        os.fsencode(name)
-    except UnicodeEncodeError:
-        raise _refuse("unencodable_name", shown, "the name is not valid file-system text") from None
+    shown = _checked_name(name)
     data = content.encode("utf-8", "surrogatepass")
     if len(data) > max_bytes:
         raise InvalidArgument(

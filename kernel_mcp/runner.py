@@ -59,9 +59,30 @@ from kernel_mcp.recording import Recorder, Recording, describe_os_error
 from kernel_mcp.runs import Run, RunHooks, RunRegistry
 from kernel_mcp.sessions import Session, SessionRegistry
 
-__all__ = ["NotebookOutcome", "NotebookRequest", "RunOutcome", "RunRequest", "Runner"]
+__all__ = [
+    "NotebookOutcome",
+    "NotebookRequest",
+    "RunOptions",
+    "RunOutcome",
+    "RunRequest",
+    "Runner",
+]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a caller asks of a run of a file or snippet, whatever the code is."""
+
+    owner: str | None = None
+    """The principal the run (and its session) belongs to."""
+    timeout: float | None = None
+    session_id: str | None = None
+    progress: ProgressCallback | None = None
+    save_notebook: bool = False
+    kernel: str | None = None
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -301,53 +322,24 @@ class Runner:
             raise
 
     # -- requests ------------------------------------------------------------------
-    def file_request(
-        self,
-        file_name: str,
-        *,
-        owner: str | None,
-        timeout: float | None = None,
-        session_id: str | None = None,
-        progress: ProgressCallback | None = None,
-        save_notebook: bool = False,
-        kernel: str | None = None,
-        background: bool = False,
-    ) -> RunRequest:
+    def file_request(self, file_name: str, options: RunOptions) -> RunRequest:
         """A run of a .py file from the projects folder, as ``python file.py`` would.
 
         Raises:
             PathRefused, FileNotFound, InvalidArgument: before anything runs.
         """
         project = self.read_file(file_name)
-        self.settings.clamp_timeout(timeout, background=background)
-        return RunRequest(
+        return self._request(
+            options,
             code=project.source,
             tool="run_python",
-            owner=owner,
             record_as=file_cell_source(project.relative, project.source),
             preamble=_file_preamble(project, self.settings.projects_dir),
             file=project.relative,
-            timeout=timeout,
-            session_id=session_id,
-            progress=progress,
-            save_notebook=save_notebook,
             stem=Path(project.relative).stem,
-            kernel=self.kernels.choose(kernel),
-            background=background,
         )
 
-    def code_request(
-        self,
-        code: str,
-        *,
-        owner: str | None,
-        timeout: float | None = None,
-        session_id: str | None = None,
-        progress: ProgressCallback | None = None,
-        save_notebook: bool = False,
-        kernel: str | None = None,
-        background: bool = False,
-    ) -> RunRequest:
+    def code_request(self, code: str, options: RunOptions) -> RunRequest:
         """A run of a snippet, in a fresh kernel or in a session.
 
         Raises:
@@ -358,27 +350,28 @@ class Runner:
                 f"code is larger than {self.settings.max_file_bytes} bytes "
                 "(KERNEL_MCP_MAX_FILE_BYTES)"
             )
-        self.settings.clamp_timeout(timeout, background=background)
+        return self._request(options, code=code, tool="run_code", record_as=code)
+
+    def _request(self, options: RunOptions, **what: Any) -> RunRequest:
+        self.settings.clamp_timeout(options.timeout, background=options.background)
         return RunRequest(
-            code=code,
-            tool="run_code",
-            owner=owner,
-            record_as=code,
-            timeout=timeout,
-            session_id=session_id,
-            progress=progress,
-            save_notebook=save_notebook,
-            kernel=self.kernels.choose(kernel),
-            background=background,
+            **what,
+            owner=options.owner,
+            timeout=options.timeout,
+            session_id=options.session_id,
+            progress=options.progress,
+            save_notebook=options.save_notebook,
+            kernel=self.kernels.choose(options.kernel),
+            background=options.background,
         )
 
-    async def run_file(self, file_name: str, **kwargs: Any) -> RunOutcome:
-        """Run a .py file now (see ``file_request`` for the arguments)."""
-        return await self.run(self.file_request(file_name, **kwargs))
+    async def run_file(self, file_name: str, **options: Any) -> RunOutcome:
+        """Run a .py file now (``options`` are ``RunOptions``'s fields)."""
+        return await self.run(self.file_request(file_name, RunOptions(**options)))
 
-    async def run_code(self, code: str, **kwargs: Any) -> RunOutcome:
-        """Run a snippet now (see ``code_request`` for the arguments)."""
-        return await self.run(self.code_request(code, **kwargs))
+    async def run_code(self, code: str, **options: Any) -> RunOutcome:
+        """Run a snippet now (``options`` are ``RunOptions``'s fields)."""
+        return await self.run(self.code_request(code, RunOptions(**options)))
 
     # -- runs that outlive a call ------------------------------------------------------
     def start_run(self, request: RunRequest | NotebookRequest, *, parked: bool = False) -> Run:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,3 +119,40 @@ async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(interval)
+
+
+def raw_tool_call(server: ServerProcess, tool: str, arguments: str, timeout: float = 60) -> str:
+    """A tools/call written by hand (2026-07-28 era), for what no client library sends:
+    ``arguments`` is the JSON text as it goes on the wire (lone surrogates, NaN). The
+    reply's body, whatever its HTTP status."""
+    meta = json.dumps(
+        {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+    )
+    body = (
+        '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":'
+        + json.dumps(tool)
+        + ',"arguments":'
+        + arguments
+        + ',"_meta":'
+        + meta
+        + "}}"
+    )
+    request = urllib.request.Request(
+        f"{server.base}/mcp",
+        data=body.encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": tool,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.read().decode()

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +21,15 @@ import pytest
 
 from tests.corpus import paths as path_corpus
 from tests.corpus.programs import PROGRAMS, Program
-from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
+from tests.helpers import (
+    call,
+    client_for,
+    raw_tool_call,
+    running_server,
+    structured,
+    text_of,
+    wait_for,
+)
 from tests.launchers import ServerProcess
 
 pytestmark = pytest.mark.transport
@@ -92,28 +99,7 @@ def test_unencodable_names_sent_raw(path_server):
     # JSON may carry a lone surrogate as an escape; a client library cannot send it,
     # a hand-written request can.
     server, _ = path_server
-    body = (
-        '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_python",'
-        '"arguments":{"file_name":"bad\\ud800.py"},"_meta":{'
-        '"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
-        '"io.modelcontextprotocol/clientCapabilities":{}}}}'
-    )
-    request = urllib.request.Request(
-        f"{server.base}/mcp",
-        data=body.encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream",
-            "MCP-Protocol-Version": "2026-07-28",
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": "run_python",
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = response.read().decode()
-    except urllib.error.HTTPError as exc:
-        answer = exc.read().decode()
+    answer = raw_tool_call(server, "run_python", '{"file_name":"bad\\ud800.py"}', timeout=30)
     assert "rule: unencodable_name" in answer, answer
     assert path_corpus.SECRET not in answer
     assert health(server)["status"] == "ok"

@@ -16,7 +16,15 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from kernel_mcp.cli import main
-from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
+from tests.helpers import (
+    call,
+    client_for,
+    raw_tool_call,
+    running_server,
+    structured,
+    text_of,
+    wait_for,
+)
 from tests.launchers import alive, wait_until
 
 pytestmark = pytest.mark.transport
@@ -324,30 +332,8 @@ async def test_a_notebook_of_15000_cells_gets_a_reply_under_the_cap(client, proj
 def test_parameters_that_are_not_json_are_refused(server, projects):
     # A client library turns NaN into null; a hand-written request can send the
     # non-standard NaN and Infinity literals, which are not JSON: they are refused.
-    import urllib.request
-
     for literal in ("NaN", "Infinity", "-Infinity"):
-        body = (
-            '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_notebook",'
-            '"arguments":{"notebook_path":"params.ipynb","parameters":{"n":' + literal + "}},"
-            '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
-            '"io.modelcontextprotocol/clientCapabilities":{}}}}'
-        )
-        request = urllib.request.Request(
-            f"{server.base}/mcp",
-            data=body.encode(),
-            headers={
-                "Content-Type": "application/json",
-                "Accept": "application/json, text/event-stream",
-                "MCP-Protocol-Version": "2026-07-28",
-                "Mcp-Method": "tools/call",
-                "Mcp-Name": "run_notebook",
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                answer = response.read().decode()
-        except urllib.error.HTTPError as exc:
-            answer = exc.read().decode()
+        arguments = '{"notebook_path":"params.ipynb","parameters":{"n":' + literal + "}}"
+        answer = raw_tool_call(server, "run_notebook", arguments)
         assert '"isError":true' in answer and "executed copy" not in answer, answer
         assert "is not JSON: NaN and Infinity are not allowed" in answer, answer

@@ -95,6 +95,30 @@ def message_of(excinfo: pytest.ExceptionInfo[BaseException], session_id: str) ->
     return str(excinfo.value).replace(session_id, "<id>")
 
 
+async def busy_call(
+    registry: SessionRegistry, session_id: str, marker: Path
+) -> asyncio.Task[Execution]:
+    """Alice's call that loops until stopped, returned once it is running."""
+    call = asyncio.create_task(
+        execute(
+            registry,
+            "alice",
+            session_id,
+            f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
+            "while True:\n    time.sleep(0.01)\n",
+            timeout=30,
+        )
+    )
+
+    async def running() -> bool:
+        return marker.exists()
+
+    if not await wait_for(running, timeout=20):
+        call.cancel()
+        raise AssertionError("the call never started running")
+    return call
+
+
 # -- creating and finding ---------------------------------------------------------
 async def test_sessions_are_created_listed_and_found_per_owner(
     registry: SessionRegistry,
@@ -305,23 +329,8 @@ async def test_interrupt_ends_the_running_call(registry: SessionRegistry, tmp_pa
     session = await registry.create("alice")
     assert await registry.interrupt("alice", session.id) is False, "nothing was running"
 
-    marker = tmp_path / "running"
-    call = asyncio.create_task(
-        execute(
-            registry,
-            "alice",
-            session.id,
-            f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
-            "while True:\n    time.sleep(0.01)\n",
-            timeout=30,
-        )
-    )
-
-    async def running() -> bool:
-        return marker.exists()
-
+    call = await busy_call(registry, session.id, tmp_path / "running")
     try:
-        assert await wait_for(running, timeout=20)
         assert await registry.interrupt("alice", session.id) is True
         result = await asyncio.wait_for(call, timeout=10)
     finally:
@@ -421,23 +430,8 @@ async def test_closing_a_busy_session_interrupts_its_call_first(
 ) -> None:
     session = await registry.create("alice")
     pid = pid_of(session.kernel)
-    marker = tmp_path / "running"
-    call = asyncio.create_task(
-        execute(
-            registry,
-            "alice",
-            session.id,
-            f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
-            "while True:\n    time.sleep(0.01)\n",
-            timeout=30,
-        )
-    )
-
-    async def running() -> bool:
-        return marker.exists()
-
+    call = await busy_call(registry, session.id, tmp_path / "running")
     try:
-        assert await wait_for(running, timeout=20)
         await asyncio.wait_for(registry.close_session("alice", session.id), timeout=10)
         result = await asyncio.wait_for(call, timeout=10)
     finally:

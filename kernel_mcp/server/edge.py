@@ -14,9 +14,10 @@ from fastmcp.tools import ToolResult
 from mcp_types import ImageContent, TextContent
 
 from kernel_mcp.errors import KernelError, KernelMCPError, RequestError
-from kernel_mcp.render import NotebookReply, Reply
+from kernel_mcp.render import NotebookReply, Reply, ReplyLimits, render, render_notebook
+from kernel_mcp.runner import NotebookOutcome, RunOutcome
 
-__all__ = ["notebook_result", "progress_reporter", "run_result", "translated"]
+__all__ = ["progress_reporter", "rendered", "tool_result", "translated"]
 
 log = logging.getLogger("kernel_mcp.server")
 
@@ -48,23 +49,39 @@ def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
-def run_result(reply: Reply) -> ToolResult:
-    """A run's reply: one text block, one image block per figure, structured content."""
-    content: list[Any] = [TextContent(type="text", text=reply.text)]
-    content += [
-        ImageContent(type="image", data=image.data, mime_type=image.mime_type)
-        for image in reply.images
-    ]
-    return ToolResult(
-        content=content,
-        structured_content=reply.report.model_dump(mode="json"),
-        is_error=reply.is_error,
+def rendered(outcome: RunOutcome | NotebookOutcome, limits: ReplyLimits) -> Reply | NotebookReply:
+    """A finished run's outcome as the model reads it, within the reply limits."""
+    if isinstance(outcome, NotebookOutcome):
+        return render_notebook(
+            outcome.run,
+            limits,
+            source=outcome.source,
+            path=str(outcome.path) if outcome.path is not None else None,
+            uri=outcome.uri,
+            session_id=outcome.session_id,
+            notes=outcome.notes,
+        )
+    return render(
+        outcome.execution,
+        limits,
+        file=outcome.file,
+        session_id=outcome.session_id,
+        notebook=outcome.notebook_uri,
+        notes=outcome.notes,
     )
 
 
-def notebook_result(reply: NotebookReply) -> ToolResult:
+def tool_result(reply: Reply | NotebookReply) -> ToolResult:
+    """A reply as MCP content: one text block, one image block per figure, structured
+    content; a status other than "ok" is an error result."""
+    content: list[Any] = [TextContent(type="text", text=reply.text)]
+    if isinstance(reply, Reply):
+        content += [
+            ImageContent(type="image", data=image.data, mime_type=image.mime_type)
+            for image in reply.images
+        ]
     return ToolResult(
-        content=[TextContent(type="text", text=reply.text)],
+        content=content,
         structured_content=reply.report.model_dump(mode="json"),
         is_error=reply.is_error,
     )

@@ -9,11 +9,11 @@ from fastmcp import Context, FastMCP
 from fastmcp.tools import ToolResult
 from mcp_types import ToolAnnotations
 
-from kernel_mcp.render import ReplyLimits, render_notebook
+from kernel_mcp.render import ReplyLimits
 from kernel_mcp.runner import NotebookOutcome, Runner
 from kernel_mcp.runs import Run
 from kernel_mcp.server.auth import owner
-from kernel_mcp.server.edge import notebook_result, translated
+from kernel_mcp.server.edge import rendered, tool_result, translated
 from kernel_mcp.server.run_flow import run_call
 from kernel_mcp.server.run_tools import run_annotations, task_config
 from kernel_mcp.views import ExportResult, NotebookReport
@@ -25,17 +25,7 @@ def register_notebook_tools(
     mcp: FastMCP, runner: Runner, limits: ReplyLimits, *, open_world: bool, tasks: bool
 ) -> None:
     def reply(outcome: NotebookOutcome) -> ToolResult:
-        return notebook_result(
-            render_notebook(
-                outcome.run,
-                limits,
-                source=outcome.source,
-                path=str(outcome.path) if outcome.path is not None else None,
-                uri=outcome.uri,
-                session_id=outcome.session_id,
-                notes=outcome.notes,
-            )
-        )
+        return tool_result(rendered(outcome, limits))
 
     def running(run: Run) -> NotebookReport:
         return NotebookReport(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from typing import Any
 
 import mcp_types
 from fastmcp import Context, FastMCP
@@ -12,11 +13,11 @@ from fastmcp.tools import ToolResult
 from fastmcp.utilities.tasks import TaskConfig
 from mcp_types import TextContent, ToolAnnotations
 
-from kernel_mcp.render import ReplyLimits, render, render_notebook
-from kernel_mcp.runner import NotebookOutcome, Runner, RunOutcome
+from kernel_mcp.render import ReplyLimits
+from kernel_mcp.runner import Runner, RunOptions, RunOutcome
 from kernel_mcp.runs import Run, RunGone
 from kernel_mcp.server.auth import owner
-from kernel_mcp.server.edge import notebook_result, progress_reporter, run_result, translated
+from kernel_mcp.server.edge import progress_reporter, rendered, tool_result, translated
 from kernel_mcp.server.run_flow import run_call, run_view
 from kernel_mcp.views import RunList, RunReport, RunSummary, RunView
 
@@ -49,16 +50,10 @@ def register_run_tools(
     annotations = run_annotations(open_world=open_world)
 
     def reply(outcome: RunOutcome) -> ToolResult:
-        return run_result(
-            render(
-                outcome.execution,
-                limits,
-                file=outcome.file,
-                session_id=outcome.session_id,
-                notebook=outcome.notebook_uri,
-                notes=outcome.notes,
-            )
-        )
+        return tool_result(rendered(outcome, limits))
+
+    def options(ctx: Context | None, **asked: Any) -> RunOptions:
+        return RunOptions(owner=owner(), progress=progress_reporter(ctx), **asked)
 
     def running(run: Run) -> RunReport:
         return RunReport(
@@ -112,16 +107,15 @@ def register_run_tools(
         client when it supports elicitation. The loop: write_file → run_python → read
         the traceback → write_file again; use a session to keep loaded data.
         """
-        request = runner.file_request(
-            file_name,
-            owner=owner(),
+        asked = options(
+            ctx,
             timeout=timeout,
             session_id=session_id,
-            progress=progress_reporter(ctx),
             save_notebook=save_notebook,
             kernel=kernel,
             background=background,
         )
+        request = runner.file_request(file_name, asked)
         return await run_call(ctx, runner, request, reply, started_report=running)
 
     @mcp.tool(output_schema=schema, annotations=annotations, task=task_config(tasks))
@@ -149,16 +143,15 @@ def register_run_tools(
 
         Returns the same reply as run_python.
         """
-        request = runner.code_request(
-            code,
-            owner=owner(),
+        asked = options(
+            ctx,
             timeout=timeout,
             session_id=session_id,
-            progress=progress_reporter(ctx),
             save_notebook=save_notebook,
             kernel=kernel,
             background=background,
         )
+        request = runner.code_request(code, asked)
         return await run_call(ctx, runner, request, reply, started_report=running)
 
     # -- runs that outlive a call ----------------------------------------------------
@@ -166,34 +159,7 @@ def register_run_tools(
         """A done run's full reply, under a line that says which run it was."""
         outcome = run.outcome
         head = f"run {run.id} · {run.label} · done after {run.elapsed_s:.3f} s"
-        if isinstance(outcome, RunOutcome):
-            rendered = render(
-                outcome.execution,
-                limits,
-                file=outcome.file,
-                session_id=outcome.session_id,
-                notebook=outcome.notebook_uri,
-                notes=outcome.notes,
-            )
-            result = run_result(rendered)
-            body = run_view(
-                run, since=since, output_limit=limits.max_stream_chars, result=rendered.report
-            ).model_dump(mode="json")
-        elif isinstance(outcome, NotebookOutcome):
-            rendered_nb = render_notebook(
-                outcome.run,
-                limits,
-                source=outcome.source,
-                path=str(outcome.path) if outcome.path is not None else None,
-                uri=outcome.uri,
-                session_id=outcome.session_id,
-                notes=outcome.notes,
-            )
-            result = notebook_result(rendered_nb)
-            body = run_view(
-                run, since=since, output_limit=limits.max_stream_chars, result=rendered_nb.report
-            ).model_dump(mode="json")
-        else:
+        if outcome is None:
             body = run_view(run, since=since, output_limit=limits.max_stream_chars).model_dump(
                 mode="json"
             )
@@ -205,6 +171,11 @@ def register_run_tools(
                 structured_content=body,
                 is_error=True,
             )
+        shown = rendered(outcome, limits)
+        result = tool_result(shown)
+        body = run_view(
+            run, since=since, output_limit=limits.max_stream_chars, result=shown.report
+        ).model_dump(mode="json")
         content = list(result.content)
         if content and isinstance(content[0], TextContent):
             content[0] = TextContent(type="text", text=f"{head}\n{content[0].text}")
