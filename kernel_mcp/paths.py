@@ -96,6 +96,20 @@ def _refuse(rule: str, name: str, why: str) -> PathRefused:
     return PathRefused(rule, f"Refused {name!r}: {why} (rule: {rule}).")
 
 
+def _lexical_inside(root: Path, real_root: str, name: str, shown: str) -> str:
+    """The name as a normalised path, refused unless it is lexically inside the folder
+    (its real path or the path it was given as); links are judged later, on disk."""
+    given = Path(name)
+    lexical = os.path.normpath(given if given.is_absolute() else Path(real_root) / given)
+    if not _inside(real_root, lexical) and not _inside(os.path.normpath(root), lexical):
+        if given.is_absolute():
+            raise _refuse(
+                "outside_projects_dir", shown, "absolute path outside the projects folder"
+            )
+        raise _refuse("path_traversal", shown, "'..' leads out of the projects folder")
+    return lexical
+
+
 def _checked_name(name: str) -> str:
     """The name as shown in a refusal, once it is a name a file system could hold."""
     shown = name if len(name) <= 200 else name[:200] + "…"
@@ -249,14 +263,7 @@ def read_project_file(
         real_root = os.path.realpath(root)
     except OSError:
         raise changed from None
-    given = Path(name)
-    lexical = os.path.normpath(given if given.is_absolute() else Path(real_root) / given)
-    if not _inside(real_root, lexical) and not _inside(os.path.normpath(root), lexical):
-        if given.is_absolute():
-            raise _refuse(
-                "outside_projects_dir", shown, "absolute path outside the projects folder"
-            )
-        raise _refuse("path_traversal", shown, "'..' leads out of the projects folder")
+    lexical = _lexical_inside(root, real_root, name, shown)
 
     try:
         real = os.path.realpath(lexical)
@@ -372,14 +379,7 @@ def write_project_file(
             f"content is larger than {max_bytes} bytes (KERNEL_MCP_MAX_FILE_BYTES)"
         )
     real_root = os.path.realpath(root)
-    given = Path(name)
-    lexical = os.path.normpath(given if given.is_absolute() else Path(real_root) / given)
-    if not _inside(real_root, lexical) and not _inside(os.path.normpath(root), lexical):
-        if given.is_absolute():
-            raise _refuse(
-                "outside_projects_dir", shown, "absolute path outside the projects folder"
-            )
-        raise _refuse("path_traversal", shown, "'..' leads out of the projects folder")
+    lexical = _lexical_inside(root, real_root, name, shown)
     base = real_root if _inside(real_root, lexical) else os.path.normpath(root)
     parts = PurePosixPath(os.path.relpath(lexical, base)).parts if lexical != base else ()
     if not parts or parts[-1] in (".", ".."):

@@ -71,7 +71,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """What a caller asks of a run of a file or snippet, whatever the code is."""
 
@@ -82,30 +82,23 @@ class RunOptions:
     progress: ProgressCallback | None = None
     save_notebook: bool = False
     kernel: str | None = None
+    """A kernelspec other than the default (a fresh run's; a session keeps its own)."""
     background: bool = False
+    """Its time limit is KERNEL_MCP_BACKGROUND_MAX_TIMEOUT's (and so is its default)."""
 
 
-@dataclass(frozen=True)
-class RunRequest:
-    """One run of a file or snippet: what runs, how it is recorded, and its limits."""
+@dataclass(frozen=True, kw_only=True)
+class RunRequest(RunOptions):
+    """One run of a file or snippet: the caller's options, what runs, how it is recorded."""
 
     code: str
     tool: str
-    owner: str | None
     record_as: str
     """The cell source a notebook records (a file's set-up line, then its source)."""
     preamble: str | None = None
     """Set-up run silently first (``python file.py``'s __file__, argv, sys.path)."""
     file: str | None = None
-    timeout: float | None = None
-    session_id: str | None = None
-    progress: ProgressCallback | None = None
-    save_notebook: bool = False
     stem: str = "code"
-    kernel: str | None = None
-    """A kernelspec other than the default (a fresh run's; a session keeps its own)."""
-    background: bool = False
-    """Its time limit is KERNEL_MCP_BACKGROUND_MAX_TIMEOUT's (and so is its default)."""
     on_output: OutputCallback | None = None
     stdin: StdinHandler | None = None
     """Who answers the code's input(); None: input() raises at once, with a clear message."""
@@ -354,16 +347,8 @@ class Runner:
 
     def _request(self, options: RunOptions, **what: Any) -> RunRequest:
         self.settings.clamp_timeout(options.timeout, background=options.background)
-        return RunRequest(
-            **what,
-            owner=options.owner,
-            timeout=options.timeout,
-            session_id=options.session_id,
-            progress=options.progress,
-            save_notebook=options.save_notebook,
-            kernel=self.kernels.choose(options.kernel),
-            background=options.background,
-        )
+        asked = {**vars(options), "kernel": self.kernels.choose(options.kernel)}
+        return RunRequest(**asked, **what)
 
     async def run_file(self, file_name: str, **options: Any) -> RunOutcome:
         """Run a .py file now (``options`` are ``RunOptions``'s fields)."""
