@@ -785,21 +785,16 @@ async def inprocess_session(projects: Path, notebooks: Path, n: int) -> dict[str
     return out
 
 
-def notebook_rebuild_cost(folder: Path) -> dict[str, Any]:
-    """What rebuilding a session's .ipynb costs, by size (in-process ``write_atomically``).
-
-    Since the journal, a session run appends one line; the notebook is rebuilt off
-    the reply path (at most once a second while it grows, and on read or export).
-    """
+def _finished_run(outputs: list[Any]) -> Any:
+    """An ok run of one millisecond with ``outputs``, as a recorded cell holds it."""
     from datetime import datetime, timezone
 
     from kernel_mcp.kernel import Execution
-    from kernel_mcp.notebook import code_cell, notebook_for, write_atomically
 
     now = datetime.now(timezone.utc)
-    execution = Execution(
+    return Execution(
         status="ok",
-        outputs=[],
+        outputs=outputs,
         execution_count=1,
         error=None,
         started_at=now,
@@ -807,6 +802,17 @@ def notebook_rebuild_cost(folder: Path) -> dict[str, Any]:
         duration_s=0.001,
         timeout_s=30,
     )
+
+
+def notebook_rebuild_cost(folder: Path) -> dict[str, Any]:
+    """What rebuilding a session's .ipynb costs, by size (in-process ``write_atomically``).
+
+    Since the journal, a session run appends one line; the notebook is rebuilt off
+    the reply path (at most once a second while it grows, and on read or export).
+    """
+    from kernel_mcp.notebook import code_cell, notebook_for, write_atomically
+
+    execution = _finished_run([])
     out = {}
     for cells in (1, 100, 1000):
         nb = notebook_for({"language_info": {"name": "python"}})
@@ -828,26 +834,13 @@ def recording_cost(folder: Path, sizes: tuple[int, ...], samples: int) -> dict[s
     Each run's cell holds about 1 KB of output. Between sizes the journal is grown
     with the same appends, untimed; at each size ``samples`` appends are timed.
     """
-    from datetime import datetime, timezone
-
     from nbformat.v4 import new_output
 
-    from kernel_mcp.kernel import Execution
     from kernel_mcp.notebook import code_cell
     from kernel_mcp.notebook_store import NotebookStore
     from kernel_mcp.recording import Recorder
 
-    now = datetime.now(timezone.utc)
-    execution = Execution(
-        status="ok",
-        outputs=[new_output("stream", name="stdout", text="x" * 1000 + "\n")],
-        execution_count=1,
-        error=None,
-        started_at=now,
-        ended_at=now,
-        duration_s=0.001,
-        timeout_s=30,
-    )
+    execution = _finished_run([new_output("stream", name="stdout", text="x" * 1000 + "\n")])
     store = NotebookStore(folder, private_recordings=False)
     recorder = Recorder(store, projects_dir=folder)
     recording = recorder.create("bench-r", {"language_info": {"name": "python"}})
