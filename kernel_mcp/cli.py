@@ -212,17 +212,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 # -- client side -------------------------------------------------------------------
 async def _with_client(args: argparse.Namespace, use: Any) -> int:
-    from fastmcp import Client
+    from kernel_mcp.server.client import connected
 
-    if args.server:
-        token = os.environ.get("KERNEL_MCP_TOKEN", "").split(",")[0].strip() or None
-        async with Client(args.server, auth=token, timeout=None) as client:
-            return int(await use(client))
-    from kernel_mcp.runner import Runner
-    from kernel_mcp.server import build_server
-
-    settings = _settings(args, pool_size=0)
-    async with Runner(settings) as runner, Client(build_server(settings, runner)) as client:
+    token = os.environ.get("KERNEL_MCP_TOKEN", "").split(",")[0].strip() or None
+    settings = None if args.server else _settings(args, pool_size=0)
+    async with connected(args.server, token=token, settings=settings) as client:
         return int(await use(client))
 
 

@@ -11,13 +11,15 @@ tool arguments; they never depend on the MCP transport session, which the
     app.py            build_server: the FastMCP app, its tools registered by area
     edge.py           the one translation of domain errors and replies into MCP
     auth.py           bearer tokens; the caller's principal
-    run_tools.py      run_python, run_code
+    run_tools.py      run_python, run_code, get_run, cancel_run, list_runs
+    run_flow.py       a run call: foreground, background, MCP task, input() asked
     session_tools.py  create/list/interrupt/restart/close sessions
     notebook_tools.py export_notebook, run_notebook
-    file_tools.py     list_files
+    file_tools.py     list_files, read_file, write_file, list_kernels
     resources.py      notebook://… resources
     http.py           /mcp + /sse + /healthz in one ASGI app, Host/Origin guards
     stdio.py          one client on stdin/stdout
+    client.py         the CLI's MCP client (``kernel-mcp run`` and ``tools``)
 """
 
 from kernel_mcp.server.app import build_server
