@@ -13,9 +13,9 @@ tool arguments; they never depend on the MCP transport session, which the
     auth.py           bearer tokens; the caller's principal
     run_tools.py      run_python, run_code, get_run, cancel_run, list_runs
     run_flow.py       a run call: foreground, background, MCP task, input() asked
-    session_tools.py  create/list/interrupt/restart/close sessions
+    session_tools.py  create/list/interrupt/restart/close sessions; list_kernels
     notebook_tools.py export_notebook, run_notebook
-    file_tools.py     list_files, read_file, write_file, list_kernels
+    file_tools.py     list_files, read_file, write_file
     resources.py      notebook://… resources
     http.py           /mcp + /sse + /healthz in one ASGI app, Host/Origin guards
     stdio.py          one client on stdin/stdout
