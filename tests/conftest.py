@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,32 @@ def descendants_of(pids: set[int]) -> set[int]:
         with contextlib.suppress(psutil.Error):
             found.add(pid)
             found.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+    return found
+
+
+#: A kernel-side expression naming the kernel's PID namespace, for :func:`host_pids`.
+PID_NAMESPACE = "__import__('os').readlink('/proc/self/ns/pid')"
+
+
+def host_pids(namespace: str, pids: Iterable[int]) -> set[int]:
+    """The host pids of the processes numbered ``pids`` inside PID namespace ``namespace``.
+
+    A sandboxed kernel has a PID namespace of its own (it is pid 2 there), so the
+    pids it reports mean nothing on the host; unsandboxed, the namespace is the
+    host's and the pids map to themselves.
+    """
+    wanted = {str(pid) for pid in pids}
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, StopIteration):
+            if os.readlink(entry / "ns" / "pid") != namespace:
+                continue
+            status = (entry / "status").read_text()
+            nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+            if nspid.split()[-1] in wanted:
+                found.add(int(entry.name))
     return found
 
 

@@ -310,9 +310,10 @@ async def test_a_segfault_is_reported_as_killed_by_sigsegv(fresh: Kernel) -> Non
 
 # -- interrupt and cancellation ---------------------------------------------------
 async def test_interrupt_during_a_run_ends_it_as_interrupted(
-    kernel: Kernel, tmp_path: Path
+    kernel: Kernel, backend: LocalBackend, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "running"
+    # In the projects folder: a sandboxed kernel's /tmp is its own.
+    marker = backend.settings.projects_dir / f"running-{tmp_path.name}"
 
     async def running() -> bool:
         return marker.exists()
