@@ -33,7 +33,7 @@ lint: $(VENV)/.test
 	$(BIN)/ruff format --check .
 
 bench: $(VENV)/.test
-	$(BIN)/python bench/bench.py
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -78,7 +78,9 @@ class KernelBackend(Protocol):
 
     name: str
 
-    async def start(self) -> Kernel: ...
+    async def start(self, kernel_name: str | None = None) -> Kernel:
+        """A started, ready kernel of ``kernel_name`` (None: the configured default)."""
+
     async def close(self) -> None: ...
 
 
@@ -387,18 +389,19 @@ class LocalBackend:
             return f"off ({why})"
         return self.sandbox.describe()
 
-    async def start(self) -> Kernel:
-        """Start one kernel and wait until it answers.
+    async def start(self, kernel_name: str | None = None) -> Kernel:
+        """Start one kernel (of ``kernel_name``, else the default) and wait until it answers.
 
         Raises:
             KernelStartFailed: it could not be launched or did not become ready;
                 the message ends with the tail of the kernel's stderr.
         """
+        spec = kernel_name or self.settings.kernel_name
         name = uuid.uuid4().hex[:12]
         folder = self._dir / name
         folder.mkdir(mode=0o700)
         manager = WrappedKernelManager(
-            kernel_name=self.settings.kernel_name,
+            kernel_name=spec,
             transport="ipc",
             ip=str(folder / "ipc"),
             connection_file=str(folder / "kernel.json"),
@@ -438,8 +441,7 @@ class LocalBackend:
             if not isinstance(exc, Exception):
                 raise
             raise KernelStartFailed(
-                scrub_paths(f"could not start kernel {self.settings.kernel_name!r}: {exc}")
-                + _quoted(tail)
+                scrub_paths(f"could not start kernel {spec!r}: {exc}") + _quoted(tail)
             ) from exc
         finally:
             os.close(stderr)

@@ -111,6 +111,26 @@ class Settings(BaseSettings):
         False,
         description="Run files with more than one hard link (one may live outside the folder).",
     )
+    write_suffixes: CommaList = Field(
+        default_factory=lambda: [".py", ".txt", ".csv", ".json", ".md", ".ipynb"],
+        description="File endings write_file may write and read_file may read.",
+    )
+
+    # --- runs that outlive a call -----------------------------------------------
+    background_max_timeout: Seconds = Field(
+        24 * 3600.0, description="Time limit of a background run (and its default), seconds."
+    )
+    run_retention: Seconds = Field(
+        3600.0, description="Seconds a finished background run's result is kept for get_run."
+    )
+    tasks: bool = Field(
+        True, description="Serve MCP tasks (io.modelcontextprotocol/tasks) to clients that ask."
+    )
+    request_state_keys: SecretStr | None = Field(
+        None,
+        description="Keys sealing input requests' state (comma-separated; the first seals). "
+        "Replicas must share them; unset: a key per process.",
+    )
 
     # --- HTTP ---------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address.")
@@ -129,6 +149,10 @@ class Settings(BaseSettings):
 
     # --- kernels ------------------------------------------------------------
     kernel_name: str = Field("python3", description="Jupyter kernelspec to start.")
+    kernels: CommaList = Field(
+        default_factory=list,
+        description="Kernelspecs callers may choose (list_kernels); empty: only kernel_name.",
+    )
     pool_size: NonNegative = Field(2, description="Started kernels kept ready.")
     preload: CommaList = Field(
         default_factory=list, description="Modules pooled kernels import in advance."
@@ -220,6 +244,8 @@ class Settings(BaseSettings):
         "preload",
         "env_allow",
         "sandbox_read_paths",
+        "kernels",
+        "write_suffixes",
         mode="before",
     )
     @classmethod
@@ -237,6 +263,19 @@ class Settings(BaseSettings):
         if not resolved.is_file() or not os.access(resolved, os.X_OK):
             raise ValueError(f"{value} is not an executable file")
         return resolved
+
+    @field_validator("write_suffixes")
+    @classmethod
+    def _suffixes(cls, value: list[str]) -> list[str]:
+        cleaned = []
+        for suffix in value:
+            suffix = suffix.lower()
+            if not suffix.startswith("."):
+                suffix = "." + suffix
+            if "/" in suffix or suffix == ".":
+                raise ValueError(f"{suffix!r} is not a file ending such as .py")
+            cleaned.append(suffix)
+        return cleaned
 
     @field_validator("projects_dir")
     @classmethod
@@ -270,23 +309,40 @@ class Settings(BaseSettings):
         return value.expanduser().resolve()
 
     @property
+    def allowed_kernels(self) -> list[str]:
+        """The kernelspecs callers may choose, the default first."""
+        names = [self.kernel_name]
+        names += [n for n in self.kernels if n not in names]
+        return names
+
+    @property
+    def state_keys(self) -> list[str]:
+        if self.request_state_keys is None:
+            return []
+        raw = self.request_state_keys.get_secret_value()
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+    @property
     def tokens(self) -> list[str]:
         """The accepted bearer tokens (empty: no auth)."""
         if self.token is None:
             return []
         return [t.strip() for t in self.token.get_secret_value().split(",") if t.strip()]
 
-    def clamp_timeout(self, requested: float | None) -> float:
+    def clamp_timeout(self, requested: float | None, *, background: bool = False) -> float:
         """The time limit for one call: the default, or the caller's, capped at max_timeout.
+
+        A background run's default and cap are ``background_max_timeout``.
 
         Raises:
             InvalidArgument: not a positive, finite number of seconds.
         """
+        cap = self.background_max_timeout if background else self.max_timeout
         if requested is None:
-            return min(self.timeout, self.max_timeout)
+            return cap if background else min(self.timeout, cap)
         if not math.isfinite(requested) or requested <= 0:
             raise InvalidArgument("timeout must be a positive number of seconds")
-        return min(float(requested), self.max_timeout)
+        return min(float(requested), cap)
 
 
 def _field(name: str) -> str:

@@ -45,6 +45,14 @@ log = logging.getLogger(__name__)
 
 Status = Literal["ok", "error", "timeout", "kernel_died", "interrupted"]
 ProgressCallback = Callable[[float, str], Awaitable[None]]
+OutputCallback = Callable[[str, str], None]
+"""Called with (stream name, text) for every stream message a run sends."""
+StdinHandler = Callable[[str, bool], Awaitable[str | None]]
+"""Answers the kernel's ``input()``: (prompt, password) -> the text, or None for no answer
+(the kernel's ``input()`` then raises EOFError)."""
+
+#: What an input_reply says for "no answer": ipykernel raises EOFError on it.
+NO_ANSWER = "\x04"
 
 #: How often a waiting execution checks that its kernel still lives, seconds.
 LIVENESS_INTERVAL = 0.25
@@ -70,6 +78,8 @@ class KernelClient(Protocol):
     ) -> str: ...
     async def get_iopub_msg(self, timeout: float | None = ...) -> dict[str, Any]: ...
     async def get_shell_msg(self, timeout: float | None = ...) -> dict[str, Any]: ...
+    async def get_stdin_msg(self, timeout: float | None = ...) -> dict[str, Any]: ...
+    def input(self, string: str) -> None: ...
     def stop_channels(self) -> None: ...
 
 
@@ -297,6 +307,39 @@ def _kmcp_guard(config):
     with contextlib.suppress(Exception):  # a kernel without IPython's publishers
         install()
 """
+# Installed with the output guard: when a run cannot ask anyone for input, say so in
+# words the model can act on, instead of ipykernel's "this frontend does not support
+# input requests". The class methods are patched: ipykernel rebinds builtins.input
+# to the kernel's bound method on every execution.
+_INPUT_GUARD = r"""
+def _kmcp_input_guard(config):
+    from IPython import get_ipython
+    from IPython.core.error import StdinNotImplementedError
+
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None:
+        return
+    cls = type(kernel)
+    for name in ("raw_input", "getpass"):
+        original = getattr(cls, name, None)
+        if original is None or getattr(original, "_kmcp", False):
+            continue
+
+        def guarded(self, *args, _original=original, **kwargs):
+            if not getattr(self, "_allow_stdin", True):
+                raise StdinNotImplementedError(config["message"])
+            return _original(self, *args, **kwargs)
+
+        guarded._kmcp = True
+        setattr(cls, name, guarded)
+"""
+#: What input() says in a run that cannot ask anyone.
+NO_STDIN_MESSAGE = (
+    "input() needs an answer, and this run cannot ask for one: the MCP client did not "
+    "declare elicitation (or the run is in the background). Put the value in the code "
+    "or in a file instead."
+)
+
 #: Starts the notice the output guard writes when it drops a flood.
 OUTPUT_GUARD_MARKER = "[kernel-mcp:"
 
@@ -345,8 +388,15 @@ class Kernel:
         grace: float,
         progress: ProgressCallback | None = None,
         store_history: bool = True,
+        on_output: OutputCallback | None = None,
+        stdin: StdinHandler | None = None,
     ) -> Execution:
         """Run ``code`` and collect everything it outputs until the kernel is idle.
+
+        With ``stdin`` the kernel may ask for input (``input()``, ``getpass``): each
+        request is answered by awaiting ``stdin``; the time that takes counts against
+        ``timeout``. Without it, ``input()`` raises StdinNotImplementedError at once.
+        ``on_output`` sees every stream message as it arrives (for incremental output).
 
         On timeout the kernel is interrupted; if it is not idle within ``grace``
         seconds it is killed (``kernel_replaced``). If the caller is cancelled,
@@ -368,13 +418,14 @@ class Kernel:
             code,
             silent=False,
             store_history=store_history,
-            allow_stdin=False,
+            allow_stdin=stdin is not None,
             stop_on_error=False,
         )
         waiters = _Waiters()
         waiters.start(
             asyncio.ensure_future(self._shell_reply(msg_id)),
-            asyncio.ensure_future(self._iopub_until_idle(msg_id, collector, waiters)),
+            asyncio.ensure_future(self._iopub_until_idle(msg_id, collector, waiters, on_output)),
+            asyncio.ensure_future(self._answer_input(msg_id, stdin)) if stdin else None,
         )
         try:
             outcome = await self._wait(waiters, collector, start + timeout, progress, start)
@@ -450,6 +501,10 @@ class Kernel:
         if self.language_info.get("name", "python") != "python":
             return  # both are Python code
         await self.run_silently(self.guard_source())
+        config = {"message": NO_STDIN_MESSAGE}
+        await self.run_silently(
+            f"{_INPUT_GUARD}\n_kmcp_input_guard({config!r})\ndel _kmcp_input_guard"
+        )
         # The guard's own cell ended with IPython's tee restoring the old bound
         # method on the instances; with the tee now off, drop those leftovers.
         await self.run_silently(
@@ -555,8 +610,28 @@ class Kernel:
             if msg.get("parent_header", {}).get("msg_id") == msg_id:
                 return msg
 
+    async def _answer_input(self, msg_id: str, stdin: StdinHandler) -> None:
+        """Answer the run's input requests (the stdin channel) until the run ends."""
+        while True:
+            try:
+                msg = await self.client.get_stdin_msg(timeout=None)
+            except ValueError:
+                self.unverified += 1
+                continue
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["header"]["msg_type"] != "input_request":
+                continue
+            content = msg.get("content", {})
+            answer = await stdin(str(content.get("prompt", "")), bool(content.get("password")))
+            self.client.input(NO_ANSWER if answer is None else answer)
+
     async def _iopub_until_idle(
-        self, msg_id: str, collector: OutputCollector, waiters: _Waiters
+        self,
+        msg_id: str,
+        collector: OutputCollector,
+        waiters: _Waiters,
+        on_output: OutputCallback | None = None,
     ) -> None:
         yield_at = time.monotonic() + READER_SLICE
         while True:
@@ -573,12 +648,13 @@ class Kernel:
                 yield_at = time.monotonic() + READER_SLICE
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
-            if (
-                msg["header"]["msg_type"] == "status"
-                and msg["content"].get("execution_state") == "idle"
-            ):
+            kind = msg["header"]["msg_type"]
+            if kind == "status" and msg["content"].get("execution_state") == "idle":
                 return
             collector.feed(msg)
+            if on_output is not None and kind == "stream":
+                content = msg["content"]
+                on_output(str(content.get("name", "stdout")), str(content.get("text", "")))
 
     async def _death(self) -> str:
         self.dead = True
@@ -644,15 +720,23 @@ class Kernel:
 
 
 class _Waiters:
-    """The two readers of one execution: its shell reply and its IOPub stream."""
+    """The readers of one execution: its shell reply and its IOPub stream (both must
+    end for the run to be complete), and its stdin answerer (ended with them)."""
 
     def __init__(self) -> None:
         self.tasks: tuple[asyncio.Future[Any], ...] = ()
+        self.helper: asyncio.Future[Any] | None = None
         #: What the current wait waits until (monotonic); the IOPub reader reads it.
         self.deadline = float("inf")
 
-    def start(self, reply: asyncio.Future[Any], idle: asyncio.Future[Any]) -> None:
+    def start(
+        self,
+        reply: asyncio.Future[Any],
+        idle: asyncio.Future[Any],
+        helper: asyncio.Future[Any] | None = None,
+    ) -> None:
         self.tasks = (reply, idle)
+        self.helper = helper
 
     def reply_content(self) -> dict[str, Any]:
         """The shell reply's content, once it has arrived ({} before)."""
@@ -662,12 +746,14 @@ class _Waiters:
         return dict(reply.result().get("content") or {})
 
     def pending(self) -> set[asyncio.Future[Any]]:
-        for task in self.tasks:
-            if task.done():
+        for task in (*self.tasks, self.helper):
+            if task is not None and task.done() and not task.cancelled():
                 task.result()  # a reader that failed raises here
         return {task for task in self.tasks if not task.done()}
 
     async def cancel(self) -> None:
-        for task in self.tasks:
+        owned = [task for task in (*self.tasks, self.helper) if task is not None]
+        for task in owned:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        # Their failures were raised by pending() already; here they only end.
+        await asyncio.gather(*owned, return_exceptions=True)

@@ -28,7 +28,7 @@ from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_notebook
 
 from kernel_mcp.errors import InvalidArgument, InvalidNotebook
-from kernel_mcp.kernel import Execution, Kernel
+from kernel_mcp.kernel import Execution, Kernel, OutputCallback, StdinHandler
 
 __all__ = [
     "INJECTED_TAG",
@@ -298,6 +298,8 @@ async def execute_notebook(
     total_timeout: float,
     grace: float,
     allow_errors: bool,
+    on_output: OutputCallback | None = None,
+    stdin: StdinHandler | None = None,
 ) -> NotebookRun:
     """Run the code cells of ``nb`` in order, in place, in ``kernel``.
 
@@ -324,7 +326,11 @@ async def execute_notebook(
         if remaining <= 0:
             remaining = 0.001
         execution = await kernel.execute(
-            cell.source, timeout=min(cell_timeout, remaining), grace=grace
+            cell.source,
+            timeout=min(cell_timeout, remaining),
+            grace=grace,
+            on_output=on_output,
+            stdin=stdin,
         )
         filled = code_cell(cell.source, execution, "run_notebook")
         cell.outputs = filled.outputs

@@ -26,6 +26,7 @@ an event, and never entering a symlinked folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
@@ -47,10 +48,12 @@ __all__ = [
     "WALK_TIME_BUDGET_S",
     "FileListing",
     "ProjectFile",
+    "WrittenFile",
     "list_project_files",
     "open_dir_beneath",
     "read_project_file",
     "validate_name",
+    "write_project_file",
 ]
 
 MAX_LISTED_FILES = 1000
@@ -203,6 +206,7 @@ def read_project_file(
     suffixes: tuple[str, ...] = (".py",),
     max_bytes: int,
     allow_hardlinks: bool = False,
+    action: str = "run",
 ) -> ProjectFile:
     """Check ``name`` against the guard and read it.
 
@@ -258,7 +262,7 @@ def read_project_file(
         raise _refuse("symlink_escape", shown, "a symlink leads out of the projects folder")
     if not real.lower().endswith(suffixes) or not lexical.lower().endswith(suffixes):
         allowed = ", ".join(suffixes)
-        raise _refuse("file_type", shown, f"only {allowed} files may be run")
+        raise _refuse("file_type", shown, f"only {allowed} files may be {action}")
     parts = PurePosixPath(os.path.relpath(real, real_root)).parts if real != real_root else ()
     if not parts:
         raise _refuse("not_regular_file", shown, "not a regular file (directory, FIFO or device)")
@@ -318,6 +322,156 @@ def read_project_file(
     except UnicodeDecodeError:
         raise InvalidArgument(f"{shown!r} is not UTF-8 text.") from None
     return ProjectFile(path=Path(real), relative="/".join(parts), source=source)
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenFile:
+    """What :func:`write_project_file` wrote."""
+
+    relative: str
+    bytes: int
+    created: bool
+
+
+def write_project_file(
+    root: Path,
+    name: str,
+    content: str,
+    *,
+    suffixes: tuple[str, ...],
+    max_bytes: int,
+    overwrite: bool = False,
+    mode: int = 0o644,
+) -> WrittenFile:
+    """Write a text file beneath the projects folder, atomically, through no symlink.
+
+    The same name rules as :func:`read_project_file` (containment decided first,
+    messages quoting only the caller's name), with stricter rules for the path:
+    every existing component must be a real folder (a symlinked folder is
+    refused, even one that stays inside), missing folders are created, and an
+    existing entry is replaced only if it is a regular file and ``overwrite``
+    is set. The content goes to a temporary file beside the target, is fsynced,
+    then renamed over it (or hard-linked into place when not overwriting, which
+    fails rather than clobber a file that appeared meanwhile).
+
+    Raises:
+        PathRefused: a rule was broken (``exists``, ``symlink`` and ``not_regular_file``
+            besides the read rules).
+        InvalidArgument: the content is larger than ``max_bytes``.
+    """
+    shown = name if len(name) <= 200 else name[:200] + "…"
+    if not name or not name.strip():
+        raise _refuse("empty_name", shown, "a file name is required")
+    if "\x00" in name:
+        raise _refuse("nul_byte", shown.replace("\x00", "\\x00"), "the name contains a NUL byte")
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        raise _refuse("unencodable_name", shown, "the name is not valid file-system text") from None
+    data = content.encode("utf-8", "surrogatepass")
+    if len(data) > max_bytes:
+        raise InvalidArgument(
+            f"content is larger than {max_bytes} bytes (KERNEL_MCP_MAX_FILE_BYTES)"
+        )
+    real_root = os.path.realpath(root)
+    given = Path(name)
+    lexical = os.path.normpath(given if given.is_absolute() else Path(real_root) / given)
+    if not _inside(real_root, lexical) and not _inside(os.path.normpath(root), lexical):
+        if given.is_absolute():
+            raise _refuse(
+                "outside_projects_dir", shown, "absolute path outside the projects folder"
+            )
+        raise _refuse("path_traversal", shown, "'..' leads out of the projects folder")
+    base = real_root if _inside(real_root, lexical) else os.path.normpath(root)
+    parts = PurePosixPath(os.path.relpath(lexical, base)).parts if lexical != base else ()
+    if not parts or parts[-1] in (".", ".."):
+        raise _refuse("not_regular_file", shown, "a file name is required, not a folder")
+    if not parts[-1].lower().endswith(suffixes):
+        raise _refuse("file_type", shown, f"only {', '.join(suffixes)} files may be written")
+
+    folder = -1
+    try:
+        folder = _make_dirs_beneath(real_root, parts[:-1], shown)
+        leaf = parts[-1]
+        created = True
+        try:
+            info = os.stat(leaf, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        if info is not None:
+            if stat.S_ISLNK(info.st_mode):
+                raise _refuse("symlink", shown, "it is a symlink; write to the file it names")
+            if not stat.S_ISREG(info.st_mode):
+                raise _refuse("not_regular_file", shown, "not a regular file")
+            if not overwrite:
+                raise _refuse("exists", shown, "the file exists; pass overwrite=true to replace it")
+            created = False
+            mode = stat.S_IMODE(info.st_mode)
+        temp = f".{leaf[:100]}.{os.getpid()}.{time.monotonic_ns()}.kmcp-tmp"
+        fd = os.open(
+            temp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+            mode,
+            dir_fd=folder,
+        )
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            if created:
+                # Never clobber: a file that appeared meanwhile makes link() fail.
+                os.link(temp, leaf, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+            else:
+                os.replace(temp, leaf, src_dir_fd=folder, dst_dir_fd=folder)
+        except FileExistsError:
+            raise _refuse(
+                "exists", shown, "the file exists; pass overwrite=true to replace it"
+            ) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=folder)
+        os.fsync(folder)
+    except OSError as exc:
+        raise _refuse("unwritable", shown, os.strerror(exc.errno or errno.EIO)) from None
+    finally:
+        _close(folder)
+    return WrittenFile(relative="/".join(parts), bytes=len(data), created=created)
+
+
+def _make_dirs_beneath(real_root: str, parts: Sequence[str], shown: str) -> int:
+    """``real_root/parts...`` as a descriptor, creating missing folders, following no link."""
+    for part in parts:
+        if part in ("", ".", "..") or "/" in part:
+            raise _refuse("path_traversal", shown, "'..' leads out of the projects folder")
+    fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for part in parts:
+            try:
+                child = _open_child_dir(fd, part)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    child = _open_child_dir(fd, part)
+                elif exc.errno == errno.ELOOP:
+                    raise _refuse(
+                        "symlink",
+                        shown,
+                        "a folder on the way is a symlink; writes never follow one",
+                    ) from None
+                else:
+                    raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _check_links_and_size(

@@ -52,16 +52,21 @@ class KernelPool:
     def ready_count(self) -> int:
         return self._ready.qsize()
 
-    async def acquire(self, *, refill_now: bool = True) -> Kernel:
+    async def acquire(self, *, refill_now: bool = True, kernel_name: str | None = None) -> Kernel:
         """A started kernel that nobody has used: from the pool, or started now.
 
         Args:
             refill_now: start the replacement at once. A caller about to run code
                 passes False and calls ``refill()`` when done: a kernel start is
                 about 0.5 s of CPU, and on a small machine it would slow that run.
+            kernel_name: a kernelspec other than the default, started now (the
+                pool keeps warm kernels of the default only).
         """
         if self._closed:
             raise KernelError("the server is shutting down")
+        if kernel_name is not None:
+            # The pool keeps warm kernels of the default kernelspec only.
+            return await self._new_kernel(track=False, kernel_name=kernel_name)
         if refill_now:
             self._wanted.set()
         while not self._ready.empty():
@@ -105,8 +110,8 @@ class KernelPool:
         self._live.clear()
         await asyncio.gather(*(self._discard(k) for k in set(kernels)), return_exceptions=True)
 
-    async def _new_kernel(self, *, track: bool) -> Kernel:
-        kernel = await self.backend.start()
+    async def _new_kernel(self, *, track: bool, kernel_name: str | None = None) -> Kernel:
+        kernel = await self.backend.start(kernel_name)
         if track:
             self._live.add(kernel)
         try:

@@ -19,7 +19,7 @@ from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution
 from kernel_mcp.notebook import NotebookRun
 from kernel_mcp.outputs import strip_ansi as _strip_ansi
 from kernel_mcp.paths import FileListing
-from kernel_mcp.views import CellReport, ErrorInfo, FileList, NotebookReport, RunReport
+from kernel_mcp.views import CellReport, ErrorInfo, FileList, FileText, NotebookReport, RunReport
 
 __all__ = [
     "Image",
@@ -28,6 +28,7 @@ __all__ = [
     "ReplyLimits",
     "render",
     "render_file_list",
+    "render_file_text",
     "render_notebook",
 ]
 
@@ -368,3 +369,40 @@ def render_file_list(listing: FileListing, limits: ReplyLimits) -> FileList:
         files.append(name)
     truncated = listing.truncated or len(files) < len(listing.files)
     return FileList(files=files, projects_dir=".", truncated=truncated, notes=notes)
+
+
+# -- read_file ------------------------------------------------------------------------
+
+#: read_file shows at most this many lines per call.
+MAX_READ_LINES = 2000
+
+
+def render_file_text(
+    path: str, source: str, offset: int, limit: int, limits: ReplyLimits
+) -> FileText:
+    """Lines ``offset`` … ``offset + limit - 1`` of a file, numbered, within the reply caps."""
+    lines = source.splitlines()
+    first = max(1, int(offset))
+    count = max(1, min(int(limit), MAX_READ_LINES))
+    shown: list[str] = []
+    size = 0
+    budget = min(limits.max_stream_chars * 4, limits.max_reply_bytes // 3)
+    last = first - 1
+    for number in range(first, min(len(lines), first + count - 1) + 1):
+        line = lines[number - 1]
+        if len(line) > 2000:
+            line = line[:2000] + f" […{len(line) - 2000} characters cut]"
+        entry = f"{number}\t{line}"
+        if size + len(entry) + 1 > budget and shown:
+            break
+        shown.append(entry)
+        size += len(entry) + 1
+        last = number
+    return FileText(
+        path=path,
+        text="\n".join(shown),
+        first_line=first,
+        last_line=last,
+        total_lines=len(lines),
+        truncated=last < len(lines),
+    )

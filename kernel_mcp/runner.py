@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nbformat import NotebookNode
+
 from kernel_mcp.config import Settings
 from kernel_mcp.deployment import Deployment, deployment_for
 from kernel_mcp.errors import (
@@ -31,7 +33,8 @@ from kernel_mcp.errors import (
     RecordingError,
     StateUnavailable,
 )
-from kernel_mcp.kernel import Execution, Kernel, ProgressCallback
+from kernel_mcp.kernel import Execution, Kernel, OutputCallback, ProgressCallback, StdinHandler
+from kernel_mcp.kernelspecs import KernelCatalog
 from kernel_mcp.notebook import (
     NotebookRun,
     code_cell,
@@ -43,12 +46,20 @@ from kernel_mcp.notebook import (
     setup_cell,
 )
 from kernel_mcp.notebook_store import RUNS, NotebookStore
-from kernel_mcp.paths import FileListing, ProjectFile, list_project_files, read_project_file
+from kernel_mcp.paths import (
+    FileListing,
+    ProjectFile,
+    WrittenFile,
+    list_project_files,
+    read_project_file,
+    write_project_file,
+)
 from kernel_mcp.pool import KernelPool
 from kernel_mcp.recording import Recorder, Recording, describe_os_error
+from kernel_mcp.runs import Run, RunHooks, RunRegistry
 from kernel_mcp.sessions import Session, SessionRegistry
 
-__all__ = ["NotebookOutcome", "RunOutcome", "RunRequest", "Runner"]
+__all__ = ["NotebookOutcome", "NotebookRequest", "RunOutcome", "RunRequest", "Runner"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +81,38 @@ class RunRequest:
     progress: ProgressCallback | None = None
     save_notebook: bool = False
     stem: str = "code"
+    kernel: str | None = None
+    """A kernelspec other than the default (a fresh run's; a session keeps its own)."""
+    background: bool = False
+    """Its time limit is KERNEL_MCP_BACKGROUND_MAX_TIMEOUT's (and so is its default)."""
+    on_output: OutputCallback | None = None
+    stdin: StdinHandler | None = None
+    """Who answers the code's input(); None: input() raises at once, with a clear message."""
+
+    @property
+    def label(self) -> str:
+        return self.file or "code"
+
+
+@dataclass(frozen=True)
+class NotebookRequest:
+    """One run of a notebook from the projects folder, parameters already injected."""
+
+    nb: NotebookNode
+    source: str
+    """The notebook, relative to the projects folder."""
+    owner: str | None
+    session_id: str | None = None
+    timeout: float | None = None
+    allow_errors: bool = False
+    kernel: str | None = None
+    background: bool = False
+    on_output: OutputCallback | None = None
+    stdin: StdinHandler | None = None
+
+    @property
+    def label(self) -> str:
+        return self.source
 
 
 @dataclass
@@ -152,10 +195,19 @@ class Runner:
             settings.notebooks_dir, private_recordings=bool(settings.tokens)
         )
         self.recorder = Recorder(self.notebooks, projects_dir=settings.projects_dir)
+        self.kernels = KernelCatalog(settings, local=not settings.gateway_url)
+        self.runs = RunRegistry(
+            retention=settings.run_retention, markers=settings.notebooks_dir / ".runs"
+        )
         self._recordings: dict[str, Recording] = {}
         self._background: set[asyncio.Task[Any]] = set()
         # Each fresh run is a kernel process: bound how many run at once.
         self._fresh = asyncio.Semaphore(settings.max_fresh_runs)
+
+    @property
+    def open_world(self) -> bool:
+        """Whether code the kernels run can reach beyond this server (the network)."""
+        return True
 
     async def __aenter__(self) -> Runner:
         await self.start()
@@ -168,10 +220,12 @@ class Runner:
         # Sessions first: a shared store checks Redis before any kernel starts.
         await self.sessions.start()
         await self.recorder.start()
+        await self.runs.start()
         await self.pool.start()
 
     async def close(self) -> None:
-        """Shut every kernel down, write every recording, wait for every background task."""
+        """Stop every run, shut every kernel down, write every recording, wait for every task."""
+        await self.runs.close()
         await self.sessions.close()
         await self.pool.close()
         while self._background:
@@ -180,12 +234,12 @@ class Runner:
         await self.backend.close()
 
     @contextlib.asynccontextmanager
-    async def _fresh_kernel(self) -> AsyncIterator[Kernel]:
+    async def _fresh_kernel(self, kernel_name: str | None = None) -> AsyncIterator[Kernel]:
         """A never-used kernel for one run, within the fresh-run cap; killed afterwards."""
         async with self._fresh:
             # The replacement starts after the run: on 2 cores a kernel start (0.5 s
             # of CPU) next to the run slowed it by ~15 ms (docs/benchmarks.md).
-            kernel = await self.pool.acquire(refill_now=False)
+            kernel = await self.pool.acquire(refill_now=False, kernel_name=kernel_name)
             try:
                 yield kernel
             finally:
@@ -208,6 +262,29 @@ class Runner:
             allow_hardlinks=self.settings.allow_hardlinks,
         )
 
+    def read_text(self, name: str) -> ProjectFile:
+        """A text file the agent may read back (the write_file endings), through the guard."""
+        return read_project_file(
+            self.settings.projects_dir,
+            name,
+            suffixes=tuple(self.settings.write_suffixes),
+            max_bytes=self.settings.max_file_bytes,
+            allow_hardlinks=self.settings.allow_hardlinks,
+            action="read",
+        )
+
+    def write_file(self, name: str, content: str, *, overwrite: bool) -> WrittenFile:
+        """Write a text file beneath the projects folder (atomic, through no symlink)."""
+        return write_project_file(
+            self.settings.projects_dir,
+            name,
+            content,
+            suffixes=tuple(self.settings.write_suffixes),
+            max_bytes=self.settings.max_file_bytes,
+            overwrite=overwrite,
+            mode=self.notebooks.shared_mode,
+        )
+
     async def list_files(self, pattern: str) -> FileListing:
         """Files matching ``pattern``; the walk is bounded and stops if the caller goes away."""
         cancel = threading.Event()
@@ -223,8 +300,8 @@ class Runner:
             cancel.set()
             raise
 
-    # -- running -----------------------------------------------------------------
-    async def run_file(
+    # -- requests ------------------------------------------------------------------
+    def file_request(
         self,
         file_name: str,
         *,
@@ -233,26 +310,33 @@ class Runner:
         session_id: str | None = None,
         progress: ProgressCallback | None = None,
         save_notebook: bool = False,
-    ) -> RunOutcome:
-        """Run a .py file from the projects folder, as ``python file.py`` would."""
+        kernel: str | None = None,
+        background: bool = False,
+    ) -> RunRequest:
+        """A run of a .py file from the projects folder, as ``python file.py`` would.
+
+        Raises:
+            PathRefused, FileNotFound, InvalidArgument: before anything runs.
+        """
         project = self.read_file(file_name)
-        return await self.run(
-            RunRequest(
-                code=project.source,
-                tool="run_python",
-                owner=owner,
-                record_as=file_cell_source(project.relative, project.source),
-                preamble=_file_preamble(project, self.settings.projects_dir),
-                file=project.relative,
-                timeout=timeout,
-                session_id=session_id,
-                progress=progress,
-                save_notebook=save_notebook,
-                stem=Path(project.relative).stem,
-            )
+        self.settings.clamp_timeout(timeout, background=background)
+        return RunRequest(
+            code=project.source,
+            tool="run_python",
+            owner=owner,
+            record_as=file_cell_source(project.relative, project.source),
+            preamble=_file_preamble(project, self.settings.projects_dir),
+            file=project.relative,
+            timeout=timeout,
+            session_id=session_id,
+            progress=progress,
+            save_notebook=save_notebook,
+            stem=Path(project.relative).stem,
+            kernel=self.kernels.choose(kernel),
+            background=background,
         )
 
-    async def run_code(
+    def code_request(
         self,
         code: str,
         *,
@@ -261,49 +345,93 @@ class Runner:
         session_id: str | None = None,
         progress: ProgressCallback | None = None,
         save_notebook: bool = False,
-    ) -> RunOutcome:
-        """Run a snippet, in a fresh kernel or in a session."""
+        kernel: str | None = None,
+        background: bool = False,
+    ) -> RunRequest:
+        """A run of a snippet, in a fresh kernel or in a session.
+
+        Raises:
+            InvalidArgument: the snippet is too large, or an argument is bad.
+        """
         if len(code.encode("utf-8", "surrogatepass")) > self.settings.max_file_bytes:
             raise InvalidArgument(
                 f"code is larger than {self.settings.max_file_bytes} bytes "
                 "(KERNEL_MCP_MAX_FILE_BYTES)"
             )
-        return await self.run(
-            RunRequest(
-                code=code,
-                tool="run_code",
-                owner=owner,
-                record_as=code,
-                timeout=timeout,
-                session_id=session_id,
-                progress=progress,
-                save_notebook=save_notebook,
-            )
+        self.settings.clamp_timeout(timeout, background=background)
+        return RunRequest(
+            code=code,
+            tool="run_code",
+            owner=owner,
+            record_as=code,
+            timeout=timeout,
+            session_id=session_id,
+            progress=progress,
+            save_notebook=save_notebook,
+            kernel=self.kernels.choose(kernel),
+            background=background,
         )
 
-    def _time_limit(self, requested: float | None, notes: list[str]) -> float:
-        limit = self.settings.clamp_timeout(requested)
+    async def run_file(self, file_name: str, **kwargs: Any) -> RunOutcome:
+        """Run a .py file now (see ``file_request`` for the arguments)."""
+        return await self.run(self.file_request(file_name, **kwargs))
+
+    async def run_code(self, code: str, **kwargs: Any) -> RunOutcome:
+        """Run a snippet now (see ``code_request`` for the arguments)."""
+        return await self.run(self.code_request(code, **kwargs))
+
+    # -- runs that outlive a call ------------------------------------------------------
+    def start_run(self, request: RunRequest | NotebookRequest, *, parked: bool = False) -> Run:
+        """Start a run the run registry owns: a background one (``request.background``),
+        or a foreground one parked while a retried call answers its input() (``parked``).
+        """
+
+        async def work(hooks: RunHooks) -> RunOutcome | NotebookOutcome:
+            hooked = replace(request, on_output=hooks.output, stdin=hooks.ask if parked else None)
+            if isinstance(hooked, NotebookRequest):
+                return await self.run_notebook_request(hooked)
+            return await self.run(hooked)
+
+        return self.runs.start_run(
+            owner=request.owner,
+            tool=request.tool if isinstance(request, RunRequest) else "run_notebook",
+            label=request.label,
+            session_id=request.session_id,
+            background=request.background,
+            work=work,
+            timeout=request.timeout,
+        )
+
+    # -- running -----------------------------------------------------------------
+    def _time_limit(
+        self, requested: float | None, notes: list[str], *, background: bool = False
+    ) -> float:
+        limit = self.settings.clamp_timeout(requested, background=background)
         if requested is not None and limit < requested:
-            notes.append(
-                f"timeout {requested:g} s is above PYTHON_MAX_TIMEOUT; {limit:g} s applies."
-            )
+            name = "KERNEL_MCP_BACKGROUND_MAX_TIMEOUT" if background else "PYTHON_MAX_TIMEOUT"
+            notes.append(f"timeout {requested:g} s is above {name}; {limit:g} s applies.")
         return limit
 
     async def run(self, request: RunRequest) -> RunOutcome:
         """Run one request: fresh, or in its session (recorded there)."""
         notes: list[str] = []
-        limit = self._time_limit(request.timeout, notes)
+        limit = self._time_limit(request.timeout, notes, background=request.background)
         grace = self.settings.interrupt_grace
 
         async def execute(kernel: Kernel) -> Execution:
             if request.preamble:
                 await kernel.run_silently(request.preamble)
             return await kernel.execute(
-                request.code, timeout=limit, grace=grace, progress=request.progress
+                request.code,
+                timeout=limit,
+                grace=grace,
+                progress=request.progress,
+                on_output=request.on_output,
+                stdin=request.stdin,
             )
 
         if request.session_id is None:
-            async with self._fresh_kernel() as kernel:
+            async with self._fresh_kernel(request.kernel) as kernel:
                 execution = await execute(kernel)
             if request.file is not None:
                 execution = as_program_exit(execution)
@@ -373,8 +501,16 @@ class Runner:
         return []
 
     # -- sessions ----------------------------------------------------------------
-    async def create_session(self, *, owner: str | None, name: str | None = None) -> Session:
-        return await self.sessions.create(owner, name)
+    async def create_session(
+        self, *, owner: str | None, name: str | None = None, kernel: str | None = None
+    ) -> Session:
+        """A new session; ``kernel`` chooses one of the allowed kernelspecs.
+
+        Raises:
+            InvalidArgument: a bad name, or a kernel that is not allowed.
+            TooManySessions: at KERNEL_MCP_MAX_SESSIONS.
+        """
+        return await self.sessions.create(owner, name, kernel_name=self.kernels.choose(kernel))
 
     async def _session_created(self, session: Session) -> None:
         """The recording is made before the session's record, which names it."""
@@ -513,7 +649,7 @@ class Runner:
         return await asyncio.to_thread(recording.text)
 
     # -- running notebooks -------------------------------------------------------------
-    async def run_notebook(
+    def notebook_request(
         self,
         notebook_path: str,
         *,
@@ -522,8 +658,14 @@ class Runner:
         session_id: str | None = None,
         timeout: float | None = None,
         allow_errors: bool = False,
-    ) -> NotebookOutcome:
-        """Execute a notebook from the projects folder; save the executed copy."""
+        kernel: str | None = None,
+        background: bool = False,
+    ) -> NotebookRequest:
+        """A run of a notebook from the projects folder, papermill-style.
+
+        Raises:
+            PathRefused, FileNotFound, InvalidNotebook, InvalidArgument: before anything runs.
+        """
         project = self.read_file(notebook_path, suffixes=(".ipynb",))
         nb = parse_notebook(project.source, project.relative)
         if parameters is not None:
@@ -531,14 +673,35 @@ class Runner:
                 raise InvalidArgument("parameters must be an object of name: JSON value")
             if parameters:
                 inject_parameters(nb, parameters)
+        self.settings.clamp_timeout(timeout, background=background)
+        return NotebookRequest(
+            nb=nb,
+            source=project.relative,
+            owner=owner,
+            session_id=session_id,
+            timeout=timeout,
+            allow_errors=allow_errors,
+            kernel=self.kernels.choose(kernel),
+            background=background,
+        )
+
+    async def run_notebook(self, notebook_path: str, **kwargs: Any) -> NotebookOutcome:
+        """Run a notebook now (see ``notebook_request`` for the arguments)."""
+        return await self.run_notebook_request(self.notebook_request(notebook_path, **kwargs))
+
+    async def run_notebook_request(self, request: NotebookRequest) -> NotebookOutcome:
+        """Execute the notebook's code cells; save the executed copy."""
+        nb = request.nb
         notes: list[str] = []
-        cell_timeout = self._time_limit(timeout, notes)
+        cell_timeout = self._time_limit(request.timeout, notes, background=request.background)
         total = self.settings.notebook_timeout
+        if request.background:
+            total = max(total, self.settings.background_max_timeout)
         grace = self.settings.interrupt_grace
-        stem = Path(project.relative).stem
+        stem = Path(request.source).stem
 
         async def execute(kernel: Kernel) -> NotebookRun:
-            if not session_id:
+            if not request.session_id:
                 nb.metadata.update(notebook_for(kernel.kernel_info).metadata)
             return await execute_notebook(
                 kernel,
@@ -546,11 +709,13 @@ class Runner:
                 cell_timeout=cell_timeout,
                 total_timeout=total,
                 grace=grace,
-                allow_errors=allow_errors,
+                allow_errors=request.allow_errors,
+                on_output=request.on_output,
+                stdin=request.stdin,
             )
 
-        if session_id is None:
-            async with self._fresh_kernel() as kernel:
+        if request.session_id is None:
+            async with self._fresh_kernel(request.kernel) as kernel:
                 run = await execute(kernel)
         else:
 
@@ -565,7 +730,7 @@ class Runner:
                 notes.extend(await self._record(session, recording, [nb.cells[i] for i in ran]))
                 return run
 
-            run = await self.sessions.use(owner, session_id, in_session)
+            run = await self.sessions.use(request.owner, request.session_id, in_session)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         try:
             path = await asyncio.to_thread(
@@ -578,7 +743,7 @@ class Runner:
             run=run,
             path=path,
             uri=self.notebooks.uri(path) if path is not None else None,
-            source=project.relative,
-            session_id=session_id,
+            source=request.source,
+            session_id=request.session_id,
             notes=notes,
         )

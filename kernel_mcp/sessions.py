@@ -106,6 +106,8 @@ class SessionRecord:
     busy: bool = False
     served_by: str | None = None
     """The registry (a random token per process) that ran the last call."""
+    kernel_name: str | None = None
+    """The kernelspec the session chose (None: the default); replacements keep it."""
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -520,8 +522,10 @@ class SessionRegistry:
         return len(await self.store.records())
 
     # -- the public operations -----------------------------------------------------------
-    async def create(self, owner: str | None, name: str | None = None) -> Session:
-        """Start a session with a kernel from the warm pool.
+    async def create(
+        self, owner: str | None, name: str | None = None, *, kernel_name: str | None = None
+    ) -> Session:
+        """Start a session with a kernel from the warm pool (or of ``kernel_name``).
 
         Raises:
             TooManySessions: at KERNEL_MCP_MAX_SESSIONS.
@@ -530,12 +534,14 @@ class SessionRegistry:
         if name is not None:
             validate_name(name)
         session_id = secrets.token_urlsafe(16)
-        record = SessionRecord(id=session_id, name=name or session_id, owner=owner)
+        record = SessionRecord(
+            id=session_id, name=name or session_id, owner=owner, kernel_name=kernel_name
+        )
         # Counted and named before the kernel is acquired (that may wait): two creates
         # with one name, in any process, make one session.
         await self.store.reserve(record, self.max_sessions)
         try:
-            kernel = await self.pool.acquire()
+            kernel = await self.pool.acquire(kernel_name=kernel_name)
         except BaseException:
             await shielded_to_end(self.store.unreserve(record))
             raise
@@ -787,7 +793,7 @@ class SessionRegistry:
             await old.shutdown(now=True)
         elif session.record.kernel_id:
             await self._delete_kernel(session.record.kernel_id)
-        session.kernel = await self.pool.acquire()
+        session.kernel = await self.pool.acquire(kernel_name=session.record.kernel_name)
         session.record.kernel_id = session.kernel.process.kernel_id
         session.lost_state = f"{lost}; the session's state was lost" if lost else None
 

@@ -19,8 +19,16 @@ __all__ = [
     "ErrorInfo",
     "ExportResult",
     "FileList",
+    "FileText",
+    "FileWritten",
+    "KernelList",
+    "KernelView",
     "NotebookReport",
+    "RunList",
     "RunReport",
+    "RunStatus",
+    "RunSummary",
+    "RunView",
     "SessionAction",
     "SessionList",
     "SessionView",
@@ -35,11 +43,16 @@ class ErrorInfo(BaseModel):
     traceback: str = Field(description="Plain text, ANSI codes removed.")
 
 
+#: A run started with background=true: its call replies at once with this status.
+Running = Literal["running"]
+
+
 class RunReport(BaseModel):
     """Structured result of run_python / run_code (the tools' output schema)."""
 
-    status: Status = Field(
-        description="ok | error (exception) | timeout | kernel_died | interrupted"
+    status: Status | Running = Field(
+        description="ok | error (exception) | timeout | kernel_died | interrupted; "
+        "running: started with background=true (follow run_id with get_run)"
     )
     stdout: str
     stderr: str
@@ -54,6 +67,7 @@ class RunReport(BaseModel):
     file: str | None = Field(None, description="The file run, relative to the projects folder")
     session_id: str | None = None
     notebook: str | None = Field(None, description="Recorded notebook URI, when there is one")
+    run_id: str | None = Field(None, description="A background run's id (pass it to get_run)")
     notes: list[str] = Field(default_factory=list)
 
 
@@ -70,6 +84,8 @@ class SessionView(BaseModel):
     backend: str
     kernel_id: str | None
     notebook: str | None = Field(description="URI of the session's recording")
+    kernel: str | None = Field(None, description="Its kernelspec (None: the default)")
+    run_id: str | None = Field(None, description="The background run it is busy with")
     notes: list[str] = Field(default_factory=list)
 
 
@@ -106,7 +122,7 @@ class CellReport(BaseModel):
 class NotebookReport(BaseModel):
     """Structured result of run_notebook (its output schema)."""
 
-    status: Status
+    status: Status | Running
     notebook: str = Field(description="The source notebook, relative to the projects folder")
     path: str | None = Field(description="Executed copy on disk (null if it could not be saved)")
     uri: str | None = Field(description="Executed copy as an MCP resource")
@@ -119,4 +135,95 @@ class NotebookReport(BaseModel):
     error: RunReport | None = Field(description="Outputs of the failing cell")
     truncated: bool = False
     session_id: str | None = None
+    run_id: str | None = Field(None, description="A background run's id (pass it to get_run)")
     notes: list[str] = Field(default_factory=list)
+
+
+RunStatus = Literal[
+    "running",
+    "waiting_input",
+    "ok",
+    "error",
+    "timeout",
+    "kernel_died",
+    "interrupted",
+    "failed",
+    "cancelled",
+    "lost",
+    "dropped",
+]
+
+
+class RunView(BaseModel):
+    """A run that may outlive its call (get_run, cancel_run, and a background start)."""
+
+    run_id: str
+    status: RunStatus = Field(
+        description="running | waiting_input (its code waits in input()) | the run's own "
+        "status once done (ok, error, timeout, kernel_died, interrupted) | failed (it could "
+        "not run; see notes) | cancelled | lost (the server restarted under it) | dropped "
+        "(finished longer ago than KERNEL_MCP_RUN_RETENTION)"
+    )
+    done: bool
+    tool: str | None = None
+    label: str | None = Field(None, description="The file or notebook that runs, or 'code'")
+    session_id: str | None = None
+    background: bool = False
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    elapsed_s: float | None = Field(
+        None, description="Seconds since it started (or until it ended)"
+    )
+    output: str = Field(
+        "", description="stdout and stderr printed after offset `since`, in arrival order"
+    )
+    next: int = Field(0, description="Pass as `since` to the next get_run for what follows")
+    missed: int = Field(0, description="Characters before `next` no longer kept (trimmed)")
+    input_prompt: str | None = Field(None, description="What input() asked, when waiting")
+    result: RunReport | NotebookReport | None = Field(
+        None, description="The full reply, once done (as run_python/run_code/run_notebook give)"
+    )
+    notes: list[str] = Field(default_factory=list)
+
+
+class RunSummary(BaseModel):
+    run_id: str
+    status: RunStatus
+    tool: str
+    label: str
+    session_id: str | None
+    background: bool
+    started_at: datetime
+    elapsed_s: float
+
+
+class RunList(BaseModel):
+    runs: list[RunSummary]
+
+
+class KernelView(BaseModel):
+    name: str = Field(description="Pass as `kernel` to create_session or a fresh run")
+    display_name: str
+    language: str
+    interpreter: str | None = Field(description="The executable the kernel runs")
+    default: bool
+    available: bool = Field(description="Installed where kernels start")
+
+
+class KernelList(BaseModel):
+    kernels: list[KernelView]
+
+
+class FileWritten(BaseModel):
+    path: str = Field(description="Relative to the projects folder")
+    bytes: int
+    created: bool = Field(description="False when an existing file was replaced")
+
+
+class FileText(BaseModel):
+    path: str
+    text: str = Field(description="Lines as `<number>\\t<line>`, numbered from 1")
+    first_line: int
+    last_line: int
+    total_lines: int
+    truncated: bool = Field(description="More lines follow: read again with offset=last_line+1")

@@ -34,14 +34,14 @@ from kernel_mcp.backend import LocalBackend, LocalProcess, kernel_environment, s
 from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import KernelStartFailed
 from kernel_mcp.kernel import Execution, Kernel
-from tests.conftest import (
+from tests.helpers import wait_for
+from tests.launchers import (
     PID_NAMESPACE,
     ROOT,
     alive,
     free_port,
     host_pids,
     kernel_processes,
-    wait_for,
     wait_until,
 )
 

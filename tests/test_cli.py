@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kernel_mcp.cli import main
-from tests.conftest import SAMPLES, running_server
+from tests.helpers import SAMPLES, running_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

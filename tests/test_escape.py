@@ -28,17 +28,8 @@ from typing import Any
 import pytest
 
 from kernel_mcp.launch.sandbox import find_bwrap, probe
-from tests.conftest import (
-    ROOT,
-    SECRET,
-    ServerProcess,
-    call,
-    client_for,
-    running_server,
-    structured,
-    text_of,
-    wait_until,
-)
+from tests.helpers import SECRET, call, client_for, running_server, structured, text_of
+from tests.launchers import ROOT, ServerProcess, wait_until
 
 pytestmark = [
     pytest.mark.transport,

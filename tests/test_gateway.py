@@ -36,17 +36,8 @@ from kernel_mcp.scale.gateway import (
     GatewayProcess,
     ws_max_size,
 )
-from tests.conftest import (
-    call,
-    client_for,
-    free_port,
-    running_server,
-    structured,
-    text_of,
-    wait_for,
-    wait_until,
-)
-from tests.services import Gateway
+from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
+from tests.launchers import Gateway, free_port, wait_until
 
 
 def oversized_display(then: str = "") -> str:
@@ -649,3 +640,12 @@ async def test_after_a_gateway_restart_a_session_gets_a_new_kernel_and_says_so(
             assert fresh["status"] == "ok"
         finally:
             await call(client, "close_session", session_id=session_id)
+
+
+async def test_our_side_of_the_channels_websocket_sends_without_delay(kernel: Kernel) -> None:
+    import socket
+
+    client = kernel.client
+    assert isinstance(client, GatewayClient)
+    sock = client._ws.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -21,19 +21,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    PID_NAMESPACE,
-    ServerProcess,
-    call,
-    client_for,
-    host_pids,
-    running_server,
-    structured,
-    text_of,
-    wait_for,
-)
 from tests.corpus import paths as path_corpus
 from tests.corpus.programs import PROGRAMS, Program
+from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
+from tests.launchers import PID_NAMESPACE, ServerProcess, host_pids
 
 pytestmark = pytest.mark.transport
 

@@ -37,7 +37,8 @@ from kernel_mcp.config import load_settings
 from kernel_mcp.errors import KernelError
 from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution, Kernel
 from kernel_mcp.outputs import GUARD_METADATA_KEY, OutputLimits
-from tests.conftest import alive, wait_for, wait_until
+from tests.helpers import wait_for
+from tests.launchers import alive, wait_until
 
 LOOP_AFTER_MARKER = (
     "import pathlib, time\npathlib.Path({marker!r}).touch()\nwhile True:\n    time.sleep(0.01)\n"

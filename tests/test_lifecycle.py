@@ -9,20 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    PID_NAMESPACE,
+from tests.helpers import (
     TRANSPORTS,
-    ServerProcess,
-    alive,
     call,
     client_for,
-    descendants_of,
-    host_pids,
-    kernel_processes,
     running_server,
     structured,
     text_of,
     wait_for,
+)
+from tests.launchers import (
+    PID_NAMESPACE,
+    ServerProcess,
+    alive,
+    descendants_of,
+    host_pids,
+    kernel_processes,
     wait_until,
 )
 

@@ -22,14 +22,8 @@ from kernel_mcp.config import load_settings
 from kernel_mcp.errors import KernelError
 from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Kernel
 from kernel_mcp.pool import KernelPool
-from tests.conftest import (
-    PID_NAMESPACE,
-    alive,
-    host_pids,
-    kernel_processes,
-    wait_for,
-    wait_until,
-)
+from tests.helpers import wait_for
+from tests.launchers import PID_NAMESPACE, alive, host_pids, kernel_processes, wait_until
 
 #: A standard-library module a fresh kernel does not import by itself (``json``
 #: is imported by ipykernel already, so preloading it could not be observed).
@@ -47,8 +41,8 @@ class RecordingBackend:
         self.inner = inner
         self.started: list[Kernel] = []
 
-    async def start(self) -> Kernel:
-        kernel = await self.inner.start()
+    async def start(self, kernel_name: str | None = None) -> Kernel:
+        kernel = await self.inner.start(kernel_name)
         self.started.append(kernel)
         return kernel
 

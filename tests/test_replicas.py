@@ -35,17 +35,8 @@ from kernel_mcp.scale.gateway import GatewayBackend
 from kernel_mcp.scale.redis_store import RedisStore
 from kernel_mcp.scale.state import LeaseLost, SharedState
 from kernel_mcp.sessions import Session, SessionRegistry
-from tests.conftest import (
-    ServerProcess,
-    call,
-    client_for,
-    free_port,
-    running_server,
-    structured,
-    text_of,
-    wait_for,
-)
-from tests.services import Gateway, RedisServer
+from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
+from tests.launchers import Gateway, RedisServer, ServerProcess, free_port
 
 pytestmark = pytest.mark.transport
 
@@ -360,8 +351,8 @@ async def test_a_replica_killed_mid_call_loses_no_session_and_no_completed_run(
     cluster: Cluster,
 ) -> None:
     async with alice(cluster.b) as on_b:
-        on_victim = alice(cluster.victim)
-        await on_victim.__aenter__()
+        victim_stack = contextlib.AsyncExitStack()
+        on_victim = await victim_stack.enter_async_context(alice(cluster.victim))
         try:
             sid = (await ok(on_victim, "create_session"))["session_id"]
             await ok(on_victim, "run_code", code="a = 1", session_id=sid)
@@ -393,7 +384,7 @@ async def test_a_replica_killed_mid_call_loses_no_session_and_no_completed_run(
         finally:
             # Its server is gone: closing the client may fail, and that is fine.
             with contextlib.suppress(Exception):
-                await on_victim.__aexit__(None, None, None)
+                await victim_stack.aclose()
 
         try:
             started = time.monotonic()

@@ -34,7 +34,8 @@ from kernel_mcp.errors import ConfigError
 from kernel_mcp.kernel import Execution, Kernel
 from kernel_mcp.launch import sandbox as sandbox_module
 from kernel_mcp.launch.sandbox import Mount, Sandbox, SandboxPolicy, ordered, probe
-from tests.conftest import alive, host_pids, wait_for, wait_until
+from tests.helpers import wait_for
+from tests.launchers import alive, host_pids, wait_until
 
 pytestmark = pytest.mark.skipif(
     probe(*sandbox_module.find_bwrap(None)).bwrap is None,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from fastmcp import Client
 
-from tests.conftest import ServerProcess, call, running_server, structured, text_of
+from tests.helpers import call, running_server, structured, text_of
+from tests.launchers import ServerProcess
 
 pytestmark = pytest.mark.transport
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import SECRET, call, structured, text_of
+from tests.helpers import SECRET, call, structured, text_of
 
 pytestmark = pytest.mark.transport
 
@@ -32,6 +32,12 @@ async def test_tools_are_listed_with_output_schemas(client):
         "close_session",
         "export_notebook",
         "run_notebook",
+        "get_run",
+        "cancel_run",
+        "list_runs",
+        "list_kernels",
+        "write_file",
+        "read_file",
     } <= set(tools)
     schema = tools["run_python"].output_schema
     assert schema is not None
@@ -46,6 +52,30 @@ async def test_tools_are_listed_with_output_schemas(client):
         "duration_s",
         "execution_count",
     } <= set(schema["properties"])
+
+
+async def test_tool_annotations_tell_clients_the_truth(client):
+    tools = {tool.name: tool for tool in await client.list_tools()}
+    for name in ("run_python", "run_code", "run_notebook"):
+        hints = tools[name].annotations
+        # Running code changes things and may reach the network (unless sandboxed).
+        assert hints.destructiveHint is True and hints.readOnlyHint is False, name
+        assert hints.openWorldHint is True and hints.idempotentHint is False, name
+        assert tools[name].output_schema is not None, name
+    for name in (
+        "list_files",
+        "list_sessions",
+        "list_kernels",
+        "list_runs",
+        "get_run",
+        "read_file",
+    ):
+        hints = tools[name].annotations
+        assert hints.readOnlyHint is True and hints.idempotentHint is True, name
+    assert tools["write_file"].annotations.destructiveHint is True
+    assert tools["write_file"].annotations.idempotentHint is True
+    assert tools["close_session"].annotations.destructiveHint is True
+    assert "cells_total" in tools["run_notebook"].output_schema["properties"]
 
 
 async def test_hello_world(client):

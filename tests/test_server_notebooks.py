@@ -16,16 +16,8 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from kernel_mcp.cli import main
-from tests.conftest import (
-    alive,
-    call,
-    client_for,
-    running_server,
-    structured,
-    text_of,
-    wait_for,
-    wait_until,
-)
+from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
+from tests.launchers import alive, wait_until
 
 pytestmark = pytest.mark.transport
 

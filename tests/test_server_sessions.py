@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import call, structured, text_of, wait_for
+from tests.helpers import call, structured, text_of, wait_for
 
 pytestmark = pytest.mark.transport
 

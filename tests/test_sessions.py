@@ -26,7 +26,8 @@ from kernel_mcp.errors import InvalidArgument, SessionGone, SessionNotFound, Too
 from kernel_mcp.kernel import Execution, Kernel
 from kernel_mcp.pool import KernelPool
 from kernel_mcp.sessions import InProcessStore, Session, SessionRegistry
-from tests.conftest import alive, wait_for, wait_until
+from tests.helpers import wait_for
+from tests.launchers import alive, wait_until
 
 MakeRegistry = Callable[..., Awaitable[SessionRegistry]]
 

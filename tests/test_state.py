@@ -24,8 +24,8 @@ from kernel_mcp.scale.state import (
     StateUnavailable,
     redacted_url,
 )
-from tests.conftest import free_port, wait_for
-from tests.services import RedisServer
+from tests.helpers import wait_for
+from tests.launchers import RedisServer, free_port
 
 
 @pytest.fixture(scope="module")

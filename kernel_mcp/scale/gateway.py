@@ -79,6 +79,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import struct
 import time
 import uuid
@@ -148,6 +149,22 @@ def ws_max_size(max_output_bytes: int) -> int:
     characters) grows when JSON-escaped; plus the envelope.
     """
     return max(WS_MAX_MESSAGE_FLOOR, 2 * max_output_bytes + WS_ENVELOPE)
+
+
+#: TCP_NODELAY: a few small frames per execute must not wait for the peer's delayed ACK.
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _no_delay(ws: ClientConnection) -> None:
+    """Set TCP_NODELAY on our side of the channels WebSocket.
+
+    asyncio sets it on TCP transports already; saying so here keeps it true
+    whatever the event loop. The gateway's side is the operator's (docs/deploy.md).
+    """
+    sock = ws.transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(*NODELAY)
 
 
 def _ws_url(url: str) -> str:
@@ -306,7 +323,7 @@ class GatewayClient:
     async def _open(self, timeout: float) -> ClientConnection:
         url = self.gateway_url
         try:
-            return await connect(
+            ws = await connect(
                 self._url,
                 additional_headers=self._headers,
                 # Bounded: a bigger message is refused from its header, unread (1009).
@@ -314,6 +331,8 @@ class GatewayClient:
                 open_timeout=timeout,
                 close_timeout=WS_CLOSE_TIMEOUT,
             )
+            _no_delay(ws)
+            return ws
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status == 404:
@@ -757,6 +776,8 @@ class GatewayBackend:
         self.http = httpx2.AsyncClient(
             headers=self._headers,
             timeout=httpx2.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
+            # Our side of every connection sends small requests at once (no Nagle).
+            transport=httpx2.AsyncHTTPTransport(socket_options=[NODELAY]),
         )
         # The gateway passes KERNEL_* variables from the request to the kernel;
         # the secret filter first, so KERNEL_MCP_* (our own settings) never go.
@@ -768,14 +789,16 @@ class GatewayBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- KernelBackend -------------------------------------------------------
-    async def start(self) -> Kernel:
+    async def start(self, kernel_name: str | None = None) -> Kernel:
         """Start a kernel on the gateway and wait until it answers kernel_info.
+
+        ``kernel_name`` is the gateway's kernelspec (default KERNEL_MCP_GATEWAY_KERNEL_NAME).
 
         Raises:
             KernelStartFailed: the gateway is unreachable, refused the token, or
                 the kernel did not come up; the message names the gateway.
         """
-        creating = self.own(self._create())
+        creating = self.own(self._create(kernel_name or self.settings.gateway_kernel_name))
         try:
             kernel_id = await asyncio.shield(creating)
         except asyncio.CancelledError:
@@ -877,12 +900,12 @@ class GatewayBackend:
     def _kernel_path(kernel_id: str) -> str:
         return f"/api/kernels/{quote(kernel_id, safe='')}"
 
-    async def _create(self) -> str:
+    async def _create(self, kernel_name: str) -> str:
         response = await self._request(
             "POST",
             "/api/kernels",
             what="starting a kernel",
-            json={"name": self.settings.gateway_kernel_name, "env": dict(self._env)},
+            json={"name": kernel_name, "env": dict(self._env)},
             timeout=START_TIMEOUT,
         )
         try:

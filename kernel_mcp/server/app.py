@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastmcp import FastMCP
+from mcp.server.request_state import RequestStateSecurity
 
 from kernel_mcp import __version__
 from kernel_mcp.config import Settings
@@ -19,11 +20,12 @@ __all__ = ["INSTRUCTIONS", "build_server"]
 
 INSTRUCTIONS = """\
 Runs Python in Jupyter kernels. run_python runs a .py file from the projects
-folder (list_files shows them); run_code runs a snippet. Both start a fresh
-kernel unless you pass a session_id from create_session, in which case
-variables and imports persist between calls. Replies carry stdout, stderr,
-the last expression's value, tracebacks and images. Session runs are recorded
-as notebooks (resources notebook://...)."""
+folder (list_files shows them; write_file writes one, read_file reads one back);
+run_code runs a snippet. Both start a fresh kernel unless you pass a session_id
+from create_session, in which case variables and imports persist between calls.
+Replies carry stdout, stderr, the last expression's value, tracebacks and images.
+Long runs: pass background=true and follow them with get_run. Session runs are
+recorded as notebooks (resources notebook://...)."""
 
 
 def reply_limits(settings: Settings) -> ReplyLimits:
@@ -35,20 +37,50 @@ def reply_limits(settings: Settings) -> ReplyLimits:
     )
 
 
-def build_server(settings: Settings, runner: Runner) -> FastMCP:
-    """The FastMCP app with every tool and resource bound to ``runner``."""
+def request_state_security(settings: Settings) -> RequestStateSecurity:
+    """How the state of an input() request waiting for the user is sealed.
+
+    It must outlive the wait (a run may wait for its whole time limit), and
+    replicas must share its keys (KERNEL_MCP_REQUEST_STATE_KEYS) so that a retry
+    may land on any of them.
+    """
+    ttl = max(settings.max_timeout, settings.timeout) + 60.0
+    if settings.state_keys:
+        return RequestStateSecurity(keys=settings.state_keys, ttl=ttl, audience="kernel-mcp")
+    return RequestStateSecurity.ephemeral(ttl=ttl, audience="kernel-mcp")
+
+
+def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> FastMCP:
+    """The FastMCP app with every tool and resource bound to ``runner``.
+
+    ``tasks`` serves the MCP tasks extension (``io.modelcontextprotocol/tasks``) to
+    clients that negotiate it (when KERNEL_MCP_TASKS allows). Only a serving process
+    asks for it: importing fastmcp_tasks also makes every fastmcp ``Client`` in the
+    process run its calls as tasks.
+    """
     mcp = FastMCP(
         "kernel-mcp",
         instructions=INSTRUCTIONS,
         version=__version__,
         auth=BearerTokens(settings.tokens) if settings.tokens else None,
+        request_state_security=request_state_security(settings),
     )
     limits = reply_limits(settings)
-    register_run_tools(mcp, runner, limits)
+    # Code the kernels run may reach the network (and whatever else the server's
+    # user can) unless the sandbox has cut it off.
+    open_world = runner.open_world
+    serve_tasks = tasks and settings.tasks
+    register_run_tools(mcp, runner, limits, open_world=open_world, tasks=serve_tasks)
     register_file_tools(mcp, runner, limits)
     register_session_tools(mcp, runner)
-    register_notebook_tools(mcp, runner, limits)
+    register_notebook_tools(mcp, runner, limits, open_world=open_world, tasks=serve_tasks)
     register_resources(mcp, runner)
+    if serve_tasks:
+        from fastmcp_tasks import TasksExtension
+
+        # Task-mode calls run on an in-process Docket worker: a task's run is this
+        # process's, with its kernels (with replicas, tasks/get goes where it started).
+        mcp.add_extension(TasksExtension(url="memory://", name=f"kernel-mcp-{id(mcp):x}"))
     return mcp
 
 

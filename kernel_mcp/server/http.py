@@ -81,7 +81,7 @@ class Dispatcher:
 def build_http_app(settings: Settings, runner: Runner | None = None) -> Dispatcher:
     """The ASGI app for ``kernel-mcp serve``: /mcp, /sse, /healthz, with guards on."""
     runner = runner or Runner(settings)
-    mcp = build_server(settings, runner)
+    mcp = build_server(settings, runner, tasks=True)
     guard: dict[str, Any] = {
         "host_origin_protection": True,
         "allowed_hosts": settings.allowed_hosts or None,

@@ -4,21 +4,56 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastmcp import FastMCP
+import mcp_types
+from fastmcp import Context, FastMCP
 from fastmcp.tools import ToolResult
+from mcp_types import ToolAnnotations
 
 from kernel_mcp.render import ReplyLimits, render_notebook
-from kernel_mcp.runner import Runner
+from kernel_mcp.runner import NotebookOutcome, Runner
+from kernel_mcp.runs import Run
 from kernel_mcp.server.auth import owner
 from kernel_mcp.server.edge import notebook_result, translated
-from kernel_mcp.server.run_tools import RUN_ANNOTATIONS
+from kernel_mcp.server.run_flow import run_call
+from kernel_mcp.server.run_tools import run_annotations, task_config
 from kernel_mcp.views import ExportResult, NotebookReport
 
 __all__ = ["register_notebook_tools"]
 
 
-def register_notebook_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> None:
-    @mcp.tool
+def register_notebook_tools(
+    mcp: FastMCP, runner: Runner, limits: ReplyLimits, *, open_world: bool, tasks: bool
+) -> None:
+    def reply(outcome: NotebookOutcome) -> ToolResult:
+        return notebook_result(
+            render_notebook(
+                outcome.run,
+                limits,
+                source=outcome.source,
+                path=str(outcome.path) if outcome.path is not None else None,
+                uri=outcome.uri,
+                session_id=outcome.session_id,
+                notes=outcome.notes,
+            )
+        )
+
+    def running(run: Run) -> NotebookReport:
+        return NotebookReport(
+            status="running",
+            notebook=run.label,
+            path=None,
+            uri=None,
+            duration_s=0.0,
+            cells=[],
+            cells_total=0,
+            failed_cell=None,
+            error=None,
+            session_id=run.session_id,
+            run_id=run.id,
+            notes=["Started in the background: follow it with get_run(run_id)."],
+        )
+
+    @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))
     @translated
     async def export_notebook(
         session_id: str, name: str | None = None, overwrite: bool = False
@@ -39,7 +74,11 @@ def register_notebook_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -
         )
         return ExportResult(path=str(path), uri=uri, cells=cells)
 
-    @mcp.tool(output_schema=NotebookReport.model_json_schema(), annotations=RUN_ANNOTATIONS)
+    @mcp.tool(
+        output_schema=NotebookReport.model_json_schema(),
+        annotations=run_annotations(open_world=open_world),
+        task=task_config(tasks),
+    )
     @translated
     async def run_notebook(
         notebook_path: str,
@@ -47,7 +86,10 @@ def register_notebook_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -
         session_id: str | None = None,
         timeout: float | None = None,
         allow_errors: bool = False,
-    ) -> ToolResult:
+        background: bool = False,
+        kernel: str | None = None,
+        ctx: Context | None = None,
+    ) -> ToolResult | mcp_types.InputRequiredResult:
         """Execute a .ipynb from the projects folder, cell by cell, papermill-style.
 
         Args:
@@ -57,26 +99,21 @@ def register_notebook_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -
             session_id: run in that session's kernel; omit for a fresh kernel.
             timeout: per cell, seconds (a total cap applies too).
             allow_errors: keep going after a failing cell.
+            background: reply at once with a run_id; follow it with get_run.
+            kernel: a kernelspec from list_kernels, for a fresh run.
 
-        Returns a per-cell summary (index, status, duration_s), the failing cell's
-        outputs, and the executed copy's path and URI (the source is never changed).
+        Returns status, a per-cell summary (index, status, duration_s in seconds), the
+        failing cell's outputs, and the executed copy's path and URI (the source is never
+        changed). Read the executed copy as a resource for every cell's outputs.
         """
-        outcome = await runner.run_notebook(
+        request = runner.notebook_request(
             notebook_path,
             owner=owner(),
             parameters=parameters,
             session_id=session_id,
             timeout=timeout,
             allow_errors=allow_errors,
+            kernel=kernel,
+            background=background,
         )
-        return notebook_result(
-            render_notebook(
-                outcome.run,
-                limits,
-                source=outcome.source,
-                path=str(outcome.path) if outcome.path is not None else None,
-                uri=outcome.uri,
-                session_id=outcome.session_id,
-                notes=outcome.notes,
-            )
-        )
+        return await run_call(ctx, runner, request, reply, started_report=running)

@@ -9,7 +9,7 @@ from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import owner
 from kernel_mcp.server.edge import translated
 from kernel_mcp.sessions import Session
-from kernel_mcp.views import SessionAction, SessionList, SessionView
+from kernel_mcp.views import KernelList, KernelView, SessionAction, SessionList, SessionView
 
 __all__ = ["register_session_tools"]
 
@@ -34,30 +34,57 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
             backend=kernel.process.backend if kernel else runner.backend.name,
             kernel_id=kernel.process.kernel_id if kernel else session.kernel_id,
             notebook=runner.session_notebook_uri(session.id, session.notebook),
+            kernel=session.record.kernel_name,
+            run_id=run.id if (run := runner.runs.running_in(session.id)) else None,
             notes=runner.recording_notes(session.id),
         )
 
-    @mcp.tool
+    @mcp.tool(annotations=ToolAnnotations(destructiveHint=False, openWorldHint=False))
     @translated
-    async def create_session(name: str | None = None) -> SessionView:
+    async def create_session(name: str | None = None, kernel: str | None = None) -> SessionView:
         """Start a session: a kernel whose variables and imports persist across calls.
 
         Args:
             name: optional label (letters, digits, -, _, .); names the session's notebook.
+            kernel: a kernelspec from list_kernels; omit for the default.
 
         Returns session_id: pass it to run_python / run_code / run_notebook. Close the
         session with close_session when done; idle sessions are culled.
         """
-        return await view(await runner.create_session(owner=owner(), name=name))
+        return await view(await runner.create_session(owner=owner(), name=name, kernel=kernel))
 
-    @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
+    @translated
+    async def list_kernels() -> KernelList:
+        """List the kernel environments (kernelspecs) you may choose.
+
+        Each has name (pass it as `kernel` to create_session, run_python, run_code or
+        run_notebook), display_name, language, interpreter path, whether it is the
+        default and whether it is installed.
+        """
+        return KernelList(
+            kernels=[
+                KernelView(
+                    name=k.name,
+                    display_name=k.display_name,
+                    language=k.language,
+                    interpreter=k.interpreter,
+                    default=k.default,
+                    available=k.available,
+                )
+                for k in runner.kernels.list()
+            ]
+        )
+
+    @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
     @translated
     async def list_sessions() -> SessionList:
         """List your open sessions.
 
         Each has session_id, name, state (idle | busy | dead), created_at, last_used,
-        runs, kernel_memory_mb (resident MiB), backend, kernel_id and notebook (URI of
-        its recording). Pass a session_id to run_code / run_python, or close it.
+        runs, kernel_memory_mb (resident MiB), backend, kernel_id, kernel (kernelspec),
+        run_id (a background run it is busy with) and notebook (URI of its recording).
+        Pass a session_id to run_code / run_python, or close it.
         """
         sessions = await runner.sessions.owned(owner())
         return SessionList(
@@ -65,7 +92,7 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
             max_sessions=runner.settings.max_sessions,
         )
 
-    @mcp.tool
+    @mcp.tool(annotations=ToolAnnotations(destructiveHint=False, idempotentHint=True))
     @translated
     async def interrupt_session(session_id: str) -> SessionAction:
         """Interrupt the call running in a session, like Ctrl-C in a notebook.
@@ -80,7 +107,7 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
             message="Interrupt sent." if running else "Nothing was running; interrupt sent.",
         )
 
-    @mcp.tool
+    @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))
     @translated
     async def restart_session(session_id: str) -> SessionAction:
         """Restart a session's kernel: every variable and import is cleared; the id stays."""
@@ -89,7 +116,7 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
             session_id=session_id, action="restarted", message="New kernel; state cleared."
         )
 
-    @mcp.tool
+    @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))
     @translated
     async def close_session(session_id: str) -> SessionAction:
         """Close a session and shut its kernel down. Its notebook stays on disk."""

@@ -16,7 +16,7 @@ __all__ = ["run_stdio"]
 async def run_stdio(settings: Settings) -> None:
     """Serve one client over stdin/stdout until it closes its end or we get SIGTERM."""
     async with Runner(settings) as runner:
-        mcp = build_server(settings, runner)
+        mcp = build_server(settings, runner, tasks=True)
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:

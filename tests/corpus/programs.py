@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # ROOT: where test servers run from (outside the sandbox); SECRET: in their environment.
-from tests.conftest import ROOT, SECRET
+from tests.helpers import SECRET
+from tests.launchers import ROOT
 
 __all__ = ["PROGRAMS", "Program"]
 
