@@ -298,15 +298,25 @@ async def test_two_fresh_runs_cannot_see_each_other_s_tmp(client: Any) -> None:
 
 # -- nothing outlives its kernel --
 def daemon_code(marker: str) -> str:
+    """A daemon that leaves the kernel's session and tree (setsid, double fork) and sleeps
+    under a number only it uses; the cell ends once the daemon runs as that sleep."""
     return (
-        "import os\n"
+        "import os, time\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
         f"        os.execvp('sleep', ['sleep', {marker!r}])\n"
         "    os._exit(0)\n"
         "os.wait()\n"
-        "print('daemon started')\n"
+        f"wanted = b'sleep\\0' + {marker!r}.encode() + b'\\0'\n"
+        "def running():\n"
+        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        "            if open(f'/proc/{pid}/cmdline', 'rb').read() == wanted: return True\n"
+        "        except OSError: pass\n"
+        "deadline = time.monotonic() + 10\n"
+        "while not running() and time.monotonic() < deadline: time.sleep(0.01)\n"
+        "print('daemon started' if running() else 'daemon missing')\n"
     )
 
 

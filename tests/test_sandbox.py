@@ -92,14 +92,25 @@ def process_of(kernel: Kernel) -> LocalProcess:
 #: Starts a daemon that leaves the kernel's session and process tree (setsid, double
 #: fork) and sleeps for a number only it uses; returns that number's process on the host.
 def daemon_code(marker: str) -> str:
+    """A daemon that leaves the kernel's session and tree (setsid, double fork) and sleeps
+    under a number only it uses; the cell ends once the daemon runs as that sleep."""
     return (
-        "import os\n"
+        "import os, time\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
         f"        os.execvp('sleep', ['sleep', {marker!r}])\n"
         "    os._exit(0)\n"
         "os.wait()\n"
+        f"wanted = b'sleep\\0' + {marker!r}.encode() + b'\\0'\n"
+        "def running():\n"
+        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        "            if open(f'/proc/{pid}/cmdline', 'rb').read() == wanted: return True\n"
+        "        except OSError: pass\n"
+        "deadline = time.monotonic() + 10\n"
+        "while not running() and time.monotonic() < deadline: time.sleep(0.01)\n"
+        "print('daemon started' if running() else 'daemon missing')\n"
     )
 
 
@@ -348,7 +359,8 @@ async def test_killing_the_kernel_ends_every_process_in_its_namespace(
     kernel = await backend.start()
     marker = "4242.0101"
     try:
-        assert (await run(kernel, daemon_code(marker))).status == "ok"
+        started = await run(kernel, daemon_code(marker))
+        assert started.status == "ok" and "daemon started" in str(started.outputs), started
         assert wait_until(lambda: bool(daemons(marker)), timeout=10)
         await kernel.kill()
         assert wait_until(lambda: not daemons(marker), timeout=2), "the daemon outlived it"
@@ -362,7 +374,8 @@ async def test_a_kernel_killed_from_outside_takes_its_daemons_and_says_how(
     kernel = await backend.start()
     marker = "4242.0202"
     try:
-        assert (await run(kernel, daemon_code(marker))).status == "ok"
+        started = await run(kernel, daemon_code(marker))
+        assert started.status == "ok" and "daemon started" in str(started.outputs), started
         assert wait_until(lambda: bool(daemons(marker)), timeout=10)
         os.kill(process_of(kernel).kernel_pid, signal.SIGKILL)  # type: ignore[arg-type]
 
