@@ -2,13 +2,26 @@
 
 ``LocalBackend`` starts ipykernel processes with jupyter_client's async API:
 
-* each kernel talks over IPC sockets with a unique name inside a private 0700
-  folder (concurrent IPC kernels sharing a folder collide on ``kernel-ipc-N``);
+* each kernel talks over IPC sockets inside its own 0700 folder below the
+  backend's private folder (concurrent IPC kernels sharing a folder collide on
+  ``kernel-ipc-N``, and a sandboxed kernel is shown its own folder only);
 * its environment is the server's minus anything that looks like a secret;
-* it gets an address-space limit (RLIMIT_AS) right after launch;
+* by default it runs in a bubblewrap sandbox (``kernel_mcp.launch.sandbox``:
+  its own mount, PID, network and user namespaces, limits set inside) and in a
+  per-kernel cgroup where the server can make one (``kernel_mcp.launch.cgroups``);
+  with ``KERNEL_MCP_SANDBOX=off`` it is a plain child with RLIMIT_AS set after launch;
 * it runs in its own process group (jupyter_client starts a new session), and
-  stopping it ends the whole group, so nothing it spawned is left behind;
-* ``JPY_PARENT_PID`` lets ipykernel exit by itself if the server is SIGKILLed.
+  stopping it ends the whole group (sandboxed: the whole PID namespace), so
+  nothing it spawned is left behind;
+* it ends by itself if the server is SIGKILLed: sandboxed through bwrap's
+  ``--die-with-parent``, otherwise through ``JPY_PARENT_PID``.
+
+The sandbox wraps the kernelspec's command in ``format_kernel_cmd`` of a
+jupyter_client manager subclass rather than in a kernel provisioner: a
+provisioner is chosen by name through package entry points and the
+kernelspec's metadata, so every kernelspec (a user's data-science one too)
+would need editing, and it would replace the Popen handling this module relies
+on (the process group, the unreaped leader). Wrapping the argv keeps both.
 
 A remote backend (a kernel gateway) implements the same two protocols:
 ``KernelBackend.start() -> Kernel`` and ``kernel.KernelProcess``.
@@ -21,22 +34,25 @@ import contextlib
 import fnmatch
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
 from kernel_mcp.config import DEFAULT_SECRET_PATTERNS, Settings
 from kernel_mcp.errors import KernelStartFailed
 from kernel_mcp.kernel import Kernel
+from kernel_mcp.launch.cgroups import CgroupRoot, KernelCgroup, cgroup_root
+from kernel_mcp.launch.sandbox import Sandbox, sandbox_for
+from kernel_mcp.launch.stderr import STDERR_TAIL_BYTES, scrub_paths, stderr_tail
 from kernel_mcp.outputs import OutputLimits
 
 __all__ = [
@@ -55,17 +71,14 @@ KERNEL_ARGUMENTS = ("--HistoryManager.hist_file=:memory:", "--HistoryManager.ena
 START_TIMEOUT = 60.0
 #: How long a polite shutdown waits for the kernel to exit, seconds.
 SHUTDOWN_WAIT = 5.0
-#: How much of a kernel's stderr a start failure quotes.
-STDERR_TAIL_BYTES = 4096
-STDERR_TAIL_LINES = 12
-_PATH_PART = r"[^\s/'\"`,;:()\[\]{}<>]"
-_ABSOLUTE_PATH = re.compile(rf"(?<![\w.~/-])/(?:{_PATH_PART}+/)+({_PATH_PART}*)")
 
 
 class KernelBackend(Protocol):
     """Starts kernels. Owns whatever the kernels share (folders, connections)."""
 
     name: str
+    sandboxed: bool
+    """Its kernels run in kernel-mcp's sandbox (so their network is what it allows)."""
 
     async def start(self, kernel_name: str | None = None) -> Kernel:
         """A started, ready kernel of ``kernel_name`` (None: the configured default)."""
@@ -90,6 +103,30 @@ def kernel_environment(
     }
 
 
+class WrappedKernelManager(AsyncKernelManager):
+    """jupyter_client's manager, with the launch command wrapped and interrupts by message.
+
+    ``wrap_command`` turns the kernelspec's formatted argv into the one launched
+    (the sandbox, the cgroup join). With ``message_interrupts`` the kernel is
+    interrupted by an ``interrupt_request`` on its control channel: a SIGINT to
+    the launched process (bwrap) would never reach the kernel inside.
+    """
+
+    wrap_command: Callable[[list[str]], list[str]] | None = None
+    message_interrupts: bool = False
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        argv = super().format_kernel_cmd(extra_arguments)
+        return self.wrap_command(argv) if self.wrap_command is not None else argv
+
+    @property
+    def kernel_spec(self) -> KernelSpec | None:
+        spec = super().kernel_spec
+        if spec is not None and self.message_interrupts:
+            spec.interrupt_mode = "message"
+        return spec
+
+
 class LocalProcess:
     """A kernel process started by jupyter_client on this machine.
 
@@ -104,7 +141,15 @@ class LocalProcess:
 
     backend = "local"
 
-    def __init__(self, manager: AsyncKernelManager, *, stderr_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        manager: AsyncKernelManager,
+        *,
+        stderr_path: Path | None = None,
+        sandboxed: bool = False,
+        cgroup: KernelCgroup | None = None,
+        folder: Path | None = None,
+    ) -> None:
         self.manager = manager
         self.kernel_id = manager.kernel_id or uuid.uuid4().hex
         provisioner = manager.provisioner
@@ -112,9 +157,24 @@ class LocalProcess:
         # the exit status is still wanted afterwards ("killed by SIGKILL").
         self._popen: subprocess.Popen[bytes] | None = getattr(provisioner, "process", None)
         self.pid: int | None = self._popen.pid if self._popen is not None else None
+        """The launched process: the kernel itself, or (sandboxed) its bwrap."""
         self.pgid: int | None = getattr(provisioner, "pgid", None) or self.pid
         self.stderr_path = stderr_path
+        self.sandboxed = sandboxed
+        """The kernel runs in the sandbox (list_sessions shows this)."""
+        self.cgroup = cgroup
+        self.folder = folder
+        self._kernel_pid: int | None = None
         self._reaped_elsewhere = False
+
+    @property
+    def kernel_pid(self) -> int | None:
+        """The kernel's own pid as this server sees it (inside the sandbox it is 2)."""
+        if not self.sandboxed:
+            return self.pid
+        if self._kernel_pid is None and self.pid is not None and not self._reaped():
+            self._kernel_pid = _namespace_leader(self.pid)
+        return self._kernel_pid
 
     async def is_alive(self) -> bool:
         if self._popen is None:
@@ -150,6 +210,9 @@ class LocalProcess:
         code = self._returncode()
         if code is None:
             return "the kernel stopped responding"
+        if code > 128 and self.sandboxed:
+            # bwrap exits 128 + n when the kernel inside was killed by signal n.
+            code = 128 - code
         if code < 0:
             try:
                 name = signal.Signals(-code).name
@@ -159,20 +222,14 @@ class LocalProcess:
         return f"exit code {code}"
 
     def rss_bytes(self) -> int | None:
-        if self.pid is None or self._reaped():
+        pid = self.kernel_pid
+        if pid is None or self._reaped():
             return None  # a reaped pid may be someone else's
-        try:
-            with open(f"/proc/{self.pid}/status", encoding="ascii") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            return None
-        return None
+        return _rss(pid)
 
     def stderr_tail(self, limit: int = STDERR_TAIL_BYTES) -> str:
         """The end of what the kernel wrote to its stderr, absolute paths shortened."""
-        return _stderr_tail(self.stderr_path, limit)
+        return stderr_tail(self.stderr_path, limit)
 
     # -- internals ---------------------------------------------------------------
     def _returncode(self) -> int | None:
@@ -247,45 +304,64 @@ class LocalProcess:
                 await provisioner.wait()
         with contextlib.suppress(Exception):
             await self.manager.shutdown_kernel(now=True)
+        if self.cgroup is not None and self._reaped():
+            await self.cgroup.remove()
         if self.stderr_path is not None and self._reaped():
             with contextlib.suppress(OSError):
                 self.stderr_path.unlink()
+        if self.folder is not None and self._reaped():
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _stderr_tail(path: Path | None, limit: int = STDERR_TAIL_BYTES) -> str:
-    if path is None:
-        return ""
+def _rss(pid: int) -> int | None:
     try:
-        with open(path, "rb") as stream:
-            stream.seek(max(0, stream.seek(0, os.SEEK_END) - limit))
-            raw = stream.read(limit)
-    except OSError:
-        return ""
-    text = raw.decode("utf-8", errors="replace")
-    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
-    if len(raw) >= limit and lines:
-        lines = lines[1:]  # the first line is probably cut
-    return scrub_paths("\n".join(lines[-STDERR_TAIL_LINES:]))
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _namespace_leader(pid: int) -> int | None:
+    """The descendant of ``pid`` that is pid 2 of its PID namespace (a sandboxed kernel)."""
+    todo = [pid]
+    seen = 0
+    while todo and seen < 64:
+        current = todo.pop(0)
+        seen += 1
+        try:
+            with open(f"/proc/{current}/status", encoding="ascii") as status:
+                nspid = next((ln.split()[1:] for ln in status if ln.startswith("NSpid:")), [])
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (OSError, ValueError):
+            continue
+        if len(nspid) > 1 and nspid[-1] == "2":
+            return current
+        todo.extend(int(child) for child in children)
+    return None
 
 
 def _quoted(tail: str) -> str:
     return f"; the kernel's stderr ended with:\n{tail}" if tail else ""
 
 
-def scrub_paths(text: str) -> str:
-    """``text`` with every absolute path cut to its last component (``…/name``)."""
-    return _ABSOLUTE_PATH.sub(lambda m: "…/" + m.group(1), text)
-
-
 class LocalBackend:
-    """Starts ipykernel processes on this machine (the default backend)."""
+    """Starts ipykernel processes on this machine (the default backend).
+
+    Raises:
+        ConfigError: ``KERNEL_MCP_SANDBOX=on`` on a machine that cannot sandbox.
+    """
 
     name = "local"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limits = OutputLimits(max_output_bytes=settings.max_output_bytes)
-        self._dir = Path(tempfile.mkdtemp(prefix="kernel-mcp-"))  # mode 0700
+        # Resolved: a kernel's connection file is named by its real path, and the
+        # sandbox shares the folder at that same path.
+        self._dir = Path(tempfile.mkdtemp(prefix="kernel-mcp-")).resolve()  # mode 0700
         self._env = kernel_environment(os.environ, allow=settings.env_allow)
         # The server's own python must run the kernel even when the venv is not
         # activated, so "python3" means this interpreter's ipykernel.
@@ -293,6 +369,27 @@ class LocalBackend:
         self._env.pop("JPY_PARENT_PID", None)
         self._env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         self._env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+        try:
+            self.sandbox: Sandbox | None = sandbox_for(settings, self._dir / "etc")
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+        self.cgroups: CgroupRoot | None = None
+        if self.sandbox is not None:
+            self.cgroups = cgroup_root()
+            self.sandbox.cgroups = self.cgroups.describe() if self.cgroups else ""
+
+    @property
+    def sandboxed(self) -> bool:
+        """Kernels from this backend run in the sandbox."""
+        return self.sandbox is not None
+
+    def describe(self) -> str:
+        """The sandbox in one phrase, for the start-up banner."""
+        if self.sandbox is None:
+            why = "KERNEL_MCP_SANDBOX=off" if self.settings.sandbox == "off" else "unavailable"
+            return f"off ({why})"
+        return self.sandbox.describe()
 
     async def start(self, kernel_name: str | None = None) -> Kernel:
         """Start one kernel (of ``kernel_name``, else the default) and wait until it answers.
@@ -303,19 +400,27 @@ class LocalBackend:
         """
         spec = kernel_name or self.settings.kernel_name
         name = uuid.uuid4().hex[:12]
-        manager = AsyncKernelManager(
+        folder = self._dir / name
+        folder.mkdir(mode=0o700)
+        manager = WrappedKernelManager(
             kernel_name=spec,
             transport="ipc",
-            ip=str(self._dir / name),
-            connection_file=str(self._dir / f"{name}.json"),
+            ip=str(folder / "ipc"),
+            connection_file=str(folder / "kernel.json"),
         )
-        # A private stderr: a kernel's noise (a KeyboardInterrupt traceback while it
-        # starts, fd-level writes ipykernel echoes) must not reach the server's
-        # stderr, which a stdio client shows as its MCP log.
+        cgroup = self._cgroup()
+        if self.sandbox is not None:
+            manager.wrap_command = self._sandboxed_command(manager, folder, cgroup)
+            manager.message_interrupts = True
+        # A private stderr, outside the folder a sandboxed kernel sees (it could put a
+        # link there for the server to read and quote). A kernel's noise (a
+        # KeyboardInterrupt traceback while it starts, fd-level writes ipykernel echoes)
+        # must not reach the server's stderr, which a stdio client shows as its MCP log.
         stderr_path = self._dir / f"{name}.stderr"
         stderr = os.open(
             stderr_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600
         )
+        owned = {"stderr_path": stderr_path, "cgroup": cgroup, "folder": folder}
         try:
             await manager.start_kernel(
                 # A kernel's stray writes to fd 1 must never reach a stdio MCP stream.
@@ -327,11 +432,14 @@ class LocalBackend:
             )
         except BaseException as exc:
             # The launch may have happened before the failure or the cancel.
-            abandoned = LocalProcess(manager, stderr_path=stderr_path)
+            abandoned = LocalProcess(manager, sandboxed=self.sandboxed, **owned)
             tail = abandoned.stderr_tail()
             await abandoned.kill()
             with contextlib.suppress(OSError):
                 stderr_path.unlink()
+            if cgroup is not None:
+                await cgroup.remove()
+            shutil.rmtree(folder, ignore_errors=True)
             if not isinstance(exc, Exception):
                 raise
             raise KernelStartFailed(
@@ -339,8 +447,9 @@ class LocalBackend:
             ) from exc
         finally:
             os.close(stderr)
-        process = LocalProcess(manager, stderr_path=stderr_path)
-        self._limit_memory(process.pid)
+        process = LocalProcess(manager, sandboxed=self.sandboxed, **owned)
+        if self.sandbox is None:
+            self._limit_memory(process.pid)
         client = manager.client()
         client.start_channels()
         kernel = Kernel(process, client, limits=self.limits)
@@ -358,7 +467,34 @@ class LocalBackend:
         return kernel
 
     async def close(self) -> None:
+        if self.cgroups is not None:
+            self.cgroups.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _cgroup(self) -> KernelCgroup | None:
+        if self.cgroups is None or self.sandbox is None:
+            return None
+        policy = self.sandbox.policy
+        try:
+            return self.cgroups.create(memory_bytes=policy.memory_bytes, max_tasks=policy.max_tasks)
+        except OSError as exc:
+            log.warning("could not make a cgroup for a kernel (%s); rlimits only", exc)
+            return None
+
+    def _sandboxed_command(
+        self, manager: WrappedKernelManager, folder: Path, cgroup: KernelCgroup | None
+    ) -> Callable[[list[str]], list[str]]:
+        sandbox = self.sandbox
+        assert sandbox is not None
+
+        def wrap(argv: list[str]) -> list[str]:
+            spec = manager.kernel_spec
+            command = sandbox.command(
+                argv, kernel_dir=folder, kernelspec_dir=spec.resource_dir if spec else None
+            )
+            return cgroup.join_command(command) if cgroup is not None else command
+
+        return wrap
 
     def _limit_memory(self, pid: int | None) -> None:
         limit_mb = self.settings.memory_limit_mb

@@ -168,6 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
     # The gateway backend's HTTP client would log every liveness check at INFO.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     from kernel_mcp import server
+    from kernel_mcp.launch.sandbox import describe as sandbox_phrase
 
     if args.stdio:
         asyncio.run(server.run_stdio(settings))
@@ -185,7 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"kernel-mcp {__version__}: http://{settings.host}:{port}/mcp "
         f"(streamable HTTP) and /sse (SSE); projects: {settings.projects_dir}; "
-        f"auth: {'bearer token' if settings.tokens else 'none'}",
+        f"auth: {'bearer token' if settings.tokens else 'none'}; "
+        f"sandbox: {sandbox_phrase(settings)}",
         file=sys.stderr,
         flush=True,
     )

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -167,6 +168,31 @@ class Settings(BaseSettings):
         8, description="Session-less runs at once; more wait their turn (each is a kernel)."
     )
 
+    # --- the kernel sandbox and how kernels start (kernel_mcp/launch) ------
+    sandbox: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Sandbox local kernels (bubblewrap): auto = where the machine can, "
+        "on = refuse to start without, off = plain child processes.",
+    )
+    sandbox_bwrap: Path | None = Field(
+        None, description="A bwrap binary to use instead of the bundled one (e.g. a setuid one)."
+    )
+    sandbox_projects: Literal["rw", "ro"] = Field(
+        "rw", description="Whether sandboxed kernels may write to the projects folder."
+    )
+    sandbox_network: bool = Field(
+        False, description="Give sandboxed kernels the host's network (pip install, downloads)."
+    )
+    sandbox_read_paths: CommaList = Field(
+        default_factory=list, description="Extra folders sandboxed kernels may read (data sets)."
+    )
+    sandbox_tmp_mb: Positive = Field(
+        1024, description="Size of each sandboxed kernel's private /tmp (and $HOME), MiB."
+    )
+    sandbox_max_tasks: Positive = Field(
+        512, description="Processes and threads per sandboxed kernel."
+    )
+
     # --- remote kernels and shared state (scale-out) -----------------------
     gateway_url: str | None = Field(
         None, description="Jupyter Kernel/Enterprise Gateway base URL; unset = local kernels."
@@ -217,6 +243,7 @@ class Settings(BaseSettings):
         "allowed_origins",
         "preload",
         "env_allow",
+        "sandbox_read_paths",
         "kernels",
         "write_suffixes",
         mode="before",
@@ -226,6 +253,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("sandbox_bwrap")
+    @classmethod
+    def _bwrap_runs(cls, value: Path | None) -> Path | None:
+        if value is None or not str(value).strip():
+            return None
+        resolved = value.expanduser().resolve()
+        if not resolved.is_file() or not os.access(resolved, os.X_OK):
+            raise ValueError(f"{value} is not an executable file")
+        return resolved
 
     @field_validator("write_suffixes")
     @classmethod

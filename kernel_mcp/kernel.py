@@ -88,6 +88,8 @@ class KernelProcess(Protocol):
 
     backend: str
     kernel_id: str
+    sandboxed: bool
+    """Runs in kernel-mcp's own sandbox (a gateway's kernels: its isolation, not ours)."""
 
     async def is_alive(self) -> bool: ...
     async def interrupt(self) -> None: ...

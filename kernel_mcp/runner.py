@@ -224,8 +224,9 @@ class Runner:
 
     @property
     def open_world(self) -> bool:
-        """Whether code the kernels run can reach beyond this server (the network)."""
-        return True
+        """Whether code the kernels run can reach beyond this server: yes, unless they are
+        sandboxed with the network off (a gateway's kernels: assume they can)."""
+        return not (self.backend.sandboxed and not self.settings.sandbox_network)
 
     async def __aenter__(self) -> Runner:
         await self.start()

@@ -85,6 +85,11 @@ class SessionView(BaseModel):
     kernel_id: str | None
     notebook: str | None = Field(description="URI of the session's recording")
     kernel: str | None = Field(None, description="Its kernelspec (None: the default)")
+    sandboxed: bool = Field(
+        False,
+        description="Its kernel runs in kernel-mcp's sandbox (a gateway's kernels: False, "
+        "the gateway decides their isolation)",
+    )
     run_id: str | None = Field(None, description="The background run it is busy with")
     notes: list[str] = Field(default_factory=list)
 

@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import psutil
 
 __all__ = [
+    "PID_NAMESPACE",
     "ROOT",
     "Gateway",
     "RedisServer",
@@ -39,6 +40,7 @@ __all__ = [
     "alive",
     "descendants_of",
     "free_port",
+    "host_pids",
     "is_kernel",
     "kernel_processes",
     "redis_server_binary",
@@ -116,6 +118,33 @@ def alive(pids: set[int]) -> set[int]:
             if proc.status() != psutil.STATUS_ZOMBIE:
                 result.add(pid)
     return result
+
+
+#: A kernel-side expression naming the kernel's PID namespace, for :func:`host_pids`.
+PID_NAMESPACE = "__import__('os').readlink('/proc/self/ns/pid')"
+
+
+def host_pids(namespace: str, pids: Iterable[int]) -> set[int]:
+    """The host pids of the processes numbered ``pids`` inside PID namespace ``namespace``.
+
+    A sandboxed kernel has a PID namespace of its own (it is pid 2 there), so the
+    pids it reports mean nothing on the host; unsandboxed, the namespace is the
+    host's and the pids map to themselves. (psutil has no view of namespaces, so
+    this helper reads ``/proc`` itself.)
+    """
+    wanted = {str(pid) for pid in pids}
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, StopIteration):
+            if os.readlink(entry / "ns" / "pid") != namespace:
+                continue
+            status = (entry / "status").read_text()
+            nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+            if nspid.split()[-1] in wanted:
+                found.add(int(entry.name))
+    return found
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> int | None:

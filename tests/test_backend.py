@@ -1,12 +1,15 @@
 """Specification of ``kernel_mcp.backend``: how local kernels are started and stopped.
 
-Each kernel talks over IPC sockets inside one private 0700 folder per backend,
-sees the server's environment minus secrets, runs in the projects folder under
-an address-space limit, writes nothing to the server's stdout or stderr (its
-stderr is a private file, quoted when it fails to start), and takes every
-process it started with it when it is shut down. Its process group is
-signalled only while the group is certainly its own: while the leader is
-unreaped.
+Each kernel talks over IPC sockets inside its own 0700 folder below one
+private folder per backend, sees the server's environment minus secrets, runs
+in the projects folder under an address-space limit, writes nothing to the
+server's stdout or stderr (its stderr is a private file, quoted when it fails
+to start), and takes every process it started with it when it is shut down.
+
+Kernels are sandboxed here, as by default (``tests/test_sandbox.py`` says what
+the sandbox adds); the ``plain`` fixtures start them with the sandbox off,
+where the process group is signalled only while the group is certainly the
+kernel's own: while the leader is unreaped.
 """
 
 from __future__ import annotations
@@ -32,7 +35,15 @@ from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import KernelStartFailed
 from kernel_mcp.kernel import Execution, Kernel
 from tests.helpers import wait_for
-from tests.launchers import ROOT, alive, free_port, kernel_processes, wait_until
+from tests.launchers import (
+    PID_NAMESPACE,
+    ROOT,
+    alive,
+    free_port,
+    host_pids,
+    kernel_processes,
+    wait_until,
+)
 
 SERVER_ENV = {
     "FAKE_API_KEY": "s3cr3t",
@@ -62,7 +73,27 @@ async def backend(settings: Settings) -> AsyncIterator[LocalBackend]:
 
 @pytest.fixture(scope="module")
 async def kernel(backend: LocalBackend) -> AsyncIterator[Kernel]:
+    assert backend.sandboxed, "kernels are sandboxed by default where the machine can"
     started = await backend.start()
+    yield started
+    await started.shutdown(now=True)
+
+
+@pytest.fixture(scope="module")
+async def plain(settings: Settings) -> AsyncIterator[LocalBackend]:
+    """A backend with the sandbox off: kernels are plain child processes."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in SERVER_ENV.items():
+            patch.setenv(name, value)
+        local = LocalBackend(settings.model_copy(update={"sandbox": "off"}))
+    assert not local.sandboxed
+    yield local
+    await local.close()
+
+
+@pytest.fixture(scope="module")
+async def plain_kernel(plain: LocalBackend) -> AsyncIterator[Kernel]:
+    started = await plain.start()
     yield started
     await started.shutdown(now=True)
 
@@ -71,6 +102,24 @@ def process_of(kernel: Kernel) -> LocalProcess:
     assert isinstance(kernel.process, LocalProcess)
     assert kernel.process.pid is not None
     return kernel.process
+
+
+def kernel_pid_of(kernel: Kernel) -> int:
+    """The kernel process's own host pid (sandboxed, bwrap is the launched process)."""
+    pid = process_of(kernel).kernel_pid
+    assert pid is not None
+    return pid
+
+
+async def host_view(kernel: Kernel, expression: str) -> list[int]:
+    """Pids the kernel computes with ``expression`` (a tuple), as host pids, in order."""
+    namespace, *pids = ast.literal_eval(await value(kernel, f"({PID_NAMESPACE}, *{expression})"))
+    mapped = []
+    for pid in pids:
+        found = host_pids(namespace, [pid])
+        assert len(found) == 1, (namespace, pid, found)
+        mapped.append(found.pop())
+    return mapped
 
 
 def address_space_limit(pid: int | None) -> list[str]:
@@ -136,19 +185,34 @@ async def test_a_kernel_sees_the_scrubbed_environment(kernel: Kernel) -> None:
     assert seen == "['ALLOWED_TOKEN', 'HARMLESS_SETTING']"
 
 
-async def test_a_kernel_knows_its_parent_so_it_can_exit_with_the_server(kernel: Kernel) -> None:
-    assert await value(kernel, "import os; os.environ['JPY_PARENT_PID']") == repr(str(os.getpid()))
+async def test_a_plain_kernel_knows_its_parent_so_it_can_exit_with_the_server(
+    plain_kernel: Kernel,
+) -> None:
+    parent = await value(plain_kernel, "import os; os.environ['JPY_PARENT_PID']")
+    assert parent == repr(str(os.getpid()))
+
+
+async def test_a_sandboxed_kernel_is_not_told_a_parent_pid_it_cannot_see(kernel: Kernel) -> None:
+    # That pid does not exist in its PID namespace: ipykernel would exit at once.
+    # bwrap's --die-with-parent does the job instead (tests/test_sandbox.py).
+    assert await value(kernel, "import os; 'JPY_PARENT_PID' in os.environ") == "False"
 
 
 # -- where and how it runs --------------------------------------------------------
 async def test_a_kernel_runs_in_the_projects_folder(kernel: Kernel, settings: Settings) -> None:
     assert await value(kernel, "import os; os.getcwd()") == repr(str(settings.projects_dir))
-    pid = process_of(kernel).pid
+    pid = kernel_pid_of(kernel)
     assert os.readlink(f"/proc/{pid}/cwd") == str(settings.projects_dir)
 
 
-async def test_the_memory_limit_turns_a_huge_allocation_into_memory_error(kernel: Kernel) -> None:
-    assert address_space_limit(process_of(kernel).pid) == ["1073741824", "1073741824"]
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandboxed", "plain"])
+async def test_the_memory_limit_turns_a_huge_allocation_into_memory_error(
+    kernel: Kernel, plain_kernel: Kernel, sandboxed: bool
+) -> None:
+    # Sandboxed, RLIMIT_AS is set inside by the launcher (the cgroup limits the tree);
+    # plain, it is set on the kernel's pid right after launch.
+    kernel = kernel if sandboxed else plain_kernel
+    assert address_space_limit(kernel_pid_of(kernel)) == ["1073741824", "1073741824"]
 
     result = await run(kernel, "blob = bytearray(3 * 1024**3)")
     assert result.status == "error"
@@ -159,7 +223,7 @@ async def test_the_memory_limit_turns_a_huge_allocation_into_memory_error(kernel
 
 
 async def test_kernel_stdout_at_fd_level_goes_to_dev_null(kernel: Kernel) -> None:
-    pid = process_of(kernel).pid
+    pid = kernel_pid_of(kernel)
     assert os.readlink(f"/proc/{pid}/fd/1") == "/dev/null"
     result = await run(kernel, "import os\nos.write(1, b'stray bytes')")
     assert result.status == "ok"
@@ -185,18 +249,21 @@ async def test_kernels_started_concurrently_each_get_their_own_sockets(settings:
             assert result.status == "ok", result
         # Each kernel kept its own state: no two share a socket.
         assert [await value(k, "mine") for k in kernels] == ["0", "1", "2", "3"]
-        pids = {process_of(k).pid for k in kernels}
-        assert len(pids) == 4
+        pids = {process_of(k).pid for k in kernels} | {kernel_pid_of(k) for k in kernels}
+        assert len(pids) == 8
 
         files = [Path(process_of(k).manager.connection_file) for k in kernels]
         assert len(set(files)) == 4
-        folder = files[0].parent
-        assert all(f.parent == folder and f.is_file() for f in files)
+        folder = files[0].parent.parent
+        for file in files:
+            # Each kernel has a folder of its own below the backend's private one.
+            assert file.parent.parent == folder and file.is_file()
+            assert stat.S_IMODE(file.parent.stat().st_mode) & 0o777 == 0o700
         assert stat.S_IMODE(folder.stat().st_mode) & 0o777 == 0o700  # jupyter adds sticky
         for kernel in kernels:
             manager = process_of(kernel).manager
             assert manager.transport == "ipc"
-            assert Path(manager.ip).parent == folder
+            assert Path(manager.ip).parent == Path(manager.connection_file).parent
     finally:
         await asyncio.gather(*(k.shutdown(now=True) for k in kernels))
         await local.close()
@@ -209,14 +276,11 @@ async def test_shutdown_ends_the_processes_a_kernel_started(backend: LocalBacken
     kernel = await backend.start()
     try:
         result = await run(
-            kernel,
-            "import os, subprocess\n"
-            "child = subprocess.Popen(['sleep', '300'])\n"
-            "(os.getpid(), child.pid)",
+            kernel, "import os, subprocess\nchild = subprocess.Popen(['sleep', '300'])"
         )
         assert result.status == "ok", result
-        kernel_pid, child_pid = ast.literal_eval(result.outputs[-1]["data"]["text/plain"])
-        assert kernel_pid == process_of(kernel).pid
+        kernel_pid, child_pid = await host_view(kernel, "(os.getpid(), child.pid)")
+        assert kernel_pid == kernel_pid_of(kernel)
         assert alive({kernel_pid, child_pid}) == {kernel_pid, child_pid}
     finally:
         await kernel.shutdown()
@@ -248,7 +312,7 @@ async def test_a_killed_kernel_reports_the_signal(backend: LocalBackend) -> None
     assert process.exit_description() == "killed by SIGKILL"
 
 
-# -- the process group: signalled only while it is the kernel's -------------------------
+# -- plain kernels: the process group is signalled only while it is the kernel's ----------
 SPAWN_SLEEPER = (
     "import os, subprocess\n"
     "child = subprocess.Popen(['sleep', '300'])\n"
@@ -275,9 +339,9 @@ async def start_with_a_sleeper(backend: LocalBackend) -> tuple[Kernel, int]:
 
 
 async def test_a_dead_kernel_stays_unreaped_and_kill_still_ends_what_it_left(
-    backend: LocalBackend,
+    plain: LocalBackend,
 ) -> None:
-    kernel, child = await start_with_a_sleeper(backend)
+    kernel, child = await start_with_a_sleeper(plain)
     process = process_of(kernel)
     try:
         os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -304,9 +368,9 @@ async def test_a_dead_kernel_stays_unreaped_and_kill_still_ends_what_it_left(
 
 
 async def test_once_the_leader_is_reaped_its_group_is_never_signalled(
-    backend: LocalBackend,
+    plain: LocalBackend,
 ) -> None:
-    kernel, child = await start_with_a_sleeper(backend)
+    kernel, child = await start_with_a_sleeper(plain)
     process = process_of(kernel)
     try:
         os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -348,7 +412,9 @@ async def test_a_kernel_s_stderr_never_reaches_the_server_s_stderr(
     process = process_of(kernel)
     private = process.stderr_path
     assert private is not None
-    assert private.parent == Path(process.manager.connection_file).parent
+    # Next to the kernel's own folder, not in it: a sandboxed kernel sees that folder
+    # and could swap the file for a link to something the server would then quote.
+    assert private.parent == Path(process.manager.connection_file).parent.parent
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     shown: list[str] = []
     try:

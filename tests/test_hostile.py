@@ -7,6 +7,7 @@ folder is revealed, no absolute server path leaks, and the server keeps serving.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -30,7 +31,7 @@ from tests.helpers import (
     text_of,
     wait_for,
 )
-from tests.launchers import ServerProcess
+from tests.launchers import PID_NAMESPACE, ServerProcess, host_pids
 
 pytestmark = pytest.mark.transport
 
@@ -178,14 +179,11 @@ async def test_program_in_a_session(program_server, program_client, program):
 async def test_a_kernel_killed_from_outside_is_listed_as_dead(program_server, program_client):
     sid = structured(await call(program_client, "create_session"))["session_id"]
     try:
-        pid = int(
-            structured(
-                await call(
-                    program_client, "run_code", code="import os; os.getpid()", session_id=sid
-                )
-            )["result"]
-        )
-        os.kill(pid, 9)
+        code = f"import os; ({PID_NAMESPACE}, os.getpid())"
+        reply = structured(await call(program_client, "run_code", code=code, session_id=sid))
+        namespace, pid = ast.literal_eval(reply["result"])
+        (host_pid,) = host_pids(namespace, [pid])  # sandboxed, the kernel is pid 2 inside
+        os.kill(host_pid, 9)
 
         async def dead() -> bool:
             listed = structured(await call(program_client, "list_sessions"))["sessions"]

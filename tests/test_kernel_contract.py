@@ -37,6 +37,8 @@ class Backend:
     """Whether the kernel's resources are gone (its process, or the gateway's kernel)."""
     death_says: str
     """What the description of an os._exit(3) death says on this backend."""
+    projects: Path
+    """A folder the test and the kernel both see (a sandboxed kernel's /tmp is its own)."""
 
 
 @pytest.fixture(scope="module", params=["local", "gateway"])
@@ -51,7 +53,7 @@ async def backend(
             pid = getattr(kernel.process, "pid", None)
             return pid is None or not alive({pid})
 
-        yield Backend("local", local.start, process_gone, "exit code 3")
+        yield Backend("local", local.start, process_gone, "exit code 3", projects)
         await local.close()
         return
     gateway = Gateway(tmp_path_factory.mktemp("contract-gateway"))
@@ -67,6 +69,7 @@ async def backend(
             remote.start,
             lambda kernel: not gateway.has_kernel(kernel.process.kernel_id),
             "gateway",
+            projects,
         )
     finally:
         await remote.close()
@@ -226,8 +229,10 @@ async def test_a_death_is_seen_quickly(backend: Backend, fresh: Kernel) -> None:
 
 
 # -- interrupt and cancellation --------------------------------------------------------------
-async def test_an_interrupt_ends_a_run_as_interrupted(kernel: Kernel, tmp_path: Path) -> None:
-    marker = tmp_path / "running"
+async def test_an_interrupt_ends_a_run_as_interrupted(
+    backend: Backend, kernel: Kernel, tmp_path: Path
+) -> None:
+    marker = backend.projects / f"running-{tmp_path.name}"
 
     async def running() -> bool:
         return marker.exists()

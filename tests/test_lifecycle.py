@@ -18,15 +18,31 @@ from tests.helpers import (
     text_of,
     wait_for,
 )
-from tests.launchers import ServerProcess, alive, descendants_of, kernel_processes, wait_until
+from tests.launchers import (
+    PID_NAMESPACE,
+    ServerProcess,
+    alive,
+    descendants_of,
+    host_pids,
+    kernel_processes,
+    wait_until,
+)
 
 pytestmark = pytest.mark.transport
 
 SPAWN_CHILD = (
     "import subprocess, os\n"
     "child = subprocess.Popen(['sleep', '300'])\n"
-    "print(os.getpid(), child.pid)"
+    f"print({PID_NAMESPACE}, os.getpid(), child.pid)"
 )
+
+
+def spawned(stdout: str) -> set[int]:
+    """The host pids of the kernel and the child that SPAWN_CHILD printed."""
+    namespace, *pids = stdout.split()
+    found = host_pids(namespace, map(int, pids))
+    assert len(found) == len(pids), (stdout, found)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +62,9 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 async def test_idle_sessions_are_culled_and_say_when(limited, kind):
     async with client_for(kind, limited) as client:
         sid = structured(await call(client, "create_session"))["session_id"]
-        pid = int(
-            structured(
-                await call(client, "run_code", code="import os; os.getpid()", session_id=sid)
-            )["result"]
+        code = f"import os; print({PID_NAMESPACE}, os.getpid())"
+        (pid,) = spawned(
+            structured(await call(client, "run_code", code=code, session_id=sid))["stdout"]
         )
 
         async def culled() -> bool:
@@ -102,10 +117,10 @@ async def test_close_leaves_no_kernel_or_child_behind(limited):
     async with client_for("mcp", limited) as client:
         sid = structured(await call(client, "create_session"))["session_id"]
         out = structured(await call(client, "run_code", code=SPAWN_CHILD, session_id=sid))
-        kernel_pid, child_pid = map(int, out["stdout"].split())
-        assert alive({kernel_pid, child_pid}) == {kernel_pid, child_pid}
+        pids = spawned(out["stdout"])
+        assert alive(pids) == pids
         await call(client, "close_session", session_id=sid)
-        assert wait_until(lambda: not alive({kernel_pid, child_pid}), timeout=15)
+        assert wait_until(lambda: not alive(pids), timeout=15)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -114,8 +129,10 @@ async def test_server_stop_leaves_no_kernel_or_child_behind(tmp_path, sig):
         async with client_for("mcp", server) as client:
             sid = structured(await call(client, "create_session"))["session_id"]
             out = structured(await call(client, "run_code", code=SPAWN_CHILD, session_id=sid))
+            pids = spawned(out["stdout"])
             fresh = structured(await call(client, "run_code", code=SPAWN_CHILD))
-        pids = {int(p) for p in out["stdout"].split() + fresh["stdout"].split()}
+        # The fresh run's kernel ended with its reply: its pids may be gone already.
+        assert fresh["status"] == "ok"
         pids |= descendants_of(server.kernel_pids())
         assert server.stop(sig) is not None
         assert wait_until(lambda: not alive(pids), timeout=15), alive(pids)
@@ -128,6 +145,6 @@ async def test_stdio_client_leaving_ends_every_kernel(tmp_path):
             sid = structured(await call(client, "create_session"))["session_id"]
             out = structured(await call(client, "run_code", code=SPAWN_CHILD, session_id=sid))
             started = {p.pid for p in kernel_processes()} - before
-        pids = started | {int(p) for p in out["stdout"].split()}
+            pids = started | spawned(out["stdout"])
         assert pids
         assert wait_until(lambda: not alive(pids), timeout=15), alive(pids)

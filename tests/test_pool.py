@@ -8,6 +8,7 @@ refilling and shuts down every kernel still in the pool.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import signal
@@ -22,7 +23,7 @@ from kernel_mcp.errors import KernelError
 from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Kernel
 from kernel_mcp.pool import KernelPool
 from tests.helpers import wait_for
-from tests.launchers import alive, kernel_processes, wait_until
+from tests.launchers import PID_NAMESPACE, alive, host_pids, kernel_processes, wait_until
 
 #: A standard-library module a fresh kernel does not import by itself (``json``
 #: is imported by ipykernel already, so preloading it could not be observed).
@@ -47,6 +48,10 @@ class RecordingBackend:
 
     async def close(self) -> None:
         await self.inner.close()
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.inner.sandboxed
 
     @property
     def pids(self) -> set[int]:
@@ -104,8 +109,12 @@ async def test_acquire_returns_distinct_live_kernels(make_pool, backend) -> None
     assert pid_of(first) != pid_of(second)
     assert await first.is_alive()
     assert await second.is_alive()
-    assert await answer(first, "import os; os.getpid()") == str(pid_of(first))
-    assert await answer(second, "import os; os.getpid()") == str(pid_of(second))
+    for kernel in (first, second):
+        # The pid the kernel sees is its own (in its PID namespace, when sandboxed).
+        namespace, pid = ast.literal_eval(
+            await answer(kernel, f"({PID_NAMESPACE}, __import__('os').getpid())")
+        )
+        assert host_pids(namespace, [pid]) == {kernel.process.kernel_pid}  # type: ignore[attr-defined]
 
 
 async def test_the_pool_refills_to_its_size_in_the_background(make_pool, backend) -> None:

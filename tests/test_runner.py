@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kernel_mcp.config import load_settings
-from kernel_mcp.errors import FileNotFound, InvalidArgument, PathRefused
+from kernel_mcp.errors import ConfigError, FileNotFound, InvalidArgument, PathRefused
 from kernel_mcp.runner import Runner
 
 STAMP = "import time; t0 = time.time(); time.sleep(0.4); print(t0, time.time())"
@@ -74,3 +74,27 @@ async def test_a_file_that_calls_sys_exit_ends_as_python_would(runner, file, sta
 async def test_a_snippet_that_calls_sys_exit_is_an_error_as_in_a_notebook(runner):
     ran = await runner.run_code("import sys; sys.exit(0)", owner=None)
     assert ran.execution.status == "error" and ran.execution.error["ename"] == "SystemExit"
+
+
+@pytest.mark.parametrize(
+    ("sandbox", "network", "open_world"),
+    [("off", False, True), ("on", False, False), ("on", True, True)],
+)
+async def test_the_run_tools_say_open_world_unless_the_sandbox_cuts_the_network(
+    tmp_path: Path, sandbox: str, network: bool, open_world: bool
+) -> None:
+    settings = load_settings(
+        projects_dir=tmp_path,
+        notebooks_dir=tmp_path / "nb",
+        pool_size=0,
+        sandbox=sandbox,
+        sandbox_network=network,
+    )
+    try:
+        runner = Runner(settings)
+    except ConfigError as exc:
+        pytest.skip(f"this machine cannot sandbox: {exc}")
+    try:
+        assert runner.open_world is open_world
+    finally:
+        await runner.close()

@@ -325,11 +325,16 @@ async def test_different_sessions_run_in_parallel(registry: SessionRegistry) -> 
     assert not one.lock.locked()
 
 
+def marker_for(registry: SessionRegistry, tmp_path: Path) -> Path:
+    """A file the test and a (sandboxed) kernel both see: in the projects folder."""
+    return registry.pool.backend.settings.projects_dir / f"running-{tmp_path.name}"  # type: ignore[attr-defined]
+
+
 async def test_interrupt_ends_the_running_call(registry: SessionRegistry, tmp_path: Path) -> None:
     session = await registry.create("alice")
     assert await registry.interrupt("alice", session.id) is False, "nothing was running"
 
-    call = await busy_call(registry, session.id, tmp_path / "running")
+    call = await busy_call(registry, session.id, marker_for(registry, tmp_path))
     try:
         assert await registry.interrupt("alice", session.id) is True
         result = await asyncio.wait_for(call, timeout=10)
@@ -430,7 +435,7 @@ async def test_closing_a_busy_session_interrupts_its_call_first(
 ) -> None:
     session = await registry.create("alice")
     pid = pid_of(session.kernel)
-    call = await busy_call(registry, session.id, tmp_path / "running")
+    call = await busy_call(registry, session.id, marker_for(registry, tmp_path))
     try:
         await asyncio.wait_for(registry.close_session("alice", session.id), timeout=10)
         result = await asyncio.wait_for(call, timeout=10)

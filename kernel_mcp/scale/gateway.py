@@ -660,6 +660,7 @@ class GatewayProcess:
     """A kernel on the gateway, as ``kernel.KernelProcess`` sees it."""
 
     backend = "gateway"
+    sandboxed = False
 
     def __init__(self, owner: GatewayBackend, kernel_id: str, client: GatewayClient) -> None:
         self.kernel_id = kernel_id
@@ -771,6 +772,7 @@ class GatewayBackend:
     """
 
     name = "gateway"
+    sandboxed = False
 
     def __init__(self, settings: Settings) -> None:
         if not settings.gateway_url:

@@ -35,6 +35,7 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
             kernel_id=kernel.process.kernel_id if kernel else session.kernel_id,
             notebook=runner.session_notebook_uri(session.id, session.notebook),
             kernel=session.record.kernel_name,
+            sandboxed=kernel.process.sandboxed if kernel else runner.backend.sandboxed,
             run_id=run.id if (run := runner.runs.running_in(session.id)) else None,
             notes=runner.recording_notes(session.id),
         )

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# ROOT: where test servers run from (outside the sandbox); SECRET: in their environment.
+from tests.helpers import SECRET
+from tests.launchers import ROOT
+
 __all__ = ["PROGRAMS", "Program"]
 
 
@@ -119,6 +123,45 @@ PROGRAMS: list[Program] = [
         "import sys\nfor i in range(200_000): print(i, file=sys.stderr)",
         "ok",
         truncated=True,
+    ),
+    # -- escapes the sandbox stops (tests/test_escape.py tries more, with the server's
+    # -- own pid, port, token and files) -------------------------------------------------
+    P(
+        "read_the_server_s_source",
+        f"open({str(ROOT / 'pyproject.toml')!r}).read()",
+        "error",
+        contains=("FileNotFoundError",),
+    ),
+    P(
+        "write_outside_the_projects_folder",
+        "open('/usr/lib/kernel-mcp-escape', 'w')",
+        "error",
+        contains=("Read-only file system",),
+    ),
+    P(
+        "connect_to_loopback",
+        "import socket; socket.create_connection(('127.0.0.1', 22), timeout=5)",
+        "error",
+        contains=("ConnectionRefusedError",),
+    ),
+    P(
+        "secret_in_any_environment",
+        "import glob\n"
+        "leaks = []\n"
+        "for path in glob.glob('/proc/[0-9]*/environ'):\n"
+        "    try:\n"
+        f"        if {SECRET!r}.encode() in open(path, 'rb').read(): leaks.append(path)\n"
+        "    except OSError: pass\n"
+        "assert not leaks, leaks",
+        "ok",
+    ),
+    P(
+        "spawn_3000_processes",
+        "import subprocess\nchildren = []\n"
+        "try:\n    while len(children) < 3000: children.append(subprocess.Popen(['sleep', '60']))\n"
+        "finally:\n    for c in children: c.kill()\n    for c in children: c.wait()",
+        "error",
+        contains=("BlockingIOError",),
     ),
     # -- odd but harmless output -----------------------------------------------------------
     P("ansi_colours", "print('\\x1b[31mred\\x1b[0m')", "ok", contains=("red",), absent=("\x1b[",)),

