@@ -62,9 +62,9 @@ async def test_tool_annotations_tell_clients_the_truth(client):
         hints = tools[name].annotations
         # Running code changes things, and reaches the network unless the kernels are
         # sandboxed (whose network is off by default).
-        assert hints.destructiveHint is True and hints.readOnlyHint is False, name
-        assert hints.openWorldHint is not session["sandboxed"], name
-        assert hints.idempotentHint is False, name
+        assert hints.destructive_hint is True and hints.read_only_hint is False, name
+        assert hints.open_world_hint is not session["sandboxed"], name
+        assert hints.idempotent_hint is False, name
         assert tools[name].output_schema is not None, name
     for name in (
         "list_files",
@@ -75,10 +75,10 @@ async def test_tool_annotations_tell_clients_the_truth(client):
         "read_file",
     ):
         hints = tools[name].annotations
-        assert hints.readOnlyHint is True and hints.idempotentHint is True, name
-    assert tools["write_file"].annotations.destructiveHint is True
-    assert tools["write_file"].annotations.idempotentHint is True
-    assert tools["close_session"].annotations.destructiveHint is True
+        assert hints.read_only_hint is True and hints.idempotent_hint is True, name
+    assert tools["write_file"].annotations.destructive_hint is True
+    assert tools["write_file"].annotations.idempotent_hint is True
+    assert tools["close_session"].annotations.destructive_hint is True
     assert "cells_total" in tools["run_notebook"].output_schema["properties"]
 
 
