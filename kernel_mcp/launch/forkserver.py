@@ -19,14 +19,15 @@ the template is ready in about 40 ms, against about 600 ms spawned
 Channels. The template's stdout is /dev/null and its stderr a private file;
 the server and the template talk over a Unix SEQPACKET socket pair (fork
 requests one way, ``exited`` notices with the exit code the other). Each
-fork request carries a second socket pair's end: the kernel's own channel,
-on which its namespace's init hands the server a pidfd (``hello``), waits for
-``go`` (sent once the server has moved it into the kernel's cgroup), and the
-kernel says ``ready`` (and hands its own pidfd) once its sockets are bound.
-Both close their end before any user code runs. A pidfd names the process
-itself, so signalling it can never hit a reused pid, and its host pid is read
-from ``/proc/self/fdinfo``, translated by the kernel into the server's PID
-namespace.
+fork request carries a second socket pair's end: the kernel's own channel. On
+it, its namespace's init hands the server a pidfd (``hello``), the kernel hands
+its own (``kernel``) and initializes while the server moves it into its cgroup,
+waits for ``go``, and says ``ready`` once its sockets are bound. Both close
+their end before any user code runs. (Memory the kernel touched while it
+initialized, before the move, stays charged to the server's cgroup: a few MB.)
+A pidfd names the process itself, so signalling it can never hit a reused pid,
+and its host pid is read from ``/proc/self/fdinfo``, translated by the kernel
+into the server's PID namespace.
 
 Fallback. If the template cannot start, dies, or fails one kernel, the
 backend spawns kernels as before, and says so in one log line; the template is
@@ -799,7 +800,8 @@ class ForkServer:
         info: dict[str, Any],
         holder: list[ForkedProcess],
     ) -> ForkedProcess:
-        """hello (its namespace's init, with a pidfd) -> cgroup -> go -> ready (the kernel)."""
+        """hello (the process that ends the kernel, a pidfd), kernel (its pidfd; moved
+        into its cgroup meanwhile), go, ready (its sockets are bound)."""
         hello, fds = await _recv(channel)
         if hello is None or hello.get("op") != "hello" or len(fds) != 1:
             for fd in fds:
@@ -816,16 +818,23 @@ class ForkServer:
             namespaced=self.sandbox is not None,
         )
         holder.append(process)
-        if cgroup is not None and process.pid is not None:
-            cgroup.add(process.pid)  # before it forks the kernel: everything lands inside
-        _send(channel, {"op": "go"})
-        ready, fds = await _recv(channel)
-        if ready is None or ready.get("op") != "ready" or len(fds) != 1:
+        message, fds = await _recv(channel)
+        if message is None or message.get("op") != "kernel" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
             raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
         with contextlib.closing(_Fd(fds[0])) as kernel_fd:
             process.kernel_pid = _host_pid(kernel_fd.fd)
+        if cgroup is not None:
+            # While the kernel initializes: a move between cgroups waits for an RCU grace
+            # period (about 15 ms here). No user code runs before "go".
+            await asyncio.to_thread(cgroup.add, process.kernel_pid)
+        _send(channel, {"op": "go"})
+        ready, fds = await _recv(channel)
+        for fd in fds:
+            os.close(fd)
+        if ready is None or ready.get("op") != "ready":
+            raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
         return process
 
     def _cgroup(self) -> KernelCgroup | None:

@@ -21,10 +21,11 @@ Per kernel, with namespaces (the sandboxed case)::
                        A --fork--> B, PID 1 of the new namespace; A exits
                        B: private mounts (/proc, /tmp, $HOME, /dev/shm, only its
                           own connection folder), lo up, hello (its pidfd) to the
-                          server, waits for "go" (the server moved it into its
-                          cgroup), drops every capability, forks C, reaps
-                       C, PID 2: setsid, rlimits, fds, environment, cwd, argv,
-                          reseeded random generators, then ipykernel
+                          server, drops every capability, forks C, reaps
+                       C, PID 2: hands the server its pidfd, setsid, rlimits,
+                          environment, cwd, argv, reseeded random generators,
+                          ipykernel's initialize; waits for "go" (the server moved
+                          it into its cgroup meanwhile), then ipykernel's start
 
 B is the namespace's init: killing it (the server holds its pidfd) ends every
 process in the namespace, daemons included, and it exits when C does, with
@@ -208,6 +209,18 @@ def _warm(config: dict) -> dict:
     import ipykernel.ipkernel
     import ipykernel.kernelapp
     import ipykernel.zmqshell
+
+    # What a kernel's initialize() still imports (measured: its pdb patch, the store
+    # magic extension, tornado's asyncio loop, faulthandler).
+    for name in (
+        "pdb",
+        "IPython.core.debugger",
+        "IPython.extensions.storemagic",
+        "tornado.platform.asyncio",
+        "faulthandler",
+    ):
+        with contextlib.suppress(Exception):
+            __import__(name)
     from jupyter_client.connect import write_connection_file
     from traitlets.config import Config
 
@@ -286,7 +299,7 @@ def _child(request: dict, channel: int, stderr: int) -> None:
             os.setsid()
             # Plain: the template's end (or the server's) ends this kernel too.
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            _hello(sock)
+            _hello(sock, "hello")
             _kernel(request, sock)
     except BaseException:  # report, never fall back into the template's loop
         traceback.print_exc()
@@ -295,11 +308,16 @@ def _child(request: dict, channel: int, stderr: int) -> None:
         os._exit(code)
 
 
-def _hello(sock: socket.socket) -> None:
-    """Hand the server a pidfd of this process and wait until it says go."""
+def _hello(sock: socket.socket, op: str) -> None:
+    """Hand the server a pidfd of this process (``op``: "hello" from the process that
+    ends the kernel, "kernel" from the kernel itself)."""
     pidfd = os.pidfd_open(os.getpid())
-    _send(sock, {"op": "hello"}, [pidfd])
+    _send(sock, {"op": op}, [pidfd])
     os.close(pidfd)
+
+
+def _wait_go(sock: socket.socket) -> None:
+    """Block until the server says go: it has moved this kernel into its cgroup."""
     answer, fds = _recv(sock)
     for fd in fds:
         os.close(fd)
@@ -368,7 +386,7 @@ def _namespaced(request: dict, sock: socket.socket) -> None:
     if request["userns"]:
         with open("/proc/sys/user/max_user_namespaces", "w") as file:
             file.write("0")  # as bwrap's --disable-userns: no namespaces of its own
-    _hello(sock)
+    _hello(sock, "hello")
     _drop_capabilities()
     kernel = os.fork()
     if kernel == 0:
@@ -383,8 +401,14 @@ def _namespaced(request: dict, sock: socket.socket) -> None:
 
 
 def _kernel(request: dict, sock: socket.socket) -> None:
-    """C (or A, unnamespaced): become an ordinary ipykernel. Never returns."""
+    """C (or A, unnamespaced): become an ordinary ipykernel. Never returns.
+
+    The server moves this process into the kernel's cgroup while it initializes
+    (moving a process between cgroups waits for an RCU grace period: about 15 ms
+    here, as long as the rest of a fork); no user code runs before "go".
+    """
     _name("kernel")
+    _hello(sock, "kernel")
     if request["namespaces"]:
         os.setsid()  # lead its own group, so an interrupt reaches its children too
     import resource
@@ -413,9 +437,8 @@ def _kernel(request: dict, sock: socket.socket) -> None:
         del sys.path[0]
     app = IPKernelApp.instance()
     app.initialize(arguments)
-    pidfd = os.pidfd_open(os.getpid())
-    _send(sock, {"op": "ready"}, [pidfd])
-    os.close(pidfd)
+    _wait_go(sock)
+    _send(sock, {"op": "ready"})
     sock.close()
     app.start()
     os._exit(0)
