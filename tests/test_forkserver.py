@@ -129,11 +129,17 @@ async def test_a_forked_kernel_is_as_fresh_as_a_spawned_one(backend: LocalBacken
             "main": "__name__",
             "home": "sorted(__import__('os').listdir(__import__('os').path.expanduser('~')))",
             "tmpdir": "__import__('tempfile').gettempdir()",
+            # The kernel's arguments apply (parsed once in the template, not per child).
+            "history_on": "get_ipython().history_manager.enabled",
+            "history_file": "str(get_ipython().history_manager.hist_file)",
         }
         for name, expression in checks.items():
             seen_spawned = await value(spawned, expression)
             seen_forked = await value(kernel, expression)
             assert seen_forked == seen_spawned, (name, seen_forked, seen_spawned)
+        # Each on its own connection file.
+        own = "get_ipython().kernel.parent.connection_file"
+        assert await value(kernel, own) == str(forked(kernel).connection_file)
     finally:
         await asyncio.gather(spawned.shutdown(now=True), kernel.shutdown(now=True))
 

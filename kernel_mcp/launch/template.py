@@ -79,6 +79,7 @@ PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 MAX_MESSAGE = 1 << 20
 _LAUNCHER = "ipykernel_launcher"
+_PARSED = False
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -246,6 +247,16 @@ def _warm(config: dict) -> dict:
     shell.run_cell("_ = [i for i in range(3)]\n_", store_history=False)
     ipykernel.zmqshell.ZMQInteractiveShell.clear_instance()
     del app, shell
+    # The kernels' own app, its arguments parsed once here (building traitlets'
+    # argparse parser is a fifth of initialize()); each child then sets its own
+    # connection file. Anything odd, and the child parses them itself.
+    global _PARSED
+    try:
+        kept = ipykernel.kernelapp.IPKernelApp.instance()
+        kept.parse_command_line(["-f", connection, *config["arguments"]])
+        _PARSED = True
+    except Exception:
+        ipykernel.kernelapp.IPKernelApp.clear_instance()
     import glob
 
     for pattern in ("*.py", "*.ipy"):  # IPython's startup-file globs compile these once
@@ -436,6 +447,10 @@ def _kernel(request: dict, sock: socket.socket) -> None:
     if sys.path and sys.path[0] in ("", os.getcwd(), request["cwd"]):
         del sys.path[0]
     app = IPKernelApp.instance()
+    if _PARSED:
+        app.config.IPKernelApp.connection_file = request["connection_file"]
+        app.connection_file = request["connection_file"]
+        app.parse_command_line = lambda argv=None: None  # parsed in the template
     app.initialize(arguments)
     _wait_go(sock)
     _send(sock, {"op": "ready"})
