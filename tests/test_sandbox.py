@@ -142,8 +142,10 @@ def daemons(marker: str) -> set[int]:
 
 
 def mount_skeleton(kernel: Kernel, projects: Path) -> set[str]:
-    """Names directly below /tmp that exist inside only to hold the shared mounts."""
+    """Names directly below /tmp that exist inside only to hold the shared mounts (the
+    connection and projects folders, and an interpreter installed below /tmp)."""
     shared = [Path(process_of(kernel).connection_file), projects]
+    shared += [Path(p).resolve() for p in (sys.prefix, sys.base_prefix)]
     return {p.parts[2] for p in shared if p.parts[1] == "tmp" and len(p.parts) > 2}
 
 

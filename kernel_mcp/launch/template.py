@@ -371,6 +371,9 @@ def _namespaced(request: dict, sock: socket.socket) -> None:
         if os.path.exists(path)
     ]
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if request["userns"]:
+        with open("/proc/sys/user/max_user_namespaces", "w") as file:
+            file.write("0")  # as bwrap's --disable-userns: no namespaces of its own
     _cover_proc()
     size = request["tmp_bytes"]
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
@@ -394,9 +397,6 @@ def _namespaced(request: dict, sock: socket.socket) -> None:
     os.chmod(root, 0o700)
     if not request["network"]:
         _loopback_up()
-    if request["userns"]:
-        with open("/proc/sys/user/max_user_namespaces", "w") as file:
-            file.write("0")  # as bwrap's --disable-userns: no namespaces of its own
     _hello(sock, "hello")
     _drop_capabilities()
     kernel = os.fork()
