@@ -129,6 +129,8 @@ async def test_a_forked_kernel_is_as_fresh_as_a_spawned_one(backend: LocalBacken
             "main": "__name__",
             "home": "sorted(__import__('os').listdir(__import__('os').path.expanduser('~')))",
             "tmpdir": "__import__('tempfile').gettempdir()",
+            "signals": "[str(__import__('signal').getsignal(s)) for s in (2, 13, 15, 17)]",
+            "umask": "__import__('os').umask(0o022)",
             # The kernel's arguments apply (parsed once in the template, not per child).
             "history_on": "get_ipython().history_manager.enabled",
             "history_file": "str(get_ipython().history_manager.hist_file)",

@@ -220,9 +220,11 @@ def _host_pid(pidfd: int) -> int:
 
 
 def _ended(pidfd: int) -> bool:
-    """A pidfd turns readable when its process ends (it never reaps)."""
-    readable, _, _ = select.select([pidfd], [], [], 0)
-    return bool(readable)
+    """A pidfd turns readable when its process ends (it never reaps). poll, not select:
+    a busy server's descriptors go past select's 1024."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 # -- one forked kernel ------------------------------------------------------------------

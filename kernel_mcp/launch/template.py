@@ -294,8 +294,9 @@ def _child(request: dict, channel: int, stderr: int) -> None:
             if fd not in wanted:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
+        # The template's only handler; the rest are Python's defaults already (SIGPIPE
+        # ignored, SIGINT raising KeyboardInterrupt), as in a spawned kernel.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         sock = socket.socket(fileno=channel)
         os.dup2(stderr, 2)
         os.close(stderr)
