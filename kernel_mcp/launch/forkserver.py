@@ -54,10 +54,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import zmq
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -755,29 +757,54 @@ class ForkServer:
             os.close(stderr)
         template.live.add(kernel_id)
         holder: list[ForkedProcess] = []
+        early: dict[str, Any] = {}
+
+        def connect(process: ForkedProcess) -> None:
+            """Connect (and ask kernel_info) while the kernel initializes: a client's
+            sockets connect before the kernel binds its own, retrying every 2 ms
+            (zmq's default is 100), and the request waits in its queue."""
+            client = AsyncKernelClient()
+            client.load_connection_info(info)
+            client.context.setsockopt(zmq.RECONNECT_IVL, 2)
+            client.start_channels()
+            early["client"] = client
+            early["ready"] = asyncio.ensure_future(
+                wait_ready(client, process.is_alive, timeout=FORK_TIMEOUT)
+            )
+
         try:
             try:
                 process = await asyncio.wait_for(
                     self._handshake(
-                        template, ours, kernel_id, folder, stderr_path, cgroup, info, holder
+                        template,
+                        ours,
+                        kernel_id,
+                        folder,
+                        stderr_path,
+                        cgroup,
+                        info,
+                        holder,
+                        connect,
                     ),
                     FORK_TIMEOUT,
                 )
             finally:
                 ours.close()
-            client = AsyncKernelClient()
-            client.load_connection_info(info)
-            client.start_channels()
-            kernel = Kernel(process, client, limits=self.limits)
+            kernel = Kernel(process, early["client"], limits=self.limits)
             try:
-                kernel.kernel_info = await wait_ready(
-                    client, process.is_alive, timeout=FORK_TIMEOUT
-                )
+                kernel.kernel_info = await early.pop("ready")
             except BaseException:
                 await kernel.shutdown(now=True)
                 raise
             return kernel
         except BaseException as exc:
+            waiting = early.pop("ready", None)
+            if waiting is not None:
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+            if "client" in early:
+                with contextlib.suppress(Exception):
+                    early["client"].stop_channels()
             if holder:
                 await holder[0].kill()
             else:
@@ -801,6 +828,7 @@ class ForkServer:
         cgroup: KernelCgroup | None,
         info: dict[str, Any],
         holder: list[ForkedProcess],
+        connect: Callable[[ForkedProcess], None],
     ) -> ForkedProcess:
         """hello (the process that ends the kernel, a pidfd), kernel (its pidfd; moved
         into its cgroup meanwhile), go, ready (its sockets are bound)."""
@@ -827,6 +855,7 @@ class ForkServer:
             raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
         with contextlib.closing(_Fd(fds[0])) as kernel_fd:
             process.kernel_pid = _host_pid(kernel_fd.fd)
+        connect(process)
         if cgroup is not None:
             # While the kernel initializes: a move between cgroups waits for an RCU grace
             # period (about 15 ms here). No user code runs before "go".
