@@ -314,11 +314,11 @@ def derive(r: dict[str, Any]) -> tuple[list[Row], list[Check]]:
         if k:
             note += f"; replicas/local = {k['calls_per_s'] / kl['calls_per_s']:.2f}x throughput"
         row(f"(k) 1 local server, {kl['sessions']} x {kl['calls_per_session']}", kl, note)
+    sandbox_rows(r, row, rows, checks)
     # Figures no label above knows (a new case, say): a row each, under their key.
     for key, entry in r.items():
         if is_summary(entry) and id(entry) not in shown:
             row(f"({key[0]}) {key}", entry)
-    sandbox_rows(r, row, rows, checks)
     return rows, checks
 
 
