@@ -51,6 +51,7 @@ from bench.harness import (
     wait_quiet,
     with_errors,
 )
+from bench.sandbox_cases import case_s, case_t
 from tests.launchers import Gateway, ServerProcess
 
 CaseFunction = Callable[[Bench], dict[str, Any]]
@@ -958,6 +959,20 @@ CASES: dict[str, Case] = {
             "recording cost per run (journal append) at 1, 100, 1,000, 10,000 cells",
             case_r,
             target="flat within 2x from 1 to 10,000 cells",
+        ),
+        Case(
+            "s",
+            "the sandbox's cost: cold start, fresh run_python (b) and session call (f), "
+            "KERNEL_MCP_SANDBOX on against off in the same run",
+            case_s,
+            target="adds <= 10 % to (b) and to the cold start, nothing measurable to (f)",
+        ),
+        Case(
+            "t",
+            "kernels forked from the template: start to ready against spawned, a pandas "
+            "script with KERNEL_MCP_PRELOAD=pandas against python, 16 pooled kernels' PSS",
+            case_t,
+            target="start <= 50 ms p50; pandas <= 0.2x python; PSS <= 4x one spawned RSS",
         ),
     )
 }

@@ -116,6 +116,7 @@ def derive(r: dict[str, Any]) -> tuple[list[Row], list[Check]]:
     if b is not None and d:
         ratio_b = f"(b)/(d) = {b / d:.2f}x"
         checks.append(("(b)/(d) <= 3", b / d <= 3, f"{b / d:.2f}x"))
+        checks.append(("(b)/(d) <= 1.2 (forked kernels)", b / d <= 1.2, f"{b / d:.2f}x"))
     if b is not None and "hello" in floor:
         gap = b - floor["hello"]["p50_ms"]
         ratio_b += f"; (b)-(a) = {gap:+.1f} ms"
@@ -136,6 +137,15 @@ def derive(r: dict[str, Any]) -> tuple[list[Row], list[Check]]:
             row(label.format(**entry), entry, note.format(**entry))
 
     load_row("e_back_to_back", "(e) back-to-back fresh runs", "{runs_per_s} runs/s over {wall_s} s")
+    e = r.get("e_back_to_back")
+    if e:
+        checks.append(
+            (
+                "(e) >= 20 runs/s, p99 <= 100 ms",
+                e["runs_per_s"] >= 20 and e["p99_ms"] <= 100,
+                f"{e['runs_per_s']} runs/s, p99 {e['p99_ms']} ms",
+            )
+        )
     f = p("f_session_run_code")
     ratio_f = ""
     if f is not None and "pass" in floor:
@@ -304,11 +314,77 @@ def derive(r: dict[str, Any]) -> tuple[list[Row], list[Check]]:
         if k:
             note += f"; replicas/local = {k['calls_per_s'] / kl['calls_per_s']:.2f}x throughput"
         row(f"(k) 1 local server, {kl['sessions']} x {kl['calls_per_session']}", kl, note)
+    sandbox_rows(r, row, rows, checks)
     # Figures no label above knows (a new case, say): a row each, under their key.
     for key, entry in r.items():
         if is_summary(entry) and id(entry) not in shown:
             row(f"({key[0]}) {key}", entry)
     return rows, checks
+
+
+def sandbox_rows(r: dict[str, Any], row: Any, rows: list[Row], checks: list[Check]) -> None:
+    """(s) the sandbox on against off; (t) forked kernels (bench/sandbox_cases.py)."""
+    for part, label in (
+        ("cold_start", "cold kernel start"),
+        ("fresh", "(b) fresh run_python"),
+        ("session", "(f) session 'pass'"),
+    ):
+        on, off, ratio = (r.get(f"s_{part}_{k}") for k in ("on", "off", "ratio"))
+        if not (on and off and ratio):
+            continue
+        row(
+            f"(s) {label}, sandbox on",
+            on,
+            f"{ratio['p50_on_over_off']:.2f}x off ({ratio['p50_added_ms']:+.1f} ms)",
+        )
+        row(f"(s) {label}, sandbox off", off, "same run, in turn")
+        if part in ("cold_start", "fresh"):
+            checks.append(
+                (
+                    f"(s) sandbox adds <= 10 % to {label}",
+                    ratio["p50_on_over_off"] <= 1.10,
+                    f"{ratio['p50_on_over_off']:.2f}x",
+                )
+            )
+    forked, spawned = r.get("t_start_forked"), r.get("t_start_spawned")
+    if forked and spawned:
+        speed = spawned["p50_ms"] / forked["p50_ms"]
+        row("(t) kernel start to ready, forked", forked, f"{speed:.1f}x faster than spawned")
+        row("(t) kernel start to ready, spawned", spawned, "same run, in turn")
+        checks.append(
+            (
+                "(t) forked kernel start p50 <= 50 ms",
+                forked["p50_ms"] <= 50,
+                f"{forked['p50_ms']:.1f} ms",
+            )
+        )
+    pandas, python = r.get("t_pandas_preloaded"), r.get("t_pandas_python")
+    if pandas and python:
+        share = pandas["p50_ms"] / python["p50_ms"]
+        row("(t) pandas script, fresh run, preload", pandas, f"{share:.2f}x python script.py")
+        row("(t) pandas script, python script.py", python, "reference")
+        checks.append(("(t) pandas preloaded <= 0.2x python", share <= 0.2, f"{share:.2f}x"))
+    memory = r.get("t_memory_ratio")
+    if memory:
+        pooled, one = r["t_pooled_memory"], r["t_spawned_kernel"]
+        rows.append(
+            [
+                f"(t) {pooled['kernels']} idle pooled kernels, total PSS",
+                str(pooled["kernels"]),
+                "",
+                "",
+                f"{memory['pooled_total_pss_mb']} MB ({memory['with_template_mb']} MB with "
+                f"the template) vs one spawned kernel's RSS {one['rss_mb']} MB: "
+                f"{memory['over_one_spawned_rss']}x",
+            ]
+        )
+        checks.append(
+            (
+                "(t) 16 pooled kernels' PSS <= 4x one spawned RSS",
+                memory["over_one_spawned_rss"] <= 4,
+                f"{memory['over_one_spawned_rss']}x",
+            )
+        )
 
 
 def table(rows: list[Row]) -> str:

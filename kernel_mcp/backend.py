@@ -42,7 +42,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
@@ -51,6 +51,8 @@ from kernel_mcp.config import DEFAULT_SECRET_PATTERNS, Settings
 from kernel_mcp.errors import KernelStartFailed
 from kernel_mcp.kernel import Kernel
 from kernel_mcp.launch.cgroups import CgroupRoot, KernelCgroup, cgroup_root
+from kernel_mcp.launch.forkserver import ForkServer, forking_possible
+from kernel_mcp.launch.ready import wait_ready
 from kernel_mcp.launch.sandbox import Sandbox, sandbox_for
 from kernel_mcp.launch.stderr import STDERR_TAIL_BYTES, scrub_paths, stderr_tail
 from kernel_mcp.outputs import OutputLimits
@@ -166,6 +168,10 @@ class LocalProcess:
         self.folder = folder
         self._kernel_pid: int | None = None
         self._reaped_elsewhere = False
+
+    @property
+    def connection_file(self) -> Path:
+        return Path(self.manager.connection_file)
 
     @property
     def kernel_pid(self) -> int | None:
@@ -378,6 +384,15 @@ class LocalBackend:
         if self.sandbox is not None:
             self.cgroups = cgroup_root()
             self.sandbox.cgroups = self.cgroups.describe() if self.cgroups else ""
+        # One fork server (and template) per kernelspec, made when first needed. A
+        # setuid bwrap (no user namespace) cannot give a template the capabilities
+        # it needs to make each child's namespaces: kernels are spawned then.
+        self.forking = (
+            settings.fork_kernels
+            and forking_possible()
+            and (self.sandbox is None or self.sandbox.bwrap.userns)
+        )
+        self.forks: dict[str, ForkServer] = {}
 
     @property
     def sandboxed(self) -> bool:
@@ -394,9 +409,42 @@ class LocalBackend:
     async def start(self, kernel_name: str | None = None) -> Kernel:
         """Start one kernel (of ``kernel_name``, else the default) and wait until it answers.
 
+        Forked from that kernelspec's template (``kernel_mcp.launch.forkserver``) when
+        forking is on and the template works; spawned otherwise.
+
         Raises:
             KernelStartFailed: it could not be launched or did not become ready;
                 the message ends with the tail of the kernel's stderr.
+        """
+        spec = kernel_name or self.settings.kernel_name
+        if self.forking:
+            kernel = await self._fork_server(spec).start_kernel()
+            if kernel is not None:
+                return kernel
+        return await self.spawn(spec)
+
+    def _fork_server(self, spec: str) -> ForkServer:
+        server = self.forks.get(spec)
+        if server is None:
+            server = self.forks[spec] = ForkServer(
+                kernel_name=spec,
+                preload=self.settings.preload,
+                arguments=list(KERNEL_ARGUMENTS),
+                folder=self._dir,
+                env=self._env,
+                projects=self.settings.projects_dir,
+                sandbox=self.sandbox,
+                cgroups=self.cgroups,
+                limits=self.limits,
+                memory_bytes=self.settings.memory_limit_mb * 2**20,
+            )
+        return server
+
+    async def spawn(self, kernel_name: str | None = None) -> Kernel:
+        """Start one kernel as a new process (jupyter_client's launch), never forked.
+
+        Raises:
+            KernelStartFailed: as :meth:`start`.
         """
         spec = kernel_name or self.settings.kernel_name
         name = uuid.uuid4().hex[:12]
@@ -454,8 +502,7 @@ class LocalBackend:
         client.start_channels()
         kernel = Kernel(process, client, limits=self.limits)
         try:
-            await client.wait_for_ready(timeout=START_TIMEOUT)
-            kernel.kernel_info = await self._kernel_info(client)
+            kernel.kernel_info = await wait_ready(client, process.is_alive, timeout=START_TIMEOUT)
         except BaseException as exc:
             tail = process.stderr_tail()
             await kernel.shutdown(now=True)
@@ -467,6 +514,9 @@ class LocalBackend:
         return kernel
 
     async def close(self) -> None:
+        forks, self.forks = list(self.forks.values()), {}
+        for server in forks:
+            await server.close()
         if self.cgroups is not None:
             self.cgroups.close()
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -507,12 +557,3 @@ class LocalBackend:
             resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
         except (OSError, ValueError, AttributeError) as exc:  # pragma: no cover - non-Linux
             log.warning("could not set the kernel memory limit: %s", exc)
-
-    @staticmethod
-    async def _kernel_info(client: Any) -> dict[str, Any]:
-        msg_id = client.kernel_info()
-        for _ in range(20):
-            reply = await client.get_shell_msg(timeout=START_TIMEOUT)
-            if reply.get("parent_header", {}).get("msg_id") == msg_id:
-                return dict(reply.get("content", {}))
-        return {}

@@ -192,6 +192,11 @@ class Settings(BaseSettings):
     sandbox_max_tasks: Positive = Field(
         512, description="Processes and threads per sandboxed kernel."
     )
+    fork_kernels: bool = Field(
+        True,
+        description="Fork new local kernels from a pre-imported template process "
+        "(falls back to spawning them when it cannot).",
+    )
 
     # --- remote kernels and shared state (scale-out) -----------------------
     gateway_url: str | None = Field(

@@ -73,23 +73,30 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
         time.sleep(interval)
 
 
+#: The process name (comm) of a kernel forked from kernel-mcp's template: its command
+#: line is the template's, so it is told apart by name.
+FORKED_KERNEL_NAME = "kmcp-kernel"
+
+
 def is_kernel(proc: psutil.Process) -> bool:
-    """Whether ``proc`` is an ipykernel (False when it is gone or not ours to read)."""
+    """Whether ``proc`` is an ipykernel, spawned or forked (False when it is gone or not
+    ours to read)."""
     with contextlib.suppress(psutil.Error):
-        return "ipykernel_launcher" in " ".join(proc.cmdline())
+        return "ipykernel_launcher" in " ".join(proc.cmdline()) or proc.name() == FORKED_KERNEL_NAME
     return False
 
 
 def kernel_processes(marker: str | None = None) -> list[psutil.Process]:
-    """Every ipykernel process on the machine.
+    """Every ipykernel process on the machine, spawned or forked.
 
     Args:
         marker: ``NAME=VALUE``; only the kernels whose environment holds it.
     """
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "name"]):
         with contextlib.suppress(psutil.Error):
-            if "ipykernel_launcher" not in " ".join(proc.info["cmdline"] or []):
+            spawned = "ipykernel_launcher" in " ".join(proc.info["cmdline"] or [])
+            if not spawned and proc.info["name"] != FORKED_KERNEL_NAME:
                 continue
             if marker is not None:
                 name, _, value = marker.partition("=")

@@ -55,8 +55,14 @@ SERVER_ENV = {
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     projects = tmp_path_factory.mktemp("backend-projects")
+    # Spawned kernels: this module is the spawn path's specification (and the subset of
+    # the suite that runs spawned); forked ones are tests/test_forkserver.py's.
     return load_settings(
-        projects_dir=projects, pool_size=0, memory_limit_mb=1024, env_allow=["ALLOWED_TOKEN"]
+        projects_dir=projects,
+        pool_size=0,
+        memory_limit_mb=1024,
+        env_allow=["ALLOWED_TOKEN"],
+        fork_kernels=False,
     )
 
 

@@ -248,13 +248,17 @@ async def test_3000_processes_hit_the_task_limit(client: Any, session: str, mode
 async def test_a_fork_bomb_stops_at_the_task_limit_and_the_server_keeps_serving(
     client: Any,
 ) -> None:
+    # Every copy forks too: the kernel's fork fails at the task limit (BlockingIOError),
+    # unless the copies, each formatting its own traceback, first fill the memory
+    # limit and the OOM killer picks the kernel (kernel_died). Either way the bomb ends
+    # with the kernel, and the server keeps serving.
     code = "import os\nwhile True:\n    os.fork()\n"
     report = structured(await call(client, "run_code", code=code, timeout=20))
-    assert report["status"] in ("error", "timeout"), report
+    assert report["status"] in ("error", "kernel_died"), report
     if report["status"] == "error":
-        assert (
-            "BlockingIOError" in report["error"]["ename"] or "Resource" in report["error"]["evalue"]
-        )
+        assert report["error"]["ename"] == "BlockingIOError", report
+    else:
+        assert any("SIGKILL" in note for note in report["notes"]), report
     await serving(client)
 
 

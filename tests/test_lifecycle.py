@@ -144,7 +144,10 @@ async def test_stdio_client_leaving_ends_every_kernel(tmp_path):
         async with client_for("stdio", server) as client:
             sid = structured(await call(client, "create_session"))["session_id"]
             out = structured(await call(client, "run_code", code=SPAWN_CHILD, session_id=sid))
-            started = {p.pid for p in kernel_processes()} - before
+            # Not the HTTP server's own pool kernels (still starting when `before` was
+            # taken, if its fork template was warming up): only the stdio server's.
+            theirs = descendants_of({server.pid})
+            started = {p.pid for p in kernel_processes()} - before - theirs
             pids = started | spawned(out["stdout"])
         assert pids
         assert wait_until(lambda: not alive(pids), timeout=15), alive(pids)

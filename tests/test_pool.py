@@ -252,8 +252,9 @@ async def test_close_while_refilling_leaves_no_kernel_behind(make_pool, backend)
         return pool.ready_count >= 1
 
     assert await wait_for(first_ready, timeout=30)
-    manager = backend.started[0].process.manager  # type: ignore[attr-defined]
-    folder = str(Path(manager.connection_file).parent)
+    # The backend's private folder: every one of its kernels (spawned or forked from its
+    # template) names it on its command line.
+    folder = str(backend.started[0].process.connection_file.parent.parent)  # type: ignore[attr-defined]
 
     await pool.close()  # the second kernel is being started right now
 

@@ -33,6 +33,7 @@ from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import ConfigError
 from kernel_mcp.kernel import Execution, Kernel
 from kernel_mcp.launch import sandbox as sandbox_module
+from kernel_mcp.launch.forkserver import ForkedProcess
 from kernel_mcp.launch.sandbox import Mount, Sandbox, SandboxPolicy, ordered, probe
 from tests.helpers import wait_for
 from tests.launchers import alive, host_pids, wait_until
@@ -48,13 +49,25 @@ def projects(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sandbox-projects")
 
 
-def settings_for(projects: Path, **extra: Any) -> Settings:
-    return load_settings(projects_dir=projects, pool_size=0, memory_limit_mb=1024, **extra)
+def settings_for(projects: Path, how: str = "forked", **extra: Any) -> Settings:
+    return load_settings(
+        projects_dir=projects,
+        pool_size=0,
+        memory_limit_mb=1024,
+        fork_kernels=how == "forked",
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module", params=["forked", "spawned"])
+def how(request: pytest.FixtureRequest) -> str:
+    """Every guarantee holds for kernels forked from the template and for spawned ones."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-async def backend(projects: Path) -> AsyncIterator[LocalBackend]:
-    local = LocalBackend(settings_for(projects))
+async def backend(projects: Path, how: str) -> AsyncIterator[LocalBackend]:
+    local = LocalBackend(settings_for(projects, how))
     assert local.sandboxed
     yield local
     await local.close()
@@ -84,9 +97,11 @@ async def error_of(kernel: Kernel, code: str) -> str:
     return f"{result.error['ename']}: {result.error['evalue']}"
 
 
-def process_of(kernel: Kernel) -> LocalProcess:
-    assert isinstance(kernel.process, LocalProcess)
-    return kernel.process
+def process_of(kernel: Kernel) -> Any:
+    """The kernel's process (LocalProcess or ForkedProcess: the same attributes here)."""
+    process = kernel.process
+    assert isinstance(process, (LocalProcess, ForkedProcess)), process
+    return process
 
 
 #: Starts a daemon that leaves the kernel's session and process tree (setsid, double
@@ -127,8 +142,10 @@ def daemons(marker: str) -> set[int]:
 
 
 def mount_skeleton(kernel: Kernel, projects: Path) -> set[str]:
-    """Names directly below /tmp that exist inside only to hold the shared mounts."""
-    shared = [Path(process_of(kernel).manager.connection_file), projects]
+    """Names directly below /tmp that exist inside only to hold the shared mounts (the
+    connection and projects folders, and an interpreter installed below /tmp)."""
+    shared = [Path(process_of(kernel).connection_file), projects]
+    shared += [Path(p).resolve() for p in (sys.prefix, sys.base_prefix)]
     return {p.parts[2] for p in shared if p.parts[1] == "tmp" and len(p.parts) > 2}
 
 
@@ -305,7 +322,7 @@ async def test_a_kernel_sees_its_own_processes_only_and_is_pid_2(kernel: Kernel)
 
 
 async def test_a_kernel_sees_only_its_own_connection_folder(kernel: Kernel) -> None:
-    own = Path(process_of(kernel).manager.connection_file).parent
+    own = Path(process_of(kernel).connection_file).parent
     listed = await value(kernel, f"import os; os.listdir({str(own.parent)!r})")
     assert listed == [own.name]
     assert await value(kernel, f"import os; os.path.exists({str(own / 'kernel.json')!r})")
@@ -415,8 +432,8 @@ async def test_the_loopback_is_the_kernel_s_own(kernel: Kernel) -> None:
     assert "ConnectionRefusedError" in said, said
 
 
-async def test_network_true_gives_the_host_s_network(projects: Path) -> None:
-    local = LocalBackend(settings_for(projects, sandbox_network=True))
+async def test_network_true_gives_the_host_s_network(projects: Path, how: str) -> None:
+    local = LocalBackend(settings_for(projects, how, sandbox_network=True))
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -437,13 +454,13 @@ async def test_network_true_gives_the_host_s_network(projects: Path) -> None:
     assert accepted == [b"reached"]
 
 
-async def test_projects_ro_and_read_paths(projects: Path, tmp_path: Path) -> None:
+async def test_projects_ro_and_read_paths(projects: Path, tmp_path: Path, how: str) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "set.csv").write_text("a,b\n1,2\n")
     (projects / "input.txt").write_text("readable")
     local = LocalBackend(
-        settings_for(projects, sandbox_projects="ro", sandbox_read_paths=str(data))
+        settings_for(projects, how, sandbox_projects="ro", sandbox_read_paths=str(data))
     )
     kernel = await local.start()
     try:
@@ -456,8 +473,8 @@ async def test_projects_ro_and_read_paths(projects: Path, tmp_path: Path) -> Non
         await local.close()
 
 
-async def test_tmp_is_capped(projects: Path) -> None:
-    local = LocalBackend(settings_for(projects, sandbox_tmp_mb=8))
+async def test_tmp_is_capped(projects: Path, how: str) -> None:
+    local = LocalBackend(settings_for(projects, how, sandbox_tmp_mb=8))
     kernel = await local.start()
     try:
         said = await error_of(kernel, "open('/tmp/big', 'wb').write(b'x' * 16 * 2**20)")
@@ -468,13 +485,13 @@ async def test_tmp_is_capped(projects: Path) -> None:
 
 
 async def test_the_server_s_env_file_in_a_shared_folder_reads_empty(
-    projects: Path, monkeypatch: pytest.MonkeyPatch
+    projects: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    secret_home = projects / "served-from-here"
+    secret_home = projects / f"served-from-here-{how}"
     secret_home.mkdir()
     (secret_home / ".env").write_text("KERNEL_MCP_TOKEN=must-not-leak\n")
     monkeypatch.chdir(secret_home)  # the server started from inside the projects folder
-    local = LocalBackend(settings_for(projects))
+    local = LocalBackend(settings_for(projects, how))
     kernel = await local.start()
     try:
         assert await value(kernel, f"open({str(secret_home / '.env')!r}).read()") == ""
@@ -505,9 +522,9 @@ def other_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 async def test_another_kernelspec_s_interpreter_prefix_is_shared(
-    other_env: Path, projects: Path
+    other_env: Path, projects: Path, how: str
 ) -> None:
-    local = LocalBackend(settings_for(projects, kernel_name="datasci"))
+    local = LocalBackend(settings_for(projects, how, kernel_name="datasci"))
     kernel = await local.start()
     try:
         assert await value(kernel, "import sys; sys.prefix") == str(other_env)

@@ -113,24 +113,32 @@ async def test_calls_on_one_session_are_serialised_in_arrival_order(client, serv
             assert earlier[2] <= later[1], "two calls overlapped in one kernel"
 
 
-async def test_interrupt_stops_the_call_and_keeps_state(client):
+async def test_interrupt_stops_the_call_and_keeps_state(client, server):
+    # The cell says it runs through a file in the projects folder (a sandboxed kernel's
+    # /tmp is its own): an interrupt sent before the kernel runs the cell would be
+    # spent on an idle kernel, or (sent just before, arriving just after) end the
+    # call before the test looks.
+    marker = Path(server.env["PYTHON_PROJECTS_DIR"]) / f"running-{client.kind}"
+    marker.unlink(missing_ok=True)
     async with session(client) as sid:
         await call(client, "run_code", code="kept = 'yes'", session_id=sid)
         running = asyncio.ensure_future(
             call(
                 client,
                 "run_code",
-                code="import time\nwhile True: time.sleep(0.05)",
+                code=f"import pathlib, time\npathlib.Path({marker.name!r}).touch()\n"
+                "while True: time.sleep(0.05)",
                 session_id=sid,
                 timeout=60,
             )
         )
 
-        async def interrupted() -> bool:
-            reply = structured(await call(client, "interrupt_session", session_id=sid))
-            return reply["action"] == "interrupted"
+        async def started() -> bool:
+            return marker.exists()
 
-        assert await wait_for(interrupted, timeout=10, interval=0.2)
+        assert await wait_for(started, timeout=20)
+        reply = structured(await call(client, "interrupt_session", session_id=sid))
+        assert reply["action"] == "interrupted"
         result = await asyncio.wait_for(running, timeout=20)
         assert structured(result)["status"] == "interrupted"
         assert "Interrupted" in text_of(result)

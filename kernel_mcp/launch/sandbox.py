@@ -400,16 +400,18 @@ class Sandbox:
 
         ``per_kernel=False`` is the fork template's: it keeps its capabilities inside
         its own user namespace (to make each child's namespaces and mounts; children
-        drop them all). Unprivileged, each child also makes a user namespace of its
-        own (RLIMIT_NPROC then counts per kernel), so the template may make them;
-        as root, children share the template's, and none may make more.
+        drop them all). Not ``--disable-userns``: bwrap does that with a second, nested
+        user namespace, which would not own the template's mounts. Unprivileged, each
+        child makes a user namespace of its own (RLIMIT_NPROC then counts per kernel)
+        and forbids further ones in it; as root, children share the template's, and
+        the template forbids further ones there (``kernel_mcp/launch/template.py``).
         """
         args = ["--unshare-all"]
         if self.policy.network:
             args.append("--share-net")
         if self.bwrap.userns:
             args.append("--unshare-user")
-            if per_kernel or os.getuid() == 0:
+            if per_kernel:
                 args.append("--disable-userns")
         args += ["--die-with-parent", "--new-session"]
         args += ["--cap-drop", "ALL"] if per_kernel else ["--cap-add", "ALL"]
@@ -423,6 +425,27 @@ class Sandbox:
         kept = {k: v for k, v in env.items() if k not in UNSET_VARIABLES}
         kept.update(HOME=self.policy.home, TMPDIR="/tmp")
         return kept
+
+    def hidden_by_private(
+        self, *, argv_interpreter: str, kernelspec_dir: str | None
+    ) -> list[tuple[str, bool]]:
+        """(path, read-only) of the template's shared mounts below /tmp or $HOME.
+
+        A forked child mounts its private /tmp and $HOME over the template's, which
+        would hide these (a venv in ~/project, a projects folder below /tmp); it
+        binds them back on top, in this order.
+        """
+        interpreters = [sys.executable, argv_interpreter]
+        private = ("/tmp", self.policy.home)
+        found = []
+        for mount in self.mounts(
+            interpreters=interpreters, kernelspec_dir=kernelspec_dir, private=False
+        ):
+            if mount.kind not in ("ro", "rw"):
+                continue
+            if any(_inside(mount.dest, root) and mount.dest != root for root in private):
+                found.append((mount.dest, mount.kind == "ro"))
+        return found
 
     def template_command(
         self, argv: list[str], *, shared: Sequence[Path], kernelspec_dir: str | None = None

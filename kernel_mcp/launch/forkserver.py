@@ -1,0 +1,909 @@
+"""Fork kernels from a pre-imported template: the server's side.
+
+A :class:`ForkServer` runs one template process per kernel flavour (the
+kernel's interpreter, its kernelspec, the preload list) and asks it for a
+kernel whenever the backend needs one; ``kernel_mcp/launch/template.py`` is
+what runs inside, and explains the fork itself.
+
+The template runs in ONE bubblewrap sandbox with the spawned kernels' policy
+minus their per-kernel parts (the private /tmp, $HOME and /dev/shm, and the
+single connection folder): it sees every kernel's connection folder, keeps its
+capabilities inside its own user namespace (``--cap-add ALL``), and gives each
+child new mount, PID, IPC, UTS and (unless the network is shared) network
+namespaces, the private mounts, and no capability at all. So a forked kernel
+sees and may do what a spawned one may, and two kernels cannot see each
+other's files, processes or loopback. Measured here: a sandboxed kernel from
+the template is ready in about 40 ms, against about 600 ms spawned
+(docs/benchmarks.md).
+
+Channels. The template's stdout is /dev/null and its stderr a private file;
+the server and the template talk over a Unix SEQPACKET socket pair (fork
+requests one way, ``exited`` notices with the exit code the other). Each
+fork request carries a second socket pair's end: the kernel's own channel. On
+it, its namespace's init hands the server a pidfd (``hello``), the kernel hands
+its own (``kernel``) and initializes while the server moves it into its cgroup,
+waits for ``go``, and says ``ready`` once its sockets are bound. Both close
+their end before any user code runs. (Memory the kernel touched while it
+initialized, before the move, stays charged to the server's cgroup: a few MB.)
+A pidfd names the process itself, so signalling it can never hit a reused pid,
+and its host pid is read from ``/proc/self/fdinfo``, translated by the kernel
+into the server's PID namespace.
+
+Fallback. If the template cannot start, dies, or fails one kernel, the
+backend spawns kernels as before, and says so in one log line; the template is
+tried again after a pause that grows up to a minute. It is restarted when its
+flavour changes (the kernelspec file, the interpreter binary, or a
+site-packages folder changes, e.g. after ``pip install``): the old one stays
+until its last kernel ends, since a template's kernels end with it. It stops
+with the server: the control socket closes, and a server SIGKILL ends it
+through bwrap's ``--die-with-parent`` (sandboxed) or its parent-death signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.connect import write_connection_file
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.session import Session, new_id_bytes
+
+from kernel_mcp.kernel import Kernel
+from kernel_mcp.launch import template as template_module
+from kernel_mcp.launch.cgroups import CgroupRoot, KernelCgroup
+from kernel_mcp.launch.ready import wait_ready
+from kernel_mcp.launch.sandbox import Sandbox
+from kernel_mcp.launch.stderr import stderr_tail
+from kernel_mcp.outputs import OutputLimits
+
+__all__ = ["Flavour", "ForkServer", "ForkedProcess", "forking_possible"]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 1 << 20
+#: How long the template may take to import and warm up, seconds.
+TEMPLATE_TIMEOUT = 120.0
+#: How long one forked kernel may take from request to ready, seconds.
+FORK_TIMEOUT = 60.0
+SHUTDOWN_WAIT = 5.0
+#: Pauses before trying a failed template again, seconds (then the last, forever).
+RETRY_PAUSES = (5.0, 15.0, 60.0)
+_TEMPLATE_SOURCE = Path(template_module.__file__).read_text(encoding="utf-8")
+#: What the template's (and so every forked kernel's) command line shows.
+TEMPLATE_NAME = "kernel-mcp-fork-template.py"
+
+
+def forking_possible() -> bool:
+    """Whether kernels can be forked here at all: Linux, with pidfds (5.3) and SEQPACKET."""
+    return (
+        sys.platform.startswith("linux")
+        and hasattr(os, "pidfd_open")
+        and hasattr(signal, "pidfd_send_signal")
+        and hasattr(socket, "SOCK_SEQPACKET")
+    )
+
+
+# -- the flavour ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Flavour:
+    """What a template is made for; a change in any of it means a new template."""
+
+    python: str
+    arguments: tuple[str, ...]
+    """The kernel's arguments after ``-f {connection_file}``."""
+    env: tuple[tuple[str, str], ...]
+    preload: tuple[str, ...]
+    resource_dir: str
+    stamps: tuple[tuple[str, float], ...]
+    """(path, mtime) of the kernelspec file and the interpreter."""
+
+    @classmethod
+    def of(cls, kernel_name: str, preload: list[str], extra: list[str]) -> Flavour | None:
+        """The flavour of a kernelspec, or None when it is not an ipykernel we can fork."""
+        try:
+            spec = KernelSpecManager().get_kernel_spec(kernel_name)
+        except (NoSuchKernel, OSError, ValueError):
+            return None
+        argv = list(spec.argv)
+        if len(argv) < 5 or argv[1:3] not in (["-m", "ipykernel_launcher"], ["-m", "ipykernel"]):
+            return None
+        if argv[0] in {
+            "python",
+            f"python{sys.version_info[0]}",
+            "python{}.{}".format(*sys.version_info[:2]),
+        }:
+            argv[0] = sys.executable  # as jupyter_client's format_kernel_cmd does
+        rest = argv[3:]
+        try:
+            at = rest.index("{connection_file}")
+        except ValueError:
+            return None
+        if at == 0 or rest[at - 1] not in ("-f", "--f"):
+            return None
+        arguments = [*rest[: at - 1], *rest[at + 1 :], *extra]
+        if any("{" in arg for arg in arguments):
+            return None  # another template field we would have to fill
+        spec_file = os.path.join(spec.resource_dir, "kernel.json")
+        stamps = tuple((path, _mtime(path)) for path in (spec_file, os.path.realpath(argv[0])))
+        return cls(
+            python=argv[0],
+            arguments=tuple(arguments),
+            env=tuple(sorted((spec.env or {}).items())),
+            preload=tuple(preload),
+            resource_dir=spec.resource_dir,
+            stamps=stamps,
+        )
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0
+
+
+# -- async socket helpers ----------------------------------------------------------------
+def _decode(data: bytes, fds: list[int]) -> tuple[dict[str, Any] | None, list[int]]:
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    try:
+        return json.loads(data), fds
+    except ValueError:
+        for fd in fds:
+            os.close(fd)
+        return {"op": "garbled"}, []
+
+
+async def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """One message (and the fds it carried); (None, []) at end of stream."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 4)
+        except BlockingIOError:
+            await _readable(loop, sock.fileno())
+            continue
+        except (ConnectionResetError, OSError):
+            return None, []
+        return _decode(data, fds)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    # Small messages on a socket nobody else writes to: a full buffer means the peer
+    # is stuck, and a short blocking wait is the honest answer.
+    sock.settimeout(5.0)
+    try:
+        if fds:
+            socket.send_fds(sock, [data], fds)
+        else:
+            sock.send(data)
+    finally:
+        sock.setblocking(False)
+
+
+def _host_pid(pidfd: int) -> int:
+    """The pid a pidfd names, as this process's PID namespace numbers it."""
+    with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as info:
+        for line in info:
+            if line.startswith("Pid:"):
+                pid = int(line.split()[1])
+                if pid > 0:
+                    return pid
+    raise OSError("the process has already ended")
+
+
+def _ended(pidfd: int) -> bool:
+    """A pidfd turns readable when its process ends (it never reaps). poll, not select:
+    a busy server's descriptors go past select's 1024."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+# -- one forked kernel ------------------------------------------------------------------
+class ForkedProcess:
+    """A kernel forked from a template: the :class:`~kernel_mcp.kernel.KernelProcess` seam.
+
+    ``pid`` is the process that ends the kernel: its PID namespace's init (or the
+    kernel itself without namespaces). Killing it through its pidfd ends every
+    process in the namespace.
+    """
+
+    backend = "local"
+
+    def __init__(
+        self,
+        *,
+        template: _Template,
+        kernel_id: str,
+        pidfd: int,
+        folder: Path,
+        stderr_path: Path,
+        cgroup: KernelCgroup | None,
+        connection: dict[str, Any],
+        namespaced: bool,
+    ) -> None:
+        self.template = template
+        self.kernel_id = kernel_id
+        self._pidfd = pidfd
+        self.pid: int | None = _host_pid(pidfd)
+        self.kernel_pid: int | None = None
+        """The kernel's own pid as this server sees it (inside its namespace it is 2)."""
+        self.folder = folder
+        self.connection_file = folder / "kernel.json"
+        self.stderr_path = stderr_path
+        self.cgroup = cgroup
+        self.sandboxed = namespaced
+        """The kernel runs in the sandbox (list_sessions shows this)."""
+        self.forked = True
+        self._connection = connection
+        self._namespaced = namespaced
+        self._control: Any = None
+        self._released = False
+        self._code: int | None = None
+
+    async def is_alive(self) -> bool:
+        return not self._released and not _ended(self._pidfd)
+
+    async def interrupt(self) -> None:
+        # By message: the kernel leads its own process group and signals it, so the
+        # processes it started are interrupted too, as for a spawned kernel.
+        if await self.is_alive():
+            self._send_control("interrupt_request", {})
+
+    async def kill(self) -> None:
+        if not self._released and not _ended(self._pidfd):
+            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+                if not self._namespaced and self.pid is not None:
+                    # Unnamespaced, the kernel leads its group: end what it started too.
+                    os.killpg(self.pid, signal.SIGKILL)
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        await self._release()
+
+    async def shutdown(self) -> None:
+        try:
+            if await self.is_alive():
+                await self.interrupt()
+                self._send_control("shutdown_request", {"restart": False})
+                await self._wait_ended(SHUTDOWN_WAIT)
+        except Exception as exc:
+            log.debug("polite shutdown of a forked kernel failed: %s", exc)
+        finally:
+            await self.kill()
+
+    def exit_description(self) -> str:
+        code = (
+            self._code if self._code is not None else self.template.exit_codes.get(self.kernel_id)
+        )
+        if code is None:
+            if _ended(self._pidfd) and self.template.ended():
+                return "killed (its fork template ended)"
+            return "the kernel stopped responding"
+        if code > 128 and self._namespaced:
+            code = 128 - code  # its namespace's init exits 128 + n for signal n
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"killed by {name}"
+        return f"exit code {code}"
+
+    def rss_bytes(self) -> int | None:
+        """Proportional set size: pages shared with the template and siblings count in part."""
+        if self.kernel_pid is None or self._released or _ended(self._pidfd):
+            return None
+        try:
+            with open(f"/proc/{self.kernel_pid}/smaps_rollup", encoding="ascii") as rollup:
+                for line in rollup:
+                    if line.startswith("Pss:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def stderr_tail(self) -> str:
+        return stderr_tail(self.stderr_path)
+
+    # -- internals ----------------------------------------------------------------------
+    def _send_control(self, msg_type: str, content: dict[str, Any]) -> None:
+        import zmq
+
+        if self._control is None:
+            info = self._connection
+            session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(f"ipc://{info['ip']}-{info['control_port']}")
+            self._control = (session, sock)
+        session, sock = self._control
+        session.send(sock, msg_type, content)
+
+    async def _wait_ended(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        loop.add_reader(self._pidfd, lambda: ended.done() or ended.set_result(None))
+        try:
+            await asyncio.wait_for(ended, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(self._pidfd)
+
+    async def _release(self) -> None:
+        if self._released:
+            return
+        await self._wait_ended(5.0)
+        if not _ended(self._pidfd):
+            return  # not gone yet: a later kill() tries again
+        self._released = True
+        # The exit code comes from the template; give its notice a moment.
+        await self.template.exit_notice(self.kernel_id, 1.0)
+        self._code = self.template.exit_codes.get(self.kernel_id)
+        if self._control is not None:
+            self._control[1].close()
+            self._control = None
+        if self.cgroup is not None:
+            await self.cgroup.remove()
+        with contextlib.suppress(OSError):
+            self.stderr_path.unlink()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        os.close(self._pidfd)
+        self.template.released(self.kernel_id)
+
+
+# -- one template process -------------------------------------------------------------------
+class _Template:
+    """One running template process and its control channel."""
+
+    def __init__(self, flavour: Flavour) -> None:
+        self.flavour = flavour
+        self.process: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.ready: dict[str, Any] = {}
+        self.gone = False
+        self.retired = False
+        self.live: set[str] = set()
+        self.exit_codes: dict[str, int] = {}
+        self._notices: dict[str, asyncio.Event] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.stderr_path: Path | None = None
+        self.keep: list[tuple[str, bool]] = []
+        """Shared mounts a child's private /tmp or $HOME would hide: bound back in it."""
+
+    def ended(self) -> bool:
+        """The template process is gone (noticed or not yet by its reader)."""
+        return self.gone or self.process is None or self.process.poll() is not None
+
+    async def exit_notice(self, kernel_id: str, timeout: float) -> None:
+        if kernel_id in self.exit_codes or self.gone:
+            return
+        event = self._notices.setdefault(kernel_id, asyncio.Event())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def released(self, kernel_id: str) -> None:
+        self.live.discard(kernel_id)
+        self.exit_codes.pop(kernel_id, None)
+        self._notices.pop(kernel_id, None)
+        if self.retired and not self.live:
+            self.stop()
+
+    async def read_forever(self) -> None:
+        assert self.sock is not None
+        while True:
+            message, fds = await _recv(self.sock)
+            for fd in fds:
+                os.close(fd)
+            if message is None:
+                break
+            if message.get("op") == "exited":
+                kernel_id = str(message.get("id"))
+                self.exit_codes[kernel_id] = int(message.get("code", 1))
+                self._notices.setdefault(kernel_id, asyncio.Event()).set()
+        self.gone = True
+        for event in self._notices.values():
+            event.set()
+        if not self.retired:
+            log.warning(
+                "the kernel fork template ended (%s); new kernels are spawned until it "
+                "restarts, and its kernels ended with it",
+                self.describe_end(),
+            )
+
+    def describe_end(self) -> str:
+        code = self.process.poll() if self.process is not None else None
+        lines = stderr_tail(self.stderr_path).strip().splitlines()[-1:]
+        tail = f"; its stderr ended with: {lines[0]}" if lines else ""
+        return (f"exit code {code}" if code is not None else "its channel closed") + tail
+
+    def stop(self) -> None:
+        """End the template (and with it every kernel it still has)."""
+        self.gone = True
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+        if self.stderr_path is not None:
+            with contextlib.suppress(OSError):
+                self.stderr_path.unlink()
+
+
+# -- the fork server ------------------------------------------------------------------------
+class ForkServer:
+    """Keeps a template for the backend's kernel flavour and forks kernels from it.
+
+    Args:
+        kernel_name: the kernelspec.
+        preload: modules the template imports (and so every kernel has).
+        arguments: ipykernel options every kernel gets.
+        folder: the backend's private folder; kernels' folders go below it.
+        env: the kernels' environment (secrets scrubbed).
+        projects: the kernels' working directory.
+        sandbox: the sandbox, or None (forked kernels are then plain processes).
+        cgroups: where per-kernel cgroups are made, or None.
+        limits: output caps for the Kernel objects.
+        memory_bytes: RLIMIT_AS per kernel (0: none).
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel_name: str,
+        preload: list[str],
+        arguments: list[str],
+        folder: Path,
+        env: dict[str, str],
+        projects: Path,
+        sandbox: Sandbox | None,
+        cgroups: CgroupRoot | None,
+        limits: OutputLimits,
+        memory_bytes: int,
+    ) -> None:
+        self.kernel_name = kernel_name
+        self.preload = list(preload)
+        self.arguments = list(arguments)
+        self.folder = folder
+        self.env = dict(env)
+        self.projects = projects
+        self.sandbox = sandbox
+        self.cgroups = cgroups
+        self.limits = limits
+        self.memory_bytes = memory_bytes
+        self.template: _Template | None = None
+        self._retired: list[_Template] = []
+        self._starting: asyncio.Task[_Template | None] | None = None
+        self._failures = 0
+        self._next_try = 0.0
+        self._closed = False
+        self._flavour_cache: Flavour | None = None
+        self._unforkable = False
+        self.forked = 0
+        self.fallbacks = 0
+
+    @property
+    def namespaced(self) -> bool:
+        return self.sandbox is not None
+
+    async def start_kernel(self) -> Kernel | None:
+        """A ready kernel from the template, or None: the caller spawns one instead.
+
+        Raises only the caller's own cancellation.
+        """
+        if self._closed:
+            return None
+        template = await self._template()
+        if template is None:
+            self.fallbacks += 1
+            return None
+        try:
+            kernel = await self._fork(template)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.fallbacks += 1
+            log.warning("a kernel could not be forked from the template (%s); spawning one", exc)
+            if template.gone or not template.live:
+                self._retire(template, broken=True)
+            return None
+        self.forked += 1
+        return kernel
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._starting
+        for template in [*self._retired, *([self.template] if self.template else [])]:
+            template.stop()
+        self._retired.clear()
+        self.template = None
+
+    # -- the template -------------------------------------------------------------------
+    def _flavour(self) -> Flavour | None:
+        """The current flavour; looked up again only when a file it came from changed."""
+        if self._unforkable:
+            return None
+        cached = self._flavour_cache
+        if cached is not None and all(_mtime(path) == mtime for path, mtime in cached.stamps):
+            return cached
+        self._flavour_cache = Flavour.of(self.kernel_name, self.preload, self.arguments)
+        if self._flavour_cache is None:
+            self._unforkable = True
+            log.info(
+                "kernelspec %r does not run `python -m ipykernel_launcher -f "
+                "{connection_file}`; its kernels are spawned, not forked",
+                self.kernel_name,
+            )
+        return self._flavour_cache
+
+    async def _template(self) -> _Template | None:
+        flavour = self._flavour()
+        if flavour is None:
+            return None
+        current = self.template
+        if current is not None and not current.gone and self._same(current, flavour):
+            return current
+        if current is not None:
+            if not current.gone:
+                log.info(
+                    "the kernel flavour changed (kernelspec, interpreter or packages); "
+                    "starting a new fork template"
+                )
+            self._retire(current, broken=current.gone)
+        if time.monotonic() < self._next_try:
+            return None
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._launch(flavour))
+        starting = self._starting
+        try:
+            # Shielded: a caller's cancel must not kill the start others wait for.
+            return await asyncio.shield(starting)
+        finally:
+            if starting.done() and self._starting is starting:
+                self._starting = None
+
+    def _same(self, template: _Template, flavour: Flavour) -> bool:
+        if template.flavour != flavour:
+            return False
+        stamps = template.ready.get("site_stamps", {})
+        return all(_mtime(path) == mtime for path, mtime in stamps.items())
+
+    def _retire(self, template: _Template, *, broken: bool) -> None:
+        if self.template is template:
+            self.template = None
+        template.retired = True
+        if broken:
+            self._failures += 1
+            pause = RETRY_PAUSES[min(self._failures, len(RETRY_PAUSES)) - 1]
+            self._next_try = time.monotonic() + pause
+        if not template.live:
+            template.stop()
+        elif template not in self._retired:
+            self._retired.append(template)
+        self._retired = [t for t in self._retired if t.live and not t.gone]
+
+    async def _launch(self, flavour: Flavour) -> _Template | None:
+        template = _Template(flavour)
+        try:
+            await self._start_process(template)
+        except asyncio.CancelledError:
+            template.stop()
+            raise
+        except Exception as exc:
+            template.stop()
+            self._failures += 1
+            pause = RETRY_PAUSES[min(self._failures, len(RETRY_PAUSES)) - 1]
+            self._next_try = time.monotonic() + pause
+            log.warning(
+                "the kernel fork template could not start (%s); kernels are spawned "
+                "instead, next try in %g s",
+                exc,
+                pause,
+            )
+            return None
+        self._failures = 0
+        self.template = template
+        log.info(
+            "kernel fork template ready (warm-up %.2f s%s)",
+            template.ready.get("warm_s", 0.0),
+            f"; preload failed: {', '.join(template.ready['failed'])}"
+            if template.ready.get("failed")
+            else "",
+        )
+        return template
+
+    async def _start_process(self, template: _Template) -> None:
+        flavour = template.flavour
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        scratch = self.folder / f"template-{uuid.uuid4().hex[:8]}"
+        config = {
+            "preload": list(flavour.preload),
+            "arguments": list(flavour.arguments),
+            "scratch": str(scratch),
+            "plain": self.sandbox is None,
+            "no_userns": self.sandbox is not None and os.getuid() == 0,
+        }
+        # A copy in the private folder (which the template sees and its children do
+        # not): the interpreter may be another environment's, without kernel_mcp.
+        script = self.folder / TEMPLATE_NAME
+        if not script.exists():
+            script.write_text(_TEMPLATE_SOURCE, encoding="utf-8")
+        argv = [flavour.python, str(script), str(theirs.fileno()), json.dumps(config)]
+        env = {**self.env, **dict(flavour.env)}
+        scratch.mkdir(mode=0o700)
+        if self.sandbox is not None:
+            argv = self.sandbox.template_command(
+                argv, shared=[self.folder], kernelspec_dir=flavour.resource_dir
+            )
+            template.keep = self.sandbox.hidden_by_private(
+                argv_interpreter=flavour.python, kernelspec_dir=flavour.resource_dir
+            )
+        template.stderr_path = self.folder / f"{scratch.name}.stderr"
+        stderr = os.open(
+            template.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600
+        )
+        try:
+            template.process = _popen(argv, stderr, theirs.fileno(), env, self.projects)
+        finally:
+            os.close(stderr)
+            theirs.close()
+        template.sock = ours
+        try:
+            message, fds = await asyncio.wait_for(_recv(ours), TEMPLATE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"no answer in {TEMPLATE_TIMEOUT:g} s") from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        for fd in fds:
+            os.close(fd)
+        if message is None or message.get("op") != "ready":
+            said = (message or {}).get("error") or template.describe_end()
+            raise RuntimeError(said)
+        message["site_stamps"] = {path: _mtime(path) for path in message.get("site", [])}
+        if message.get("threads", 1) > 1:
+            log.info(
+                "the fork template runs %d threads after its imports (a preloaded library "
+                "started them); forking copies only one",
+                message["threads"],
+            )
+        template.ready = message
+        template._reader = asyncio.ensure_future(template.read_forever())
+
+    # -- one fork ---------------------------------------------------------------------------
+    async def _fork(self, template: _Template) -> Kernel:
+        kernel_id = uuid.uuid4().hex
+        name = kernel_id[:12]
+        folder = self.folder / name
+        folder.mkdir(mode=0o700)
+        stderr_path = self.folder / f"{name}.stderr"
+        connection_file = folder / "kernel.json"
+        _, info = write_connection_file(
+            str(connection_file),
+            ip=str(folder / "ipc"),
+            key=new_id_bytes(),
+            transport="ipc",
+            signature_scheme="hmac-sha256",
+            kernel_name=self.kernel_name,
+        )
+        info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
+        cgroup = self._cgroup()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        stderr = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        sandbox = self.sandbox
+        env = {**self.env, **dict(template.flavour.env)}
+        if sandbox is not None:
+            env = sandbox.kernel_env(env)
+        request = {
+            "op": "fork",
+            "id": kernel_id,
+            "connection_file": str(connection_file),
+            "folder": str(folder),
+            "cwd": str(self.projects),
+            "env": env,
+            "arguments": list(template.flavour.arguments),
+            "namespaces": sandbox is not None,
+            "network": bool(sandbox and sandbox.policy.network),
+            "userns": bool(sandbox and os.getuid() != 0),
+            "home": sandbox.policy.home if sandbox else "",
+            "keep": template.keep,
+            "tmp_bytes": sandbox.policy.tmp_bytes if sandbox else 0,
+            "memory_bytes": self.memory_bytes,
+            "max_tasks": sandbox.policy.max_tasks if sandbox else 0,
+        }
+        assert template.sock is not None
+        try:
+            _send(template.sock, request, [theirs.fileno(), stderr])
+        finally:
+            theirs.close()
+            os.close(stderr)
+        template.live.add(kernel_id)
+        holder: list[ForkedProcess] = []
+        early: dict[str, Any] = {}
+
+        def connect(process: ForkedProcess) -> None:
+            """Connect (and ask kernel_info) while the kernel initializes: a client's
+            sockets connect before the kernel binds its own, retrying every 2 ms
+            (zmq's default is 100), and the request waits in its queue."""
+            client = AsyncKernelClient()
+            client.load_connection_info(info)
+            client.context.setsockopt(zmq.RECONNECT_IVL, 2)
+            client.start_channels()
+            early["client"] = client
+            early["ready"] = asyncio.ensure_future(
+                wait_ready(client, process.is_alive, timeout=FORK_TIMEOUT)
+            )
+
+        try:
+            try:
+                process = await asyncio.wait_for(
+                    self._handshake(
+                        template,
+                        ours,
+                        kernel_id,
+                        folder,
+                        stderr_path,
+                        cgroup,
+                        info,
+                        holder,
+                        connect,
+                    ),
+                    FORK_TIMEOUT,
+                )
+            finally:
+                ours.close()
+            kernel = Kernel(process, early["client"], limits=self.limits)
+            try:
+                kernel.kernel_info = await early.pop("ready")
+            except BaseException:
+                await kernel.shutdown(now=True)
+                raise
+            return kernel
+        except BaseException as exc:
+            waiting = early.pop("ready", None)
+            if waiting is not None:
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+            if "client" in early:
+                with contextlib.suppress(Exception):
+                    early["client"].stop_channels()
+            if holder:
+                await holder[0].kill()
+            else:
+                template.live.discard(kernel_id)
+                if cgroup is not None:
+                    await cgroup.remove()
+                shutil.rmtree(folder, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    stderr_path.unlink()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise RuntimeError(f"no kernel in {FORK_TIMEOUT:g} s{_tail(stderr_path)}") from None
+            raise
+
+    async def _handshake(
+        self,
+        template: _Template,
+        channel: socket.socket,
+        kernel_id: str,
+        folder: Path,
+        stderr_path: Path,
+        cgroup: KernelCgroup | None,
+        info: dict[str, Any],
+        holder: list[ForkedProcess],
+        connect: Callable[[ForkedProcess], None],
+    ) -> ForkedProcess:
+        """hello (the process that ends the kernel, a pidfd), kernel (its pidfd; moved
+        into its cgroup meanwhile), go, ready (its sockets are bound)."""
+        hello, fds = await _recv(channel)
+        if hello is None or hello.get("op") != "hello" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise RuntimeError(f"no hello from the forked kernel{_tail(stderr_path)}")
+        process = ForkedProcess(
+            template=template,
+            kernel_id=kernel_id,
+            pidfd=fds[0],
+            folder=folder,
+            stderr_path=stderr_path,
+            cgroup=cgroup,
+            connection=info,
+            namespaced=self.sandbox is not None,
+        )
+        holder.append(process)
+        message, fds = await _recv(channel)
+        if message is None or message.get("op") != "kernel" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
+        with contextlib.closing(_Fd(fds[0])) as kernel_fd:
+            process.kernel_pid = _host_pid(kernel_fd.fd)
+        connect(process)
+        if cgroup is not None:
+            # While the kernel initializes: a move between cgroups waits for an RCU grace
+            # period (about 15 ms here). No user code runs before "go".
+            await asyncio.to_thread(cgroup.add, process.kernel_pid)
+        _send(channel, {"op": "go"})
+        ready, fds = await _recv(channel)
+        for fd in fds:
+            os.close(fd)
+        if ready is None or ready.get("op") != "ready":
+            raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
+        return process
+
+    def _cgroup(self) -> KernelCgroup | None:
+        if self.cgroups is None or self.sandbox is None:
+            return None
+        policy = self.sandbox.policy
+        try:
+            return self.cgroups.create(memory_bytes=policy.memory_bytes, max_tasks=policy.max_tasks)
+        except OSError as exc:
+            log.warning("could not make a cgroup for a kernel (%s); rlimits only", exc)
+            return None
+
+
+def _popen(
+    argv: list[str], stderr: int, control: int, env: dict[str, str], cwd: Path
+) -> subprocess.Popen[bytes]:
+    """The template process: stdout nowhere (it is no channel), the control socket kept."""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        pass_fds=[control],
+        env=env,
+        cwd=str(cwd),
+        # Its own group: stopping it ends bwrap, and with it the whole sandbox.
+        start_new_session=True,
+    )
+
+
+class _Fd:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _tail(path: Path) -> str:
+    tail = stderr_tail(path)
+    return f"; its stderr ended with:\n{tail}" if tail else ""

@@ -1,0 +1,572 @@
+"""The fork template: one process that imports a kernel's code once and forks kernels from it.
+
+This file runs in the *kernel's* interpreter (which may be another environment,
+without kernel_mcp installed), so it imports nothing from kernel_mcp. The
+server starts it as ``python -c <this source> <control fd> <config json>``,
+inside the sandbox when there is one (``kernel_mcp.launch.forkserver``).
+
+Why a template: a kernel's start is mostly imports (ipykernel, IPython, zmq,
+tornado, debugpy: about 0.5 s) and first-time work (argument parsers, compiled
+patterns, the shell's magics). The template does all of it once, with no
+event loop, no thread and no socket, since fork copies only the calling thread
+and asyncio, tornado and zmq do not survive a fork (ipykernel PR #410). Each
+child then runs ipykernel's own ``IPKernelApp.initialize`` and ``start`` on its
+own connection file: its sockets, threads, event loop and shell are its own,
+built after the fork. ``gc.freeze()`` before forking keeps the collector from
+writing to the template's objects, so their pages stay shared.
+
+Per kernel, with namespaces (the sandboxed case)::
+
+    template --fork--> A: unshare(mount, PID, IPC, UTS [, network] [, user])
+                       A --fork--> B, PID 1 of the new namespace; A exits
+                       B: private mounts (/proc, /tmp, $HOME, /dev/shm, only its
+                          own connection folder), lo up, hello (its pidfd) to the
+                          server, drops every capability, forks C, reaps
+                       C, PID 2: hands the server its pidfd, setsid, rlimits,
+                          environment, cwd, argv, reseeded random generators,
+                          ipykernel's initialize; waits for "go" (the server moved
+                          it into its cgroup meanwhile), then ipykernel's start
+
+B is the namespace's init: killing it (the server holds its pidfd) ends every
+process in the namespace, daemons included, and it exits when C does, with
+C's status (128 + n for signal n, as bwrap reports it). The template is a
+subreaper, so B becomes its child when A exits, and it reports B's end on the
+control channel. Without namespaces (the sandbox off), A itself becomes the
+kernel after setsid.
+
+Python 3.11 has no ``os.unshare`` or ``mount``, so those go through libc with
+ctypes; all of it runs between fork and the kernel's first instruction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+
+# -- libc --------------------------------------------------------------------------
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 0x4000, 1 << 18
+MNT_DETACH = 2
+#: What bwrap covers read-only in every /proc it mounts (writable there for a root
+#: mapped to the host's root: sysctls, the magic SysRq key): covered in ours too.
+PROC_COVERED = ("sys", "sysrq-trigger", "irq", "bus")
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+#: Process names (comm, 15 characters at most): every forked process's command line is
+#: the template's, so ps, pgrep and the tests tell them apart by name.
+NAMES = {"template": "kmcp-template", "init": "kmcp-nsinit", "kernel": "kmcp-kernel"}
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+MAX_MESSAGE = 1 << 20
+_LAUNCHER = "ipykernel_launcher"
+_PARSED = False
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def _umount(target: str) -> None:
+    _check(_libc.umount2(target.encode(), ctypes.c_int(MNT_DETACH)), f"umount {target}")
+
+
+def _cover_proc() -> None:
+    """Make the security-sensitive parts of a fresh /proc read-only, as bwrap does."""
+    for name in PROC_COVERED:
+        path = f"/proc/{name}"
+        if os.path.exists(path):
+            _mount(path, path, None, MS_BIND | MS_REC)
+            _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _uncover_proc() -> None:
+    """Undo bwrap's covers on the template's own /proc.
+
+    Linux lets a user namespace mount a new proc only where a fully visible one is
+    mounted already (mount_too_revealing); bwrap's read-only covers make its /proc
+    count as hidden, so no child could mount its own. The template runs none of
+    the user's code, and every child covers its own /proc again.
+    """
+    for name in PROC_COVERED:
+        with contextlib.suppress(OSError):
+            _umount(f"/proc/{name}")
+
+
+def _name(role: str) -> None:
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(NAMES[role].encode()), 0, 0, 0)
+
+
+def _prctl(option: int, value: int) -> None:
+    _check(
+        _libc.prctl(
+            ctypes.c_int(option),
+            ctypes.c_ulong(value),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        ),
+        f"prctl {option}",
+    )
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _drop_capabilities() -> None:
+    """No capability now or after any exec (bounding set empty), and no way to gain one."""
+    with open("/proc/sys/kernel/cap_last_cap") as last:
+        for cap in range(int(last.read()) + 1):
+            _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _loopback_up() -> None:
+    """A new network namespace has lo down: IPC needs no network, but 127.0.0.1 should work."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        import fcntl
+
+        request = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
+
+
+# -- messages ----------------------------------------------------------------------
+def _send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:  # type: ignore[assignment]
+    data = json.dumps(message).encode()
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+def _recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 8)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return json.loads(data), fds
+
+
+# -- warming up ----------------------------------------------------------------------
+def _warm(config: dict) -> dict:
+    """Import and exercise everything a kernel's start touches; returns what happened."""
+    started = time.perf_counter()
+    import ipykernel.debugger  # debugpy: the slowest import of all
+    import ipykernel.ipkernel
+    import ipykernel.kernelapp
+    import ipykernel.zmqshell
+
+    # What a kernel's initialize() still imports (measured: its pdb patch, the store
+    # magic extension, tornado's asyncio loop, faulthandler).
+    for name in (
+        "pdb",
+        "IPython.core.debugger",
+        "IPython.extensions.storemagic",
+        "tornado.platform.asyncio",
+        "faulthandler",
+    ):
+        with contextlib.suppress(Exception):
+            __import__(name)
+    from jupyter_client.connect import write_connection_file
+    from traitlets.config import Config
+
+    failed = {}
+    for name in config["preload"]:
+        try:
+            __import__(name)
+        except Exception as exc:  # reported; the pool's prepare() says it again per kernel
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    # A throwaway app parses the kernel's arguments (argparse, traitlets, compiled
+    # patterns), and a throwaway shell runs a cell (magics, the compiler, the
+    # display machinery). Neither keeps a socket or a thread.
+    scratch = config["scratch"]
+    os.makedirs(scratch, mode=0o700, exist_ok=True)
+    connection = os.path.join(scratch, "warm.json")
+    write_connection_file(connection, transport="ipc", ip=os.path.join(scratch, "warm"))
+    app = ipykernel.kernelapp.IPKernelApp()
+    app.parse_command_line(["-f", connection, *config["arguments"]])
+    shell_config = Config()
+    shell_config.HistoryManager.enabled = False
+    shell_config.HistoryManager.hist_file = ":memory:"
+    shell = ipykernel.zmqshell.ZMQInteractiveShell.instance(config=shell_config)
+    shell.run_cell("_ = [i for i in range(3)]\n_", store_history=False)
+    ipykernel.zmqshell.ZMQInteractiveShell.clear_instance()
+    del app, shell
+    # The kernels' own app, its arguments parsed once here (building traitlets'
+    # argparse parser is a fifth of initialize()); each child then sets its own
+    # connection file. Anything odd, and the child parses them itself.
+    global _PARSED
+    try:
+        kept = ipykernel.kernelapp.IPKernelApp.instance()
+        kept.parse_command_line(["-f", connection, *config["arguments"]])
+        _PARSED = True
+    except Exception:
+        ipykernel.kernelapp.IPKernelApp.clear_instance()
+    import glob
+
+    for pattern in ("*.py", "*.ipy"):  # IPython's startup-file globs compile these once
+        glob.glob(os.path.join(scratch, pattern))
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
+    gc.collect()
+    gc.freeze()
+    import importlib.util
+    import site
+
+    global _LAUNCHER
+    spec = importlib.util.find_spec("ipykernel_launcher")
+    _LAUNCHER = (spec.origin if spec else None) or "ipykernel_launcher"
+    return {
+        "op": "ready",
+        "warm_s": round(time.perf_counter() - started, 3),
+        "failed": failed,
+        "threads": threads,
+        "site": [p for p in site.getsitepackages() if os.path.isdir(p)],
+        "python": sys.version.split()[0],
+    }
+
+
+# -- one kernel -------------------------------------------------------------------------
+def _child(request: dict, channel: int, stderr: int) -> None:
+    """In the forked child: become a kernel (through B and C when namespaced). Never returns."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        # Nothing of the template's reaches the kernel: not its control socket, not a
+        # file some import left open.
+        wanted = {0, 1, 2, channel, stderr, request["handoff"]}
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd not in wanted:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        # The template's only handler; the rest are Python's defaults already (SIGPIPE
+        # ignored, SIGINT raising KeyboardInterrupt), as in a spawned kernel.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sock = socket.socket(fileno=channel)
+        os.dup2(stderr, 2)
+        os.close(stderr)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
+        if request["namespaces"]:
+            _namespaced(request, sock)
+        else:
+            os.close(request["handoff"])
+            os.setsid()
+            # Plain: the template's end (or the server's) ends this kernel too.
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            _hello(sock, "hello")
+            _kernel(request, sock)
+    except BaseException:  # report, never fall back into the template's loop
+        traceback.print_exc()
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def _hello(sock: socket.socket, op: str) -> None:
+    """Hand the server a pidfd of this process (``op``: "hello" from the process that
+    ends the kernel, "kernel" from the kernel itself)."""
+    pidfd = os.pidfd_open(os.getpid())
+    _send(sock, {"op": op}, [pidfd])
+    os.close(pidfd)
+
+
+def _wait_go(sock: socket.socket) -> None:
+    """Block until the server says go: it has moved this kernel into its cgroup."""
+    answer, fds = _recv(sock)
+    for fd in fds:
+        os.close(fd)
+    if not answer or answer.get("op") != "go":
+        raise SystemExit(71)
+
+
+def _namespaced(request: dict, sock: socket.socket) -> None:
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+    if not request["network"]:
+        flags |= CLONE_NEWNET
+    uid, gid = os.getuid(), os.getgid()
+    if request["userns"]:
+        # Unprivileged: a user namespace per kernel makes RLIMIT_NPROC count this
+        # kernel's processes only (the count is per user per namespace).
+        flags |= CLONE_NEWUSER
+    _unshare(flags)
+    if request["userns"]:
+        with open("/proc/self/setgroups", "w") as file:
+            file.write("deny")
+        with open("/proc/self/uid_map", "w") as file:
+            file.write(f"{uid} {uid} 1")
+        with open("/proc/self/gid_map", "w") as file:
+            file.write(f"{gid} {gid} 1")
+    init = os.fork()
+    if init:
+        os.write(request["handoff"], str(init).encode())
+        os._exit(0)  # A: B is the template's child now (the template is a subreaper)
+    os.close(request["handoff"])
+    # B: PID 1 of the new namespace.
+    _name("init")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # What must stay visible below the private mounts (its own connection folder, and
+    # shared folders below /tmp or $HOME: a venv in ~/project, the projects folder)
+    # stays reachable by fd once a tmpfs hides its path. Opened in this mount
+    # namespace: a bind's source must be one of its own mounts.
+    keep = [
+        (path, readonly, os.open(path, os.O_PATH | os.O_CLOEXEC))
+        for path, readonly in [*request["keep"], (request["folder"], False)]
+        if os.path.exists(path)
+    ]
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if request["userns"]:
+        with open("/proc/sys/user/max_user_namespaces", "w") as file:
+            file.write("0")  # as bwrap's --disable-userns: no namespaces of its own
+    _cover_proc()
+    size = request["tmp_bytes"]
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+    _mount("tmpfs", request["home"], "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0700")
+    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+    # Only this kernel's own connection folder: an empty folder over the shared root
+    # (wherever it is; below /tmp it is gone already), with its own one bound back.
+    root = os.path.dirname(request["folder"])
+    os.makedirs(root, exist_ok=True)
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    for path, readonly, fd in sorted(keep, key=lambda item: item[0].count("/")):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(path, exist_ok=True)
+        elif not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "w").close()
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        if readonly:
+            _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        os.close(fd)
+    os.chmod(root, 0o700)
+    if not request["network"]:
+        _loopback_up()
+    _hello(sock, "hello")
+    _drop_capabilities()
+    kernel = os.fork()
+    if kernel == 0:
+        _kernel(request, sock)
+    sock.close()
+    while True:  # reap; end with the kernel (its namespace ends with this process)
+        pid, status = os.waitpid(-1, 0)
+        if pid == kernel:
+            if os.WIFSIGNALED(status):
+                os._exit(128 + os.WTERMSIG(status))
+            os._exit(os.waitstatus_to_exitcode(status))
+
+
+def _kernel(request: dict, sock: socket.socket) -> None:
+    """C (or A, unnamespaced): become an ordinary ipykernel. Never returns.
+
+    The server moves this process into the kernel's cgroup while it initializes
+    (moving a process between cgroups waits for an RCU grace period: about 15 ms
+    here, as long as the rest of a fork); no user code runs before "go".
+    """
+    _name("kernel")
+    _hello(sock, "kernel")
+    if request["namespaces"]:
+        os.setsid()  # lead its own group, so an interrupt reaches its children too
+    import resource
+
+    memory, tasks = request["memory_bytes"], request["max_tasks"]
+    if memory:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    if tasks and request["namespaces"]:
+        resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    import random
+
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+    from ipykernel.kernelapp import IPKernelApp
+
+    arguments = ["-f", request["connection_file"], *request["arguments"]]
+    # As `python -m ipykernel_launcher` started in the working directory has them: the
+    # launcher drops the working directory from sys.path (the app adds it back).
+    sys.argv = [_LAUNCHER, *arguments]
+    if sys.path and sys.path[0] in ("", os.getcwd(), request["cwd"]):
+        del sys.path[0]
+    app = IPKernelApp.instance()
+    if _PARSED:
+        app.config.IPKernelApp.connection_file = request["connection_file"]
+        app.connection_file = request["connection_file"]
+        app.parse_command_line = lambda argv=None: None  # parsed in the template
+    app.initialize(arguments)
+    _wait_go(sock)
+    _send(sock, {"op": "ready"})
+    sock.close()
+    app.start()
+    os._exit(0)
+
+
+# -- the loop -----------------------------------------------------------------------------
+class _Children:
+    """Which child of the template is which kernel, across A handing its kernel to B."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.kernels: dict[int, str] = {}  # pid -> kernel id: its end is reported
+        self.handing: dict[int, tuple[str, int]] = {}  # A's pid -> (id, pipe with B's pid)
+        self.early: dict[int, int] = {}  # ended before we knew whose they were -> code
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            if pid in self.handing:
+                kid, pipe = self.handing.pop(pid)
+                try:
+                    handed = int(os.read(pipe, 32) or b"0")
+                except (OSError, ValueError):
+                    handed = 0
+                os.close(pipe)
+                if code != 0 or not handed:
+                    self._ended(kid, code)
+                elif handed in self.early:
+                    self._ended(kid, self.early.pop(handed))
+                else:
+                    self.kernels[handed] = kid
+            elif pid in self.kernels:
+                self._ended(self.kernels.pop(pid), code)
+            else:
+                self.early[pid] = code
+
+    def _ended(self, kid: str, code: int) -> None:
+        _send(self.control, {"op": "exited", "id": kid, "code": code})
+
+
+def main(argv: list[str]) -> int:
+    control = socket.socket(fileno=int(argv[1]))
+    config = json.loads(argv[2])
+    _name("template")
+    # As a spawned kernel's `python -m ipykernel_launcher` from the projects folder: the
+    # preload (and later the kernels) import from there, not from this script's folder.
+    sys.path[0] = os.getcwd()
+    if config.get("plain"):
+        # Unsandboxed, nothing else ends the template with the server.
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        _uncover_proc()
+        if config.get("no_userns"):
+            # Children share this user namespace (as root, where bwrap's own
+            # --disable-userns would leave the template unable to mount): none of
+            # them, and not the template, may make another one.
+            with open("/proc/sys/user/max_user_namespaces", "w") as file:
+                file.write("0")
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        ready = _warm(config)
+    except BaseException as exc:
+        traceback.print_exc()
+        _send(control, {"op": "broken", "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ)
+    selector.register(wake_read, selectors.EVENT_READ)
+    children = _Children(control)
+    _send(control, ready)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is not control:
+                while True:
+                    try:
+                        if not os.read(wake_read, 512):
+                            break
+                    except BlockingIOError:
+                        break
+                children.reap()
+                continue
+            request, fds = _recv(control)
+            if request is None:
+                return 0  # the server is gone or closing: the kernels end with us
+            if request.get("op") != "fork" or len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            handoff_read, handoff_write = os.pipe2(os.O_CLOEXEC)
+            pid = os.fork()
+            if pid == 0:
+                os.close(handoff_read)
+                request["handoff"] = handoff_write
+                _child(request, fds[0], fds[1])
+            os.close(handoff_write)
+            for fd in fds:
+                os.close(fd)
+            if request["namespaces"]:
+                children.handing[pid] = (request["id"], handoff_read)
+            else:
+                os.close(handoff_read)
+                children.kernels[pid] = request["id"]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
