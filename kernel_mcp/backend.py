@@ -51,6 +51,7 @@ from kernel_mcp.config import DEFAULT_SECRET_PATTERNS, Settings
 from kernel_mcp.errors import KernelStartFailed
 from kernel_mcp.kernel import Kernel
 from kernel_mcp.launch.cgroups import CgroupRoot, KernelCgroup, cgroup_root
+from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.forkserver import ForkServer, forking_possible
 from kernel_mcp.launch.ready import wait_ready
 from kernel_mcp.launch.sandbox import Sandbox, sandbox_for
@@ -216,16 +217,8 @@ class LocalProcess:
         code = self._returncode()
         if code is None:
             return "the kernel stopped responding"
-        if code > 128 and self.sandboxed:
-            # bwrap exits 128 + n when the kernel inside was killed by signal n.
-            code = 128 - code
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            return f"killed by {name}"
-        return f"exit code {code}"
+        # A sandboxed kernel's status is bwrap's, its namespace init.
+        return describe_exit(code, namespaced=self.sandboxed, cgroup=self.cgroup)
 
     def rss_bytes(self) -> int | None:
         pid = self.kernel_pid

@@ -573,10 +573,35 @@ async def test_the_memory_limit_covers_the_kernel_s_children(backend: LocalBacke
             "[child.wait() for child in children]",
         )
         assert -signal.SIGKILL in codes, codes
+        assert group.oom_kills() >= 1
         assert await value(kernel, "1 + 1") == 2
     finally:
         await kernel.shutdown(now=True)
     assert group.removed and not any(folder.exists() for folder in group.folders)
+
+
+async def test_a_kernel_the_memory_limit_ended_says_so(backend: LocalBackend) -> None:
+    if backend.cgroups is None:
+        pytest.skip("no cgroup here: the memory limit is RLIMIT_AS per process")
+    kernel = await backend.start()
+    try:
+        # The kernel holds 400 MiB and starts three children of 250 MiB: together over
+        # the group's 1 GiB, so its OOM killer ends the largest process, the kernel,
+        # with a bare SIGKILL.
+        execution = await run(
+            kernel,
+            "import subprocess, sys\n"
+            "held = b'x' * (400 * 2**20)\n"
+            "hog = 'import time; b = b\"x\" * (250 * 2**20); time.sleep(30)'\n"
+            "children = [subprocess.Popen([sys.executable, '-c', hog]) for _ in range(3)]\n"
+            "[child.wait() for child in children]",
+        )
+    finally:
+        await kernel.shutdown(now=True)
+    assert execution.status == "kernel_died", execution
+    assert execution.death is not None
+    assert execution.death.startswith("killed by SIGKILL: "), execution.death
+    assert "memory limit (1024 MiB)" in execution.death, execution.death
 
 
 async def test_each_kernel_has_a_cgroup_removed_with_it(backend: LocalBackend) -> None:

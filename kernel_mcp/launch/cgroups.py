@@ -69,10 +69,13 @@ class _Controller:
 class KernelCgroup:
     """One kernel's group (a leaf in each tree used). Made by :meth:`CgroupRoot.create`."""
 
-    def __init__(self, folders: list[Path], *, version: int) -> None:
+    def __init__(self, folders: list[Path], *, version: int, memory_bytes: int = 0) -> None:
         self.folders = folders
         self.version = version
+        self.memory_bytes = memory_bytes
+        """The group's memory limit, bytes (0: none)."""
         self.removed = False
+        self._oom_kills = 0
 
     def join_command(self, argv: list[str]) -> list[str]:
         """``argv`` run inside this group (from its first instruction on)."""
@@ -99,6 +102,21 @@ class KernelCgroup:
                 with contextlib.suppress(OSError, ValueError):
                     return int((folder / name).read_text())
         return None
+
+    def oom_kills(self) -> int:
+        """Processes the kernel's OOM killer ended in this group for its memory limit.
+
+        Read from ``memory.events`` (v2) or ``memory.oom_control`` (v1); the last count
+        is kept once the group is removed, so a dead kernel's cause is still known.
+        """
+        for folder in self.folders:
+            for name in ("memory.events", "memory.oom_control"):
+                with contextlib.suppress(OSError, ValueError):
+                    for line in (folder / name).read_text().splitlines():
+                        key, _, value = line.partition(" ")
+                        if key == "oom_kill":
+                            self._oom_kills = max(self._oom_kills, int(value))
+        return self._oom_kills
 
     def kill_all(self) -> None:
         """SIGKILL everything in the group (a last resort: PID namespaces end kernels)."""
@@ -133,6 +151,8 @@ class KernelCgroup:
         return self.rmdir()
 
     def rmdir(self) -> bool:
+        if not self.removed:
+            self.oom_kills()  # the counters go with the folder
         gone = True
         for folder in self.folders:
             try:
@@ -182,7 +202,7 @@ class CgroupRoot:
         except OSError:
             KernelCgroup(folders, version=self.version).rmdir()
             raise
-        return KernelCgroup(folders, version=self.version)
+        return KernelCgroup(folders, version=self.version, memory_bytes=memory_bytes)
 
     def close(self) -> None:
         """Remove the server's folders (kernels' leftovers are killed first)."""

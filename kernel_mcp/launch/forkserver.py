@@ -68,6 +68,7 @@ from jupyter_client.session import Session, new_id_bytes
 from kernel_mcp.kernel import Kernel
 from kernel_mcp.launch import template as template_module
 from kernel_mcp.launch.cgroups import CgroupRoot, KernelCgroup
+from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.ready import wait_ready
 from kernel_mcp.launch.sandbox import Sandbox
 from kernel_mcp.launch.stderr import stderr_tail
@@ -308,15 +309,7 @@ class ForkedProcess:
             if _ended(self._pidfd) and self.template.ended():
                 return "killed (its fork template ended)"
             return "the kernel stopped responding"
-        if code > 128 and self._namespaced:
-            code = 128 - code  # its namespace's init exits 128 + n for signal n
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            return f"killed by {name}"
-        return f"exit code {code}"
+        return describe_exit(code, namespaced=self._namespaced, cgroup=self.cgroup)
 
     def rss_bytes(self) -> int | None:
         """Proportional set size: pages shared with the template and siblings count in part."""
