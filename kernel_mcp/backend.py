@@ -57,6 +57,7 @@ from kernel_mcp.launch.ready import wait_ready
 from kernel_mcp.launch.sandbox import Sandbox, sandbox_for
 from kernel_mcp.launch.stderr import STDERR_TAIL_BYTES, scrub_paths, stderr_tail
 from kernel_mcp.outputs import OutputLimits
+from kernel_mcp.tasks import wait_within
 
 __all__ = [
     "KernelBackend",
@@ -270,7 +271,7 @@ class LocalProcess:
         ended = loop.create_future()
         loop.add_reader(pidfd, lambda: ended.done() or ended.set_result(None))
         try:
-            await asyncio.wait_for(ended, timeout)
+            await wait_within(ended, timeout)
         except asyncio.TimeoutError:
             pass
         finally:

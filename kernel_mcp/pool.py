@@ -13,7 +13,7 @@ import logging
 from kernel_mcp.backend import KernelBackend
 from kernel_mcp.errors import KernelError
 from kernel_mcp.kernel import Kernel
-from kernel_mcp.tasks import stop_task
+from kernel_mcp.tasks import stop_task, wait_within
 
 __all__ = ["KernelPool"]
 
@@ -95,7 +95,7 @@ class KernelPool:
                 self._filled.clear()
                 await self._filled.wait()
 
-        await asyncio.wait_for(filled(), timeout)
+        await wait_within(filled(), timeout)
 
     async def close(self) -> None:
         """Stop refilling and shut down every kernel still in the pool."""

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kernel_mcp.errors import KernelMCPError, RequestError
-from kernel_mcp.tasks import stop_task, stop_tasks
+from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
 
 __all__ = [
     "RUNS_MARKERS",
@@ -208,7 +208,7 @@ class Run:
             return self.done
         event = self._changed
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            await wait_within(event.wait(), timeout)
         return True
 
 

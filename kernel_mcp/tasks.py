@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["shielded_to_end", "stop_task", "stop_tasks"]
+__all__ = ["shielded_to_end", "stop_task", "stop_tasks", "wait_within"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +46,35 @@ async def stop_tasks(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
             task.add_done_callback(_retrieve)
             task.cancel()
     await asyncio.wait(owned)
+
+
+async def wait_within(aw: Awaitable[T], timeout: float | None) -> T:
+    """``asyncio.wait_for`` that never loses its caller's cancellation.
+
+    Before Python 3.12, ``wait_for`` returns the result when the awaited thing
+    finishes in the same loop turn as the caller is cancelled, and the cancel is
+    gone (python/cpython#86296). A background task stopped that way carries on
+    and its owner waits for it forever (seen here: the session culler, ending a
+    forked kernel whose pidfd turned readable just as the registry closed).
+    Built on ``asyncio.wait``, which raises only for its caller's own cancel.
+
+    Raises:
+        asyncio.TimeoutError: ``aw`` did not finish within ``timeout`` s (it is
+            cancelled, and waited for, first).
+    """
+    task = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        await asyncio.wait({task})
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.wait({task})
+        if task.cancelled():
+            raise asyncio.TimeoutError
+    return task.result()
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -253,6 +253,15 @@ async def test_an_interrupt_ends_a_run_as_interrupted(
     assert (await run(kernel, "raise KeyboardInterrupt")).status == "error"
 
 
+async def test_an_interrupt_of_an_idle_kernel_does_not_reach_the_next_run(kernel: Kernel) -> None:
+    # An idle kernel ignores SIGINT; an interrupt sent as a message can instead be
+    # handled late, once the next execution runs, and end that one.
+    for _ in range(3):
+        await kernel.interrupt()
+        result = await run(kernel, "import time\ntime.sleep(0.3)\nprint('slept')", timeout=30)
+        assert result.status == "ok", result
+
+
 async def test_a_cancelled_caller_leaves_the_kernel_recovered_for_the_next_run(
     kernel: Kernel,
 ) -> None:

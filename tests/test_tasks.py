@@ -1,9 +1,10 @@
-"""Specification of ``kernel_mcp.tasks.stop_task``: how owners stop their background tasks.
+"""Specification of ``kernel_mcp.tasks``: stopping owned tasks, and waits with a timeout.
 
 Stopping cancels the task and waits for it. The task's own cancellation ends
 there; its exception is retrieved and logged, never left for the garbage
 collector to report. A cancel aimed at the caller while it waits is never
-swallowed, however the task reacts to being cancelled.
+swallowed, however the task reacts to being cancelled. ``wait_within`` is ``wait_for``
+without its pre-3.12 way of losing the caller's cancel.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kernel_mcp.tasks import stop_task, stop_tasks
+from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
 
 #: A guard against a hang if stop_task regressed; the checks never depend on it.
 HANG_GUARD = 10.0
@@ -150,3 +151,35 @@ async def test_stop_tasks_stops_them_all() -> None:
     tasks = [asyncio.create_task(asyncio.sleep(3600)) for _ in range(3)]
     await stop_tasks([*tasks, None])
     assert all(task.cancelled() for task in tasks)
+
+
+# -- wait_within ---------------------------------------------------------------------
+async def test_wait_within_keeps_a_cancel_that_meets_the_result() -> None:
+    # The awaited future completes in the very loop turn its caller is cancelled:
+    # asyncio.wait_for before 3.12 returns "done" here, and the cancel is lost.
+    done = asyncio.get_running_loop().create_future()
+    caller = asyncio.ensure_future(wait_within(done, HANG_GUARD))
+    for _ in range(2):
+        await asyncio.sleep(0)  # the caller is now waiting
+    done.set_result("done")
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+
+async def test_wait_within_returns_the_result_or_times_out_cancelling_the_awaited() -> None:
+    assert await wait_within(asyncio.sleep(0, "value"), HANG_GUARD) == "value"
+    slow = asyncio.ensure_future(asyncio.sleep(HANG_GUARD))
+    with pytest.raises(asyncio.TimeoutError):
+        await wait_within(slow, 0.01)
+    assert slow.cancelled()
+
+
+async def test_wait_within_cancels_the_awaited_when_its_caller_is_cancelled() -> None:
+    slow = asyncio.ensure_future(asyncio.sleep(HANG_GUARD))
+    caller = asyncio.ensure_future(wait_within(slow, HANG_GUARD))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert slow.cancelled()

@@ -73,6 +73,7 @@ from kernel_mcp.launch.ready import wait_ready
 from kernel_mcp.launch.sandbox import Sandbox
 from kernel_mcp.launch.stderr import stderr_tail
 from kernel_mcp.outputs import OutputLimits
+from kernel_mcp.tasks import wait_within
 
 __all__ = ["Flavour", "ForkServer", "ForkedProcess", "forking_possible"]
 
@@ -259,6 +260,9 @@ class ForkedProcess:
         self.pid: int | None = _host_pid(pidfd)
         self.kernel_pid: int | None = None
         """The kernel's own pid as this server sees it (inside its namespace it is 2)."""
+        self._kernel_fd: int | None = None
+        """A pidfd of the kernel itself (not its namespace's init): is ``kernel_pid``
+        still that kernel."""
         self.folder = folder
         self.connection_file = folder / "kernel.json"
         self.stderr_path = stderr_path
@@ -276,10 +280,17 @@ class ForkedProcess:
         return not self._released and not _ended(self._pidfd)
 
     async def interrupt(self) -> None:
-        # By message: the kernel leads its own process group and signals it, so the
-        # processes it started are interrupted too, as for a spawned kernel.
-        if await self.is_alive():
-            self._send_control("interrupt_request", {})
+        # SIGINT to the kernel's process group, sent now, as jupyter_client does for a
+        # spawned kernel: the kernel called setsid, so what it started is interrupted
+        # too, and an idle kernel ignores it. Not an interrupt_request on the control
+        # channel: the kernel's control thread handles that whenever it gets to it,
+        # which can be after the next execution has begun (and it is that one that
+        # ends interrupted).
+        fd, pid = self._kernel_fd, self.kernel_pid
+        if self._released or fd is None or pid is None or _ended(fd):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGINT)
 
     async def kill(self) -> None:
         if not self._released and not _ended(self._pidfd):
@@ -346,7 +357,7 @@ class ForkedProcess:
         ended = loop.create_future()
         loop.add_reader(self._pidfd, lambda: ended.done() or ended.set_result(None))
         try:
-            await asyncio.wait_for(ended, timeout)
+            await wait_within(ended, timeout)
         except asyncio.TimeoutError:
             pass
         finally:
@@ -371,6 +382,9 @@ class ForkedProcess:
             self.stderr_path.unlink()
         shutil.rmtree(self.folder, ignore_errors=True)
         os.close(self._pidfd)
+        if self._kernel_fd is not None:
+            os.close(self._kernel_fd)
+            self._kernel_fd = None
         self.template.released(self.kernel_id)
 
 
@@ -402,7 +416,7 @@ class _Template:
             return
         event = self._notices.setdefault(kernel_id, asyncio.Event())
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            await wait_within(event.wait(), timeout)
 
     def released(self, kernel_id: str) -> None:
         self.live.discard(kernel_id)
@@ -680,7 +694,7 @@ class ForkServer:
             theirs.close()
         template.sock = ours
         try:
-            message, fds = await asyncio.wait_for(_recv(ours), TEMPLATE_TIMEOUT)
+            message, fds = await wait_within(_recv(ours), TEMPLATE_TIMEOUT)
         except asyncio.TimeoutError:
             raise RuntimeError(f"no answer in {TEMPLATE_TIMEOUT:g} s") from None
         finally:
@@ -767,7 +781,7 @@ class ForkServer:
 
         try:
             try:
-                process = await asyncio.wait_for(
+                process = await wait_within(
                     self._handshake(
                         template,
                         ours,
@@ -846,8 +860,8 @@ class ForkServer:
             for fd in fds:
                 os.close(fd)
             raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
-        with contextlib.closing(_Fd(fds[0])) as kernel_fd:
-            process.kernel_pid = _host_pid(kernel_fd.fd)
+        process._kernel_fd = fds[0]
+        process.kernel_pid = _host_pid(fds[0])
         connect(process)
         if cgroup is not None:
             # While the kernel initializes: a move between cgroups waits for an RCU grace
@@ -887,14 +901,6 @@ def _popen(
         # Its own group: stopping it ends bwrap, and with it the whole sandbox.
         start_new_session=True,
     )
-
-
-class _Fd:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def _tail(path: Path) -> str:

@@ -99,7 +99,7 @@ from kernel_mcp.config import Settings
 from kernel_mcp.errors import KernelError, KernelStartFailed
 from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Kernel
 from kernel_mcp.outputs import OutputLimits
-from kernel_mcp.tasks import stop_task
+from kernel_mcp.tasks import stop_task, wait_within
 
 __all__ = ["GatewayBackend", "GatewayClient", "GatewayProcess", "ws_max_size"]
 
@@ -364,7 +364,7 @@ class GatewayClient:
         try:
             if self._ws is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._ws.close(), WS_CLOSE_TIMEOUT + 1)
+                    await wait_within(self._ws.close(), WS_CLOSE_TIMEOUT + 1)
         finally:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, Exception):
@@ -461,7 +461,7 @@ class GatewayClient:
         if self.dead or timeout <= 0:
             raise queue.Empty  # nothing more is coming, or the caller would not wait
         try:
-            return await asyncio.wait_for(pending.get(), timeout)
+            return await wait_within(pending.get(), timeout)
         except asyncio.TimeoutError:
             raise queue.Empty from None
 
