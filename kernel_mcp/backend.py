@@ -83,6 +83,9 @@ class KernelBackend(Protocol):
     name: str
     sandboxed: bool
     """Its kernels run in kernel-mcp's sandbox (so their network is what it allows)."""
+    cheap_starts: bool
+    """A start costs tens of milliseconds and little of this process's CPU (forked
+    kernels): the pool may start several at once, and refill right after a run."""
 
     async def start(self, kernel_name: str | None = None) -> Kernel:
         """A started, ready kernel of ``kernel_name`` (None: the configured default)."""
@@ -392,6 +395,11 @@ class LocalBackend:
     def sandboxed(self) -> bool:
         """Kernels from this backend run in the sandbox."""
         return self.sandbox is not None
+
+    @property
+    def cheap_starts(self) -> bool:
+        """Kernels are forked from a template (a spawn is half a second of CPU)."""
+        return self.forking
 
     def describe(self) -> str:
         """The sandbox in one phrase, for the start-up banner."""

@@ -2,6 +2,14 @@
 
 A kernel taken from the pool is never returned to it: fresh means fresh. The
 pool refills in a background task that it owns and stops on ``close``.
+
+How it refills depends on what a start costs (``KernelBackend.cheap_starts``). A
+spawned kernel is half a second of CPU: one start at a time, begun 50 ms after a
+run so that the run's reply goes out first. A forked kernel is ready in tens of
+milliseconds, mostly in its own process: two starts at once, begun as soon as a
+run took a kernel, and a caller that finds the pool empty waits for a start
+already under way rather than beginning another, so back-to-back fresh runs
+keep finding a kernel.
 """
 
 from __future__ import annotations
@@ -9,15 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from kernel_mcp.backend import KernelBackend
 from kernel_mcp.errors import KernelError
 from kernel_mcp.kernel import Kernel
-from kernel_mcp.tasks import stop_task, wait_within
+from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
 
 __all__ = ["KernelPool"]
 
 log = logging.getLogger(__name__)
+
+#: Pooled kernels started at once when starts are cheap (one per core here).
+CHEAP_LANES = 2
+#: Seconds a caller waits for a cheap start under way before starting its own.
+IN_FLIGHT_WAIT = 2.0
+#: Seconds between a run and its replacement's start when starts are costly.
+COSTLY_REFILL_DELAY = 0.05
 
 
 class KernelPool:
@@ -41,6 +57,9 @@ class KernelPool:
         self._refiller: asyncio.Task[None] | None = None
         self._closed = False
         self._live: set[Kernel] = set()
+        self._in_flight = 0
+        self._start_ended = asyncio.Event()
+        """Set whenever a pooled kernel's start ends, ready or failed."""
 
     async def start(self) -> None:
         """Begin filling the pool in the background."""
@@ -69,20 +88,39 @@ class KernelPool:
             return await self._new_kernel(track=False, kernel_name=kernel_name)
         if refill_now:
             self._wanted.set()
-        while not self._ready.empty():
-            kernel = self._ready.get_nowait()
-            if refill_now:
-                self._wanted.set()
-            if await kernel.is_alive():
-                self._live.discard(kernel)
-                return kernel
-            await self._discard(kernel)
-        return await self._new_kernel(track=False)
+        while True:
+            while not self._ready.empty():
+                kernel = self._ready.get_nowait()
+                if refill_now:
+                    self._wanted.set()
+                if await kernel.is_alive():
+                    self._live.discard(kernel)
+                    return kernel
+                await self._discard(kernel)
+            if not self._start_coming():
+                return await self._new_kernel(track=False)
+            # A pooled kernel is on its way; it is ready before one started now.
+            self._start_ended.clear()
+            try:
+                await wait_within(self._start_ended.wait(), IN_FLIGHT_WAIT)
+            except asyncio.TimeoutError:
+                return await self._new_kernel(track=False)
 
-    def refill(self, delay: float = 0.05) -> None:
-        """Top the pool up after ``delay`` seconds (long enough for a reply to go out)."""
+    def _start_coming(self) -> bool:
+        """A cheap pooled start is under way, or the refiller was just asked for one."""
+        return (
+            self.backend.cheap_starts
+            and self.size > 0
+            and not self._closed
+            and (self._in_flight > 0 or self._wanted.is_set())
+        )
+
+    def refill(self, delay: float | None = None) -> None:
+        """Top the pool up after ``delay`` seconds (default: see the module docstring)."""
         if self._closed:
             return
+        if delay is None:
+            delay = 0.0 if self.backend.cheap_starts else COSTLY_REFILL_DELAY
         if self._refill_timer is not None:
             self._refill_timer.cancel()
         self._refill_timer = asyncio.get_running_loop().call_later(delay, self._wanted.set)
@@ -123,23 +161,48 @@ class KernelPool:
         return kernel
 
     async def _refill_forever(self) -> None:
+        lanes = CHEAP_LANES if self.backend.cheap_starts else 1
         failures = 0
-        while True:
-            await self._wanted.wait()
-            self._wanted.clear()
-            while self._ready.qsize() < self.size and not self._closed:
-                try:
-                    kernel = await self._new_kernel(track=True)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    failures += 1
-                    log.error("could not start a pooled kernel: %s", exc)
-                    await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+        starting: set[asyncio.Task[Kernel]] = set()
+        wanted: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                while (
+                    not self._closed
+                    and len(starting) < lanes
+                    and self._ready.qsize() + len(starting) < self.size
+                ):
+                    starting.add(asyncio.ensure_future(self._new_kernel(track=True)))
+                self._in_flight = len(starting)
+                if wanted is None:
+                    wanted = asyncio.ensure_future(self._wanted.wait())
+                done, _ = await asyncio.wait(
+                    {*starting, wanted}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if wanted in done:
+                    self._wanted.clear()
+                    wanted = None
+                ended = done & starting
+                if not ended:
                     continue
-                failures = 0
-                await self._ready.put(kernel)
-                self._filled.set()
+                starting -= ended
+                self._in_flight = len(starting)
+                for task in ended:
+                    exc = task.exception()
+                    if exc is None:
+                        failures = 0
+                        await self._ready.put(task.result())
+                        self._filled.set()
+                    else:
+                        failures += 1
+                        log.error("could not start a pooled kernel: %s", exc)
+                self._start_ended.set()
+                if failures:
+                    await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+        finally:
+            self._in_flight = 0
+            self._start_ended.set()
+            await stop_tasks([*starting, wanted])
 
     async def _discard(self, kernel: Kernel) -> None:
         self._live.discard(kernel)

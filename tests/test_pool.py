@@ -40,9 +40,18 @@ class RecordingBackend:
     def __init__(self, inner: LocalBackend) -> None:
         self.inner = inner
         self.started: list[Kernel] = []
+        self.asked = 0
+        """Starts begun (``started`` holds those that ended ready)."""
+        self.starting = self.most_at_once = 0
 
     async def start(self, kernel_name: str | None = None) -> Kernel:
-        kernel = await self.inner.start(kernel_name)
+        self.asked += 1
+        self.starting += 1
+        self.most_at_once = max(self.most_at_once, self.starting)
+        try:
+            kernel = await self.inner.start(kernel_name)
+        finally:
+            self.starting -= 1
         self.started.append(kernel)
         return kernel
 
@@ -52,6 +61,10 @@ class RecordingBackend:
     @property
     def sandboxed(self) -> bool:
         return self.inner.sandboxed
+
+    @property
+    def cheap_starts(self) -> bool:
+        return self.inner.cheap_starts
 
     @property
     def pids(self) -> set[int]:
@@ -262,6 +275,32 @@ async def test_close_while_refilling_leaves_no_kernel_behind(make_pool, backend)
         return {p.pid for p in kernel_processes() if folder in " ".join(p.info["cmdline"])}
 
     assert wait_until(lambda: not alive(ours()), timeout=15), ours()
+
+
+async def test_with_cheap_starts_an_empty_pool_hands_out_the_kernel_already_starting(
+    make_pool, backend
+) -> None:
+    assert backend.cheap_starts, "kernels are forked by default"
+    pool = await make_pool(1)
+    await pool.wait_full()
+    first = await pool.acquire()  # asks the refiller for a replacement at once
+    second = await pool.acquire(refill_now=False)
+    # The second caller waited for that replacement instead of starting its own.
+    assert backend.asked == 2
+    assert first is not second and await second.is_alive()
+    await asyncio.gather(first.shutdown(now=True), second.shutdown(now=True))
+
+
+async def test_cheap_starts_refill_two_at_a_time(make_pool, backend) -> None:
+    pool = await make_pool(4)
+    await pool.wait_full()
+    assert backend.most_at_once == 2  # the first fill
+    taken = [await pool.acquire(refill_now=False) for _ in range(4)]
+    backend.most_at_once = 0
+    pool.refill()
+    await pool.wait_full()
+    assert backend.asked == 8 and backend.most_at_once == 2
+    await asyncio.gather(*(kernel.shutdown(now=True) for kernel in taken))
 
 
 async def test_a_deferred_refill_starts_only_when_asked(tmp_path_factory):

@@ -773,6 +773,7 @@ class GatewayBackend:
 
     name = "gateway"
     sandboxed = False
+    cheap_starts = False  # a start is a remote spawn, paced as a local one
 
     def __init__(self, settings: Settings) -> None:
         if not settings.gateway_url:
