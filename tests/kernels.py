@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kernel_mcp.kernel import Execution, Kernel
 
 #: Touches a marker file, then loops: lets a test act once the code is surely running.
@@ -39,3 +41,40 @@ async def value(kernel: Kernel, expression: str) -> str:
     assert result.status == "ok", result
     assert result.outputs[-1]["output_type"] == "execute_result", result.outputs
     return str(result.outputs[-1]["data"]["text/plain"])
+
+
+def daemon_code(marker: str) -> str:
+    """A daemon that leaves the kernel's session and tree (setsid, double fork) and sleeps
+    under a number only it uses; the cell ends once the daemon runs as that sleep."""
+    return (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        os.execvp('sleep', ['sleep', {marker!r}])\n"
+        "    os._exit(0)\n"
+        "os.wait()\n"
+        f"wanted = b'sleep\\0' + {marker!r}.encode() + b'\\0'\n"
+        "def running():\n"
+        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        "            if open(f'/proc/{pid}/cmdline', 'rb').read() == wanted: return True\n"
+        "        except OSError: pass\n"
+        "deadline = time.monotonic() + 10\n"
+        "while not running() and time.monotonic() < deadline: time.sleep(0.01)\n"
+        "print('daemon started' if running() else 'daemon missing')\n"
+    )
+
+
+def daemons(marker: str) -> set[int]:
+    """The host pids of the daemons ``daemon_code(marker)`` started (still running)."""
+    found = set()
+    wanted = f"sleep\0{marker}\0".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == wanted:
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -29,6 +29,7 @@ import pytest
 
 from kernel_mcp.launch.sandbox import find_bwrap, probe
 from tests.helpers import SECRET, call, client_for, running_server, structured, text_of
+from tests.kernels import daemon_code, daemons
 from tests.launchers import ROOT, ServerProcess, wait_until
 
 pytestmark = [
@@ -301,42 +302,6 @@ async def test_two_fresh_runs_cannot_see_each_other_s_tmp(client: Any) -> None:
 
 
 # -- nothing outlives its kernel --
-def daemon_code(marker: str) -> str:
-    """A daemon that leaves the kernel's session and tree (setsid, double fork) and sleeps
-    under a number only it uses; the cell ends once the daemon runs as that sleep."""
-    return (
-        "import os, time\n"
-        "if os.fork() == 0:\n"
-        "    os.setsid()\n"
-        "    if os.fork() == 0:\n"
-        f"        os.execvp('sleep', ['sleep', {marker!r}])\n"
-        "    os._exit(0)\n"
-        "os.wait()\n"
-        f"wanted = b'sleep\\0' + {marker!r}.encode() + b'\\0'\n"
-        "def running():\n"
-        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-        "        try:\n"
-        "            if open(f'/proc/{pid}/cmdline', 'rb').read() == wanted: return True\n"
-        "        except OSError: pass\n"
-        "deadline = time.monotonic() + 10\n"
-        "while not running() and time.monotonic() < deadline: time.sleep(0.01)\n"
-        "print('daemon started' if running() else 'daemon missing')\n"
-    )
-
-
-def daemons(marker: str) -> set[int]:
-    found = set()
-    wanted = f"sleep\0{marker}\0".encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes() == wanted:
-                    found.add(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def new_marker() -> str:
     return f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6:06d}"
 

@@ -36,6 +36,7 @@ from kernel_mcp.launch import sandbox as sandbox_module
 from kernel_mcp.launch.forkserver import ForkedProcess
 from kernel_mcp.launch.sandbox import Mount, Sandbox, SandboxPolicy, ordered, probe
 from tests.helpers import wait_for
+from tests.kernels import daemon_code, daemons
 from tests.launchers import alive, host_pids, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -102,43 +103,6 @@ def process_of(kernel: Kernel) -> Any:
     process = kernel.process
     assert isinstance(process, (LocalProcess, ForkedProcess)), process
     return process
-
-
-#: Starts a daemon that leaves the kernel's session and process tree (setsid, double
-#: fork) and sleeps for a number only it uses; returns that number's process on the host.
-def daemon_code(marker: str) -> str:
-    """A daemon that leaves the kernel's session and tree (setsid, double fork) and sleeps
-    under a number only it uses; the cell ends once the daemon runs as that sleep."""
-    return (
-        "import os, time\n"
-        "if os.fork() == 0:\n"
-        "    os.setsid()\n"
-        "    if os.fork() == 0:\n"
-        f"        os.execvp('sleep', ['sleep', {marker!r}])\n"
-        "    os._exit(0)\n"
-        "os.wait()\n"
-        f"wanted = b'sleep\\0' + {marker!r}.encode() + b'\\0'\n"
-        "def running():\n"
-        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
-        "        try:\n"
-        "            if open(f'/proc/{pid}/cmdline', 'rb').read() == wanted: return True\n"
-        "        except OSError: pass\n"
-        "deadline = time.monotonic() + 10\n"
-        "while not running() and time.monotonic() < deadline: time.sleep(0.01)\n"
-        "print('daemon started' if running() else 'daemon missing')\n"
-    )
-
-
-def daemons(marker: str) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes() == f"sleep\0{marker}\0".encode():
-                    found.add(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def mount_skeleton(kernel: Kernel, projects: Path) -> set[str]:
