@@ -436,7 +436,7 @@ class LocalBackend:
                 env=self._env,
                 projects=self.settings.projects_dir,
                 sandbox=self.sandbox,
-                cgroups=self.cgroups,
+                new_cgroup=self._cgroup,
                 limits=self.limits,
                 memory_bytes=self.settings.memory_limit_mb * 2**20,
             )
@@ -524,6 +524,8 @@ class LocalBackend:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def _cgroup(self) -> KernelCgroup | None:
+        """A new kernel's cgroup with the sandbox's limits, or None (no cgroups, or
+        the tree refused: the rlimits still apply)."""
         if self.cgroups is None or self.sandbox is None:
             return None
         policy = self.sandbox.policy

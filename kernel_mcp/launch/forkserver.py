@@ -67,7 +67,7 @@ from jupyter_client.session import Session, new_id_bytes
 
 from kernel_mcp.kernel import Kernel
 from kernel_mcp.launch import template as template_module
-from kernel_mcp.launch.cgroups import CgroupRoot, KernelCgroup
+from kernel_mcp.launch.cgroups import KernelCgroup
 from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.ready import wait_ready
 from kernel_mcp.launch.sandbox import Sandbox
@@ -483,7 +483,8 @@ class ForkServer:
         env: the kernels' environment (secrets scrubbed).
         projects: the kernels' working directory.
         sandbox: the sandbox, or None (forked kernels are then plain processes).
-        cgroups: where per-kernel cgroups are made, or None.
+        new_cgroup: makes a new kernel's cgroup (None where there is none); the
+            backend's, so that spawned and forked kernels get the same limits.
         limits: output caps for the Kernel objects.
         memory_bytes: RLIMIT_AS per kernel (0: none).
     """
@@ -498,7 +499,7 @@ class ForkServer:
         env: dict[str, str],
         projects: Path,
         sandbox: Sandbox | None,
-        cgroups: CgroupRoot | None,
+        new_cgroup: Callable[[], KernelCgroup | None],
         limits: OutputLimits,
         memory_bytes: int,
     ) -> None:
@@ -509,7 +510,7 @@ class ForkServer:
         self.env = dict(env)
         self.projects = projects
         self.sandbox = sandbox
-        self.cgroups = cgroups
+        self.new_cgroup = new_cgroup
         self.limits = limits
         self.memory_bytes = memory_bytes
         self.template: _Template | None = None
@@ -731,7 +732,7 @@ class ForkServer:
             kernel_name=self.kernel_name,
         )
         info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
-        cgroup = self._cgroup()
+        cgroup = self.new_cgroup()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         stderr = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
@@ -874,16 +875,6 @@ class ForkServer:
         if ready is None or ready.get("op") != "ready":
             raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
         return process
-
-    def _cgroup(self) -> KernelCgroup | None:
-        if self.cgroups is None or self.sandbox is None:
-            return None
-        policy = self.sandbox.policy
-        try:
-            return self.cgroups.create(memory_bytes=policy.memory_bytes, max_tasks=policy.max_tasks)
-        except OSError as exc:
-            log.warning("could not make a cgroup for a kernel (%s); rlimits only", exc)
-            return None
 
 
 def _popen(
