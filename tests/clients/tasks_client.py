@@ -61,8 +61,15 @@ async def main(url: str) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.1)
         seen["cancelled"] = final.status if final else None
-        runs = (await client.call_tool("list_runs", {})).structured_content["runs"]
-        seen["run_statuses"] = sorted({r["status"] for r in runs})
+        # The task says cancelled at once; the run behind it ends once the worker has
+        # delivered the cancel and the kernel was interrupted: wait for that.
+        deadline = time.monotonic() + 30
+        while True:
+            runs = (await client.call_tool("list_runs", {})).structured_content["runs"]
+            seen["run_statuses"] = sorted({r["status"] for r in runs})
+            if "running" not in seen["run_statuses"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
 
     async with Client(url, mode="legacy", timeout=120) as legacy:
         try:
