@@ -147,6 +147,7 @@ class LocalProcess:
     """
 
     backend = "local"
+    prepared = False
 
     def __init__(
         self,

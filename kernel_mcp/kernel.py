@@ -90,6 +90,9 @@ class KernelProcess(Protocol):
     kernel_id: str
     sandboxed: bool
     """Runs in kernel-mcp's own sandbox (a gateway's kernels: its isolation, not ours)."""
+    prepared: bool
+    """The kernel ran :data:`KERNEL_SETUP` itself before its first message (a forked
+    kernel): :meth:`Kernel.prepare` has nothing left to do."""
 
     async def is_alive(self) -> bool: ...
     async def interrupt(self) -> None: ...
@@ -342,8 +345,53 @@ NO_STDIN_MESSAGE = (
     "or in a file instead."
 )
 
+# The whole set-up in one piece, for a kernel that runs it itself before it answers
+# anything (a forked kernel, kernel_mcp.launch.template): no cell, so none of
+# IPython's per-cell machinery (the tee whose leftovers prepare() drops), and
+# compiled once in the template. The preload is imported into the user's
+# namespace, as prepare()'s cell does.
+_SETUP_CALLS = r"""
+def _kmcp_setup(config, user_ns):
+    _kmcp_guard(config["output"])
+    _kmcp_input_guard(config["input"])
+    failed = {}
+    for name in config["preload"]:
+        try:
+            exec(f"import {name}", user_ns)
+        except Exception as exc:
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    return failed
+"""
+#: Defines ``_kmcp_setup(config, user_ns)`` (config: :func:`setup_config`), which
+#: installs the output and input guards and imports the preload; it returns the
+#: preload modules that failed, with why.
+KERNEL_SETUP = _OUTPUT_GUARD + _INPUT_GUARD + _SETUP_CALLS
+
 #: Starts the notice the output guard writes when it drops a flood.
 OUTPUT_GUARD_MARKER = "[kernel-mcp:"
+
+
+def guard_config(limits: OutputLimits, *, local: bool) -> dict[str, str | int | bool]:
+    """The output guard's settings for a kernel with these caps (``local``: its process
+    is this machine's, so its fd-level echo can be muted)."""
+    return {
+        "marker": OUTPUT_GUARD_MARKER,
+        # Leave room under the collector's caps for the guard's own notices.
+        "stream_limit": max(0, limits.max_output_bytes - 256),
+        "max_rich": max(0, limits.max_outputs - 1),
+        "max_bytes": max(0, limits.max_output_bytes - 256),
+        "metadata_key": GUARD_METADATA_KEY,
+        "mute_fd_echo": local,
+    }
+
+
+def setup_config(limits: OutputLimits, preload: list[str]) -> dict[str, Any]:
+    """What :data:`KERNEL_SETUP`'s ``_kmcp_setup`` takes, for a local kernel."""
+    return {
+        "output": guard_config(limits, local=True),
+        "input": {"message": NO_STDIN_MESSAGE},
+        "preload": list(preload),
+    }
 
 
 class _Outcome:
@@ -500,8 +548,8 @@ class Kernel:
 
     async def prepare(self, preload: list[str]) -> None:
         """Install the output guard and import ``preload``; called once, before first use."""
-        if self.language_info.get("name", "python") != "python":
-            return  # both are Python code
+        if self.process.prepared or self.language_info.get("name", "python") != "python":
+            return  # done in the kernel already (forked), or not Python code
         await self.run_silently(self.guard_source())
         config = {"message": NO_STDIN_MESSAGE}
         await self.run_silently(
@@ -521,15 +569,7 @@ class Kernel:
 
     def guard_source(self) -> str:
         """The output guard's code, called with this kernel's caps as a literal dict."""
-        config: dict[str, str | int | bool] = {
-            "marker": OUTPUT_GUARD_MARKER,
-            # Leave room under the collector's caps for the guard's own notices.
-            "stream_limit": max(0, self.limits.max_output_bytes - 256),
-            "max_rich": max(0, self.limits.max_outputs - 1),
-            "max_bytes": max(0, self.limits.max_output_bytes - 256),
-            "metadata_key": GUARD_METADATA_KEY,
-            "mute_fd_echo": self.process.backend == "local",
-        }
+        config = guard_config(self.limits, local=self.process.backend == "local")
         # repr of str, int and bool values is a Python literal that means exactly them.
         return f"{_OUTPUT_GUARD}\n_kmcp_guard({config!r})\ndel _kmcp_guard\n"
 

@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,6 +207,8 @@ class ScriptedProcess:
     """A KernelProcess without a process: alive until killed."""
 
     backend = "scripted"
+    sandboxed = False
+    prepared = False
 
     def __init__(self) -> None:
         self.kernel_id = uuid.uuid4().hex
@@ -416,11 +419,27 @@ async def test_a_real_iopub_storm_bypassing_the_guard_ends_within_timeout_plus_g
 
 
 # -- the output guard --------------------------------------------------------------
+def backend_with_caps(projects: Path, limits: OutputLimits) -> LocalBackend:
+    """A backend whose kernels have these caps (set before its first kernel: a forked
+    kernel installs its guard before it answers anything)."""
+    local = LocalBackend(load_settings(projects_dir=projects, pool_size=0))
+    local.limits = limits
+    return local
+
+
+@pytest.fixture(scope="module")
+async def small_caps(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalBackend]:
+    local = backend_with_caps(
+        tmp_path_factory.mktemp("small-caps"), OutputLimits(max_output_bytes=4096, max_outputs=20)
+    )
+    yield local
+    await local.close()
+
+
 @pytest.fixture
-async def guarded(backend: LocalBackend) -> AsyncIterator[Kernel]:
+async def guarded(small_caps: LocalBackend) -> AsyncIterator[Kernel]:
     """A kernel of its own with small caps and the output guard installed."""
-    own = await backend.start()
-    own.limits = OutputLimits(max_output_bytes=4096, max_outputs=20)
+    own = await small_caps.start()
     await own.prepare([])
     yield own
     await own.shutdown(now=True)
@@ -517,18 +536,70 @@ def test_the_guard_source_is_constant_and_takes_its_caps_as_data() -> None:
     }
 
 
+def idle_ok(msg_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    return [kernel_message("status", msg_id, execution_state="idle")], {"status": "ok"}
+
+
+class CountingClient(ScriptedClient):
+    def __init__(self) -> None:
+        super().__init__(idle_ok)
+        self.codes: list[str] = []
+
+    def execute(self, code: str, *args: Any, **kwargs: Any) -> str:
+        self.codes.append(code)
+        return super().execute(code, *args, **kwargs)
+
+
+async def test_prepare_sends_the_guards_and_the_preload_as_cells() -> None:
+    client = CountingClient()
+    await scripted_kernel(client).prepare(["json"])
+
+    assert "_kmcp_guard(" in client.codes[0]
+    assert "_kmcp_input_guard(" in client.codes[1]
+    assert client.codes[-1] == "import json"
+
+
+async def test_prepare_sends_nothing_to_a_kernel_that_set_itself_up() -> None:
+    process = ScriptedProcess()
+    process.prepared = True  # a forked kernel ran KERNEL_SETUP before its first message
+    client = CountingClient()
+    await Kernel(process, client, limits=OutputLimits()).prepare(["json"])
+
+    assert client.codes == []
+
+
+def test_the_kernel_setup_installs_both_guards_and_binds_the_preload() -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(kernel_mcp.kernel.KERNEL_SETUP, "<setup>", "exec"), namespace)
+    config = kernel_mcp.kernel.setup_config(OutputLimits(5000, 30), ["json", "no_such_module_x"])
+    calls: list[tuple[str, dict[str, Any]]] = []
+    namespace["_kmcp_guard"] = lambda c: calls.append(("output", c))
+    namespace["_kmcp_input_guard"] = lambda c: calls.append(("input", c))
+    user_ns: dict[str, Any] = {}
+
+    failed = namespace["_kmcp_setup"](config, user_ns)
+
+    assert calls == [("output", config["output"]), ("input", config["input"])]
+    assert config["output"]["mute_fd_echo"] is True
+    assert config["output"]["stream_limit"] == 5000 - 256
+    assert user_ns["json"].__name__ == "json", "bound in the user's namespace, as a cell would"
+    assert set(failed) == {"no_such_module_x"}
+    assert failed["no_such_module_x"].startswith("ModuleNotFoundError")
+
+
 async def test_a_marker_with_quotes_and_placeholder_words_reaches_the_kernel_intact(
-    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = "[kmcp \"LIMIT\" 'MARKER' \\ {x}:"
     monkeypatch.setattr(kernel_mcp.kernel, "OUTPUT_GUARD_MARKER", marker)
-    own = await backend.start()
+    local = backend_with_caps(tmp_path, OutputLimits(max_output_bytes=1256, max_outputs=20))
     try:
-        own.limits = OutputLimits(max_output_bytes=1256, max_outputs=20)
+        own = await local.start()
         await own.prepare([])
         result = await run(own, "print('x' * 5000)")
-    finally:
         await own.shutdown(now=True)
+    finally:
+        await local.close()
 
     assert result.status == "ok", result
     (stream,) = result.outputs

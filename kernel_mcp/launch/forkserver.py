@@ -22,9 +22,12 @@ requests one way, ``exited`` notices with the exit code the other). Each
 fork request carries a second socket pair's end: the kernel's own channel. On
 it, its namespace's init hands the server a pidfd (``hello``), the kernel hands
 its own (``kernel``) and initializes while the server moves it into its cgroup,
-waits for ``go``, and says ``ready`` once its sockets are bound. Both close
-their end before any user code runs. (Memory the kernel touched while it
-initialized, before the move, stays charged to the server's cgroup: a few MB.)
+waits for ``go``, runs kernel-mcp's set-up (``kernel.KERNEL_SETUP``: the
+output and input guards and the preload's names, which a spawned kernel gets
+as three or four cells costing about 30 ms of its CPU), and says ``ready``
+once its sockets are bound. Both close their end before any user code runs.
+(Memory the kernel touched while it initialized, before the move, stays charged
+to the server's cgroup: a few MB.)
 A pidfd names the process itself, so signalling it can never hit a reused pid,
 and its host pid is read from ``/proc/self/fdinfo``, translated by the kernel
 into the server's PID namespace.
@@ -65,7 +68,7 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.session import Session, new_id_bytes
 
-from kernel_mcp.kernel import Kernel
+from kernel_mcp.kernel import KERNEL_SETUP, Kernel, setup_config
 from kernel_mcp.launch import template as template_module
 from kernel_mcp.launch.cgroups import KernelCgroup
 from kernel_mcp.launch.exits import describe_exit
@@ -90,6 +93,9 @@ RETRY_PAUSES = (5.0, 15.0, 60.0)
 _TEMPLATE_SOURCE = Path(template_module.__file__).read_text(encoding="utf-8")
 #: What the template's (and so every forked kernel's) command line shows.
 TEMPLATE_NAME = "kernel-mcp-fork-template.py"
+#: The kernels' set-up code, which the template compiles once (a file, not an argument:
+#: every forked kernel's command line is the template's).
+SETUP_NAME = "kernel-mcp-kernel-setup.py"
 
 
 def forking_possible() -> bool:
@@ -270,6 +276,8 @@ class ForkedProcess:
         self.sandboxed = namespaced
         """The kernel runs in the sandbox (list_sessions shows this)."""
         self.forked = True
+        self.prepared = False
+        """The kernel ran kernel-mcp's set-up itself (``kernel.KERNEL_SETUP``)."""
         self._connection = connection
         self._namespaced = namespaced
         self._control: Any = None
@@ -674,6 +682,10 @@ class ForkServer:
         script = self.folder / TEMPLATE_NAME
         if not script.exists():
             script.write_text(_TEMPLATE_SOURCE, encoding="utf-8")
+        setup = self.folder / SETUP_NAME
+        if not setup.exists():
+            setup.write_text(KERNEL_SETUP, encoding="utf-8")
+        config["setup_file"] = str(setup)
         argv = [flavour.python, str(script), str(theirs.fileno()), json.dumps(config)]
         env = {**self.env, **dict(flavour.env)}
         scratch.mkdir(mode=0o700)
@@ -756,6 +768,7 @@ class ForkServer:
             "tmp_bytes": sandbox.policy.tmp_bytes if sandbox else 0,
             "memory_bytes": self.memory_bytes,
             "max_tasks": sandbox.policy.max_tasks if sandbox else 0,
+            "setup": setup_config(self.limits, list(template.flavour.preload)),
         }
         assert template.sock is not None
         try:
@@ -874,6 +887,12 @@ class ForkServer:
             os.close(fd)
         if ready is None or ready.get("op") != "ready":
             raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
+        process.prepared = bool(ready.get("prepared"))
+        failed = ready.get("preload_failed") or {}
+        if failed:  # as Kernel.prepare says it of a spawned kernel
+            log.warning(
+                "preloading %s failed: %s", ", ".join(failed), "; ".join(map(str, failed.values()))
+            )
         return process
 
 

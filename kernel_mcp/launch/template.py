@@ -25,7 +25,9 @@ Per kernel, with namespaces (the sandboxed case)::
                        C, PID 2: hands the server its pidfd, setsid, rlimits,
                           environment, cwd, argv, reseeded random generators,
                           ipykernel's initialize; waits for "go" (the server moved
-                          it into its cgroup meanwhile), then ipykernel's start
+                          it into its cgroup meanwhile), runs kernel-mcp's set-up
+                          (the output and input guards, the preload's names: what
+                          a spawned kernel gets as cells), then ipykernel's start
 
 B is the namespace's init: killing it (the server holds its pidfd) ends every
 process in the namespace, daemons included, and it exits when C does, with
@@ -80,6 +82,9 @@ SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 MAX_MESSAGE = 1 << 20
 _LAUNCHER = "ipykernel_launcher"
 _PARSED = False
+#: kernel-mcp's kernel set-up (its output and input guards, the preload's names),
+#: compiled once here; each child runs it before it answers anything.
+_SETUP = None
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -261,6 +266,10 @@ def _warm(config: dict) -> dict:
 
     for pattern in ("*.py", "*.ipy"):  # IPython's startup-file globs compile these once
         glob.glob(os.path.join(scratch, pattern))
+    global _SETUP
+    if config.get("setup_file"):
+        with open(config["setup_file"], encoding="utf-8") as setup:
+            _SETUP = compile(setup.read(), "<kernel-mcp setup>", "exec")
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
     gc.collect()
     gc.freeze()
@@ -454,7 +463,13 @@ def _kernel(request: dict, sock: socket.socket) -> None:
         app.parse_command_line = lambda argv=None: None  # parsed in the template
     app.initialize(arguments)
     _wait_go(sock)
-    _send(sock, {"op": "ready"})
+    failed = {}
+    prepared = _SETUP is not None and request.get("setup") is not None
+    if prepared:
+        namespace = {"__name__": "kernel_mcp_setup"}
+        exec(_SETUP, namespace)
+        failed = namespace["_kmcp_setup"](request["setup"], app.kernel.shell.user_ns)
+    _send(sock, {"op": "ready", "prepared": prepared, "preload_failed": failed})
     sock.close()
     app.start()
     os._exit(0)

@@ -661,6 +661,7 @@ class GatewayProcess:
 
     backend = "gateway"
     sandboxed = False
+    prepared = False
 
     def __init__(self, owner: GatewayBackend, kernel_id: str, client: GatewayClient) -> None:
         self.kernel_id = kernel_id
