@@ -147,7 +147,7 @@ class LocalProcess:
     """
 
     backend = "local"
-    prepared = False
+    prepared = None
 
     def __init__(
         self,

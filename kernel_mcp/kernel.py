@@ -90,9 +90,10 @@ class KernelProcess(Protocol):
     kernel_id: str
     sandboxed: bool
     """Runs in kernel-mcp's own sandbox (a gateway's kernels: its isolation, not ours)."""
-    prepared: bool
-    """The kernel ran :data:`KERNEL_SETUP` itself before its first message (a forked
-    kernel): :meth:`Kernel.prepare` has nothing left to do."""
+    prepared: tuple[str, ...] | None
+    """None, or: the kernel ran :data:`KERNEL_SETUP` itself before its first message (a
+    forked kernel), which installed the guards and imported these preload modules;
+    :meth:`Kernel.prepare` imports only the others."""
 
     async def is_alive(self) -> bool: ...
     async def interrupt(self) -> None: ...
@@ -548,8 +549,12 @@ class Kernel:
 
     async def prepare(self, preload: list[str]) -> None:
         """Install the output guard and import ``preload``; called once, before first use."""
-        if self.process.prepared or self.language_info.get("name", "python") != "python":
-            return  # done in the kernel already (forked), or not Python code
+        if self.language_info.get("name", "python") != "python":
+            return  # both are Python code
+        done = self.process.prepared
+        if done is not None:  # set up in the kernel itself (forked)
+            await self._preload([name for name in preload if name not in done])
+            return
         await self.run_silently(self.guard_source())
         config = {"message": NO_STDIN_MESSAGE}
         await self.run_silently(
@@ -561,6 +566,9 @@ class Kernel:
             "import sys as _s\nfor _o in (_s.stdout, _s.stderr): _o.__dict__.pop('write', None)\n"
             "del _s, _o"
         )
+        await self._preload(preload)
+
+    async def _preload(self, preload: list[str]) -> None:
         if preload:
             try:
                 await self.run_silently("\n".join(f"import {name}" for name in preload))

@@ -121,7 +121,8 @@ async def test_a_forked_kernel_is_as_fresh_as_a_spawned_one(backend: LocalBacken
         forked(kernel)
         # As the pool hands them out: the spawned kernel gets its set-up as cells, the
         # forked one ran it itself (and has the preload's names the same way).
-        assert kernel.process.prepared and not spawned.process.prepared
+        assert kernel.process.prepared == ("json", "random")
+        assert spawned.process.prepared is None
         for each in (spawned, kernel):
             await each.prepare(backend.settings.preload)
         checks = {

@@ -208,7 +208,7 @@ class ScriptedProcess:
 
     backend = "scripted"
     sandboxed = False
-    prepared = False
+    prepared: tuple[str, ...] | None = None
 
     def __init__(self) -> None:
         self.kernel_id = uuid.uuid4().hex
@@ -559,13 +559,16 @@ async def test_prepare_sends_the_guards_and_the_preload_as_cells() -> None:
     assert client.codes[-1] == "import json"
 
 
-async def test_prepare_sends_nothing_to_a_kernel_that_set_itself_up() -> None:
+async def test_prepare_sends_only_the_missing_preload_to_a_kernel_that_set_itself_up() -> None:
     process = ScriptedProcess()
-    process.prepared = True  # a forked kernel ran KERNEL_SETUP before its first message
+    process.prepared = ("json",)  # a forked kernel ran KERNEL_SETUP before its first message
     client = CountingClient()
-    await Kernel(process, client, limits=OutputLimits()).prepare(["json"])
+    kernel = Kernel(process, client, limits=OutputLimits())
+    await kernel.prepare(["json"])
 
     assert client.codes == []
+    await kernel.prepare(["json", "csv"])  # what its own set-up did not import, as a cell
+    assert client.codes == ["import csv"]
 
 
 def test_the_kernel_setup_installs_both_guards_and_binds_the_preload() -> None:

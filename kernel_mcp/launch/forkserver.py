@@ -276,8 +276,9 @@ class ForkedProcess:
         self.sandboxed = namespaced
         """The kernel runs in the sandbox (list_sessions shows this)."""
         self.forked = True
-        self.prepared = False
-        """The kernel ran kernel-mcp's set-up itself (``kernel.KERNEL_SETUP``)."""
+        self.prepared: tuple[str, ...] | None = None
+        """The kernel ran kernel-mcp's set-up itself (``kernel.KERNEL_SETUP``), with
+        these preload modules."""
         self._connection = connection
         self._namespaced = namespaced
         self._control: Any = None
@@ -887,7 +888,8 @@ class ForkServer:
             os.close(fd)
         if ready is None or ready.get("op") != "ready":
             raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
-        process.prepared = bool(ready.get("prepared"))
+        if ready.get("prepared"):
+            process.prepared = tuple(template.flavour.preload)
         failed = ready.get("preload_failed") or {}
         if failed:  # as Kernel.prepare says it of a spawned kernel
             log.warning(

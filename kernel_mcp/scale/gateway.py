@@ -661,7 +661,7 @@ class GatewayProcess:
 
     backend = "gateway"
     sandboxed = False
-    prepared = False
+    prepared = None
 
     def __init__(self, owner: GatewayBackend, kernel_id: str, client: GatewayClient) -> None:
         self.kernel_id = kernel_id
