@@ -6,7 +6,9 @@ moment on one machine: a cold kernel start (in this process, spawned), a fresh
 ``run_python hello_world.py`` (b), and a warm session's ``run_code('pass')`` (f).
 
 (t) measures forked kernels against spawned ones in the same run: a kernel's
-start to ready (in this process, ``LocalBackend.start`` against ``spawn``), a
+start to ready for the user's code (in this process, ``LocalBackend.start``
+against ``spawn``, each followed by ``Kernel.prepare``: the guards the pool
+installs before it hands a kernel out), a
 fresh run of a script that imports pandas with ``KERNEL_MCP_PRELOAD=pandas``
 against ``python script.py`` (pandas is installed for the benchmark only; the case
 says how when it is missing), and the memory of 16 idle pooled kernels: their
@@ -72,7 +74,9 @@ async def kernel_starts(
     bench: Bench, n: int, variants: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """Start-to-ready of a kernel per variant (settings), taking turns; each start after
-    this process and its kernels were calm."""
+    this process and its kernels were calm. Ready means ready for the user's code, as
+    the pool hands kernels out: its set-up (``Kernel.prepare``: the output and input
+    guards) is included, whether it ran as cells (spawned) or in the kernel (forked)."""
     from kernel_mcp.backend import LocalBackend
 
     backends = {
@@ -92,6 +96,7 @@ async def kernel_starts(
                 spawn = variants[name].get("fork_kernels") is False
                 start = time.perf_counter()
                 kernel = await (backend.spawn() if spawn else backend.start())
+                await kernel.prepare(backend.settings.preload)
                 times[name].append(time.perf_counter() - start)
                 kinds[name].add(type(kernel.process).__name__)
                 await kernel.shutdown(now=True)
