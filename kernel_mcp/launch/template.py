@@ -53,6 +53,7 @@ import ctypes.util
 import gc
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -92,6 +93,10 @@ _PARSED = False
 _SETUP = None
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+#: Looked up here, once: a child would otherwise pay for each symbol's first use.
+for _symbol in ("capset", "mount", "prctl", "setns", "umount2", "unshare"):
+    getattr(_libc, _symbol)
+del _symbol
 
 
 def _check(result: int, what: str) -> None:
@@ -176,11 +181,21 @@ class _CapData(ctypes.Structure):
     ]
 
 
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as last:
+            return int(last.read())
+    except (OSError, ValueError):
+        return 63  # every capability bit there can be; dropping an unknown one is harmless
+
+
+_LAST_CAP = _last_cap()
+
+
 def _drop_capabilities() -> None:
     """No capability now or after any exec (bounding set empty), and no way to gain one."""
-    with open("/proc/sys/kernel/cap_last_cap") as last:
-        for cap in range(int(last.read()) + 1):
-            _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    for cap in range(_LAST_CAP + 1):
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()
@@ -448,8 +463,6 @@ def _kernel(request: dict, sock: socket.socket) -> None:
     _hello(sock, "kernel")
     if request["namespaces"]:
         os.setsid()  # lead its own group, so an interrupt reaches its children too
-    import resource
-
     memory, tasks = request["memory_bytes"], request["max_tasks"]
     if memory:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
