@@ -30,7 +30,7 @@ import pytest
 
 from kernel_mcp.backend import LocalBackend, LocalProcess
 from kernel_mcp.config import Settings, load_settings
-from kernel_mcp.kernel import Execution, Kernel
+from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution, Kernel
 from kernel_mcp.launch import forkserver
 from kernel_mcp.launch.forkserver import ForkedProcess
 from kernel_mcp.launch.template import NAMES
@@ -228,6 +228,30 @@ async def test_a_template_that_cannot_start_means_spawned_kernels_and_one_log_li
         await asyncio.gather(first.shutdown(now=True), second.shutdown(now=True))
     finally:
         await local.close()
+
+
+async def test_a_set_up_that_fails_in_the_child_means_a_spawned_kernel_with_its_guards(
+    projects: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = "def _kmcp_setup(config, user_ns):\n    raise RuntimeError('the set-up broke')\n"
+    monkeypatch.setattr(forkserver, "KERNEL_SETUP", broken)
+    local = LocalBackend(settings_for(projects, max_output_bytes=2048))
+    try:
+        with caplog.at_level("WARNING"):
+            kernel = await local.start()
+        assert isinstance(kernel.process, LocalProcess), "spawned instead"
+        assert kernel.process.prepared is None
+        said = [r.getMessage() for r in caplog.records if "could not be forked" in r.getMessage()]
+        assert len(said) == 1 and "the set-up broke" in said[0], said
+        # The spawned kernel gets its guards as cells, as the pool would give them.
+        await kernel.prepare([])
+        result = await run(kernel, "print('x' * 100_000)")
+        await kernel.shutdown(now=True)
+    finally:
+        await local.close()
+
+    (stream,) = result.outputs
+    assert OUTPUT_GUARD_MARKER in stream["text"] and len(stream["text"]) <= 2048
 
 
 async def test_a_template_that_dies_is_replaced_and_its_kernels_report_death(

@@ -886,6 +886,8 @@ class ForkServer:
         ready, fds = await _recv(channel)
         for fd in fds:
             os.close(fd)
+        if ready is not None and ready.get("op") == "broken":
+            raise RuntimeError(f"the forked kernel failed to start: {ready.get('error')}")
         if ready is None or ready.get("op") != "ready":
             raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
         if ready.get("prepared"):

@@ -490,14 +490,19 @@ def _kernel(request: dict, sock: socket.socket) -> None:
         app.config.IPKernelApp.connection_file = request["connection_file"]
         app.connection_file = request["connection_file"]
         app.parse_command_line = lambda argv=None: None  # parsed in the template
-    app.initialize(arguments)
-    _wait_go(sock)
-    failed = {}
-    prepared = _SETUP is not None and request.get("setup") is not None
-    if prepared:
-        namespace = {"__name__": "kernel_mcp_setup"}
-        exec(_SETUP, namespace)
-        failed = namespace["_kmcp_setup"](request["setup"], app.kernel.shell.user_ns)
+    try:
+        app.initialize(arguments)
+        _wait_go(sock)
+        failed = {}
+        prepared = _SETUP is not None and request.get("setup") is not None
+        if prepared:
+            namespace = {"__name__": "kernel_mcp_setup"}
+            exec(_SETUP, namespace)
+            failed = namespace["_kmcp_setup"](request["setup"], app.kernel.shell.user_ns)
+    except Exception as exc:
+        # Said on the channel: past initialize, stderr is ipykernel's (the notebook's).
+        _send(sock, {"op": "broken", "error": f"{type(exc).__name__}: {exc}"})
+        raise
     _send(sock, {"op": "ready", "prepared": prepared, "preload_failed": failed})
     sock.close()
     app.start()
