@@ -273,7 +273,12 @@ async def test_a_template_that_dies_is_replaced_and_its_kernels_report_death(
             fallback = await local.start()
         assert isinstance(fallback.process, LocalProcess), "spawned while it is down"
         assert any("fork template ended" in r.getMessage() for r in caplog.records)
-        await asyncio.sleep(0.3)
+        fork_server = local.forks["python3"]
+
+        async def pause_over() -> bool:  # the retry pause after a broken template
+            return time.monotonic() >= fork_server._next_try
+
+        assert await wait_for(pause_over, timeout=10)
         again = await local.start()
         assert isinstance(again.process, ForkedProcess), "a new template after the pause"
         assert template_pid(local) != dead_template
