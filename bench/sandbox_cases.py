@@ -243,7 +243,7 @@ def pss_of(pids: set[int]) -> int:
 
 async def pooled_memory(server: ServerProcess, pool: int) -> dict[str, Any]:
     """The PSS of ``pool`` idle pooled kernels (each kernel's processes: the kernel and
-    its namespace's init), and of the template they share."""
+    its namespace's init), and of the template's processes they share."""
     from tests.launchers import FORKED_KERNEL_NAME, descendants_of
 
     await wait_quiet(server.pid, pool, timeout=300)
@@ -257,7 +257,13 @@ async def pooled_memory(server: ServerProcess, pool: int) -> dict[str, Any]:
             continue
     kernels = named.get(FORKED_KERNEL_NAME, set())
     inits = named.get("kmcp-nsinit", set())
-    templates = named.get("kmcp-template", set())
+    # The template's own processes: the template, its namespace maker and the spare
+    # init the maker keeps ready (kernel_mcp/launch/template.py).
+    templates = {
+        pid
+        for name in ("kmcp-template", "kmcp-nsmaker", "kmcp-nsspare")
+        for pid in named.get(name, ())
+    }
     return {
         "kernels": len(kernels),
         "kernels_pss_mb": round(pss_of(kernels) / 2**20, 1),

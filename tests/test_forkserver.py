@@ -111,6 +111,12 @@ async def test_kernels_come_from_the_template(backend: LocalBackend, kernel: Ker
     # Its process descends from the template's, not from the server.
     template = template_pid(backend)
     assert process.kernel_pid in descendants_of({template})
+    if backend.sandboxed and os.getuid() == 0:
+        # The template forked the kernel itself, into a PID namespace whose init the
+        # namespace maker had ready (the two forks run side by side).
+        assert psutil.Process(process.kernel_pid).parent().name() == NAMES["template"]
+        assert psutil.Process(process.pid).parent().name() == NAMES["maker"]
+        assert await value(kernel, "__import__('os').getpid()") == 2
 
 
 async def test_a_forked_kernel_is_as_fresh_as_a_spawned_one(backend: LocalBackend) -> None:
@@ -286,6 +292,53 @@ async def test_a_template_that_dies_is_replaced_and_its_kernels_report_death(
         for kernel in (before, fallback, again):
             await kernel.shutdown(now=True)
     finally:
+        await local.close()
+
+
+async def test_a_namespace_maker_that_dies_means_spawned_kernels_then_a_new_template(
+    projects: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(forkserver, "RETRY_PAUSES", (0.2, 0.2, 0.2))
+    local = LocalBackend(settings_for(projects))
+    started: list[Kernel] = []
+    try:
+        started.append(await local.start())
+        if not (local.sandboxed and os.getuid() == 0):
+            pytest.skip("only a sandboxed template run by root has a namespace maker")
+        old_template = template_pid(local)
+        (maker,) = processes_named(old_template, NAMES["maker"])
+        os.kill(maker, signal.SIGKILL)
+        assert wait_until(lambda: not alive({maker}), timeout=5)
+        # The spare it made before it died may still serve one kernel; the next fork
+        # finds it gone, and the template ends (its kernels with it).
+        with caplog.at_level("WARNING"):
+            for _ in range(2):
+                started.append(await local.start())
+                assert await value(started[-1], "6 * 7") == 42
+                if isinstance(started[-1].process, LocalProcess):
+                    break
+        assert isinstance(started[-1].process, LocalProcess), "spawned once it is gone"
+        assert any("could not be forked" in r.getMessage() for r in caplog.records)
+
+        async def gone() -> bool:
+            return not await started[0].process.is_alive()
+
+        assert await wait_for(gone, timeout=10), "the template's kernels end with it"
+        started.append(await local.start())
+        assert isinstance(started[-1].process, LocalProcess), "spawned while it is down"
+        fork_server = local.forks["python3"]
+
+        async def pause_over() -> bool:  # the retry pause after a broken template
+            return time.monotonic() >= fork_server._next_try
+
+        assert await wait_for(pause_over, timeout=10)
+        started.append(await local.start())
+        assert isinstance(started[-1].process, ForkedProcess), "a new template, a new maker"
+        assert template_pid(local) != old_template
+        assert await value(started[-1], "6 * 7") == 42
+    finally:
+        for kernel in started:
+            await kernel.shutdown(now=True)
         await local.close()
 
 
