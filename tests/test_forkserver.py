@@ -60,14 +60,23 @@ def settings_for(projects: Path, **extra: Any) -> Settings:
     return load_settings(projects_dir=projects, pool_size=0, memory_limit_mb=1024, **extra)
 
 
-@pytest.fixture(scope="module", params=["sandboxed", "plain"])
+@pytest.fixture(scope="module", params=["sandboxed", "sandboxed-userns", "plain"])
 async def backend(request: pytest.FixtureRequest, projects: Path) -> AsyncIterator[LocalBackend]:
-    """Forked kernels in the sandbox, and (sandbox off) from a plain template."""
-    sandbox = "auto" if request.param == "sandboxed" else "off"
-    local = LocalBackend(settings_for(projects, sandbox=sandbox, preload=["json", "random"]))
-    assert local.forking
-    yield local
-    await local.close()
+    """Forked kernels in the sandbox, and (sandbox off) from a plain template.
+
+    "sandboxed-userns": each kernel with a user namespace of its own, as an
+    unprivileged server forks them (run as root, the suite forces it).
+    """
+    sandbox = "off" if request.param == "plain" else "auto"
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "sandboxed-userns":
+            if forkserver.userns_per_kernel():
+                pytest.skip('unprivileged, "sandboxed" kernels get a user namespace each already')
+            patch.setattr(forkserver, "userns_per_kernel", lambda: True)
+        local = LocalBackend(settings_for(projects, sandbox=sandbox, preload=["json", "random"]))
+        assert local.forking
+        yield local
+        await local.close()
 
 
 @pytest.fixture
@@ -111,7 +120,13 @@ async def test_kernels_come_from_the_template(backend: LocalBackend, kernel: Ker
     # Its process descends from the template's, not from the server.
     template = template_pid(backend)
     assert process.kernel_pid in descendants_of({template})
-    if backend.sandboxed and os.getuid() == 0:
+    if backend.sandboxed:
+        # A user namespace of its own exactly when the server is not root (or the test
+        # forces that way).
+        (inner,) = processes_named(template, NAMES["template"])
+        own = os.readlink(f"/proc/{process.kernel_pid}/ns/user")
+        assert (own != os.readlink(f"/proc/{inner}/ns/user")) == forkserver.userns_per_kernel()
+    if backend.sandboxed and not forkserver.userns_per_kernel():
         # The template forked the kernel itself, into a PID namespace whose init the
         # namespace maker had ready (the two forks run side by side).
         assert psutil.Process(process.kernel_pid).parent().name() == NAMES["template"]

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from kernel_mcp.cli import main as cli_main
 from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import ConfigError
 from kernel_mcp.kernel import Execution, Kernel
+from kernel_mcp.launch import forkserver
 from kernel_mcp.launch import sandbox as sandbox_module
 from kernel_mcp.launch.forkserver import ForkedProcess
 from kernel_mcp.launch.sandbox import Mount, Sandbox, SandboxPolicy, ordered, probe
@@ -55,15 +56,28 @@ def settings_for(projects: Path, how: str = "forked", **extra: Any) -> Settings:
         projects_dir=projects,
         pool_size=0,
         memory_limit_mb=1024,
-        fork_kernels=how == "forked",
+        fork_kernels=how.startswith("forked"),
         **extra,
     )
 
 
-@pytest.fixture(scope="module", params=["forked", "spawned"])
-def how(request: pytest.FixtureRequest) -> str:
-    """Every guarantee holds for kernels forked from the template and for spawned ones."""
-    return str(request.param)
+@pytest.fixture(scope="module", params=["forked", "forked-userns", "spawned"])
+def how(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every guarantee holds for kernels forked from the template and for spawned ones.
+
+    "forked-userns": forked the way an unprivileged server forks them, each with a
+    user namespace of its own (run as root, the suite forces it; unprivileged,
+    "forked" is that way already).
+    """
+    how = str(request.param)
+    if how != "forked-userns":
+        yield how
+        return
+    if forkserver.userns_per_kernel():
+        pytest.skip('unprivileged, "forked" kernels get a user namespace each already')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(forkserver, "userns_per_kernel", lambda: True)
+        yield how
 
 
 @pytest.fixture(scope="module")

@@ -676,7 +676,7 @@ class ForkServer:
             "arguments": list(flavour.arguments),
             "scratch": str(scratch),
             "plain": self.sandbox is None,
-            "no_userns": self.sandbox is not None and os.getuid() == 0,
+            "no_userns": self.sandbox is not None and not userns_per_kernel(),
         }
         # A copy in the private folder (which the template sees and its children do
         # not): the interpreter may be another environment's, without kernel_mcp.
@@ -763,7 +763,7 @@ class ForkServer:
             "arguments": list(template.flavour.arguments),
             "namespaces": sandbox is not None,
             "network": bool(sandbox and sandbox.policy.network),
-            "userns": bool(sandbox and os.getuid() != 0),
+            "userns": bool(sandbox and userns_per_kernel()),
             "home": sandbox.policy.home if sandbox else "",
             "keep": template.keep,
             "tmp_bytes": sandbox.policy.tmp_bytes if sandbox else 0,
@@ -898,6 +898,18 @@ class ForkServer:
                 "preloading %s failed: %s", ", ".join(failed), "; ".join(map(str, failed.values()))
             )
         return process
+
+
+def userns_per_kernel() -> bool:
+    """Whether each sandboxed forked kernel gets a user namespace of its own.
+
+    Unprivileged it must: its PID namespace needs a user namespace it owns (and
+    RLIMIT_NPROC then counts that kernel's processes only). As root, kernels share
+    the template's user namespace, which lets the template's namespace maker keep
+    their inits ready. The test suite, run as root, forces the unprivileged way
+    here to cover it.
+    """
+    return os.getuid() != 0
 
 
 def _popen(
