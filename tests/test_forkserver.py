@@ -357,6 +357,30 @@ async def test_a_namespace_maker_that_dies_means_spawned_kernels_then_a_new_temp
         await local.close()
 
 
+async def test_a_close_cancelled_while_a_template_starts_is_cancelled(projects: Path) -> None:
+    local = LocalBackend(settings_for(projects))
+    first = asyncio.ensure_future(local.start())
+    try:
+
+        async def template_starting() -> bool:
+            fork_server = local.forks.get("python3")
+            return fork_server is not None and fork_server._starting is not None
+
+        assert await wait_for(template_starting, timeout=10, interval=0.001)
+        fork_server = local.forks["python3"]
+        closing = asyncio.ensure_future(fork_server.close())
+        await asyncio.sleep(0)  # close() cancels the start and waits for it to end
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert closing.cancelled(), "close() kept its caller's cancel"
+    finally:
+        kernel = await first  # spawned: the fork server closed under it
+        assert isinstance(kernel.process, LocalProcess)
+        await kernel.shutdown(now=True)
+        await local.close()
+
+
 async def test_a_changed_kernelspec_gets_a_new_template_and_the_old_one_drains(
     tmp_path: Path, projects: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

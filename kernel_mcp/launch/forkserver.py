@@ -565,8 +565,8 @@ class ForkServer:
         self._closed = True
         if self._starting is not None:
             self._starting.cancel()
-            with contextlib.suppress(BaseException):
-                await self._starting
+            # Its own end, cancelled or failed, is not ours; a cancel of close() is.
+            await asyncio.gather(self._starting, return_exceptions=True)
         for template in [*self._retired, *([self.template] if self.template else [])]:
             template.stop()
         self._retired.clear()
@@ -610,11 +610,13 @@ class ForkServer:
             self._starting = asyncio.ensure_future(self._launch(flavour))
         starting = self._starting
         try:
-            # Shielded: a caller's cancel must not kill the start others wait for.
-            return await asyncio.shield(starting)
+            # Waited for, not awaited: a caller's cancel must not kill the start others
+            # wait for, and close() cancelling the start is no cancel of the caller's.
+            await asyncio.wait({starting})
         finally:
             if starting.done() and self._starting is starting:
                 self._starting = None
+        return None if starting.cancelled() else starting.result()
 
     def _same(self, template: _Template, flavour: Flavour) -> bool:
         if template.flavour != flavour:
