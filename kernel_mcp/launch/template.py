@@ -98,8 +98,6 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 MAX_MESSAGE = 1 << 20
-#: How much nicer than the template the namespace maker and its spares run.
-SPARE_NICE = 10
 _LAUNCHER = "ipykernel_launcher"
 _PARSED = False
 #: kernel-mcp's kernel set-up (its output and input guards, the preload's names),
@@ -531,10 +529,6 @@ def _maker(sock: socket.socket) -> None:
     try:
         _name("maker")
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        # Spares are made while kernels start: they yield to them (an init takes its
-        # priority back when it gets a kernel, see _init).
-        with contextlib.suppress(OSError):
-            os.nice(SPARE_NICE)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         while True:
@@ -599,8 +593,6 @@ def _init(link: int) -> None:
         if request is None or len(fds) != 3:
             raise SystemExit(0)  # the template is gone, or it had no kernel for us
         channel, stderr, peer = fds
-        with contextlib.suppress(OSError):
-            os.nice(-SPARE_NICE)  # as root: back to the template's priority
         sock = _stdio(channel, stderr)
         _name("init")
         _enter_namespaces(request, pid=False)
