@@ -575,13 +575,12 @@ def _init(link: int) -> None:
     """B, a spare of the maker's, PID 1 of a PID namespace. Never returns.
 
     Given a request by the template (with the kernel's channel, stderr and its
-    link to the kernel),
-    it makes the kernel's other namespaces and mounts, says hello (its pidfd:
-    killing it ends the namespace), drops every capability and hands the
-    namespaces to the kernel, C, which the template forks into this PID namespace
-    meanwhile. Then it waits for C's end and exits, which ends every process left
-    in the namespace; those C leaves behind are reparented to it and reaped
-    (SIGCHLD ignored).
+    link to the kernel), it makes the kernel's other namespaces and mounts, says
+    hello (its pidfd: killing it ends the namespace), drops every capability and
+    hands the namespaces to the kernel, C, which the template forks into this PID
+    namespace meanwhile. Then it waits for C's end and exits, which ends every
+    process left in the namespace; those C leaves behind are reparented to it and
+    reaped (SIGCHLD ignored).
     """
     code = 1
     try:
@@ -716,7 +715,7 @@ def _fork(
     which A hands over B's pid. With the ``maker`` (see main), the template asks
     it for B and forks the kernel, C, into B's PID namespace at the same time as
     B makes the kernel's mounts: the two forks no longer run one after the other
-    (before, B forked C: 8.5 ms from the request to C, now about 4).
+    (before, B forked C: 8.5 ms from the request to C's first message, now about 6).
 
     Raises:
         OSError: no kernel could be forked (the channel's end tells the server).
