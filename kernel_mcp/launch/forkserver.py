@@ -415,6 +415,9 @@ class _Template:
         self.stderr_path: Path | None = None
         self.keep: list[tuple[str, bool]] = []
         """Shared mounts a child's private /tmp or $HOME would hide: bound back in it."""
+        self.userns = False
+        """Each of its kernels gets a user namespace of its own (see userns_per_kernel):
+        decided when it starts, since its set-up (the namespace maker) depends on it."""
 
     def ended(self) -> bool:
         """The template process is gone (noticed or not yet by its reader)."""
@@ -670,6 +673,7 @@ class ForkServer:
 
     async def _start_process(self, template: _Template) -> None:
         flavour = template.flavour
+        template.userns = self.sandbox is not None and userns_per_kernel()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         scratch = self.folder / f"template-{uuid.uuid4().hex[:8]}"
@@ -678,7 +682,7 @@ class ForkServer:
             "arguments": list(flavour.arguments),
             "scratch": str(scratch),
             "plain": self.sandbox is None,
-            "no_userns": self.sandbox is not None and not userns_per_kernel(),
+            "no_userns": self.sandbox is not None and not template.userns,
         }
         # A copy in the private folder (which the template sees and its children do
         # not): the interpreter may be another environment's, without kernel_mcp.
@@ -765,7 +769,7 @@ class ForkServer:
             "arguments": list(template.flavour.arguments),
             "namespaces": sandbox is not None,
             "network": bool(sandbox and sandbox.policy.network),
-            "userns": bool(sandbox and userns_per_kernel()),
+            "userns": template.userns,
             "home": sandbox.policy.home if sandbox else "",
             "keep": template.keep,
             "tmp_bytes": sandbox.policy.tmp_bytes if sandbox else 0,

@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -67,6 +68,8 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 # -- libc --------------------------------------------------------------------------
 CLONE_NEWNS = 0x00020000
@@ -377,26 +380,39 @@ def _adopt(channel: int, stderr: int, *keep: int) -> socket.socket:
     return _stdio(channel, stderr)
 
 
+def _in_child(body: Callable[..., object]) -> Callable[..., NoReturn]:
+    """For the entry point of a forked child: the process ends when ``body`` does,
+    with code 0, or 70 (its traceback on stderr) if it raised. Whatever happens, it
+    never falls back into its parent's loop."""
+
+    @functools.wraps(body)
+    def run(*args: Any) -> NoReturn:
+        code = 70
+        try:
+            body(*args)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+
+    return run
+
+
+@_in_child
 def _child(request: dict, channel: int, stderr: int) -> None:
     """In the forked child: become a kernel (through A, B and C when it needs a user
     namespace of its own). Never returns."""
-    code = 1
-    try:
-        handoff = request["handoff"]
-        sock = _adopt(channel, stderr, *([handoff] if handoff is not None else []))
-        if request["namespaces"]:
-            _namespaced(request, sock)
-        else:
-            os.setsid()
-            # Plain: the template's end (or the server's) ends this kernel too.
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            _hello(sock, "hello")
-            _kernel(request, sock)
-    except BaseException:  # report, never fall back into the template's loop
-        traceback.print_exc()
-        code = 70
-    finally:
-        os._exit(code)
+    handoff = request["handoff"]
+    sock = _adopt(channel, stderr, *([handoff] if handoff is not None else []))
+    if request["namespaces"]:
+        _namespaced(request, sock)
+    else:
+        os.setsid()
+        # Plain: the template's end (or the server's) ends this kernel too.
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _hello(sock, "hello")
+        _kernel(request, sock)
 
 
 def _hello(sock: socket.socket, op: str) -> None:
@@ -417,8 +433,8 @@ def _wait_go(sock: socket.socket) -> None:
 
 
 def _enter_namespaces(request: dict, *, pid: bool) -> None:
-    """B: unshare the kernel's namespaces (its PID namespace too with ``pid``) and
-    make its private mounts. It runs as root of its user namespace."""
+    """B (or A): unshare the kernel's namespaces (its PID namespace too with ``pid``),
+    and map its user namespace when it has one of its own. _private_mounts follows."""
     flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
     if pid:
         flags |= CLONE_NEWPID
@@ -513,6 +529,7 @@ def _namespaced(request: dict, sock: socket.socket) -> None:
 JOINED = (("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS), ("mnt", CLONE_NEWNS))
 
 
+@_in_child
 def _maker(sock: socket.socket) -> None:
     """The namespace maker: keeps one spare init, B, PID 1 of a new PID namespace.
 
@@ -525,31 +542,24 @@ def _maker(sock: socket.socket) -> None:
     SIGCHLD ignored: its children, and the processes each init adopts, are
     reaped by Linux. Never returns.
     """
-    code = 0
-    try:
-        _name("maker")
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        while True:
-            try:
-                link, ns = _spare(own)
-            except OSError as exc:
-                _send(sock, {"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
-            else:
-                _send(sock, {"op": "spare"}, [ns, link.fileno()])
-                os.close(ns)
-                link.close()
-            request, fds = _recv(sock)
-            for fd in fds:
-                os.close(fd)
-            if request is None:
-                break
-    except BaseException:
-        traceback.print_exc()
-        code = 70
-    finally:
-        os._exit(code)
+    _name("maker")
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    while True:
+        try:
+            link, ns = _spare(own)
+        except OSError as exc:
+            _send(sock, {"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        else:
+            _send(sock, {"op": "spare"}, [ns, link.fileno()])
+            os.close(ns)
+            link.close()
+        request, fds = _recv(sock)
+        for fd in fds:
+            os.close(fd)
+        if request is None:
+            break
 
 
 def _spare(own: int) -> tuple[socket.socket, int]:
@@ -571,6 +581,7 @@ def _spare(own: int) -> tuple[socket.socket, int]:
     return mine, ns
 
 
+@_in_child
 def _init(link: int) -> None:
     """B, a spare of the maker's, PID 1 of a PID namespace. Never returns.
 
@@ -582,70 +593,54 @@ def _init(link: int) -> None:
     process left in the namespace; those C leaves behind are reparented to it and
     reaped (SIGCHLD ignored).
     """
-    code = 1
-    try:
-        _close_others(link)
-        _name("spare")
-        template = socket.socket(fileno=link)
-        request, fds = _recv(template)
-        template.close()
-        if request is None or len(fds) != 3:
-            raise SystemExit(0)  # the template is gone, or it had no kernel for us
-        channel, stderr, peer = fds
-        sock = _stdio(channel, stderr)
-        _name("init")
-        _enter_namespaces(request, pid=False)
-        _private_mounts(request)
-        _hello(sock, "hello")
-        sock.close()
-        _drop_capabilities()
-        link_to_kernel = socket.socket(fileno=peer)
-        joined = [(name, flag) for name, flag in JOINED if name != "net" or not request["network"]]
-        fds = [os.open(f"/proc/self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name, _ in joined]
-        _send(link_to_kernel, {"op": "namespaces", "flags": [flag for _, flag in joined]}, fds)
-        for fd in fds:
-            os.close(fd)
-        answer, pidfds = _recv(link_to_kernel)
-        link_to_kernel.close()
-        if answer and answer.get("op") == "joined" and len(pidfds) == 1:
-            with selectors.DefaultSelector() as selector:
-                selector.register(pidfds[0], selectors.EVENT_READ)
-                while not selector.select():
-                    pass
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    except BaseException:
-        traceback.print_exc()
-        code = 70
-    finally:
-        os._exit(code)
+    _close_others(link)
+    _name("spare")
+    template = socket.socket(fileno=link)
+    request, fds = _recv(template)
+    template.close()
+    if request is None or len(fds) != 3:
+        return  # the template is gone, or it had no kernel for us
+    channel, stderr, peer = fds
+    sock = _stdio(channel, stderr)
+    _name("init")
+    _enter_namespaces(request, pid=False)
+    _private_mounts(request)
+    _hello(sock, "hello")
+    sock.close()
+    _drop_capabilities()
+    link_to_kernel = socket.socket(fileno=peer)
+    joined = [(name, flag) for name, flag in JOINED if name != "net" or not request["network"]]
+    fds = [os.open(f"/proc/self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name, _ in joined]
+    _send(link_to_kernel, {"op": "namespaces", "flags": [flag for _, flag in joined]}, fds)
+    for fd in fds:
+        os.close(fd)
+    answer, pidfds = _recv(link_to_kernel)
+    link_to_kernel.close()
+    if answer and answer.get("op") == "joined" and len(pidfds) == 1:
+        with selectors.DefaultSelector() as selector:
+            selector.register(pidfds[0], selectors.EVENT_READ)
+            while not selector.select():
+                pass
 
 
+@_in_child
 def _joined(request: dict, channel: int, stderr: int, peer: int) -> None:
     """C, forked by the template into B's PID namespace: joins B's other namespaces,
     drops every capability, hands B its pidfd and becomes the kernel. Never returns."""
-    code = 1
-    try:
-        sock = _adopt(channel, stderr, peer)
-        link = socket.socket(fileno=peer)
-        message, fds = _recv(link)
-        if not message or message.get("op") != "namespaces" or len(fds) != len(message["flags"]):
-            raise SystemExit(71)  # B failed: it said why on the kernel's stderr
-        for fd, flag in zip(fds, message["flags"], strict=True):
-            _setns(fd, flag)
-            os.close(fd)
-        _drop_capabilities()
-        pidfd = os.pidfd_open(os.getpid())
-        _send(link, {"op": "joined"}, [pidfd])
-        os.close(pidfd)
-        link.close()
-        _kernel(request, sock)
-    except BaseException:
-        traceback.print_exc()
-        code = 70
-    finally:
-        os._exit(code)
+    sock = _adopt(channel, stderr, peer)
+    link = socket.socket(fileno=peer)
+    message, fds = _recv(link)
+    if not message or message.get("op") != "namespaces" or len(fds) != len(message["flags"]):
+        raise SystemExit(71)  # B failed: it said why on the kernel's stderr
+    for fd, flag in zip(fds, message["flags"], strict=True):
+        _setns(fd, flag)
+        os.close(fd)
+    _drop_capabilities()
+    pidfd = os.pidfd_open(os.getpid())
+    _send(link, {"op": "joined"}, [pidfd])
+    os.close(pidfd)
+    link.close()
+    _kernel(request, sock)
 
 
 def _kernel(request: dict, sock: socket.socket) -> None:
@@ -730,30 +725,15 @@ def _fork(
         spare, got = _recv(maker)  # sent ahead: its PID namespace and its link
         if spare is None:
             raise _MakerGone("the namespace maker is gone")
-        if spare.get("op") != "spare" or len(got) != 2:
-            for fd in got:
-                os.close(fd)
-            _send(maker, {"op": "next"})
-            raise OSError(spare.get("error") or "the namespace maker sent no spare")
-        ns, link = got[0], socket.socket(fileno=got[1])
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            # A spare that died takes them along: the kernel's end of the link tells it.
-            with link, theirs, contextlib.suppress(OSError):
-                _send(link, request, [*fds, theirs.fileno()])
-            _setns(ns, CLONE_NEWPID)
-            try:
-                pid = _fork_child()
-                if pid == 0:
-                    _joined(request, fds[0], fds[1], mine.fileno())
-            finally:  # the child never gets here
-                _setns(own_pid_ns, CLONE_NEWPID)
-        finally:
-            os.close(ns)
-            mine.close()
+            if spare.get("op") != "spare" or len(got) != 2:
+                for fd in got:
+                    os.close(fd)
+                raise OSError(spare.get("error") or "the namespace maker sent no spare")
+            return _fork_into_spare(request, fds, got[0], got[1], own_pid_ns), None
+        finally:  # the child never gets here
             with contextlib.suppress(OSError):  # gone: the next request says so
                 _send(maker, {"op": "next"})  # after the fork: the next spare waits its turn
-        return pid, None
     handoff_read, handoff_write = os.pipe2(os.O_CLOEXEC)
     pid = _fork_child()
     if pid == 0:
@@ -762,6 +742,27 @@ def _fork(
         _child(request, fds[0], fds[1])
     os.close(handoff_write)
     return pid, handoff_read
+
+
+def _fork_into_spare(request: dict, fds: list[int], ns: int, link: int, own_pid_ns: int) -> int:
+    """Hand the spare init (``link``) its request and fork the kernel into its PID
+    namespace (``ns``); returns the kernel's pid. Closes ``ns`` and ``link``."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        # A spare that died takes them along: the kernel's end of the link tells it.
+        with socket.socket(fileno=link) as spare, theirs, contextlib.suppress(OSError):
+            _send(spare, request, [*fds, theirs.fileno()])
+        _setns(ns, CLONE_NEWPID)
+        try:
+            pid = _fork_child()
+            if pid == 0:
+                _joined(request, fds[0], fds[1], mine.fileno())
+        finally:  # the child never gets here
+            _setns(own_pid_ns, CLONE_NEWPID)
+    finally:
+        os.close(ns)
+        mine.close()
+    return pid
 
 
 class _MakerGone(Exception):
