@@ -42,7 +42,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
@@ -54,7 +54,7 @@ from kernel_mcp.launch.cgroups import CgroupRoot, KernelCgroup, cgroup_root
 from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.forkserver import ForkServer, forking_possible
 from kernel_mcp.launch.ready import wait_ready
-from kernel_mcp.launch.sandbox import Sandbox, sandbox_for
+from kernel_mcp.launch.sandbox import Sandbox, sandbox_for, through_root
 from kernel_mcp.launch.stderr import STDERR_TAIL_BYTES, scrub_paths, stderr_tail
 from kernel_mcp.outputs import OutputLimits
 from kernel_mcp.tasks import wait_within
@@ -121,10 +121,31 @@ class WrappedKernelManager(AsyncKernelManager):
 
     wrap_command: Callable[[list[str]], list[str]] | None = None
     message_interrupts: bool = False
+    sandbox_pid: int | None = None
+    """A process in the kernel's sandbox, whose ``/proc/<pid>/root`` reaches its
+    sockets (its connection folder is a tmpfs of its own: ``sandbox.through_root``)."""
+    reach_through_sandbox: bool = False
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         argv = super().format_kernel_cmd(extra_arguments)
         return self.wrap_command(argv) if self.wrap_command is not None else argv
+
+    async def _async_post_start_kernel(self, **kw: Any) -> None:
+        # Before jupyter_client connects its control socket: the URL names the pid.
+        if self.reach_through_sandbox:
+            self.sandbox_pid = await _sandbox_init(self.provisioner)
+        await super()._async_post_start_kernel(**kw)
+
+    def _make_url(self, channel: str) -> str:
+        if self.sandbox_pid is None:
+            return str(super()._make_url(channel))
+        ip = through_root({"ip": self.ip}, self.sandbox_pid)["ip"]
+        return f"{self.transport}://{ip}-{getattr(self, f'{channel}_port')}"
+
+    def client(self, **kwargs: Any) -> Any:
+        client = super().client(**kwargs)
+        client.ip = through_root({"ip": self.ip}, self.sandbox_pid)["ip"]
+        return client
 
     @property
     def kernel_spec(self) -> KernelSpec | None:
@@ -347,6 +368,33 @@ def _namespace_leader(pid: int) -> int | None:
     return None
 
 
+async def _sandbox_init(provisioner: Any) -> int | None:
+    """The pid of the sandbox's first process (bwrap's child), once bwrap made it.
+
+    A few milliseconds after the launch; None if bwrap ended first (the start then
+    fails on its own) or took longer than START_TIMEOUT.
+    """
+    process = getattr(provisioner, "process", None)
+    if process is None:
+        return None
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+    while asyncio.get_running_loop().time() < deadline and process.poll() is None:
+        found = _first_child(process.pid)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.001)
+    return None
+
+
+def _first_child(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
+            found = children.read().split()
+    except OSError:
+        return None
+    return int(found[0]) if found else None
+
+
 def _quoted(tail: str) -> str:
     return f"; the kernel's stderr ended with:\n{tail}" if tail else ""
 
@@ -460,9 +508,18 @@ class LocalBackend:
             connection_file=str(folder / "kernel.json"),
         )
         cgroup = self._cgroup()
+        inherited: list[int] = []  # the seccomp filter's fd, for bwrap only
+        env = dict(self._env)
         if self.sandbox is not None:
-            manager.wrap_command = self._sandboxed_command(manager, folder, cgroup)
+            if self.sandbox.seccomp is not None:
+                # A fresh open file per launch: bwrap reads it to the end.
+                inherited.append(os.open(self.sandbox.seccomp.path, os.O_RDONLY | os.O_CLOEXEC))
+            manager.wrap_command = self._sandboxed_command(
+                manager, folder, cgroup, inherited[0] if inherited else None
+            )
             manager.message_interrupts = True
+            manager.reach_through_sandbox = True
+            env = self.sandbox.kernel_env(env)
         # A private stderr, outside the folder a sandboxed kernel sees (it could put a
         # link there for the server to read and quote). A kernel's noise (a
         # KeyboardInterrupt traceback while it starts, fd-level writes ipykernel echoes)
@@ -477,7 +534,8 @@ class LocalBackend:
                 # A kernel's stray writes to fd 1 must never reach a stdio MCP stream.
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
-                env=dict(self._env),
+                env=env,
+                pass_fds=tuple(inherited),
                 cwd=str(self.settings.projects_dir),
                 extra_arguments=list(KERNEL_ARGUMENTS),
             )
@@ -498,6 +556,8 @@ class LocalBackend:
             ) from exc
         finally:
             os.close(stderr)
+            for fd in inherited:
+                os.close(fd)
         process = LocalProcess(manager, sandboxed=self.sandboxed, **owned)
         if self.sandbox is None:
             self._limit_memory(process.pid)
@@ -537,15 +597,24 @@ class LocalBackend:
             return None
 
     def _sandboxed_command(
-        self, manager: WrappedKernelManager, folder: Path, cgroup: KernelCgroup | None
+        self,
+        manager: WrappedKernelManager,
+        folder: Path,
+        cgroup: KernelCgroup | None,
+        seccomp_fd: int | None,
     ) -> Callable[[list[str]], list[str]]:
+        """The launch command's wrapper: the sandbox (with the seccomp filter bwrap reads
+        from ``seccomp_fd``, passed to it), then the cgroup join."""
         sandbox = self.sandbox
         assert sandbox is not None
 
         def wrap(argv: list[str]) -> list[str]:
             spec = manager.kernel_spec
             command = sandbox.command(
-                argv, kernel_dir=folder, kernelspec_dir=spec.resource_dir if spec else None
+                argv,
+                kernel_dir=folder,
+                kernelspec_dir=spec.resource_dir if spec else None,
+                seccomp_fd=seccomp_fd,
             )
             return cgroup.join_command(command) if cgroup is not None else command
 
