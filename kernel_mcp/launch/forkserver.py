@@ -713,16 +713,18 @@ class ForkServer:
     def _retire(self, template: _Template, *, broken: bool) -> None:
         if self.template is template:
             self.template = None
-        template.retired = True
-        if broken:
+        if broken and not template.retired:  # once per template, whatever forks saw it
             self._failures += 1
             pause = RETRY_PAUSES[min(self._failures, len(RETRY_PAUSES)) - 1]
             self._next_try = time.monotonic() + pause
+        template.retired = True
         if not template.live:
             template.stop()
         elif template not in self._retired:
             self._retired.append(template)
-        self._retired = [t for t in self._retired if t.live and not t.gone]
+        # A template that ended keeps its live kernels (its keeper does): kept here, so
+        # that close() ends them.
+        self._retired = [t for t in self._retired if t.live]
 
     async def _launch(self, flavour: Flavour) -> _Template | None:
         template = _Template(flavour)

@@ -132,6 +132,8 @@ UNSET_VARIABLES = (
 PROBE_TIMEOUT = 10.0
 #: The kernels' sitecustomize (no bytecode from the projects folder), its PROJECTS to fill.
 SITECUSTOMIZE = (Path(__file__).parent / "sitecustomize.py").read_text(encoding="utf-8")
+#: Where kernels see that sitecustomize's folder (outside every folder they share).
+SITE_MOUNT = "/run/kernel-mcp/site"
 #: Size of a kernel's connection folder (its sockets and connection file use none).
 CONNECTION_BYTES = 65536
 
@@ -399,7 +401,8 @@ class Sandbox:
 
     @property
     def site_dir(self) -> Path:
-        """The kernels' ``sitecustomize`` (see :data:`SITECUSTOMIZE`), on their PYTHONPATH."""
+        """Where the kernels' ``sitecustomize`` (see :data:`SITECUSTOMIZE`) is written; it
+        is shared read-only at :data:`SITE_MOUNT`, first on the kernels' PYTHONPATH."""
         return self.etc_dir.parent / "site"
 
     def describe(self) -> str:
@@ -442,9 +445,8 @@ class Sandbox:
         starts loads it too)."""
         kept = {k: v for k, v in env.items() if k not in UNSET_VARIABLES}
         kept.update(HOME=self.policy.home, TMPDIR="/tmp")
-        site = str(self.site_dir)
-        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != site]
-        kept["PYTHONPATH"] = os.pathsep.join([site, *rest])
+        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != SITE_MOUNT]
+        kept["PYTHONPATH"] = os.pathsep.join([SITE_MOUNT, *rest])
         return kept
 
     def hidden_by_private(
@@ -503,7 +505,7 @@ class Sandbox:
         self._write_etc()
         policy = self.policy
         mounts: list[Mount] = [Mount("/proc", "proc"), Mount("/dev", "dev")]
-        mounts.append(Mount(str(self.site_dir), "ro", source=str(self.site_dir)))
+        mounts.append(Mount(SITE_MOUNT, "ro", source=str(self.site_dir)))
         tmp = Mount("/tmp", "tmpfs", size=policy.tmp_bytes, perms="1777")
         home = Mount(policy.home, "tmpfs", size=policy.tmp_bytes, perms="0700")
         shm = Mount("/dev/shm", "tmpfs", size=policy.tmp_bytes, perms="1777")
