@@ -55,7 +55,7 @@ from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.forkserver import ForkServer, forking_possible
 from kernel_mcp.launch.ready import wait_ready
 from kernel_mcp.launch.sandbox import Sandbox, sandbox_for, through_root
-from kernel_mcp.launch.stderr import STDERR_TAIL_BYTES, scrub_paths, stderr_tail
+from kernel_mcp.launch.stderr import StderrPipe, scrub_paths
 from kernel_mcp.outputs import OutputLimits
 from kernel_mcp.tasks import wait_within
 
@@ -174,7 +174,7 @@ class LocalProcess:
         self,
         manager: AsyncKernelManager,
         *,
-        stderr_path: Path | None = None,
+        stderr: StderrPipe | None = None,
         sandboxed: bool = False,
         cgroup: KernelCgroup | None = None,
         folder: Path | None = None,
@@ -188,7 +188,8 @@ class LocalProcess:
         self.pid: int | None = self._popen.pid if self._popen is not None else None
         """The launched process: the kernel itself, or (sandboxed) its bwrap."""
         self.pgid: int | None = getattr(provisioner, "pgid", None) or self.pid
-        self.stderr_path = stderr_path
+        self.stderr = stderr
+        """The kernel's stderr, a pipe drained into a short tail (never a file)."""
         self.sandboxed = sandboxed
         """The kernel runs in the sandbox (list_sessions shows this)."""
         self.cgroup = cgroup
@@ -252,9 +253,9 @@ class LocalProcess:
             return None  # a reaped pid may be someone else's
         return _rss(pid)
 
-    def stderr_tail(self, limit: int = STDERR_TAIL_BYTES) -> str:
+    def stderr_tail(self) -> str:
         """The end of what the kernel wrote to its stderr, absolute paths shortened."""
-        return stderr_tail(self.stderr_path, limit)
+        return self.stderr.tail() if self.stderr is not None else ""
 
     # -- internals ---------------------------------------------------------------
     def _returncode(self) -> int | None:
@@ -331,9 +332,8 @@ class LocalProcess:
             await self.manager.shutdown_kernel(now=True)
         if self.cgroup is not None and self._reaped():
             await self.cgroup.remove()
-        if self.stderr_path is not None and self._reaped():
-            with contextlib.suppress(OSError):
-                self.stderr_path.unlink()
+        if self.stderr is not None and self._reaped():
+            self.stderr.close()
         if self.folder is not None and self._reaped():
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -520,20 +520,17 @@ class LocalBackend:
             manager.message_interrupts = True
             manager.reach_through_sandbox = True
             env = self.sandbox.kernel_env(env)
-        # A private stderr, outside the folder a sandboxed kernel sees (it could put a
-        # link there for the server to read and quote). A kernel's noise (a
+        # A private stderr: a pipe this server drains, keeping the last lines (a file
+        # would be host disk the kernel could fill). A kernel's noise (a
         # KeyboardInterrupt traceback while it starts, fd-level writes ipykernel echoes)
         # must not reach the server's stderr, which a stdio client shows as its MCP log.
-        stderr_path = self._dir / f"{name}.stderr"
-        stderr = os.open(
-            stderr_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600
-        )
-        owned = {"stderr_path": stderr_path, "cgroup": cgroup, "folder": folder}
+        stderr = StderrPipe()
+        owned = {"stderr": stderr, "cgroup": cgroup, "folder": folder}
         try:
             await manager.start_kernel(
                 # A kernel's stray writes to fd 1 must never reach a stdio MCP stream.
                 stdout=subprocess.DEVNULL,
-                stderr=stderr,
+                stderr=stderr.write_fd,
                 env=env,
                 pass_fds=tuple(inherited),
                 cwd=str(self.settings.projects_dir),
@@ -542,10 +539,10 @@ class LocalBackend:
         except BaseException as exc:
             # The launch may have happened before the failure or the cancel.
             abandoned = LocalProcess(manager, sandboxed=self.sandboxed, **owned)
+            stderr.handed()
             tail = abandoned.stderr_tail()
             await abandoned.kill()
-            with contextlib.suppress(OSError):
-                stderr_path.unlink()
+            stderr.close()
             if cgroup is not None:
                 await cgroup.remove()
             shutil.rmtree(folder, ignore_errors=True)
@@ -555,9 +552,10 @@ class LocalBackend:
                 scrub_paths(f"could not start kernel {spec!r}: {exc}") + _quoted(tail)
             ) from exc
         finally:
-            os.close(stderr)
+            stderr.handed()
             for fd in inherited:
                 os.close(fd)
+        stderr.start()
         process = LocalProcess(manager, sandboxed=self.sandboxed, **owned)
         if self.sandbox is None:
             self._limit_memory(process.pid)

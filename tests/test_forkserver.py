@@ -224,7 +224,7 @@ async def test_kill_ends_what_the_kernel_started_and_says_how(kernel: Kernel) ->
     await kernel.kill()
     assert wait_until(lambda: not alive(sleepers | {process.kernel_pid}), timeout=5)
     assert process.exit_description() == "killed by SIGKILL"
-    assert not process.folder.exists() and not process.stderr_path.exists()
+    assert not process.folder.exists() and process.stderr.closed
 
 
 async def test_a_kernel_that_exits_says_with_what(kernel: Kernel) -> None:

@@ -137,11 +137,12 @@ async def test_a_traced_child_in_one_principal_s_kernel_leaves_another_s_session
             "print(libc.ptrace(0, 0, 0, 0), ctypes.get_errno())\n"
             "subprocess.run(['true'])",
         )
-        assert tried["status"] == "ok" and tried["stdout"] == "-1 1\n", tried  # EPERM
         after = await run(b, "kept", b_session)
         assert after["status"] == "ok" and after["result"] == "42", after
         assert not any("New kernel" in note for note in after["notes"]), after
         assert (await run(b, "print('fresh')"))["stdout"] == "fresh\n"
+        # The seccomp filter refused the call itself (EPERM).
+        assert tried["status"] == "ok" and tried["stdout"] == "-1 1\n", tried
     finally:
         await call(b, "close_session", session_id=b_session)
 
@@ -263,11 +264,33 @@ async def test_a_kernel_cannot_fill_the_host_disk_through_its_connection_folder(
         "            out.flush()\n"
         "except OSError as exc:\n"
         "    print(errno.errorcode[exc.errno], written < 2**20)\n"
+        "else:\n"
+        "    print('wrote', written)\n"
         "print(folder)",
     )
     said, folder = report["stdout"].splitlines()
     assert said == "ENOSPC True", report
     assert not (Path(folder) / "filler").exists(), "nothing landed on the host"
+
+
+async def test_a_kernel_holds_no_writable_file_on_the_host_s_disk(a: Any) -> None:
+    # Its stderr was a file next to the connection folders, and ipykernel keeps a copy
+    # of the original fd 2 that code can write to without limit: now a pipe.
+    report = await run(
+        a,
+        "import os, stat\n"
+        "writable = []\n"
+        "for fd in map(int, os.listdir('/proc/self/fd')):\n"
+        "    try:\n"
+        "        st = os.fstat(fd)\n"
+        "        flags = int(open(f'/proc/self/fdinfo/{fd}').read().split()[3], 8)\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if stat.S_ISREG(st.st_mode) and flags & (os.O_WRONLY | os.O_RDWR):\n"
+        "        writable.append(os.readlink(f'/proc/self/fd/{fd}'))\n"
+        "print(writable)",
+    )
+    assert report["stdout"] == "[]\n", report
 
 
 # -- failure 11: vsock ----------------------------------------------------------------------------

@@ -34,12 +34,16 @@ into the server's PID namespace.
 
 Fallback. If the template cannot start, dies, or fails one kernel, the
 backend spawns kernels as before, and says so in one log line; the template is
-tried again after a pause that grows up to a minute. It is restarted when its
-flavour changes (the kernelspec file, the interpreter binary, or a
-site-packages folder changes, e.g. after ``pip install``): the old one stays
-until its last kernel ends, since a template's kernels end with it. It stops
-with the server: the control socket closes, and a server SIGKILL ends it
-through bwrap's ``--die-with-parent`` (sandboxed) or its parent-death signal.
+tried again after a pause that grows up to a minute. A template (or its
+namespace maker) that does not answer a fork request within ANSWER_TIMEOUT is
+killed through the pidfds it handed over and replaced. Sandboxed, its kernels
+outlive it: the sandbox's first process is the template's keeper, which adopts
+and reaps them and reports their ends on the same control channel (after a
+``template_ended`` notice). It is restarted when its flavour changes (the
+kernelspec file, the interpreter binary, or a site-packages folder changes,
+e.g. after ``pip install``): the old sandbox stays until its last kernel ends.
+It stops with the server: the control socket closes, and a server SIGKILL ends
+it through bwrap's ``--die-with-parent`` (sandboxed) or its parent-death signal.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ from kernel_mcp.launch.cgroups import KernelCgroup
 from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.ready import wait_ready
 from kernel_mcp.launch.sandbox import Sandbox, through_root
-from kernel_mcp.launch.stderr import stderr_tail
+from kernel_mcp.launch.stderr import StderrPipe, stderr_tail
 from kernel_mcp.outputs import OutputLimits
 from kernel_mcp.tasks import wait_within
 
@@ -296,7 +300,7 @@ class ForkedProcess:
         kernel_id: str,
         pidfd: int,
         folder: Path,
-        stderr_path: Path,
+        stderr: StderrPipe,
         cgroup: KernelCgroup | None,
         connection: dict[str, Any],
         namespaced: bool,
@@ -312,7 +316,7 @@ class ForkedProcess:
         still that kernel."""
         self.folder = folder
         self.connection_file = folder / "kernel.json"
-        self.stderr_path = stderr_path
+        self.stderr = stderr
         self.cgroup = cgroup
         self.sandboxed = namespaced
         """The kernel runs in the sandbox (list_sessions shows this)."""
@@ -391,7 +395,7 @@ class ForkedProcess:
         return None
 
     def stderr_tail(self) -> str:
-        return stderr_tail(self.stderr_path)
+        return self.stderr.tail()
 
     # -- internals ----------------------------------------------------------------------
     def _send_control(self, msg_type: str, content: dict[str, Any]) -> None:
@@ -433,8 +437,7 @@ class ForkedProcess:
             self._control = None
         if self.cgroup is not None:
             await self.cgroup.remove()
-        with contextlib.suppress(OSError):
-            self.stderr_path.unlink()
+        self.stderr.close()
         shutil.rmtree(self.folder, ignore_errors=True)
         os.close(self._pidfd)
         if self._kernel_fd is not None:
@@ -832,7 +835,6 @@ class ForkServer:
         name = kernel_id[:12]
         folder = self.folder / name
         folder.mkdir(mode=0o700)
-        stderr_path = self.folder / f"{name}.stderr"
         connection_file = folder / "kernel.json"
         _, info = write_connection_file(
             str(connection_file),
@@ -846,7 +848,7 @@ class ForkServer:
         cgroup = self.new_cgroup()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
-        stderr = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        stderr = StderrPipe()
         sandbox = self.sandbox
         env = {**self.env, **dict(template.flavour.env)}
         if sandbox is not None:
@@ -871,10 +873,11 @@ class ForkServer:
         }
         assert template.sock is not None
         try:
-            _send(template.sock, request, [theirs.fileno(), stderr])
+            _send(template.sock, request, [theirs.fileno(), stderr.write_fd])
         finally:
             theirs.close()
-            os.close(stderr)
+            stderr.handed()
+        stderr.start()
         template.live.add(kernel_id)
         holder: list[ForkedProcess] = []
         early: dict[str, Any] = {}
@@ -900,7 +903,7 @@ class ForkServer:
                         ours,
                         kernel_id,
                         folder,
-                        stderr_path,
+                        stderr,
                         cgroup,
                         info,
                         holder,
@@ -925,6 +928,7 @@ class ForkServer:
             if "client" in early:
                 with contextlib.suppress(Exception):
                     early["client"].stop_channels()
+            said = _tail(stderr)
             if holder:
                 await holder[0].kill()
             else:
@@ -932,10 +936,9 @@ class ForkServer:
                 if cgroup is not None:
                     await cgroup.remove()
                 shutil.rmtree(folder, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    stderr_path.unlink()
+                stderr.close()
             if isinstance(exc, asyncio.TimeoutError):
-                raise RuntimeError(f"no kernel in {FORK_TIMEOUT:g} s{_tail(stderr_path)}") from None
+                raise RuntimeError(f"no kernel in {FORK_TIMEOUT:g} s{said}") from None
             raise
 
     async def _handshake(
@@ -944,7 +947,7 @@ class ForkServer:
         channel: socket.socket,
         kernel_id: str,
         folder: Path,
-        stderr_path: Path,
+        stderr: StderrPipe,
         cgroup: KernelCgroup | None,
         info: dict[str, Any],
         holder: list[ForkedProcess],
@@ -956,13 +959,13 @@ class ForkServer:
         if hello is None or hello.get("op") != "hello" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            raise RuntimeError(f"no hello from the forked kernel{_tail(stderr_path)}")
+            raise RuntimeError(f"no hello from the forked kernel{_tail(stderr)}")
         process = ForkedProcess(
             template=template,
             kernel_id=kernel_id,
             pidfd=fds[0],
             folder=folder,
-            stderr_path=stderr_path,
+            stderr=stderr,
             cgroup=cgroup,
             connection=info,
             namespaced=self.sandbox is not None,
@@ -972,7 +975,7 @@ class ForkServer:
         if message is None or message.get("op") != "kernel" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
+            raise RuntimeError(f"the forked kernel did not start{_tail(stderr)}")
         process._kernel_fd = fds[0]
         process.kernel_pid = _host_pid(fds[0])
         connect(process)
@@ -987,7 +990,7 @@ class ForkServer:
         if ready is not None and ready.get("op") == "broken":
             raise RuntimeError(f"the forked kernel failed to start: {ready.get('error')}")
         if ready is None or ready.get("op") != "ready":
-            raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
+            raise RuntimeError(f"the forked kernel did not start{_tail(stderr)}")
         if ready.get("prepared"):
             process.prepared = tuple(template.flavour.preload)
         failed = ready.get("preload_failed") or {}
@@ -1039,6 +1042,6 @@ def _popen(
     )
 
 
-def _tail(path: Path) -> str:
-    tail = stderr_tail(path)
+def _tail(stderr: StderrPipe) -> str:
+    tail = stderr.tail()
     return f"; its stderr ended with:\n{tail}" if tail else ""

@@ -15,6 +15,14 @@ own connection file: its sockets, threads, event loop and shell are its own,
 built after the fork. ``gc.freeze()`` before forking keeps the collector from
 writing to the template's objects, so their pages stay shared.
 
+Sandboxed, the process bwrap starts forks first, before any import, and stays as
+the keeper (see _keep): the template is its child, so that the kernels outlive a
+template that dies. Each kernel's init loads the kernels' seccomp filter (compiled
+by the server) once it dropped its capabilities, and so does each kernel before
+anything of the user's runs; the init remounts the template's root and /dev
+read-only for its kernel, which gets its own /dev/pts and a 64 KiB tmpfs as its
+connection folder (the server reaches its sockets through /proc/<init>/root).
+
 Per kernel, with namespaces (the sandboxed case, the server root)::
 
     maker, the template's first child, forked before any import (small): keeps a
