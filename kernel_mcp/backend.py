@@ -4,7 +4,10 @@
 
 * each kernel talks over IPC sockets inside its own 0700 folder below the
   backend's private folder (concurrent IPC kernels sharing a folder collide on
-  ``kernel-ipc-N``, and a sandboxed kernel is shown its own folder only);
+  ``kernel-ipc-N``); sandboxed, that folder is a 64 KiB tmpfs of the kernel's own
+  holding its connection file (read-only) and sockets, which the server reaches
+  through ``/proc/<pid>/root`` (``sandbox.through_root``);
+* its stderr is a pipe the server drains (``launch.stderr.StderrPipe``);
 * its environment is the server's minus anything that looks like a secret;
 * by default it runs in a bubblewrap sandbox (``kernel_mcp.launch.sandbox``:
   its own mount, PID, network and user namespaces, limits set inside) and in a

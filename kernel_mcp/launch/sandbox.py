@@ -25,9 +25,14 @@ namespace that bubblewrap sets up before the kernel's first instruction):
 * read-write (or read-only with ``KERNEL_MCP_SANDBOX_PROJECTS=ro``): the
   projects folder, which is also the working directory;
 * private: a size-limited /tmp, /dev/shm and an empty $HOME (tmpfs, gone with
-  the kernel), a fresh /proc for its own PID namespace, a minimal /dev;
-* the kernel's own connection folder (its connection file and IPC sockets),
-  and no other kernel's;
+  the kernel), a fresh /proc for its own PID namespace, a minimal /dev; the
+  root (bwrap's tmpfs: /etc and every mount point) and /dev read-only, so that
+  nothing is writable but its own mounts and the projects folder;
+* its connection folder: a 64 KiB tmpfs of its own with its connection file
+  bound read-only, where it binds its sockets (nothing on the host's disk; the
+  server connects through ``/proc/<pid>/root``: :func:`through_root`);
+* the seccomp filter (``kernel_mcp.launch.seccomp``), loaded by bwrap;
+* ``sitecustomize`` first on PYTHONPATH: no bytecode from the projects folder;
 * nothing else: not the server's working folder or .env, not the notebooks
   folder (masked even when it sits inside a shared folder), not the real home.
 

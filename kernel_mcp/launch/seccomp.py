@@ -39,6 +39,7 @@ why (also in docs/security.md, "Tenants"):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -167,6 +168,10 @@ def build() -> bytes:
     arch = sc.system_arch()
     rules = sc.SyscallFilter(sc.ERRNO(errno.ENOSYS))
     rules.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+    with contextlib.suppress(OSError):
+        # A binary tree of the syscall numbers (libseccomp >= 2.5): a call runs through
+        # about ten comparisons instead of up to a few hundred.
+        rules.set_attr(sc.Attr.CTL_OPTIMIZE, 2)
 
     def number(name: str) -> int | None:
         nr = sc.resolve_syscall(arch, name)
