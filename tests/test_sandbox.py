@@ -655,6 +655,15 @@ async def test_the_connection_folder_holds_almost_nothing_and_nothing_on_the_hos
     assert await value(kernel, "1 + 1") == 2, "its sockets still work"
 
 
+def charged_bytes(group: Any) -> int:
+    """The memory a kernel's cgroup is charged with (0 without a cgroup)."""
+    for folder in group.folders if group is not None else ():
+        for name in ("memory.current", "memory.usage_in_bytes"):
+            if (folder / name).exists():
+                return int((folder / name).read_text())
+    return 0
+
+
 def shmem_bytes() -> int:
     """Shared memory in use on the machine (tmpfs pages count here)."""
     for line in Path("/proc/meminfo").read_text().splitlines():
@@ -667,8 +676,9 @@ async def test_memory_a_kernel_wrote_to_its_files_is_freed_when_it_ends(
     backend: LocalBackend,
 ) -> None:
     kernel = await backend.start()
+    group = process_of(kernel).cgroup
     try:
-        before = shmem_bytes()
+        before, charged = shmem_bytes(), charged_bytes(group)
         code = (
             "import os\n"
             "for where in ('/tmp', os.path.expanduser('~'), '/dev/shm'):\n"
@@ -677,6 +687,8 @@ async def test_memory_a_kernel_wrote_to_its_files_is_freed_when_it_ends(
         )
         assert (await run(kernel, code)).status == "ok"
         assert shmem_bytes() - before > 200 * 2**20, "the 300 MiB are held while it runs"
+        if group is not None:  # and counted against the kernel's own memory limit
+            assert charged_bytes(group) - charged > 200 * 2**20
     finally:
         await kernel.shutdown(now=True)
     # Other processes on the machine move Shmem a little; 300 MiB does not come back.
