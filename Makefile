@@ -11,9 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Runtime plus the samples' matplotlib.
+# The runtime: the default install, numpy, pandas and matplotlib included.
 $(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[samples]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 # Runtime plus test tools (a superset of the serve set).
