@@ -123,7 +123,7 @@ def describe(settings: Settings) -> dict[str, str]:
         folder = getattr(settings, field)
         why = origin(settings, field)  # type: ignore[arg-type]
         if why == "setting":
-            reason = f"set by {setting_name(field)}"
+            reason = f"set by {setting_name(field)} or --{label}-dir"
         elif why == "working directory":
             reason = f"the working directory has {PROJECTS}/"
         else:

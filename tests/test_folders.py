@@ -104,7 +104,8 @@ def test_describe_says_which_folder_and_why(place: Path, monkeypatch: pytest.Mon
     )
     monkeypatch.setenv("KERNEL_MCP_NOTEBOOKS_DIR", str(place / "nb"))
     said = folders.describe(load_settings())
-    assert said["notebooks"] == f"{place / 'nb'} (set by KERNEL_MCP_NOTEBOOKS_DIR)"
+    expected = f"{place / 'nb'} (set by KERNEL_MCP_NOTEBOOKS_DIR or --notebooks-dir)"
+    assert said["notebooks"] == expected
 
 
 def test_a_stdio_server_started_in_slash_says_where_its_files_go(tmp_path: Path) -> None:
