@@ -16,6 +16,11 @@
 * it ends by itself if the server is SIGKILLed: sandboxed through bwrap's
   ``--die-with-parent``, otherwise through ``JPY_PARENT_PID``.
 
+Off Linux (macOS, Windows: the portable path, docs/platforms.md) there is no
+sandbox, fork template or cgroup; a kernel talks TCP on 127.0.0.1 (IPC paths
+would outgrow macOS's 104-byte socket names, and Windows has none), and psutil
+reads the process table where Linux's ``waitid`` and ``/proc`` are missing.
+
 The sandbox wraps the kernelspec's command in ``format_kernel_cmd`` of a
 jupyter_client manager subclass rather than in a kernel provisioner: a
 provisioner is chosen by name through package entry points and the
@@ -44,6 +49,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+import psutil
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
@@ -75,6 +81,9 @@ KERNEL_ARGUMENTS = ("--HistoryManager.hist_file=:memory:", "--HistoryManager.ena
 START_TIMEOUT = 60.0
 #: How long a polite shutdown waits for the kernel to exit, seconds.
 SHUTDOWN_WAIT = 5.0
+#: waitid(WNOWAIT) tells a leader's exit without reaping it (Linux, the BSDs); macOS's
+#: Python lacks it, and Windows has neither it nor process groups.
+CAN_PEEK = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
 
 class KernelBackend(Protocol):
@@ -246,6 +255,8 @@ class LocalProcess:
             return None
         if popen.returncode is not None:
             return popen.returncode
+        if not CAN_PEEK:
+            return self._returncode_from_table(popen)
         try:
             info = os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
@@ -257,6 +268,21 @@ class LocalProcess:
         if info.si_code == os.CLD_EXITED:
             return int(info.si_status)
         return -int(info.si_status)
+
+    def _returncode_from_table(self, popen: subprocess.Popen[bytes]) -> int | None:
+        """Without waitid(WNOWAIT): psutil tells whether the leader ended (a zombie
+        still holds its pid and group id); the group is ended then, while it is
+        certainly the kernel's, and only then is the leader reaped for its status."""
+        try:
+            ended = psutil.Process(popen.pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            ended = True
+        except psutil.Error:
+            return None
+        if not ended:
+            return None
+        self._signal_group()
+        return popen.poll()
 
     async def _wait_exit(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the leader to end, without reaping it."""
@@ -292,6 +318,14 @@ class LocalProcess:
         """SIGKILL the kernel's process group, only while it is certainly the kernel's."""
         if self._reaped() or self.pid is None:
             return
+        self._signal_group()
+
+    def _signal_group(self) -> None:
+        if self.pid is None:
+            return
+        if not hasattr(os, "killpg"):  # Windows: no process groups; end the tree
+            _kill_tree(self.pid)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if self.pgid == self.pid and self.pgid != os.getpgid(0):
                 os.killpg(self.pgid, signal.SIGKILL)
@@ -319,13 +353,18 @@ class LocalProcess:
 
 def _rss(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
         return None
-    return None
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill a process and everything below it (where there are no process groups)."""
+    with contextlib.suppress(psutil.Error):
+        leader = psutil.Process(pid)
+        for proc in [*leader.children(recursive=True), leader]:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 def _namespace_leader(pid: int) -> int | None:
@@ -391,6 +430,8 @@ class LocalBackend:
             and (self.sandbox is None or self.sandbox.bwrap.userns)
         )
         self.forks: dict[str, ForkServer] = {}
+        # IPC sockets in private folders on Linux; TCP on loopback elsewhere.
+        self.transport = "ipc" if sys.platform.startswith("linux") else "tcp"
 
     @property
     def sandboxed(self) -> bool:
@@ -455,8 +496,8 @@ class LocalBackend:
         folder.mkdir(mode=0o700)
         manager = WrappedKernelManager(
             kernel_name=spec,
-            transport="ipc",
-            ip=str(folder / "ipc"),
+            transport=self.transport,
+            ip=str(folder / "ipc") if self.transport == "ipc" else "127.0.0.1",
             connection_file=str(folder / "kernel.json"),
         )
         cgroup = self._cgroup()

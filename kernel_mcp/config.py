@@ -25,6 +25,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kernel_mcp.errors import ConfigError, InvalidArgument
+from kernel_mcp.folders import default_notebooks_dir, default_projects_dir
 
 __all__ = ["DEFAULT_SECRET_PATTERNS", "ENV_PREFIX", "Settings", "load_settings", "setting_name"]
 
@@ -87,9 +88,13 @@ class Settings(BaseSettings):
 
     # --- where code comes from, how long it may run -------------------------
     projects_dir: Path = Field(
-        Path("python_projects"),
+        default_factory=default_projects_dir,
+        # The default may not exist yet: the per-user folder is made on first use
+        # (kernel_mcp.folders.prepare). A folder a setting names must exist.
+        validate_default=False,
         validation_alias=_seed("PYTHON_PROJECTS_DIR"),
-        description="Folder whose .py and .ipynb files may be run.",
+        description="Folder whose .py and .ipynb files may be run; unset: ./python_projects "
+        "when the working directory has one, else ~/kernel-mcp/python_projects.",
     )
     timeout: Seconds = Field(
         30.0,
@@ -237,7 +242,10 @@ class Settings(BaseSettings):
 
     # --- notebooks ----------------------------------------------------------
     notebooks_dir: Path = Field(
-        Path("notebooks"), description="Where recordings, exports and executed copies go."
+        default_factory=default_notebooks_dir,
+        validate_default=False,
+        description="Where recordings, exports and executed copies go; unset: ./notebooks "
+        "when the working directory has python_projects/, else ~/kernel-mcp/notebooks.",
     )
     notebook_timeout: Seconds = Field(
         1800.0, description="Total time cap for one run_notebook call, seconds."

@@ -4,6 +4,7 @@
 
     KernelMCPError
     ├── ConfigError              a setting is invalid; start-up stops
+    │   └── ClientConfigError    a client's config file cannot be merged (left as it was)
     ├── RequestError             the caller asked for something we refuse
     │   ├── PathRefused          a path guard rule was broken (names the rule)
     │   ├── FileNotFound         no such file inside the allowed folder
@@ -25,6 +26,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ClientConfigError",
     "ConfigError",
     "FileNotFound",
     "InvalidArgument",
@@ -51,6 +53,11 @@ class KernelMCPError(Exception):
 
 class ConfigError(KernelMCPError):
     """A setting is invalid. The message is one line naming the setting."""
+
+
+class ClientConfigError(ConfigError):
+    """``kernel-mcp config --write`` cannot merge into a client's configuration file
+    (not JSON, not the expected shape, not writable). The file is left as it was."""
 
 
 class RequestError(KernelMCPError):

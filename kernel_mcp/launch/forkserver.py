@@ -69,7 +69,6 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.session import Session, new_id_bytes
 
 from kernel_mcp.kernel import KERNEL_SETUP, Kernel, setup_config
-from kernel_mcp.launch import template as template_module
 from kernel_mcp.launch.cgroups import KernelCgroup
 from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.ready import wait_ready
@@ -90,7 +89,9 @@ FORK_TIMEOUT = 60.0
 SHUTDOWN_WAIT = 5.0
 #: Pauses before trying a failed template again, seconds (then the last, forever).
 RETRY_PAUSES = (5.0, 15.0, 60.0)
-_TEMPLATE_SOURCE = Path(template_module.__file__).read_text(encoding="utf-8")
+# Read, not imported: the template is a Linux-only script (resource, fcntl) run by
+# the kernel's interpreter; importing it here would make this module Linux-only.
+_TEMPLATE_SOURCE = Path(__file__).with_name("template.py").read_text(encoding="utf-8")
 #: What the template's (and so every forked kernel's) command line shows.
 TEMPLATE_NAME = "kernel-mcp-fork-template.py"
 #: The kernels' set-up code, which the template compiles once (a file, not an argument:

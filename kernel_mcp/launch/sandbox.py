@@ -63,7 +63,6 @@ import functools
 import json
 import logging
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -576,6 +575,8 @@ class Sandbox:
         if self._written:
             return
         self.etc_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        import pwd  # Unix only; imported here so that the module imports everywhere
+
         uid, gid = os.getuid(), os.getgid()
         try:
             name = pwd.getpwuid(uid).pw_name

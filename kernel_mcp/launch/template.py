@@ -475,6 +475,8 @@ def _private_mounts(request: dict) -> None:
     _cover_proc()
     size = request["tmp_bytes"]
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+    # A $HOME below /tmp (HOME=/tmp in many containers) is gone under the new /tmp.
+    os.makedirs(request["home"], exist_ok=True)
     _mount("tmpfs", request["home"], "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0700")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
     # Only this kernel's own connection folder: an empty folder over the shared root
