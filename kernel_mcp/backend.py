@@ -90,14 +90,22 @@ class KernelBackend(Protocol):
     """Starts kernels. Owns whatever the kernels share (folders, connections)."""
 
     name: str
+    local: bool
+    """Its kernels run on this machine (they see its projects folders)."""
     sandboxed: bool
     """Its kernels run in kernel-mcp's sandbox (so their network is what it allows)."""
     cheap_starts: bool
     """A start costs tens of milliseconds and little of this process's CPU (forked
     kernels): the pool may start several at once, and refill right after a run."""
 
-    async def start(self, kernel_name: str | None = None) -> Kernel:
-        """A started, ready kernel of ``kernel_name`` (None: the configured default)."""
+    async def start(
+        self, kernel_name: str | None = None, *, workspace: Path | None = None
+    ) -> Kernel:
+        """A started, ready kernel of ``kernel_name`` (None: the configured default).
+
+        ``workspace``: the projects folder the kernel works in and, sandboxed, the
+        only one it sees (None: the configured one). Remote backends ignore it.
+        """
 
     async def close(self) -> None: ...
 
@@ -398,6 +406,7 @@ class LocalBackend:
     """
 
     name = "local"
+    local = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -450,8 +459,13 @@ class LocalBackend:
             return f"off ({why})"
         return self.sandbox.describe()
 
-    async def start(self, kernel_name: str | None = None) -> Kernel:
+    async def start(
+        self, kernel_name: str | None = None, *, workspace: Path | None = None
+    ) -> Kernel:
         """Start one kernel (of ``kernel_name``, else the default) and wait until it answers.
+
+        ``workspace`` is its projects folder (None: KERNEL_MCP's ``projects_dir``):
+        its working directory, and the only projects folder its sandbox shows.
 
         Forked from that kernelspec's template (``kernel_mcp.launch.forkserver``) when
         forking is on and the template works; spawned otherwise.
@@ -462,10 +476,10 @@ class LocalBackend:
         """
         spec = kernel_name or self.settings.kernel_name
         if self.forking:
-            kernel = await self._fork_server(spec).start_kernel()
+            kernel = await self._fork_server(spec).start_kernel(workspace=workspace)
             if kernel is not None:
                 return kernel
-        return await self.spawn(spec)
+        return await self.spawn(spec, workspace=workspace)
 
     def _fork_server(self, spec: str) -> ForkServer:
         server = self.forks.get(spec)
@@ -481,16 +495,20 @@ class LocalBackend:
                 new_cgroup=self._cgroup,
                 limits=self.limits,
                 memory_bytes=self.settings.memory_limit_mb * 2**20,
+                max_file_bytes=self.settings.projects_quota_mb * 2**20,
             )
         return server
 
-    async def spawn(self, kernel_name: str | None = None) -> Kernel:
+    async def spawn(
+        self, kernel_name: str | None = None, *, workspace: Path | None = None
+    ) -> Kernel:
         """Start one kernel as a new process (jupyter_client's launch), never forked.
 
         Raises:
             KernelStartFailed: as :meth:`start`.
         """
         spec = kernel_name or self.settings.kernel_name
+        workspace = workspace or self.settings.projects_dir
         name = uuid.uuid4().hex[:12]
         folder = self._dir / name
         folder.mkdir(mode=0o700)
@@ -502,7 +520,7 @@ class LocalBackend:
         )
         cgroup = self._cgroup()
         if self.sandbox is not None:
-            manager.wrap_command = self._sandboxed_command(manager, folder, cgroup)
+            manager.wrap_command = self._sandboxed_command(manager, folder, cgroup, workspace)
             manager.message_interrupts = True
         # A private stderr, outside the folder a sandboxed kernel sees (it could put a
         # link there for the server to read and quote). A kernel's noise (a
@@ -519,7 +537,7 @@ class LocalBackend:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env=dict(self._env),
-                cwd=str(self.settings.projects_dir),
+                cwd=str(workspace),
                 extra_arguments=list(KERNEL_ARGUMENTS),
             )
         except BaseException as exc:
@@ -578,7 +596,11 @@ class LocalBackend:
             return None
 
     def _sandboxed_command(
-        self, manager: WrappedKernelManager, folder: Path, cgroup: KernelCgroup | None
+        self,
+        manager: WrappedKernelManager,
+        folder: Path,
+        cgroup: KernelCgroup | None,
+        workspace: Path,
     ) -> Callable[[list[str]], list[str]]:
         sandbox = self.sandbox
         assert sandbox is not None
@@ -586,20 +608,30 @@ class LocalBackend:
         def wrap(argv: list[str]) -> list[str]:
             spec = manager.kernel_spec
             command = sandbox.command(
-                argv, kernel_dir=folder, kernelspec_dir=spec.resource_dir if spec else None
+                argv,
+                kernel_dir=folder,
+                kernelspec_dir=spec.resource_dir if spec else None,
+                workspace=workspace,
             )
             return cgroup.join_command(command) if cgroup is not None else command
 
         return wrap
 
     def _limit_memory(self, pid: int | None) -> None:
-        limit_mb = self.settings.memory_limit_mb
-        if not limit_mb or pid is None or not sys.platform.startswith("linux"):
+        """An unsandboxed kernel's rlimits: its address space, and its file size (the
+        projects folder's cap). A sandboxed one sets them itself."""
+        if pid is None or not sys.platform.startswith("linux"):
             return
         import resource
 
-        limit = limit_mb * 1024 * 1024
-        try:
-            resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
-        except (OSError, ValueError, AttributeError) as exc:  # pragma: no cover - non-Linux
-            log.warning("could not set the kernel memory limit: %s", exc)
+        limits = {
+            resource.RLIMIT_AS: self.settings.memory_limit_mb * 2**20,
+            resource.RLIMIT_FSIZE: self.settings.projects_quota_mb * 2**20,
+        }
+        for which, limit in limits.items():
+            if not limit:
+                continue
+            try:
+                resource.prlimit(pid, which, (limit, limit))
+            except (OSError, ValueError, AttributeError) as exc:  # pragma: no cover
+                log.warning("could not set the kernel's limits: %s", exc)

@@ -14,7 +14,8 @@
     │   ├── NotebookUnwritable   the notebooks folder refused an export (says why)
     │   ├── SessionNotFound      unknown id, or one owned by another principal
     │   ├── SessionGone          the session was culled or closed (says when)
-    │   └── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
+    │   ├── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
+    │   └── QuotaExceeded        the principal's projects folder is at its disk cap
     ├── KernelError              the kernel machinery failed
     │   ├── KernelStartFailed    a kernel could not be started
     │   └── StateUnavailable     shared session state (Redis) cannot be reached
@@ -38,6 +39,7 @@ __all__ = [
     "NotebookExists",
     "NotebookUnwritable",
     "PathRefused",
+    "QuotaExceeded",
     "RecordingError",
     "RequestError",
     "SessionGone",
@@ -106,6 +108,10 @@ class SessionGone(RequestError):
 
 class TooManySessions(RequestError):
     """The session limit is reached."""
+
+
+class QuotaExceeded(RequestError):
+    """A write would take the principal's projects folder past its disk cap."""
 
 
 class KernelError(KernelMCPError):

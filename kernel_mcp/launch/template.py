@@ -463,9 +463,16 @@ def _private_mounts(request: dict) -> None:
     # shared folders below /tmp or $HOME: a venv in ~/project, the projects folder)
     # stays reachable by fd once a tmpfs hides its path. Opened in this mount
     # namespace: a bind's source must be one of its own mounts.
+    kept = [*request["keep"], (request["folder"], False)]
+    workspace = request.get("workspace")
+    if workspace:
+        # A principal's own folder: nothing else of the projects folder stays in sight.
+        projects = request["projects"]
+        kept = [(path, ro) for path, ro in kept if not _below(path, projects)]
+        kept.append((workspace, request["projects_readonly"]))
     keep = [
         (path, readonly, os.open(path, os.O_PATH | os.O_CLOEXEC))
-        for path, readonly in [*request["keep"], (request["folder"], False)]
+        for path, readonly in kept
         if os.path.exists(path)
     ]
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -484,6 +491,8 @@ def _private_mounts(request: dict) -> None:
     root = os.path.dirname(request["folder"])
     os.makedirs(root, exist_ok=True)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    if workspace and os.path.isdir(request["projects"]):
+        _mount("tmpfs", request["projects"], "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
     for path, readonly, fd in sorted(keep, key=lambda item: item[0].count("/")):
         if os.path.isdir(f"/proc/self/fd/{fd}"):
             os.makedirs(path, exist_ok=True)
@@ -497,6 +506,10 @@ def _private_mounts(request: dict) -> None:
     os.chmod(root, 0o700)
     if not request["network"]:
         _loopback_up()
+
+
+def _below(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _namespaced(request: dict, sock: socket.socket) -> None:
@@ -661,6 +674,9 @@ def _kernel(request: dict, sock: socket.socket) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     if tasks and request["namespaces"]:
         resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
+    size = request.get("max_file_bytes") or 0
+    if size:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])

@@ -95,7 +95,7 @@ def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> 
         "kernel-mcp",
         instructions=INSTRUCTIONS,
         version=__version__,
-        auth=BearerTokens(settings.tokens) if settings.tokens else None,
+        auth=BearerTokens(settings.principals) if settings.principals else None,
         request_state_security=request_state_security(settings),
     )
     limits = reply_limits(settings)
