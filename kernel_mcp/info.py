@@ -9,11 +9,12 @@ the limits in force. Nothing here knows MCP.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from kernel_mcp import __version__, folders
 from kernel_mcp.config import Settings
 from kernel_mcp.launch.sandbox import describe as describe_sandbox
-from kernel_mcp.views import FolderInfo, LimitsInfo, SandboxInfo, ServerInfo
+from kernel_mcp.views import FolderInfo, LimitsInfo, ProjectsInfo, SandboxInfo, ServerInfo
 
 __all__ = ["banner", "server_info"]
 
@@ -26,16 +27,20 @@ def _memory_limit_mb(settings: Settings) -> int | None:
     return settings.memory_limit_mb or None
 
 
-def server_info(settings: Settings, *, sandboxed: bool) -> ServerInfo:
+def server_info(settings: Settings, *, sandboxed: bool, projects: Path | None = None) -> ServerInfo:
     """The facts ``server_info`` returns.
 
     Args:
         sandboxed: the backend's kernels run in kernel-mcp's sandbox.
+        projects: the caller's own projects folder, when it is not the configured one
+            (a folder per principal).
     """
     return ServerInfo(
         version=__version__,
-        projects=FolderInfo(
-            path=str(settings.projects_dir), origin=folders.origin(settings, "projects_dir")
+        projects=ProjectsInfo(
+            path=str(projects or settings.projects_dir),
+            origin=folders.origin(settings, "projects_dir"),
+            own=projects is not None and projects != settings.projects_dir,
         ),
         notebooks=FolderInfo(
             path=str(settings.notebooks_dir), origin=folders.origin(settings, "notebooks_dir")
@@ -59,6 +64,7 @@ def server_info(settings: Settings, *, sandboxed: bool) -> ServerInfo:
             max_fresh_runs=settings.max_fresh_runs,
             run_retention_s=settings.run_retention,
             max_file_bytes=settings.max_file_bytes,
+            projects_quota_mb=settings.projects_quota_mb or None,
             write_suffixes=list(settings.write_suffixes),
             max_stream_chars=settings.max_stream_chars,
             max_images=settings.max_images,

@@ -26,6 +26,7 @@ __all__ = [
     "KernelView",
     "LimitsInfo",
     "NotebookReport",
+    "ProjectsInfo",
     "RunList",
     "RunReport",
     "RunStatus",
@@ -246,6 +247,13 @@ class FolderInfo(BaseModel):
     )
 
 
+class ProjectsInfo(FolderInfo):
+    own: bool = Field(
+        description="This is your own folder below the configured one: with several "
+        "principals each has its own, and nobody else's code sees it",
+    )
+
+
 class SandboxInfo(BaseModel):
     on: bool = Field(description="Local kernels run in kernel-mcp's sandbox")
     description: str = Field(description="What the sandbox is, or why it is off")
@@ -270,6 +278,9 @@ class LimitsInfo(BaseModel):
     max_fresh_runs: int = Field(description="Session-less runs at once; more wait their turn")
     run_retention_s: float = Field(description="Seconds a finished background run is kept")
     max_file_bytes: int = Field(description="Largest file or snippet that may run")
+    projects_quota_mb: int | None = Field(
+        description="Disk your projects folder may use, MiB; null: no cap"
+    )
     write_suffixes: list[str] = Field(description="File endings write_file and read_file take")
     max_stream_chars: int = Field(description="Characters a reply keeps of each stream")
     max_images: int = Field(description="Images inlined in one reply")
@@ -281,7 +292,7 @@ class ServerInfo(BaseModel):
     """What server_info returns: where files go, what limits apply, what isolates code."""
 
     version: str
-    projects: FolderInfo = Field(description="run_python runs files from here; the kernels' cwd")
+    projects: ProjectsInfo = Field(description="run_python runs files from here; the kernels' cwd")
     notebooks: FolderInfo = Field(description="Session recordings, exports, executed notebooks")
     backend: str = Field(description="local | gateway (kernels on a Jupyter gateway)")
     sandbox: SandboxInfo

@@ -25,7 +25,11 @@ async def test_server_info_tells_the_folders_limits_sandbox_and_version(client, 
     assert not result.is_error
     info = structured(result)
     assert info["version"] == __version__
-    assert info["projects"] == {"path": server.env["PYTHON_PROJECTS_DIR"], "origin": "setting"}
+    assert info["projects"] == {
+        "path": server.env["PYTHON_PROJECTS_DIR"],
+        "origin": "setting",
+        "own": False,
+    }
     assert info["notebooks"] == {
         "path": server.env["KERNEL_MCP_NOTEBOOKS_DIR"],
         "origin": "setting",

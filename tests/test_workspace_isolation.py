@@ -158,6 +158,17 @@ async def test_a_planted_pyc_never_changes_what_another_principal_runs(
     assert ran["status"] == "ok" and ran["stdout"] == "helper says bob\n", ran
 
 
+async def test_server_info_tells_each_principal_its_own_folder_and_cap(
+    server: ServerProcess, alice: Any, bob: Any
+) -> None:
+    mine = structured(await call(alice, "server_info"))
+    theirs = structured(await call(bob, "server_info"))
+    assert mine["projects"]["path"] == str(folder_of(server, "alice"))
+    assert theirs["projects"]["path"] == str(folder_of(server, BOB))
+    assert mine["projects"]["own"] and theirs["projects"]["own"]
+    assert mine["limits"]["projects_quota_mb"] == QUOTA_MB
+
+
 async def test_write_file_past_the_cap_is_refused_and_says_what_to_do(
     server: ServerProcess, bob: Any
 ) -> None:
