@@ -1,4 +1,4 @@
-# Two commands on a machine with only Python >= 3.10 and pip:
+# Two commands on a machine with only Python >= 3.11 and pip:
 #   make serve   set up .venv and start the server on http://127.0.0.1:8000 (/mcp and /sse)
 #   make test    set up .venv and run the whole test suite (lint included)
 PYTHON ?= python3
@@ -11,9 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Runtime plus the samples' matplotlib.
+# The runtime: the default install, numpy, pandas and matplotlib included.
 $(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[samples]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 # Runtime plus test tools (a superset of the serve set).

@@ -19,6 +19,11 @@
 * it ends by itself if the server is SIGKILLed: sandboxed through bwrap's
   ``--die-with-parent``, otherwise through ``JPY_PARENT_PID``.
 
+Off Linux (macOS, Windows: the portable path, docs/platforms.md) there is no
+sandbox, fork template or cgroup; a kernel talks TCP on 127.0.0.1 (IPC paths
+would outgrow macOS's 104-byte socket names, and Windows has none), and psutil
+reads the process table where Linux's ``waitid`` and ``/proc`` are missing.
+
 The sandbox wraps the kernelspec's command in ``format_kernel_cmd`` of a
 jupyter_client manager subclass rather than in a kernel provisioner: a
 provisioner is chosen by name through package entry points and the
@@ -47,6 +52,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 
@@ -78,20 +84,31 @@ KERNEL_ARGUMENTS = ("--HistoryManager.hist_file=:memory:", "--HistoryManager.ena
 START_TIMEOUT = 60.0
 #: How long a polite shutdown waits for the kernel to exit, seconds.
 SHUTDOWN_WAIT = 5.0
+#: waitid(WNOWAIT) tells a leader's exit without reaping it (Linux, the BSDs); macOS's
+#: Python lacks it, and Windows has neither it nor process groups.
+CAN_PEEK = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
 
 class KernelBackend(Protocol):
     """Starts kernels. Owns whatever the kernels share (folders, connections)."""
 
     name: str
+    local: bool
+    """Its kernels run on this machine (they see its projects folders)."""
     sandboxed: bool
     """Its kernels run in kernel-mcp's sandbox (so their network is what it allows)."""
     cheap_starts: bool
     """A start costs tens of milliseconds and little of this process's CPU (forked
     kernels): the pool may start several at once, and refill right after a run."""
 
-    async def start(self, kernel_name: str | None = None) -> Kernel:
-        """A started, ready kernel of ``kernel_name`` (None: the configured default)."""
+    async def start(
+        self, kernel_name: str | None = None, *, workspace: Path | None = None
+    ) -> Kernel:
+        """A started, ready kernel of ``kernel_name`` (None: the configured default).
+
+        ``workspace``: the projects folder the kernel works in and, sandboxed, the
+        only one it sees (None: the configured one). Remote backends ignore it.
+        """
 
     async def close(self) -> None: ...
 
@@ -271,6 +288,8 @@ class LocalProcess:
             return None
         if popen.returncode is not None:
             return popen.returncode
+        if not CAN_PEEK:
+            return self._returncode_from_table(popen)
         try:
             info = os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
@@ -282,6 +301,21 @@ class LocalProcess:
         if info.si_code == os.CLD_EXITED:
             return int(info.si_status)
         return -int(info.si_status)
+
+    def _returncode_from_table(self, popen: subprocess.Popen[bytes]) -> int | None:
+        """Without waitid(WNOWAIT): psutil tells whether the leader ended (a zombie
+        still holds its pid and group id); the group is ended then, while it is
+        certainly the kernel's, and only then is the leader reaped for its status."""
+        try:
+            ended = psutil.Process(popen.pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            ended = True
+        except psutil.Error:
+            return None
+        if not ended:
+            return None
+        self._signal_group()
+        return popen.poll()
 
     async def _wait_exit(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the leader to end, without reaping it."""
@@ -317,6 +351,14 @@ class LocalProcess:
         """SIGKILL the kernel's process group, only while it is certainly the kernel's."""
         if self._reaped() or self.pid is None:
             return
+        self._signal_group()
+
+    def _signal_group(self) -> None:
+        if self.pid is None:
+            return
+        if not hasattr(os, "killpg"):  # Windows: no process groups; end the tree
+            _kill_tree(self.pid)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if self.pgid == self.pid and self.pgid != os.getpgid(0):
                 os.killpg(self.pgid, signal.SIGKILL)
@@ -343,13 +385,18 @@ class LocalProcess:
 
 def _rss(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
         return None
-    return None
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill a process and everything below it (where there are no process groups)."""
+    with contextlib.suppress(psutil.Error):
+        leader = psutil.Process(pid)
+        for proc in [*leader.children(recursive=True), leader]:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 def _namespace_leader(pid: int) -> int | None:
@@ -410,6 +457,7 @@ class LocalBackend:
     """
 
     name = "local"
+    local = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -442,6 +490,8 @@ class LocalBackend:
             and (self.sandbox is None or self.sandbox.bwrap.userns)
         )
         self.forks: dict[str, ForkServer] = {}
+        # IPC sockets in private folders on Linux; TCP on loopback elsewhere.
+        self.transport = "ipc" if sys.platform.startswith("linux") else "tcp"
 
     @property
     def sandboxed(self) -> bool:
@@ -460,8 +510,13 @@ class LocalBackend:
             return f"off ({why})"
         return self.sandbox.describe()
 
-    async def start(self, kernel_name: str | None = None) -> Kernel:
+    async def start(
+        self, kernel_name: str | None = None, *, workspace: Path | None = None
+    ) -> Kernel:
         """Start one kernel (of ``kernel_name``, else the default) and wait until it answers.
+
+        ``workspace`` is its projects folder (None: KERNEL_MCP's ``projects_dir``):
+        its working directory, and the only projects folder its sandbox shows.
 
         Forked from that kernelspec's template (``kernel_mcp.launch.forkserver``) when
         forking is on and the template works; spawned otherwise.
@@ -472,10 +527,10 @@ class LocalBackend:
         """
         spec = kernel_name or self.settings.kernel_name
         if self.forking:
-            kernel = await self._fork_server(spec).start_kernel()
+            kernel = await self._fork_server(spec).start_kernel(workspace=workspace)
             if kernel is not None:
                 return kernel
-        return await self.spawn(spec)
+        return await self.spawn(spec, workspace=workspace)
 
     def _fork_server(self, spec: str) -> ForkServer:
         server = self.forks.get(spec)
@@ -491,23 +546,27 @@ class LocalBackend:
                 new_cgroup=self._cgroup,
                 limits=self.limits,
                 memory_bytes=self.settings.memory_limit_mb * 2**20,
+                max_file_bytes=self.settings.projects_quota_mb * 2**20,
             )
         return server
 
-    async def spawn(self, kernel_name: str | None = None) -> Kernel:
+    async def spawn(
+        self, kernel_name: str | None = None, *, workspace: Path | None = None
+    ) -> Kernel:
         """Start one kernel as a new process (jupyter_client's launch), never forked.
 
         Raises:
             KernelStartFailed: as :meth:`start`.
         """
         spec = kernel_name or self.settings.kernel_name
+        workspace = workspace or self.settings.projects_dir
         name = uuid.uuid4().hex[:12]
         folder = self._dir / name
         folder.mkdir(mode=0o700)
         manager = WrappedKernelManager(
             kernel_name=spec,
-            transport="ipc",
-            ip=str(folder / "ipc"),
+            transport=self.transport,
+            ip=str(folder / "ipc") if self.transport == "ipc" else "127.0.0.1",
             connection_file=str(folder / "kernel.json"),
         )
         cgroup = self._cgroup()
@@ -518,7 +577,7 @@ class LocalBackend:
                 # A fresh open file per launch: bwrap reads it to the end.
                 inherited.append(os.open(self.sandbox.seccomp.path, os.O_RDONLY | os.O_CLOEXEC))
             manager.wrap_command = self._sandboxed_command(
-                manager, folder, cgroup, inherited[0] if inherited else None
+                manager, folder, cgroup, workspace, inherited[0] if inherited else None
             )
             manager.message_interrupts = True
             manager.reach_through_sandbox = True
@@ -536,7 +595,7 @@ class LocalBackend:
                 stderr=stderr.write_fd,
                 env=env,
                 pass_fds=tuple(inherited),
-                cwd=str(self.settings.projects_dir),
+                cwd=str(workspace),
                 extra_arguments=list(KERNEL_ARGUMENTS),
             )
         except BaseException as exc:
@@ -602,6 +661,7 @@ class LocalBackend:
         manager: WrappedKernelManager,
         folder: Path,
         cgroup: KernelCgroup | None,
+        workspace: Path,
         seccomp_fd: int | None,
     ) -> Callable[[list[str]], list[str]]:
         """The launch command's wrapper: the sandbox (with the seccomp filter bwrap reads
@@ -616,19 +676,27 @@ class LocalBackend:
                 kernel_dir=folder,
                 kernelspec_dir=spec.resource_dir if spec else None,
                 seccomp_fd=seccomp_fd,
+                workspace=workspace,
             )
             return cgroup.join_command(command) if cgroup is not None else command
 
         return wrap
 
     def _limit_memory(self, pid: int | None) -> None:
-        limit_mb = self.settings.memory_limit_mb
-        if not limit_mb or pid is None or not sys.platform.startswith("linux"):
+        """An unsandboxed kernel's rlimits: its address space, and its file size (the
+        projects folder's cap). A sandboxed one sets them itself."""
+        if pid is None or not sys.platform.startswith("linux"):
             return
         import resource
 
-        limit = limit_mb * 1024 * 1024
-        try:
-            resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
-        except (OSError, ValueError, AttributeError) as exc:  # pragma: no cover - non-Linux
-            log.warning("could not set the kernel memory limit: %s", exc)
+        limits = {
+            resource.RLIMIT_AS: self.settings.memory_limit_mb * 2**20,
+            resource.RLIMIT_FSIZE: self.settings.projects_quota_mb * 2**20,
+        }
+        for which, limit in limits.items():
+            if not limit:
+                continue
+            try:
+                resource.prlimit(pid, which, (limit, limit))
+            except (OSError, ValueError, AttributeError) as exc:  # pragma: no cover
+                log.warning("could not set the kernel's limits: %s", exc)

@@ -1,4 +1,6 @@
-"""``kernel-mcp``: serve, run a file or notebook, list tools. A thin layer over the Python API.
+"""``kernel-mcp``: serve, run a file or notebook, list tools, configure a client.
+
+A thin layer over the Python API.
 
 Every ``serve`` flag is also an environment variable (see ``.env.example``);
 flags win over the environment. ``main(argv) -> int`` is what tests call.
@@ -22,9 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kernel_mcp import __version__
-from kernel_mcp.config import Settings, load_settings
+from kernel_mcp import __version__, clients, folders
+from kernel_mcp.config import Settings, load_settings, setting_name
 from kernel_mcp.errors import ConfigError
+from kernel_mcp.info import banner
 
 __all__ = ["main", "main_entry"]
 
@@ -77,6 +80,33 @@ def _parser() -> argparse.ArgumentParser:
     tools = sub.add_parser("tools", help="list the server's tools")
     tools.add_argument("--server", help="URL of a running server; default: in-process")
     _add_common(tools, timeout=False)
+
+    config = sub.add_parser(
+        "config",
+        help="print (or --write) the configuration that starts this server from a client",
+    )
+    config.add_argument("client", choices=clients.CLIENTS)
+    config.add_argument(
+        "--write", action="store_true", help="merge it into the client's configuration file"
+    )
+    config.add_argument("--config-path", type=Path, help="the client's file (default: its own)")
+    config.add_argument("--uvx", action="store_true", help="start it as `uvx kernel-mcp`")
+    config.add_argument("--name", default="kernel-mcp", help="the server's name in the client")
+    config.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the server, e.g. --env KERNEL_MCP_SANDBOX=on (repeatable)",
+    )
+    config.add_argument(
+        "--wsl",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="claude-desktop from inside WSL: start through wsl.exe and write the Windows "
+        "file (default: detected)",
+    )
+    _add_common(config, timeout=False)
     return parser
 
 
@@ -88,12 +118,15 @@ def _add_common(parser: argparse.ArgumentParser, *, timeout: bool = True) -> Non
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    """The settings, with the per-user folders made if they are the ones chosen."""
     overrides = {
         "projects_dir": getattr(args, "projects_dir", None),
         "notebooks_dir": getattr(args, "notebooks_dir", None),
         **extra,
     }
-    return load_settings(**overrides)
+    settings = load_settings(**overrides)
+    folders.prepare(settings)
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "run":
             return asyncio.run(_run(args))
+        if args.command == "config":
+            return _config(args)
         return asyncio.run(_tools(args))
     except ConfigError as exc:
         print(f"kernel-mcp: {exc}", file=sys.stderr)
@@ -168,9 +203,10 @@ def _serve(args: argparse.Namespace) -> int:
     # The gateway backend's HTTP client would log every liveness check at INFO.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     from kernel_mcp import server
-    from kernel_mcp.launch.sandbox import describe as sandbox_phrase
 
     if args.stdio:
+        # stderr: stdout is the protocol. A stdio client shows it as the server's log.
+        print(banner(settings, serving="stdio"), file=sys.stderr, flush=True)
         asyncio.run(server.run_stdio(settings))
         return 0
     if settings.host not in LOOPBACK and not settings.tokens and not settings.insecure:
@@ -183,14 +219,11 @@ def _serve(args: argparse.Namespace) -> int:
     sock = _listen(settings.host, settings.port)
     port = sock.getsockname()[1]
     app = server.build_http_app(settings)
-    print(
-        f"kernel-mcp {__version__}: http://{settings.host}:{port}/mcp "
-        f"(streamable HTTP) and /sse (SSE); projects: {settings.projects_dir}; "
-        f"auth: {'bearer token' if settings.tokens else 'none'}; "
-        f"sandbox: {sandbox_phrase(settings)}",
-        file=sys.stderr,
-        flush=True,
+    serving = (
+        f"http://{settings.host}:{port}/mcp (streamable HTTP) and /sse (SSE); "
+        f"auth: {'bearer token' if settings.tokens else 'none'}"
     )
+    print(banner(settings, serving=serving), file=sys.stderr, flush=True)
     instance = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -269,3 +302,56 @@ async def _run(args: argparse.Namespace) -> int:
         return 1 if result.is_error else 0
 
     return await _with_client(args, use)
+
+
+# -- config ----------------------------------------------------------------------------
+def _passed_settings(pairs: list[str]) -> dict[str, str]:
+    """``NAME=VALUE`` pairs of --env, each a setting's documented name."""
+    known = {setting_name(field): field for field in Settings.model_fields}
+    passed: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip().upper()
+        if not sep or name not in known:
+            raise ConfigError(
+                f"--env {pair}: not NAME=VALUE with a setting's name "
+                "(KERNEL_MCP_*, PYTHON_PROJECTS_DIR, PYTHON_TIMEOUT, PYTHON_MAX_TIMEOUT)"
+            )
+        passed[name] = value
+    return passed
+
+
+def _config(args: argparse.Namespace) -> int:
+    """Print the client's snippet; with --write, merge it into the client's file."""
+    passed = _passed_settings(args.env)
+    fields = {setting_name(field): field for field in Settings.model_fields}
+    # The folders as this server would use them, absolute, so that the client's start
+    # (any working directory) finds the same ones; the values passed are validated too.
+    overrides = {fields[name]: value for name, value in passed.items()}
+    settings = _settings(args, **overrides)
+    env = {
+        "PYTHON_PROJECTS_DIR": str(settings.projects_dir),
+        "KERNEL_MCP_NOTEBOOKS_DIR": str(settings.notebooks_dir),
+        **{k: v for k, v in passed.items() if fields[k] not in ("projects_dir", "notebooks_dir")},
+    }
+    wsl = args.client == "claude-desktop" and (clients.in_wsl() if args.wsl is None else args.wsl)
+    how = clients.launch(
+        clients.installed_command(uvx=args.uvx),
+        env,
+        wsl=wsl,
+        distro=os.environ.get("WSL_DISTRO_NAME"),
+    )
+    print(clients.render(args.client, args.name, how))
+    if not args.write:
+        return EXIT_OK
+    path = args.config_path or clients.default_config_path(args.client, wsl=wsl)
+    written = clients.merge_into(
+        path.expanduser(), args.client, args.name, clients.entry(args.client, how)
+    )
+    what = "replaced the entry" if written.replaced else "added the entry"
+    kept = f"; the previous file is {written.backup}" if written.backup else ""
+    print(
+        f"kernel-mcp: {what} {args.name!r} in {written.path}{kept}; restart the client",
+        file=sys.stderr,
+    )
+    return EXIT_OK

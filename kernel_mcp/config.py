@@ -15,9 +15,11 @@ one-line error says.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,8 +27,16 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kernel_mcp.errors import ConfigError, InvalidArgument
+from kernel_mcp.folders import default_notebooks_dir, default_projects_dir
 
-__all__ = ["DEFAULT_SECRET_PATTERNS", "ENV_PREFIX", "Settings", "load_settings", "setting_name"]
+__all__ = [
+    "DEFAULT_SECRET_PATTERNS",
+    "ENV_PREFIX",
+    "Settings",
+    "load_settings",
+    "principal_of",
+    "setting_name",
+]
 
 ENV_PREFIX = "KERNEL_MCP_"
 
@@ -87,9 +97,13 @@ class Settings(BaseSettings):
 
     # --- where code comes from, how long it may run -------------------------
     projects_dir: Path = Field(
-        Path("python_projects"),
+        default_factory=default_projects_dir,
+        # The default may not exist yet: the per-user folder is made on first use
+        # (kernel_mcp.folders.prepare). A folder a setting names must exist.
+        validate_default=False,
         validation_alias=_seed("PYTHON_PROJECTS_DIR"),
-        description="Folder whose .py and .ipynb files may be run.",
+        description="Folder whose .py and .ipynb files may be run; unset: ./python_projects "
+        "when the working directory has one, else ~/kernel-mcp/python_projects.",
     )
     timeout: Seconds = Field(
         30.0,
@@ -110,6 +124,14 @@ class Settings(BaseSettings):
     allow_hardlinks: bool = Field(
         False,
         description="Run files with more than one hard link (one may live outside the folder).",
+    )
+    projects_shared: bool = Field(
+        False,
+        description="With several principals, share one projects folder (everyone's code "
+        "can change everyone's files) instead of a folder per principal.",
+    )
+    projects_quota_mb: NonNegative = Field(
+        2048, description="Disk a principal's projects folder may use, MiB; 0: no cap."
     )
     write_suffixes: CommaList = Field(
         default_factory=lambda: [".py", ".txt", ".csv", ".json", ".md", ".ipynb"],
@@ -136,7 +158,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Bind address.")
     port: Port = Field(8000, description="TCP port.")
     token: SecretStr | None = Field(
-        None, description="Bearer token(s), comma-separated; each token is its own principal."
+        None,
+        description="Bearer token(s), comma-separated; each token is its own principal "
+        "(NAME:TOKEN names it).",
     )
     insecure: bool = Field(False, description="Allow a non-loopback bind without a token.")
     allowed_hosts: CommaList = Field(
@@ -237,7 +261,10 @@ class Settings(BaseSettings):
 
     # --- notebooks ----------------------------------------------------------
     notebooks_dir: Path = Field(
-        Path("notebooks"), description="Where recordings, exports and executed copies go."
+        default_factory=default_notebooks_dir,
+        validate_default=False,
+        description="Where recordings, exports and executed copies go; unset: ./notebooks "
+        "when the working directory has python_projects/, else ~/kernel-mcp/notebooks.",
     )
     notebook_timeout: Seconds = Field(
         1800.0, description="Total time cap for one run_notebook call, seconds."
@@ -330,9 +357,20 @@ class Settings(BaseSettings):
     @property
     def tokens(self) -> list[str]:
         """The accepted bearer tokens (empty: no auth)."""
+        return [token for _, token in self.principals]
+
+    @property
+    def principals(self) -> list[tuple[str, str]]:
+        """(principal, token) for each accepted token; see :func:`principal_of`."""
         if self.token is None:
             return []
-        return [t.strip() for t in self.token.get_secret_value().split(",") if t.strip()]
+        entries = [t.strip() for t in self.token.get_secret_value().split(",") if t.strip()]
+        return [principal_of(entry) for entry in entries]
+
+    @property
+    def per_principal_projects(self) -> bool:
+        """Each principal has a projects folder of its own (several tokens, not shared)."""
+        return len(self.principals) > 1 and not self.projects_shared
 
     def clamp_timeout(self, requested: float | None, *, background: bool = False) -> float:
         """The time limit for one call: the default, or the caller's, capped at max_timeout.
@@ -348,6 +386,24 @@ class Settings(BaseSettings):
         if not math.isfinite(requested) or requested <= 0:
             raise InvalidArgument("timeout must be a positive number of seconds")
         return min(float(requested), cap)
+
+
+_PRINCIPAL = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,31}):(.+)$")
+
+
+def principal_of(entry: str) -> tuple[str, str]:
+    """(principal, token) for one KERNEL_MCP_TOKEN entry.
+
+    ``NAME:TOKEN`` names the principal; a bare token is named after a hash of itself,
+    ``token-<10 hex digits>``. Either way the name stays the same when the list is
+    reordered or another token is added, which matters because a principal's
+    sessions and projects folder are found by it.
+    """
+    named = _PRINCIPAL.match(entry)
+    if named:
+        return named.group(1), named.group(2)
+    digest = hashlib.sha256(b"kernel-mcp principal\0" + entry.encode()).hexdigest()
+    return f"token-{digest[:10]}", entry
 
 
 def _field(name: str) -> str:
@@ -393,6 +449,10 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"{setting_name(field)}: {message}") from None
     if settings.max_timeout < settings.timeout:
         raise ConfigError("PYTHON_MAX_TIMEOUT: must not be smaller than PYTHON_TIMEOUT")
+    names = [name for name, _ in settings.principals]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"KERNEL_MCP_TOKEN: two tokens name the principal {twice[0]!r}")
     if settings.state_url and not settings.gateway_url:
         raise ConfigError(
             "KERNEL_MCP_STATE_URL: needs KERNEL_MCP_GATEWAY_URL too "

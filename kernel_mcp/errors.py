@@ -4,6 +4,7 @@
 
     KernelMCPError
     ├── ConfigError              a setting is invalid; start-up stops
+    │   └── ClientConfigError    a client's config file cannot be merged (left as it was)
     ├── RequestError             the caller asked for something we refuse
     │   ├── PathRefused          a path guard rule was broken (names the rule)
     │   ├── FileNotFound         no such file inside the allowed folder
@@ -13,7 +14,8 @@
     │   ├── NotebookUnwritable   the notebooks folder refused an export (says why)
     │   ├── SessionNotFound      unknown id, or one owned by another principal
     │   ├── SessionGone          the session was culled or closed (says when)
-    │   └── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
+    │   ├── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
+    │   └── QuotaExceeded        the principal's projects folder is at its disk cap
     ├── KernelError              the kernel machinery failed
     │   ├── KernelStartFailed    a kernel could not be started
     │   └── StateUnavailable     shared session state (Redis) cannot be reached
@@ -25,6 +27,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ClientConfigError",
     "ConfigError",
     "FileNotFound",
     "InvalidArgument",
@@ -36,6 +39,7 @@ __all__ = [
     "NotebookExists",
     "NotebookUnwritable",
     "PathRefused",
+    "QuotaExceeded",
     "RecordingError",
     "RequestError",
     "SessionGone",
@@ -51,6 +55,11 @@ class KernelMCPError(Exception):
 
 class ConfigError(KernelMCPError):
     """A setting is invalid. The message is one line naming the setting."""
+
+
+class ClientConfigError(ConfigError):
+    """``kernel-mcp config --write`` cannot merge into a client's configuration file
+    (not JSON, not the expected shape, not writable). The file is left as it was."""
 
 
 class RequestError(KernelMCPError):
@@ -99,6 +108,10 @@ class SessionGone(RequestError):
 
 class TooManySessions(RequestError):
     """The session limit is reached."""
+
+
+class QuotaExceeded(RequestError):
+    """A write would take the principal's projects folder past its disk cap."""
 
 
 class KernelError(KernelMCPError):

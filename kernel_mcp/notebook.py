@@ -16,6 +16,7 @@ import contextlib
 import json
 import keyword
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -108,14 +109,16 @@ def notebook_text(nb: dict[str, Any]) -> str:
 
 def umask_mode() -> int:
     """The mode the umask gives a new file: what exports and executed copies get."""
-    # os.umask can only be read by setting it; /proc says it without changing anything.
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
+    # os.umask can only be read by setting it; Linux's /proc says it without changing
+    # anything (other systems have no /proc).
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("Umask:"):
+                        return 0o666 & ~int(line.split()[1], 8)
+        except (OSError, ValueError):
+            pass
     current = os.umask(0o022)
     os.umask(current)
     return 0o666 & ~current

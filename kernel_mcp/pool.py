@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kernel_mcp.backend import KernelBackend
@@ -24,7 +27,7 @@ from kernel_mcp.errors import KernelError
 from kernel_mcp.kernel import Kernel
 from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
 
-__all__ = ["KernelPool"]
+__all__ = ["KernelPool", "KernelPools"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ CHEAP_LANES = 2
 IN_FLIGHT_WAIT = 2.0
 #: Seconds between a run and its replacement's start when starts are costly.
 COSTLY_REFILL_DELAY = 0.05
+#: A workspace's pool that served nobody for this long is closed, seconds.
+POOL_IDLE = 600.0
 
 
 class KernelPool:
@@ -43,12 +48,22 @@ class KernelPool:
         backend: where kernels come from.
         size: how many idle kernels to keep; 0 starts one per request.
         preload: modules each pooled kernel imports before it is handed out.
+        workspace: the projects folder its kernels are started for (None: the
+            backend's default); see ``kernel_mcp.workspaces``.
     """
 
-    def __init__(self, backend: KernelBackend, *, size: int, preload: list[str]) -> None:
+    def __init__(
+        self,
+        backend: KernelBackend,
+        *,
+        size: int,
+        preload: list[str],
+        workspace: Path | None = None,
+    ) -> None:
         self.backend = backend
         self.size = size
         self.preload = preload
+        self.workspace = workspace
         self._ready: asyncio.Queue[Kernel] = asyncio.Queue()
         self._starting = 0
         self._wanted = asyncio.Event()
@@ -71,10 +86,18 @@ class KernelPool:
     def ready_count(self) -> int:
         return self._ready.qsize()
 
-    async def acquire(self, *, refill_now: bool = True, kernel_name: str | None = None) -> Kernel:
+    async def acquire(
+        self,
+        *,
+        refill_now: bool = True,
+        kernel_name: str | None = None,
+        owner: str | None = None,
+    ) -> Kernel:
         """A started kernel that nobody has used: from the pool, or started now.
 
         Args:
+            owner: ignored: every kernel of this pool shows its one workspace
+                (:class:`KernelPools` picks the pool by owner).
             refill_now: start the replacement at once. A caller about to run code
                 passes False and calls ``refill()`` when done: a kernel start is
                 about 0.5 s of CPU, and on a small machine it would slow that run.
@@ -149,7 +172,7 @@ class KernelPool:
         await asyncio.gather(*(self._discard(k) for k in set(kernels)), return_exceptions=True)
 
     async def _new_kernel(self, *, track: bool, kernel_name: str | None = None) -> Kernel:
-        kernel = await self.backend.start(kernel_name)
+        kernel = await self.backend.start(kernel_name, workspace=self.workspace)
         if track:
             self._live.add(kernel)
         try:
@@ -208,3 +231,126 @@ class KernelPool:
         self._live.discard(kernel)
         with contextlib.suppress(Exception):
             await kernel.shutdown(now=True)
+
+
+class KernelPools:
+    """One warm pool per workspace: a kernel is started for the projects folder it shows.
+
+    With one workspace (one principal, or a shared folder) this is one pool, made at
+    start, exactly as before. With a folder per principal, a principal's pool is made
+    when it first needs a kernel and closed once nobody used it for ``idle_after``
+    seconds, so idle principals hold no kernels. A task owned here closes them.
+
+    Args:
+        backend, size, preload: as for :class:`KernelPool`.
+        workspace_of: the workspace of a principal (``Workspaces.folder``).
+        default: the workspace whose pool is made at start and never closed for
+            idleness (None: none; every pool is made on first use).
+        idle_after: seconds an unused non-default pool lives.
+        clock: monotonic seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        backend: KernelBackend,
+        *,
+        size: int,
+        preload: list[str],
+        workspace_of: Callable[[str | None], Path | None],
+        default: Path | None,
+        idle_after: float = POOL_IDLE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.size = size
+        self.preload = preload
+        self.workspace_of = workspace_of
+        self.default = default
+        self.idle_after = idle_after
+        self.clock = clock
+        self._pools: dict[Path | None, KernelPool] = {}
+        self._used: dict[Path | None, float] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._culler: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    def pool(self, owner: str | None) -> KernelPool:
+        """The pool of ``owner``'s workspace, made (and filling) if it is new."""
+        if self._closed:
+            raise KernelError("the server is shutting down")
+        workspace = self.workspace_of(owner)
+        pool = self._pools.get(workspace)
+        if pool is None:
+            pool = self._pools[workspace] = KernelPool(
+                self.backend, size=self.size, preload=self.preload, workspace=workspace
+            )
+            if self._started:
+                self._begin(pool)
+        self._used[workspace] = self.clock()
+        return pool
+
+    @property
+    def pools(self) -> dict[Path | None, KernelPool]:
+        return dict(self._pools)
+
+    async def start(self) -> None:
+        self._started = True
+        if self.default is not None and self.default not in self._pools:
+            self._pools[self.default] = KernelPool(
+                self.backend, size=self.size, preload=self.preload, workspace=self.default
+            )
+            self._used[self.default] = self.clock()
+        for pool in self._pools.values():
+            self._begin(pool)
+        if self._culler is None:
+            self._culler = asyncio.create_task(self._cull_forever(), name="kernel-pools-cull")
+
+    def _begin(self, pool: KernelPool) -> None:
+        task = asyncio.ensure_future(pool.start())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def acquire(
+        self, *, owner: str | None = None, refill_now: bool = True, kernel_name: str | None = None
+    ) -> Kernel:
+        """``KernelPool.acquire`` on the pool of ``owner``'s workspace."""
+        return await self.pool(owner).acquire(refill_now=refill_now, kernel_name=kernel_name)
+
+    def refill(self, owner: str | None = None) -> None:
+        pool = self._pools.get(self.workspace_of(owner))
+        if pool is not None:
+            pool.refill()
+
+    async def close(self) -> None:
+        self._closed = True
+        await stop_task(self._culler)
+        self._culler = None
+        pools, self._pools = list(self._pools.values()), {}
+        await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+        while self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    def cull_idle(self) -> int:
+        """Close the pools (but the default one) nobody used for ``idle_after`` seconds;
+        returns how many. Their kernels end in a task owned here."""
+        now = self.clock()
+        idle = [
+            workspace
+            for workspace, used in self._used.items()
+            if workspace != self.default and now - used >= self.idle_after
+        ]
+        for workspace in idle:
+            self._used.pop(workspace, None)
+            pool = self._pools.pop(workspace, None)
+            if pool is not None:
+                task = asyncio.ensure_future(pool.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        return len(idle)
+
+    async def _cull_forever(self) -> None:
+        period = max(1.0, min(self.idle_after / 4, 60.0))
+        while True:
+            await asyncio.sleep(period)
+            self.cull_idle()

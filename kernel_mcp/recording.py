@@ -408,25 +408,30 @@ class Recorder:
             recording.close()
 
     # -- recordings ---------------------------------------------------------------
-    def _header(self, stem: str, kernel_info: dict[str, Any]) -> bytes:
+    def _header(self, stem: str, kernel_info: dict[str, Any], projects_dir: Path | None) -> bytes:
         return _line(
             {
                 "kernel_mcp_journal": JOURNAL_FORMAT,
                 "session": stem,
-                "projects_dir": str(self.projects_dir),
+                "projects_dir": str(projects_dir or self.projects_dir),
                 "metadata": dict(notebook_for(kernel_info).metadata),
             }
         )
 
-    def create(self, stem: str, kernel_info: dict[str, Any]) -> Recording:
+    def create(
+        self, stem: str, kernel_info: dict[str, Any], *, projects_dir: Path | None = None
+    ) -> Recording:
         """A new recording for a session; never reuses a file an earlier session left.
+
+        ``projects_dir`` is the session's own projects folder (its owner's workspace),
+        which the re-run set-up cell changes to; None: the Recorder's.
 
         Blocking (it creates files): call it in a thread. A folder that cannot be
         written leaves the recording unclaimed with ``failure`` set; it is claimed
         with the first run that can be written.
         """
         recording = Recording(self.store, stem=stem)
-        recording._header = self._header(stem, kernel_info)
+        recording._header = self._header(stem, kernel_info, projects_dir)
         self._live[id(recording)] = recording
         with recording._lock:
             try:

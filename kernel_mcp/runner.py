@@ -16,10 +16,10 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nbformat import NotebookNode
 
@@ -54,10 +54,12 @@ from kernel_mcp.paths import (
     read_project_file,
     write_project_file,
 )
-from kernel_mcp.pool import KernelPool
+from kernel_mcp.pool import KernelPool, KernelPools
 from kernel_mcp.recording import Recorder, Recording, describe_os_error
 from kernel_mcp.runs import RUNS_MARKERS, Run, RunHooks, RunRegistry
 from kernel_mcp.sessions import Session, SessionRegistry
+from kernel_mcp.tasks import wait_within
+from kernel_mcp.workspaces import MIB, QuotaWatch, Workspaces
 
 __all__ = [
     "NotebookOutcome",
@@ -69,6 +71,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,9 +197,20 @@ class Runner:
         self.settings = settings
         self.deployment = deployment or deployment_for(settings)
         self.backend = self.deployment.backend
-        self.pool = KernelPool(self.backend, size=settings.pool_size, preload=settings.preload)
+        self.workspaces = Workspaces(
+            settings.projects_dir,
+            per_principal=settings.per_principal_projects,
+            quota_bytes=settings.projects_quota_mb * MIB,
+        )
+        self.pools = KernelPools(
+            self.backend,
+            size=settings.pool_size,
+            preload=settings.preload,
+            workspace_of=self._kernel_workspace,
+            default=None if self.workspaces.per_principal else settings.projects_dir,
+        )
         self.sessions = SessionRegistry(
-            self.pool,
+            self.pools,
             self.deployment.store,
             kernels=self.deployment.kernels,
             max_sessions=settings.max_sessions,
@@ -240,31 +254,47 @@ class Runner:
         await self.sessions.start()
         await self.recorder.start()
         await self.runs.start()
-        await self.pool.start()
+        await self.pools.start()
+
+    @property
+    def pool(self) -> KernelPool:
+        """The warm pool of the principal-less workspace (benchmarks and tests)."""
+        return self.pools.pool(None)
+
+    def _kernel_workspace(self, owner: str | None) -> Path | None:
+        """The folder a kernel for ``owner`` is started for. A remote kernel sees no
+        local folder, so one pool serves every principal there."""
+        if not self.backend.local:
+            return None
+        return self.workspaces.folder(owner)
 
     async def close(self) -> None:
         """Stop every run, shut every kernel down, write every recording, wait for every task."""
         await self.runs.close()
         await self.sessions.close()
-        await self.pool.close()
+        await self.pools.close()
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         await self.recorder.close()
         await self.backend.close()
 
     @contextlib.asynccontextmanager
-    async def _fresh_kernel(self, kernel_name: str | None = None) -> AsyncIterator[Kernel]:
+    async def _fresh_kernel(
+        self, kernel_name: str | None = None, owner: str | None = None
+    ) -> AsyncIterator[Kernel]:
         """A never-used kernel for one run, within the fresh-run cap; killed afterwards."""
         async with self._fresh:
             # The replacement starts after the run: on 2 cores a kernel start (0.5 s
             # of CPU) next to the run slowed it by ~15 ms (docs/benchmarks.md).
-            kernel = await self.pool.acquire(refill_now=False, kernel_name=kernel_name)
+            kernel = await self.pools.acquire(
+                owner=owner, refill_now=False, kernel_name=kernel_name
+            )
             try:
                 yield kernel
             finally:
                 # Fresh kernels serve one run only. Stopping it need not delay the reply.
                 self._spawn(kernel.shutdown(now=True))
-                self.pool.refill()
+                self.pools.refill(owner)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -272,19 +302,21 @@ class Runner:
         task.add_done_callback(self._background.discard)
 
     # -- files -------------------------------------------------------------------
-    def read_file(self, file_name: str, *, suffixes: tuple[str, ...] = (".py",)) -> ProjectFile:
+    def read_file(
+        self, file_name: str, *, owner: str | None, suffixes: tuple[str, ...] = (".py",)
+    ) -> ProjectFile:
         return read_project_file(
-            self.settings.projects_dir,
+            self.workspaces.folder(owner),
             file_name,
             suffixes=suffixes,
             max_bytes=self.settings.max_file_bytes,
             allow_hardlinks=self.settings.allow_hardlinks,
         )
 
-    def read_text(self, name: str) -> ProjectFile:
+    def read_text(self, name: str, *, owner: str | None) -> ProjectFile:
         """A text file the agent may read back (the write_file endings), through the guard."""
         return read_project_file(
-            self.settings.projects_dir,
+            self.workspaces.folder(owner),
             name,
             suffixes=tuple(self.settings.write_suffixes),
             max_bytes=self.settings.max_file_bytes,
@@ -292,10 +324,19 @@ class Runner:
             action="read",
         )
 
-    def write_file(self, name: str, content: str, *, overwrite: bool) -> WrittenFile:
-        """Write a text file beneath the projects folder (atomic, through no symlink)."""
+    def write_file(
+        self, name: str, content: str, *, owner: str | None, overwrite: bool
+    ) -> WrittenFile:
+        """Write a text file beneath the owner's projects folder (atomic, through no symlink).
+
+        Blocking: call it in a thread.
+
+        Raises:
+            QuotaExceeded: the folder would go over KERNEL_MCP_PROJECTS_QUOTA_MB.
+        """
+        self.workspaces.check_room(owner, len(content.encode("utf-8", "surrogatepass")))
         return write_project_file(
-            self.settings.projects_dir,
+            self.workspaces.folder(owner),
             name,
             content,
             suffixes=tuple(self.settings.write_suffixes),
@@ -304,13 +345,12 @@ class Runner:
             mode=self.notebooks.shared_mode,
         )
 
-    async def list_files(self, pattern: str) -> FileListing:
+    async def list_files(self, pattern: str, *, owner: str | None) -> FileListing:
         """Files matching ``pattern``; the walk is bounded and stops if the caller goes away."""
         cancel = threading.Event()
+        folder = self.workspaces.folder(owner)
         walk = asyncio.ensure_future(
-            asyncio.to_thread(
-                list_project_files, self.settings.projects_dir, pattern, cancel=cancel
-            )
+            asyncio.to_thread(list_project_files, folder, pattern, cancel=cancel)
         )
         try:
             return await asyncio.shield(walk)
@@ -326,13 +366,13 @@ class Runner:
         Raises:
             PathRefused, FileNotFound, InvalidArgument: before anything runs.
         """
-        project = self.read_file(file_name)
+        project = self.read_file(file_name, owner=options.owner)
         return self._request(
             options,
             code=project.source,
             tool="run_python",
             record_as=file_cell_source(project.relative, project.source),
-            preamble=_file_preamble(project, self.settings.projects_dir),
+            preamble=_file_preamble(project, self.workspaces.folder(options.owner)),
             file=project.relative,
             stem=Path(project.relative).stem,
         )
@@ -395,6 +435,44 @@ class Runner:
             notes.append(f"timeout {requested:g} s is above {name}; {limit:g} s applies.")
         return limit
 
+    async def _watched(
+        self,
+        owner: str | None,
+        kernel: Kernel,
+        execute: Callable[[Kernel], Awaitable[T]],
+        notes: list[str],
+    ) -> T:
+        """``execute(kernel)``, stopped if it grows the owner's projects folder past its cap.
+
+        Only local kernels write to the folder; a remote kernel's is its own.
+        """
+        if not self.workspaces.quota_bytes or not self.backend.local:
+            return await execute(kernel)
+        grace = self.settings.interrupt_grace
+        finished = asyncio.Event()
+
+        async def kill_if_still_running() -> None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await wait_within(finished.wait(), grace)
+            if not finished.is_set():
+                await kernel.kill()
+
+        async def stop() -> None:
+            # As for a timeout: interrupt, and kill what ignores it for the grace.
+            await kernel.interrupt()
+            self._spawn(kill_if_still_running())
+
+        watch = QuotaWatch(
+            self.workspaces.folder(owner), quota_bytes=self.workspaces.quota_bytes, stop=stop
+        )
+        try:
+            async with watch:
+                result = await execute(kernel)
+        finally:
+            finished.set()
+        notes.extend(watch.notes())
+        return result
+
     async def run(self, request: RunRequest) -> RunOutcome:
         """Run one request: fresh, or in its session (recorded there)."""
         notes: list[str] = []
@@ -414,8 +492,8 @@ class Runner:
             )
 
         if request.session_id is None:
-            async with self._fresh_kernel(request.kernel) as kernel:
-                execution = await execute(kernel)
+            async with self._fresh_kernel(request.kernel, request.owner) as kernel:
+                execution = await self._watched(request.owner, kernel, execute, notes)
             if request.file is not None:
                 execution = as_program_exit(execution)
             outcome = RunOutcome(execution, file=request.file, notes=notes)
@@ -427,7 +505,7 @@ class Runner:
             if session.lost_state:
                 notes.append(f"New kernel: {session.lost_state}.")
                 session.lost_state = None
-            execution = await execute(kernel)
+            execution = await self._watched(request.owner, kernel, execute, notes)
             if request.file is not None:
                 execution = as_program_exit(execution)
             recording = await self._recording(session, kernel)
@@ -453,7 +531,8 @@ class Runner:
         self, request: RunRequest, kernel: Kernel, execution: Execution, outcome: RunOutcome
     ) -> None:
         nb = notebook_for(kernel.kernel_info)
-        nb.cells.append(setup_cell(self.settings.projects_dir, self.notebooks.root / RUNS))
+        workspace = self.workspaces.folder(request.owner)
+        nb.cells.append(setup_cell(workspace, self.notebooks.root / RUNS))
         nb.cells.append(code_cell(request.record_as, execution, request.tool))
         try:
             path = await asyncio.to_thread(self.notebooks.save_single, request.stem, nb)
@@ -499,7 +578,10 @@ class Runner:
         """The recording is made before the session's record, which names it."""
         assert session.kernel is not None
         recording = await asyncio.to_thread(
-            self.recorder.create, session.name, session.kernel.kernel_info
+            self.recorder.create,
+            session.name,
+            session.kernel.kernel_info,
+            projects_dir=self.workspaces.folder(session.owner),
         )
         self._recordings[session.id] = recording
         if recording.path is not None:
@@ -527,7 +609,10 @@ class Runner:
         if recording is None:
             # The folder refused it at create time: claim a name now.
             recording = await asyncio.to_thread(
-                self.recorder.create, session.name, kernel.kernel_info
+                self.recorder.create,
+                session.name,
+                kernel.kernel_info,
+                projects_dir=self.workspaces.folder(session.owner),
             )
         if recording.path is not None and session.notebook is None:
             session.notebook = recording.path.relative_to(self.notebooks.root).as_posix()
@@ -649,7 +734,7 @@ class Runner:
         Raises:
             PathRefused, FileNotFound, InvalidNotebook, InvalidArgument: before anything runs.
         """
-        project = self.read_file(notebook_path, suffixes=(".ipynb",))
+        project = self.read_file(notebook_path, owner=owner, suffixes=(".ipynb",))
         nb = parse_notebook(project.source, project.relative)
         if parameters is not None:
             if not isinstance(parameters, dict):
@@ -698,15 +783,15 @@ class Runner:
             )
 
         if request.session_id is None:
-            async with self._fresh_kernel(request.kernel) as kernel:
-                run = await execute(kernel)
+            async with self._fresh_kernel(request.kernel, request.owner) as kernel:
+                run = await self._watched(request.owner, kernel, execute, notes)
         else:
 
             async def in_session(session: Session, kernel: Kernel) -> NotebookRun:
                 if session.lost_state:
                     notes.append(f"New kernel: {session.lost_state}.")
                     session.lost_state = None
-                run = await execute(kernel)
+                run = await self._watched(request.owner, kernel, execute, notes)
                 # The session's own notebook records what ran in its kernel.
                 recording = await self._recording(session, kernel)
                 ran = [c.index for c in run.cells if c.status not in ("skipped", "not_run")]

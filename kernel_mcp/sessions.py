@@ -50,13 +50,13 @@ from kernel_mcp.errors import (
 )
 from kernel_mcp.kernel import Kernel
 from kernel_mcp.paths import validate_name
-from kernel_mcp.pool import KernelPool
 from kernel_mcp.tasks import shielded_to_end, stop_task
 
 __all__ = [
     "Claim",
     "InProcessStore",
     "InterruptHandler",
+    "KernelSource",
     "RemoteKernels",
     "Session",
     "SessionRecord",
@@ -272,6 +272,13 @@ class SessionStore(Protocol):
     async def resign(self, role: str) -> None: ...
 
 
+class KernelSource(Protocol):
+    """Where a session's new kernels come from (the warm pools)."""
+
+    async def acquire(self, *, kernel_name: str | None = None, owner: str | None = None) -> Kernel:
+        """A started kernel nobody has used, for ``owner``'s workspace."""
+
+
 class RemoteKernels(Protocol):
     """Kernels any replica can reach by id (a gateway's)."""
 
@@ -406,7 +413,7 @@ class SessionRegistry:
     """Every session this process serves, their limits, culling and kernels.
 
     Args:
-        pool: where new kernels come from.
+        pool: where new kernels come from (for the session owner's workspace).
         store: where records live (``InProcessStore()`` unless replicas share them).
         kernels: how to reach a kernel by id; needed when ``store.durable``.
         max_sessions: open sessions, over all principals.
@@ -419,7 +426,7 @@ class SessionRegistry:
 
     def __init__(
         self,
-        pool: KernelPool,
+        pool: KernelSource,
         store: SessionStore,
         *,
         kernels: RemoteKernels | None = None,
@@ -541,7 +548,7 @@ class SessionRegistry:
         # with one name, in any process, make one session.
         await self.store.reserve(record, self.max_sessions)
         try:
-            kernel = await self.pool.acquire(kernel_name=kernel_name)
+            kernel = await self.pool.acquire(kernel_name=kernel_name, owner=owner)
         except BaseException:
             await shielded_to_end(self.store.unreserve(record))
             raise
@@ -793,7 +800,9 @@ class SessionRegistry:
             await old.shutdown(now=True)
         elif session.record.kernel_id:
             await self._delete_kernel(session.record.kernel_id)
-        session.kernel = await self.pool.acquire(kernel_name=session.record.kernel_name)
+        session.kernel = await self.pool.acquire(
+            kernel_name=session.record.kernel_name, owner=session.owner
+        )
         session.record.kernel_id = session.kernel.process.kernel_id
         session.lost_state = f"{lost}; the session's state was lost" if lost else None
 

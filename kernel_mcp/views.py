@@ -21,14 +21,19 @@ __all__ = [
     "FileList",
     "FileText",
     "FileWritten",
+    "FolderInfo",
     "KernelList",
     "KernelView",
+    "LimitsInfo",
     "NotebookReport",
+    "ProjectsInfo",
     "RunList",
     "RunReport",
     "RunStatus",
     "RunSummary",
     "RunView",
+    "SandboxInfo",
+    "ServerInfo",
     "SessionAction",
     "SessionList",
     "SessionView",
@@ -232,3 +237,65 @@ class FileText(BaseModel):
     last_line: int
     total_lines: int
     truncated: bool = Field(description="More lines follow: read again with offset=last_line+1")
+
+
+class FolderInfo(BaseModel):
+    path: str = Field(description="Absolute path on the server's machine")
+    origin: Literal["setting", "working directory", "per-user folder"] = Field(
+        description="Why this folder: a setting names it | the server's working directory "
+        "has python_projects/ | no setting and no such working directory: ~/kernel-mcp"
+    )
+
+
+class ProjectsInfo(FolderInfo):
+    own: bool = Field(
+        description="This is your own folder below the configured one: with several "
+        "principals each has its own, and nobody else's code sees it",
+    )
+
+
+class SandboxInfo(BaseModel):
+    on: bool = Field(description="Local kernels run in kernel-mcp's sandbox")
+    description: str = Field(description="What the sandbox is, or why it is off")
+    network: bool = Field(description="Kernels may reach the network")
+    projects_writable: bool = Field(description="Kernels may write to the projects folder")
+
+
+class LimitsInfo(BaseModel):
+    timeout_s: float = Field(description="Default time limit of a call (per cell for notebooks)")
+    max_timeout_s: float = Field(description="Largest `timeout` a call may ask for")
+    background_max_timeout_s: float = Field(description="Time limit of a background run")
+    notebook_timeout_s: float = Field(description="Total time cap of one run_notebook")
+    interrupt_grace_s: float = Field(description="After an interrupt, seconds before a kill")
+    memory_limit_mb: int | None = Field(
+        description="Memory limit per kernel, MiB; null: none is enforced here (turned off, "
+        "not Linux, or remote kernels limited where they run)"
+    )
+    max_sessions: int = Field(description="Open sessions, over all principals")
+    session_idle_timeout_s: float = Field(
+        description="Idle seconds before a session closes; 0: never"
+    )
+    max_fresh_runs: int = Field(description="Session-less runs at once; more wait their turn")
+    run_retention_s: float = Field(description="Seconds a finished background run is kept")
+    max_file_bytes: int = Field(description="Largest file or snippet that may run")
+    projects_quota_mb: int | None = Field(
+        description="Disk your projects folder may use, MiB; null: no cap"
+    )
+    write_suffixes: list[str] = Field(description="File endings write_file and read_file take")
+    max_stream_chars: int = Field(description="Characters a reply keeps of each stream")
+    max_images: int = Field(description="Images inlined in one reply")
+    max_image_bytes: int = Field(description="Largest image inlined, decoded bytes")
+    max_reply_bytes: int = Field(description="Budget of a whole reply, bytes")
+
+
+class ServerInfo(BaseModel):
+    """What server_info returns: where files go, what limits apply, what isolates code."""
+
+    version: str
+    projects: ProjectsInfo = Field(description="run_python runs files from here; the kernels' cwd")
+    notebooks: FolderInfo = Field(description="Session recordings, exports, executed notebooks")
+    backend: str = Field(description="local | gateway (kernels on a Jupyter gateway)")
+    sandbox: SandboxInfo
+    limits: LimitsInfo
+    kernels: list[str] = Field(description="Kernelspecs you may choose, the default first")
+    platform: str = Field(description="The server's operating system (sys.platform)")

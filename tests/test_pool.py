@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from kernel_mcp.backend import LocalBackend
 from kernel_mcp.config import load_settings
 from kernel_mcp.errors import KernelError
 from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Kernel
-from kernel_mcp.pool import KernelPool
+from kernel_mcp.pool import KernelPool, KernelPools
 from tests.helpers import wait_for
 from tests.launchers import PID_NAMESPACE, alive, host_pids, kernel_processes, wait_until
 
@@ -44,12 +45,14 @@ class RecordingBackend:
         """Starts begun (``started`` holds those that ended ready)."""
         self.starting = self.most_at_once = 0
 
-    async def start(self, kernel_name: str | None = None) -> Kernel:
+    async def start(
+        self, kernel_name: str | None = None, *, workspace: Path | None = None
+    ) -> Kernel:
         self.asked += 1
         self.starting += 1
         self.most_at_once = max(self.most_at_once, self.starting)
         try:
-            kernel = await self.inner.start(kernel_name)
+            kernel = await self.inner.start(kernel_name, workspace=workspace)
         finally:
             self.starting -= 1
         self.started.append(kernel)
@@ -324,3 +327,97 @@ async def test_a_deferred_refill_starts_only_when_asked(tmp_path_factory):
     finally:
         await pool.close()
         await backend.close()
+
+
+# -- one pool per workspace ------------------------------------------------------------
+class StubKernel:
+    """What a pool does with a kernel, without a process: it is alive until shut down."""
+
+    def __init__(self, workspace: Path | None) -> None:
+        self.workspace = workspace
+        self.dead = False
+
+    async def prepare(self, preload: list[str]) -> None:
+        return None
+
+    async def is_alive(self) -> bool:
+        return not self.dead
+
+    async def shutdown(self, *, now: bool = False) -> None:
+        self.dead = True
+
+
+class StubBackend:
+    """Starts stub kernels at once; remembers them (the pools' logic alone is tested)."""
+
+    name = "stub"
+    local = True
+    sandboxed = False
+    cheap_starts = True
+
+    def __init__(self) -> None:
+        self.started: list[StubKernel] = []
+
+    async def start(self, kernel_name: str | None = None, *, workspace: Path | None = None) -> Any:
+        kernel = StubKernel(workspace)
+        self.started.append(kernel)
+        return kernel
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_each_workspace_gets_kernels_started_for_it(tmp_path: Path) -> None:
+    backend = StubBackend()
+    pools = KernelPools(
+        backend, size=1, preload=[], workspace_of=lambda owner: tmp_path / str(owner), default=None
+    )
+    await pools.start()
+    try:
+        assert pools.pools == {}  # a folder per principal: nothing is warmed before use
+        alice = await pools.acquire(owner="alice")
+        bob = await pools.acquire(owner="bob")
+        assert alice.workspace == tmp_path / "alice" and bob.workspace == tmp_path / "bob"
+        assert set(pools.pools) == {tmp_path / "alice", tmp_path / "bob"}
+        await pools.pool("alice").wait_full(timeout=10)
+        assert all(k.workspace == tmp_path / "alice" for k in backend.started if k is not bob)
+    finally:
+        await pools.close()
+    assert all(kernel.dead for kernel in backend.started if kernel not in (alice, bob))
+
+
+async def test_a_workspace_pool_nobody_used_for_a_while_is_closed_but_the_default_is_kept(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    backend = StubBackend()
+    pools = KernelPools(
+        backend,
+        size=1,
+        preload=[],
+        workspace_of=lambda owner: tmp_path / (owner or "shared"),
+        default=tmp_path / "shared",
+        idle_after=600,
+        clock=lambda: now[0],
+    )
+    await pools.start()
+    try:
+        await pools.pool(None).wait_full(timeout=10)
+        await pools.acquire(owner="alice")
+        alice_pool = pools.pool("alice")
+        await alice_pool.wait_full(timeout=10)
+        now[0] = 599.0
+        assert pools.cull_idle() == 0
+        now[0] = 1300.0
+        assert pools.cull_idle() == 1
+        assert set(pools.pools) == {tmp_path / "shared"}
+        await wait_for(lambda: _all_dead(alice_pool), timeout=10)
+        # Used again: a new pool, warm again.
+        await pools.acquire(owner="alice")
+        assert tmp_path / "alice" in pools.pools
+    finally:
+        await pools.close()
+
+
+async def _all_dead(pool: KernelPool) -> bool:
+    return pool.ready_count == 0 and pool._closed

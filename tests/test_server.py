@@ -38,6 +38,7 @@ async def test_tools_are_listed_with_output_schemas(client):
         "list_kernels",
         "write_file",
         "read_file",
+        "server_info",
     } <= set(tools)
     schema = tools["run_python"].output_schema
     assert schema is not None
@@ -73,6 +74,7 @@ async def test_tool_annotations_tell_clients_the_truth(client):
         "list_runs",
         "get_run",
         "read_file",
+        "server_info",
     ):
         hints = tools[name].annotations
         assert hints.read_only_hint is True and hints.idempotent_hint is True, name

@@ -154,6 +154,9 @@ async def test_a_notebook_runs_in_the_background(runs_server):
     projects = Path(runs_server.env["PYTHON_PROJECTS_DIR"])
     assert (projects / "report.ipynb").exists()
     async with client_for("mcp", runs_server, auth=TOKEN_A) as client:
+        # Two principals: each has a projects folder of its own.
+        source = (projects / "report.ipynb").read_text()
+        await call(client, "write_file", path="report.ipynb", content=source, overwrite=True)
         started = structured(
             await call(
                 client,

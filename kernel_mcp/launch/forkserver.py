@@ -73,7 +73,6 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.session import Session, new_id_bytes
 
 from kernel_mcp.kernel import KERNEL_SETUP, Kernel, setup_config
-from kernel_mcp.launch import template as template_module
 from kernel_mcp.launch.cgroups import KernelCgroup
 from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.ready import wait_ready
@@ -98,7 +97,9 @@ ANSWER_TIMEOUT = 5.0
 SHUTDOWN_WAIT = 5.0
 #: Pauses before trying a failed template again, seconds (then the last, forever).
 RETRY_PAUSES = (5.0, 15.0, 60.0)
-_TEMPLATE_SOURCE = Path(template_module.__file__).read_text(encoding="utf-8")
+# Read, not imported: the template is a Linux-only script (resource, fcntl) run by
+# the kernel's interpreter; importing it here would make this module Linux-only.
+_TEMPLATE_SOURCE = Path(__file__).with_name("template.py").read_text(encoding="utf-8")
 #: What the template's (and so every forked kernel's) command line shows.
 TEMPLATE_NAME = "kernel-mcp-fork-template.py"
 #: The kernels' set-up code, which the template compiles once (a file, not an argument:
@@ -579,6 +580,7 @@ class ForkServer:
             backend's, so that spawned and forked kernels get the same limits.
         limits: output caps for the Kernel objects.
         memory_bytes: RLIMIT_AS per kernel (0: none).
+        max_file_bytes: RLIMIT_FSIZE per kernel (0: none).
     """
 
     def __init__(
@@ -594,6 +596,7 @@ class ForkServer:
         new_cgroup: Callable[[], KernelCgroup | None],
         limits: OutputLimits,
         memory_bytes: int,
+        max_file_bytes: int = 0,
     ) -> None:
         self.kernel_name = kernel_name
         self.preload = list(preload)
@@ -605,6 +608,7 @@ class ForkServer:
         self.new_cgroup = new_cgroup
         self.limits = limits
         self.memory_bytes = memory_bytes
+        self.max_file_bytes = max_file_bytes
         self.template: _Template | None = None
         self._retired: list[_Template] = []
         self._starting: asyncio.Task[_Template | None] | None = None
@@ -620,10 +624,11 @@ class ForkServer:
     def namespaced(self) -> bool:
         return self.sandbox is not None
 
-    async def start_kernel(self) -> Kernel | None:
+    async def start_kernel(self, *, workspace: Path | None = None) -> Kernel | None:
         """A ready kernel from the template, or None: the caller spawns one instead.
 
-        Raises only the caller's own cancellation.
+        ``workspace``: its projects folder (None: ``projects``); sandboxed, the only
+        part of ``projects`` it sees. Raises only the caller's own cancellation.
         """
         if self._closed:
             return None
@@ -632,7 +637,7 @@ class ForkServer:
             self.fallbacks += 1
             return None
         try:
-            kernel = await self._fork(template)
+            kernel = await self._fork(template, workspace or self.projects)
         except asyncio.CancelledError:
             raise
         except _Unanswered as exc:
@@ -830,7 +835,7 @@ class ForkServer:
         template._reader = asyncio.ensure_future(template.read_forever())
 
     # -- one fork ---------------------------------------------------------------------------
-    async def _fork(self, template: _Template) -> Kernel:
+    async def _fork(self, template: _Template, workspace: Path) -> Kernel:
         kernel_id = uuid.uuid4().hex
         name = kernel_id[:12]
         folder = self.folder / name
@@ -858,7 +863,11 @@ class ForkServer:
             "id": kernel_id,
             "connection_file": str(connection_file),
             "folder": str(folder),
-            "cwd": str(self.projects),
+            "cwd": str(workspace),
+            # A principal's own folder below the projects folder: the rest is hidden.
+            "projects": str(self.projects),
+            "workspace": str(workspace) if workspace != self.projects else None,
+            "projects_readonly": bool(sandbox and not sandbox.policy.projects_writable),
             "env": env,
             "arguments": list(template.flavour.arguments),
             "namespaces": sandbox is not None,
@@ -868,6 +877,7 @@ class ForkServer:
             "keep": template.keep,
             "tmp_bytes": sandbox.policy.tmp_bytes if sandbox else 0,
             "memory_bytes": self.memory_bytes,
+            "max_file_bytes": self.max_file_bytes,
             "max_tasks": sandbox.policy.max_tasks if sandbox else 0,
             "setup": setup_config(self.limits, list(template.flavour.preload)),
         }

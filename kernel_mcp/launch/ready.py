@@ -49,15 +49,24 @@ async def wait_ready(
             msg_id, asked = client.kernel_info(), now
         shell = asyncio.ensure_future(client.get_shell_msg(timeout=0.05))
         iopub = asyncio.ensure_future(client.get_iopub_msg(timeout=0.05))
-        for name, task in (("shell", shell), ("iopub", iopub)):
-            try:
-                msg = await task
-            except (queue.Empty, asyncio.TimeoutError, ValueError):
-                continue
-            if name == "iopub":
-                heard_iopub = True
-            elif msg.get("parent_header", {}).get("msg_id") == msg_id or (
-                msg.get("msg_type") == "kernel_info_reply" and info is None
-            ):
-                info = dict(msg.get("content") or {})
+        try:
+            for name, task in (("shell", shell), ("iopub", iopub)):
+                try:
+                    msg = await task
+                except (queue.Empty, asyncio.TimeoutError, ValueError):
+                    continue
+                if name == "iopub":
+                    heard_iopub = True
+                elif msg.get("parent_header", {}).get("msg_id") == msg_id or (
+                    msg.get("msg_type") == "kernel_info_reply" and info is None
+                ):
+                    info = dict(msg.get("content") or {})
+        finally:
+            # Cancelled while awaiting shell (a start the server gave up on): the
+            # IOPub read would end in Empty that nobody retrieves, logged as
+            # "Task exception was never retrieved".
+            if not iopub.done():
+                iopub.cancel()
+            elif not iopub.cancelled():
+                iopub.exception()
     return info

@@ -68,7 +68,6 @@ import functools
 import json
 import logging
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -143,18 +142,19 @@ SITE_MOUNT = "/run/kernel-mcp/site"
 CONNECTION_BYTES = 65536
 
 # Runs inside the sandbox as the kernel's first process, then becomes the kernel.
-# argv: memory limit bytes, task limit, then the kernel's own argv.
+# argv: memory limit bytes, task limit, file size limit, then the kernel's own argv.
 # * rlimits here, not with prlimit on bwrap, which would limit bwrap only;
 # * setsid: the kernel leads its own process group, so ipykernel's interrupt
 #   handler signals the group (the kernel and the processes it started), as it
 #   would outside the sandbox.
 LAUNCHER = (
     "import os, resource, sys\n"
-    "memory, tasks = int(sys.argv[1]), int(sys.argv[2])\n"
+    "memory, tasks, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])\n"
     "if memory: resource.setrlimit(resource.RLIMIT_AS, (memory, memory))\n"
     "if tasks: resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))\n"
+    "if size: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))\n"
     "os.setsid()\n"
-    "os.execvp(sys.argv[3], sys.argv[3:])\n"
+    "os.execvp(sys.argv[4], sys.argv[4:])\n"
 )
 
 
@@ -354,6 +354,8 @@ class SandboxPolicy:
     tmp_bytes: int = 1024 * 2**20
     max_tasks: int = 512
     memory_bytes: int = 0
+    max_file_bytes: int = 0
+    """RLIMIT_FSIZE: no file a kernel writes grows past its projects folder's cap."""
     hidden: tuple[Path, ...] = ()
     """Folders masked with an empty one where they fall inside a shared folder."""
     hidden_files: tuple[Path, ...] = ()
@@ -373,6 +375,7 @@ class SandboxPolicy:
             tmp_bytes=settings.sandbox_tmp_mb * 2**20,
             max_tasks=settings.sandbox_max_tasks,
             memory_bytes=settings.memory_limit_mb * 2**20,
+            max_file_bytes=settings.projects_quota_mb * 2**20,
             hidden=(settings.notebooks_dir,),
             hidden_files=(server_cwd / ".env",),
             home=str(Path(home).resolve()) if Path(home).exists() else home,
@@ -500,12 +503,15 @@ class Sandbox:
         connection: Path | None = None,
         kernelspec_dir: str | None = None,
         private: bool = True,
+        workspace: Path | None = None,
     ) -> list[Mount]:
         """Every mount, ordered. ``shared``: read-write folders (the template's);
         ``connection``: the kernel's connection folder, made private.
 
         ``private=False`` leaves out the per-kernel tmpfs (/tmp, $HOME, /dev/shm) for a
         process that makes them itself for each child (the fork template).
+        ``workspace``: the kernel's own projects folder, in place of the whole projects
+        folder (a principal's, below it: the rest of it stays out of sight).
         """
         self._write_etc()
         policy = self.policy
@@ -535,7 +541,7 @@ class Sandbox:
         for path in policy.read_paths:
             if path.exists():
                 mounts.append(Mount(str(path), "ro", source=str(path)))
-        projects = str(policy.projects)
+        projects = str(workspace or policy.projects)
         mounts.append(Mount(projects, "rw" if policy.projects_writable else "ro", source=projects))
         for folder in shared:
             mounts.append(Mount(str(folder), "rw", source=str(folder)))
@@ -562,8 +568,10 @@ class Sandbox:
         kernel_dir: Path,
         kernelspec_dir: str | None = None,
         seccomp_fd: int | None = None,
+        workspace: Path | None = None,
     ) -> list[str]:
-        """``argv`` (a kernelspec's formatted command) run inside a fresh sandbox.
+        """``argv`` (a kernelspec's formatted command) run inside a fresh sandbox, working
+        in ``workspace`` (None: the projects folder), the only projects folder it sees.
 
         ``seccomp_fd``: an fd the launched bwrap inherits, open on the compiled filter
         (``Sandbox.seccomp``), which bwrap reads and loads before the kernel starts.
@@ -573,7 +581,10 @@ class Sandbox:
             interpreters.append(argv[0])
         args = [self.bwrap.path, *self.namespace_args()]
         for mount in self.mounts(
-            interpreters=interpreters, connection=kernel_dir, kernelspec_dir=kernelspec_dir
+            interpreters=interpreters,
+            connection=kernel_dir,
+            kernelspec_dir=kernelspec_dir,
+            workspace=workspace,
         ):
             args += mount.args()
         # Last, once every mount point exists: bwrap's root (a tmpfs: /etc, /home and
@@ -582,13 +593,14 @@ class Sandbox:
         args += ["--remount-ro", "/dev", "--remount-ro", "/"]
         if seccomp_fd is not None:
             args += ["--seccomp", str(seccomp_fd)]
-        args += ["--chdir", str(self.policy.projects), "--"]
+        args += ["--chdir", str(workspace or self.policy.projects), "--"]
         launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER]
         return [
             *args,
             *launcher,
             str(self.policy.memory_bytes),
             str(self.policy.max_tasks),
+            str(self.policy.max_file_bytes),
             *argv,
         ]
 
@@ -624,6 +636,8 @@ class Sandbox:
         if self._written:
             return
         self.etc_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        import pwd  # Unix only; imported here so that the module imports everywhere
+
         uid, gid = os.getuid(), os.getgid()
         try:
             name = pwd.getpwuid(uid).pw_name

@@ -567,9 +567,16 @@ def _private_mounts(request: dict) -> None:
     # stays reachable by fd once a tmpfs hides its path. Opened in this mount
     # namespace: a bind's source must be one of its own mounts.
     connection = os.path.join(request["folder"], "kernel.json")
+    kept = [*request["keep"], (connection, True)]
+    workspace = request.get("workspace")
+    if workspace:
+        # A principal's own folder: nothing else of the projects folder stays in sight.
+        projects = request["projects"]
+        kept = [(path, ro) for path, ro in kept if not _below(path, projects)]
+        kept.append((workspace, request["projects_readonly"]))
     keep = [
         (path, readonly, os.open(path, os.O_PATH | os.O_CLOEXEC))
-        for path, readonly in [*request["keep"], (connection, True)]
+        for path, readonly in kept
         if os.path.exists(path)
     ]
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -579,6 +586,8 @@ def _private_mounts(request: dict) -> None:
     _cover_proc()
     size = request["tmp_bytes"]
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+    # A $HOME below /tmp (HOME=/tmp in many containers) is gone under the new /tmp.
+    os.makedirs(request["home"], exist_ok=True)
     _mount("tmpfs", request["home"], "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0700")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
     # Its own pseudo-terminals: the template's devpts is every kernel's.
@@ -592,6 +601,8 @@ def _private_mounts(request: dict) -> None:
     root = os.path.dirname(request["folder"])
     os.makedirs(root, exist_ok=True)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, CONNECTION_TMPFS)
+    if workspace and os.path.isdir(request["projects"]):
+        _mount("tmpfs", request["projects"], "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
     for path, readonly, fd in sorted(keep, key=lambda item: item[0].count("/")):
         if os.path.isdir(f"/proc/self/fd/{fd}"):
             os.makedirs(path, exist_ok=True)
@@ -610,6 +621,10 @@ def _private_mounts(request: dict) -> None:
     _remount_readonly("/")
     if not request["network"]:
         _loopback_up()
+
+
+def _below(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _namespaced(request: dict, sock: socket.socket) -> None:
@@ -777,6 +792,9 @@ def _kernel(request: dict, sock: socket.socket) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     if tasks and request["namespaces"]:
         resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
+    size = request.get("max_file_bytes") or 0
+    if size:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])

@@ -86,6 +86,7 @@ import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -773,6 +774,7 @@ class GatewayBackend:
     """
 
     name = "gateway"
+    local = False
     sandboxed = False
     cheap_starts = False  # a start is a remote spawn, paced as a local one
 
@@ -801,10 +803,13 @@ class GatewayBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- KernelBackend -------------------------------------------------------
-    async def start(self, kernel_name: str | None = None) -> Kernel:
+    async def start(
+        self, kernel_name: str | None = None, *, workspace: Path | None = None
+    ) -> Kernel:
         """Start a kernel on the gateway and wait until it answers kernel_info.
 
         ``kernel_name`` is the gateway's kernelspec (default KERNEL_MCP_GATEWAY_KERNEL_NAME).
+        ``workspace`` is ignored: a remote kernel sees no local folder.
 
         Raises:
             KernelStartFailed: the gateway is unreachable, refused the token, or

@@ -16,6 +16,7 @@ tool arguments; they never depend on the MCP transport session, which the
     session_tools.py  create/list/interrupt/restart/close sessions; list_kernels
     notebook_tools.py export_notebook, run_notebook
     file_tools.py     list_files, read_file, write_file
+    info_tools.py     server_info
     resources.py      notebook://… resources
     http.py           /mcp + /sse + /healthz in one ASGI app, Host/Origin guards
     stdio.py          one client on stdin/stdout

@@ -14,6 +14,7 @@ from kernel_mcp.render import ReplyLimits
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import BearerTokens
 from kernel_mcp.server.file_tools import register_file_tools
+from kernel_mcp.server.info_tools import register_info_tools
 from kernel_mcp.server.notebook_tools import register_notebook_tools
 from kernel_mcp.server.resources import register_resources
 from kernel_mcp.server.run_tools import register_run_tools
@@ -28,7 +29,8 @@ run_code runs a snippet. Both start a fresh kernel unless you pass a session_id
 from create_session, in which case variables and imports persist between calls.
 Replies carry stdout, stderr, the last expression's value, tracebacks and images.
 Long runs: pass background=true and follow them with get_run. Session runs are
-recorded as notebooks (resources notebook://...)."""
+recorded as notebooks (resources notebook://...). server_info tells where the
+folders are, the limits in force and whether the kernels are sandboxed."""
 
 
 def reply_limits(settings: Settings) -> ReplyLimits:
@@ -93,7 +95,7 @@ def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> 
         "kernel-mcp",
         instructions=INSTRUCTIONS,
         version=__version__,
-        auth=BearerTokens(settings.tokens) if settings.tokens else None,
+        auth=BearerTokens(settings.principals) if settings.principals else None,
         request_state_security=request_state_security(settings),
     )
     limits = reply_limits(settings)
@@ -105,6 +107,7 @@ def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> 
     register_file_tools(mcp, runner, limits)
     register_session_tools(mcp, runner)
     register_notebook_tools(mcp, runner, limits, open_world=open_world, tasks=serve_tasks)
+    register_info_tools(mcp, runner)
     register_resources(mcp, runner)
     if serve_tasks:
         from fastmcp_tasks import TasksExtension

@@ -3,7 +3,7 @@
 Why not fastmcp's ``SessionProvider``: its ``create_session`` takes no name and
 stores JSON only, while a session here is a live kernel with a lock, a
 notebook and limits. Its isolation rule is kept: every session is owned by
-``current_principal()`` and a foreign id is refused exactly like an unknown one.
+the calling principal (``owner()``) and a foreign id is refused exactly like an unknown one.
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ from __future__ import annotations
 import hmac
 
 from fastmcp.server.auth import AccessToken, TokenVerifier
-from fastmcp.server.sessions import current_principal
+from fastmcp.server.dependencies import get_access_token
 
 __all__ = ["BearerTokens", "owner"]
 
 
 class BearerTokens(TokenVerifier):
-    """Static bearer tokens; each token is its own principal (``token-1``, ``token-2``...)."""
+    """Static bearer tokens; each token is its own principal (``Settings.principals``)."""
 
-    def __init__(self, tokens: list[str]) -> None:
+    def __init__(self, principals: list[tuple[str, str]]) -> None:
         super().__init__()
-        self._tokens = [(t.encode(), f"token-{i}") for i, t in enumerate(tokens, start=1)]
+        self._tokens = [(token.encode(), principal) for principal, token in principals]
 
     async def verify_token(self, token: str) -> AccessToken | None:
         offered = token.encode()
@@ -36,5 +36,7 @@ class BearerTokens(TokenVerifier):
 
 
 def owner() -> str | None:
-    """The calling principal (None without tokens: everyone shares one namespace)."""
-    return current_principal()
+    """The calling principal's name, as ``BearerTokens`` minted it (None without tokens:
+    everyone shares one namespace). It names the principal's projects folder too."""
+    token = get_access_token()
+    return None if token is None else token.client_id

@@ -9,6 +9,7 @@ from mcp_types import ToolAnnotations
 
 from kernel_mcp.render import ReplyLimits, render_file_list, render_file_text
 from kernel_mcp.runner import Runner
+from kernel_mcp.server.auth import owner
 from kernel_mcp.server.edge import translated
 from kernel_mcp.views import FileList, FileText, FileWritten
 
@@ -31,7 +32,7 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
         matched, or the walk hit its bound on entries visited or on time. Pass a path
         to run_python (or run_notebook for .ipynb), or to read_file.
         """
-        return render_file_list(await runner.list_files(pattern), limits)
+        return render_file_list(await runner.list_files(pattern, owner=owner()), limits)
 
     @mcp.tool(
         annotations=ToolAnnotations(
@@ -53,7 +54,9 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
         write is atomic and never follows a symlink. The loop: write_file →
         run_python(path) → read the traceback → write_file again (overwrite=true).
         """
-        written = await asyncio.to_thread(runner.write_file, path, content, overwrite=overwrite)
+        written = await asyncio.to_thread(
+            runner.write_file, path, content, owner=owner(), overwrite=overwrite
+        )
         return FileWritten(path=written.relative, bytes=written.bytes, created=written.created)
 
     @mcp.tool(annotations=read_only)
@@ -69,5 +72,5 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
         Returns text as "<line number>\\t<line>" lines, first_line, last_line,
         total_lines and truncated (read on from last_line + 1). Edit with write_file.
         """
-        text = await asyncio.to_thread(runner.read_text, path)
+        text = await asyncio.to_thread(runner.read_text, path, owner=owner())
         return render_file_text(text.relative, text.source, offset, limit, limits)
