@@ -199,9 +199,20 @@ async def test_a_key_one_principal_adds_is_never_found_by_another(a: Any, b: Any
 
 
 # -- failure 5, in part: bytecode planted next to another principal's source -------------------
-async def test_bytecode_planted_in_the_projects_folder_never_runs(
-    server: ServerProcess, a: Any, b: Any
-) -> None:
+async def test_bytecode_planted_in_the_projects_folder_never_runs(tmp_path: Path) -> None:
+    # In one projects folder both principals write to (KERNEL_MCP_PROJECTS_SHARED, the
+    # operator's opt-in; by default each principal has a folder of its own).
+    with running_server(
+        tmp_path, KERNEL_MCP_TOKEN=TOKENS, KERNEL_MCP_PROJECTS_SHARED="true"
+    ) as server:
+        async with (
+            client_for("mcp", server, auth=TOKEN_A) as a,
+            client_for("mcp", server, auth=TOKEN_B) as b,
+        ):
+            await plant_and_run(server, a, b)
+
+
+async def plant_and_run(server: ServerProcess, a: Any, b: Any) -> None:
     folder = f"bproj{uuid.uuid4().hex[:6]}"
     for name, source in [
         ("helper.py", "def greet():\n    return 'the real helper'\n"),
