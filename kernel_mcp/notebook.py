@@ -18,6 +18,7 @@ import keyword
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -54,16 +55,30 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
-def notebook_for(kernel_info: dict[str, Any]) -> NotebookNode:
-    """An empty v4 notebook whose metadata describes the kernel that ran it."""
+def notebook_for(
+    kernel_info: dict[str, Any], kernelspec: Mapping[str, str] | None = None
+) -> NotebookNode:
+    """An empty v4 notebook whose metadata describes the kernel that ran it.
+
+    ``kernelspec`` (name, display_name, language) is the kernelspec the run chose,
+    so that Jupyter, nbclient and papermill re-run the notebook on that one;
+    without it, a Python kernel is recorded as ``python3``.
+    """
     nb = new_notebook()
     language = dict(kernel_info.get("language_info") or {})
     name = language.get("name", "python")
-    nb.metadata["kernelspec"] = {
-        "name": "python3" if name == "python" else name,
-        "display_name": "Python 3 (ipykernel)" if name == "python" else name,
-        "language": name,
-    }
+    if kernelspec is not None:
+        nb.metadata["kernelspec"] = {
+            "name": kernelspec["name"],
+            "display_name": kernelspec.get("display_name") or kernelspec["name"],
+            "language": kernelspec.get("language") or name,
+        }
+    else:
+        nb.metadata["kernelspec"] = {
+            "name": "python3" if name == "python" else name,
+            "display_name": "Python 3 (ipykernel)" if name == "python" else name,
+            "language": name,
+        }
     if language:
         nb.metadata["language_info"] = language
     return nb

@@ -452,7 +452,7 @@ class Runner:
     async def _save_single(
         self, request: RunRequest, kernel: Kernel, execution: Execution, outcome: RunOutcome
     ) -> None:
-        nb = notebook_for(kernel.kernel_info)
+        nb = notebook_for(kernel.kernel_info, self.kernels.notebook_metadata(request.kernel))
         nb.cells.append(setup_cell(self.settings.projects_dir, self.notebooks.root / RUNS))
         nb.cells.append(code_cell(request.record_as, execution, request.tool))
         try:
@@ -499,7 +499,10 @@ class Runner:
         """The recording is made before the session's record, which names it."""
         assert session.kernel is not None
         recording = await asyncio.to_thread(
-            self.recorder.create, session.name, session.kernel.kernel_info
+            self.recorder.create,
+            session.name,
+            session.kernel.kernel_info,
+            self.kernels.notebook_metadata(session.record.kernel_name),
         )
         self._recordings[session.id] = recording
         if recording.path is not None:
@@ -527,7 +530,10 @@ class Runner:
         if recording is None:
             # The folder refused it at create time: claim a name now.
             recording = await asyncio.to_thread(
-                self.recorder.create, session.name, kernel.kernel_info
+                self.recorder.create,
+                session.name,
+                kernel.kernel_info,
+                self.kernels.notebook_metadata(session.record.kernel_name),
             )
         if recording.path is not None and session.notebook is None:
             session.notebook = recording.path.relative_to(self.notebooks.root).as_posix()
@@ -685,7 +691,8 @@ class Runner:
 
         async def execute(kernel: Kernel) -> NotebookRun:
             if not request.session_id:
-                nb.metadata.update(notebook_for(kernel.kernel_info).metadata)
+                spec = self.kernels.notebook_metadata(request.kernel)
+                nb.metadata.update(notebook_for(kernel.kernel_info, spec).metadata)
             return await execute_notebook(
                 kernel,
                 nb,
