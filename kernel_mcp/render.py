@@ -356,6 +356,11 @@ def render_notebook(
 def render_file_list(listing: FileListing, limits: ReplyLimits) -> FileList:
     """The list_files reply: the listing, cut to ``max_reply_bytes`` if the names are long."""
     notes = [f"Listing incomplete: {listing.reason}."] if listing.reason else []
+    if listing.not_utf8:
+        notes.append(
+            f"{listing.not_utf8} matching name(s) are not UTF-8 and were left out: no reply "
+            "can carry them. Rename them from code, e.g. os.rename(b'bad\\xff.py', 'good.py')."
+        )
     files, size = [], 256 + sum(len(n) for n in notes)
     for name in listing.files:
         # A JSON string of the name in the structured content, and a line in the text.
@@ -368,7 +373,13 @@ def render_file_list(listing: FileListing, limits: ReplyLimits) -> FileList:
             break
         files.append(name)
     truncated = listing.truncated or len(files) < len(listing.files)
-    return FileList(files=files, projects_dir=".", truncated=truncated, notes=notes)
+    return FileList(
+        files=files,
+        projects_dir=".",
+        truncated=truncated,
+        not_utf8=listing.not_utf8,
+        notes=notes,
+    )
 
 
 # -- read_file ------------------------------------------------------------------------
