@@ -13,7 +13,9 @@
     │   ├── NotebookUnwritable   the notebooks folder refused an export (says why)
     │   ├── SessionNotFound      unknown id, or one owned by another principal
     │   ├── SessionGone          the session was culled or closed (says when)
-    │   └── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
+    │   ├── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
+    │   └── NotEnoughMemory      the machine's available memory would not cover a new
+    │                            kernel (KERNEL_MCP_ADMISSION_MB)
     ├── KernelError              the kernel machinery failed
     │   ├── KernelStartFailed    a kernel could not be started
     │   └── StateUnavailable     shared session state (Redis) cannot be reached
@@ -33,6 +35,7 @@ __all__ = [
     "KernelMCPError",
     "KernelStartFailed",
     "LeaseLost",
+    "NotEnoughMemory",
     "NotebookExists",
     "NotebookUnwritable",
     "PathRefused",
@@ -99,6 +102,13 @@ class SessionGone(RequestError):
 
 class TooManySessions(RequestError):
     """The session limit is reached."""
+
+
+class NotEnoughMemory(RequestError):
+    """No kernel is handed out: the machine's available memory would not cover one.
+
+    Refused for now, not for good: it passes when memory is freed (kernel_mcp.admission).
+    """
 
 
 class KernelError(KernelMCPError):

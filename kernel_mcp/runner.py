@@ -23,6 +23,7 @@ from typing import Any
 
 from nbformat import NotebookNode
 
+from kernel_mcp.admission import MemoryAdmission, default_need, machine_memory
 from kernel_mcp.config import Settings
 from kernel_mcp.deployment import Deployment, deployment_for
 from kernel_mcp.errors import (
@@ -171,6 +172,17 @@ def as_program_exit(execution: Execution) -> Execution:
     return replace(execution, notes=[*execution.notes, note])
 
 
+def admission_for(settings: Settings) -> MemoryAdmission | None:
+    """The memory admission for this server's kernels: local ones only (a gateway's
+    kernels use the gateway's memory, which it limits)."""
+    if settings.gateway_url:
+        return None
+    need = settings.admission_mb
+    if need is None:
+        return MemoryAdmission(default_need(settings.memory_limit_mb, machine_memory()))
+    return MemoryAdmission(need * 1024 * 1024)
+
+
 def _file_preamble(project: ProjectFile, projects_dir: Path) -> str:
     """Set-up that makes a cell run like ``python file.py`` from the projects folder."""
     file = str(project.path)
@@ -194,7 +206,12 @@ class Runner:
         self.settings = settings
         self.deployment = deployment or deployment_for(settings)
         self.backend = self.deployment.backend
-        self.pool = KernelPool(self.backend, size=settings.pool_size, preload=settings.preload)
+        self.pool = KernelPool(
+            self.backend,
+            size=settings.pool_size,
+            preload=settings.preload,
+            admission=admission_for(settings),
+        )
         self.sessions = SessionRegistry(
             self.pool,
             self.deployment.store,
