@@ -30,7 +30,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from nbformat.v4.nbbase import random_cell_id
 
 from kernel_mcp.errors import InvalidArgument, InvalidNotebook
-from kernel_mcp.kernel import Execution, Kernel, OutputCallback, StdinHandler
+from kernel_mcp.kernel import NO_STDIN_MESSAGE, Execution, Kernel, OutputCallback, StdinHandler
 
 __all__ = [
     "INJECTED_TAG",
@@ -332,8 +332,11 @@ async def execute_notebook(
     allow_errors: bool,
     on_output: OutputCallback | None = None,
     stdin: StdinHandler | None = None,
+    no_stdin: str = NO_STDIN_MESSAGE,
 ) -> NotebookRun:
     """Run the code cells of ``nb`` in order, in place, in ``kernel``.
+
+    ``stdin`` answers the cells' ``input()``; without it, ``input()`` says ``no_stdin``.
 
     Honours the ``skip-execution`` tag; markdown and raw cells are kept as they
     are. Without ``allow_errors`` the first failing cell stops the run and the
@@ -363,6 +366,7 @@ async def execute_notebook(
             grace=grace,
             on_output=on_output,
             stdin=stdin,
+            no_stdin=no_stdin,
         )
         filled = code_cell(cell.source, execution, "run_notebook")
         cell.outputs = filled.outputs

@@ -17,6 +17,7 @@ from typing import Any
 
 from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution
 from kernel_mcp.notebook import NotebookRun
+from kernel_mcp.outputs import STDIN
 from kernel_mcp.outputs import strip_ansi as _strip_ansi
 from kernel_mcp.paths import FileListing
 from kernel_mcp.views import CellReport, ErrorInfo, FileList, FileText, NotebookReport, RunReport
@@ -125,9 +126,10 @@ def render(
     for output in execution.outputs:
         kind = output.get("output_type")
         if kind == "stream":
-            (stderr_parts if output.get("name") == "stderr" else stdout_parts).append(
-                output.get("text", "")
-            )
+            name = output.get("name")
+            if name == STDIN:
+                continue  # an answered input()'s echo: the notebook's record, not output
+            (stderr_parts if name == "stderr" else stdout_parts).append(output.get("text", ""))
             continue
         if kind not in ("display_data", "execute_result"):
             continue

@@ -34,7 +34,13 @@ from kernel_mcp.errors import (
     RecordingError,
     StateUnavailable,
 )
-from kernel_mcp.kernel import Execution, Kernel, OutputCallback, ProgressCallback, StdinHandler
+from kernel_mcp.kernel import (
+    NO_STDIN_MESSAGE,
+    Execution,
+    Kernel,
+    OutputCallback,
+    ProgressCallback,
+)
 from kernel_mcp.kernelspecs import KernelCatalog
 from kernel_mcp.notebook import (
     NotebookRun,
@@ -56,6 +62,7 @@ from kernel_mcp.paths import (
     write_project_file,
 )
 from kernel_mcp.pool import KernelPool
+from kernel_mcp.questions import Asking, QuestionHandler, asker_of
 from kernel_mcp.recording import Recorder, Recording, describe_os_error
 from kernel_mcp.runs import RUNS_MARKERS, Run, RunHooks, RunRegistry
 from kernel_mcp.sessions import Session, SessionRegistry
@@ -101,8 +108,10 @@ class RunRequest(RunOptions):
     file: str | None = None
     stem: str = "code"
     on_output: OutputCallback | None = None
-    stdin: StdinHandler | None = None
-    """Who answers the code's input(); None: input() raises at once, with a clear message."""
+    stdin: QuestionHandler | None = None
+    """Who answers the code's input(); None: input() raises at once, saying ``no_input``."""
+    no_input: str = NO_STDIN_MESSAGE
+    """Why input() cannot be answered when ``stdin`` is None (the client, or background)."""
 
     @property
     def label(self) -> str:
@@ -123,7 +132,8 @@ class NotebookRequest:
     kernel: str | None = None
     background: bool = False
     on_output: OutputCallback | None = None
-    stdin: StdinHandler | None = None
+    stdin: QuestionHandler | None = None
+    no_input: str = NO_STDIN_MESSAGE
 
     @property
     def label(self) -> str:
@@ -418,17 +428,29 @@ class Runner:
         limit = self._time_limit(request.timeout, notes, background=request.background)
         grace = self.settings.interrupt_grace
 
-        async def execute(kernel: Kernel) -> Execution:
+        async def execute(kernel: Kernel, session_name: str | None = None) -> Execution:
             if request.preamble:
                 await kernel.run_silently(request.preamble)
-            return await kernel.execute(
+            asking = None
+            if request.stdin is not None:
+                asking = Asking(
+                    request.stdin,
+                    asker=asker_of(session_name),
+                    tool=request.tool,
+                    file=request.file,
+                )
+            execution = await kernel.execute(
                 request.code,
                 timeout=limit,
                 grace=grace,
                 progress=request.progress,
                 on_output=request.on_output,
-                stdin=request.stdin,
+                stdin=asking,
+                no_stdin=request.no_input,
             )
+            if asking is not None:
+                notes.extend(asking.notes())
+            return execution
 
         if request.session_id is None:
             async with self._fresh_kernel(request.kernel) as kernel:
@@ -444,7 +466,7 @@ class Runner:
             if session.lost_state:
                 notes.append(f"New kernel: {session.lost_state}.")
                 session.lost_state = None
-            execution = await execute(kernel)
+            execution = await execute(kernel, session.name)
             if request.file is not None:
                 execution = as_program_exit(execution)
             recording = await self._recording(session, kernel)
@@ -706,11 +728,19 @@ class Runner:
         grace = self.settings.interrupt_grace
         stem = Path(request.source).stem
 
-        async def execute(kernel: Kernel) -> NotebookRun:
+        async def execute(kernel: Kernel, session_name: str | None = None) -> NotebookRun:
             if not request.session_id:
                 spec = self.kernels.notebook_metadata(request.kernel)
                 nb.metadata.update(notebook_for(kernel.kernel_info, spec).metadata)
-            return await execute_notebook(
+            asking = None
+            if request.stdin is not None:
+                asking = Asking(
+                    request.stdin,
+                    asker=asker_of(session_name),
+                    tool="run_notebook",
+                    file=request.source,
+                )
+            run = await execute_notebook(
                 kernel,
                 nb,
                 cell_timeout=cell_timeout,
@@ -718,8 +748,12 @@ class Runner:
                 grace=grace,
                 allow_errors=request.allow_errors,
                 on_output=request.on_output,
-                stdin=request.stdin,
+                stdin=asking,
+                no_stdin=request.no_input,
             )
+            if asking is not None:
+                notes.extend(asking.notes())
+            return run
 
         if request.session_id is None:
             async with self._fresh_kernel(request.kernel) as kernel:
@@ -730,7 +764,7 @@ class Runner:
                 if session.lost_state:
                     notes.append(f"New kernel: {session.lost_state}.")
                     session.lost_state = None
-                run = await execute(kernel)
+                run = await execute(kernel, session.name)
                 # The session's own notebook records what ran in its kernel.
                 recording = await self._recording(session, kernel)
                 ran = [c.index for c in run.cells if c.status not in ("skipped", "not_run")]
