@@ -32,9 +32,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from kernel_mcp.config import Settings
 from kernel_mcp.errors import NotEnoughMemory
 
-__all__ = ["MemoryAdmission", "available_memory", "default_need", "machine_memory"]
+__all__ = [
+    "MemoryAdmission",
+    "admission_for",
+    "available_memory",
+    "default_need",
+    "machine_memory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +108,13 @@ class MemoryAdmission:
             "session you no longer need (close_session), or try again when running code "
             "has finished."
         )
+
+
+def admission_for(settings: Settings) -> MemoryAdmission | None:
+    """The admission of this server's kernels: local ones only (a gateway's kernels use
+    the gateway's memory, which it limits itself)."""
+    if settings.gateway_url:
+        return None
+    if settings.admission_mb is None:
+        return MemoryAdmission(default_need(settings.memory_limit_mb, machine_memory()))
+    return MemoryAdmission(settings.admission_mb * MIB)

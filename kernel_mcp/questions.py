@@ -110,6 +110,20 @@ class Asking:
         self.unasked = 0
         """input() calls answered with EOF without asking, once the person had declined."""
 
+    @classmethod
+    def of_run(
+        cls,
+        handler: QuestionHandler | None,
+        session_name: str | None,
+        tool: str,
+        file: str | None = None,
+    ) -> Asking | None:
+        """A run's asking through ``handler`` (None when nobody can be asked), in the
+        session named ``session_name`` (None: a fresh run)."""
+        if handler is None:
+            return None
+        return cls(handler, asker=asker_of(session_name), tool=tool, file=file)
+
     def question(self, prompt: str, password: bool) -> Question:
         return Question(clean_text(prompt), password, self.asker, self.tool, self.file)
 

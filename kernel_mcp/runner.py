@@ -23,7 +23,7 @@ from typing import Any
 
 from nbformat import NotebookNode
 
-from kernel_mcp.admission import MemoryAdmission, default_need, machine_memory
+from kernel_mcp.admission import admission_for
 from kernel_mcp.config import Settings
 from kernel_mcp.deployment import Deployment, deployment_for
 from kernel_mcp.errors import (
@@ -62,7 +62,7 @@ from kernel_mcp.paths import (
     write_project_file,
 )
 from kernel_mcp.pool import KernelPool
-from kernel_mcp.questions import Asking, QuestionHandler, asker_of
+from kernel_mcp.questions import Asking, QuestionHandler
 from kernel_mcp.recording import Recorder, Recording, describe_os_error
 from kernel_mcp.runs import RUNS_MARKERS, Run, RunHooks, RunRegistry
 from kernel_mcp.sessions import Session, SessionRegistry
@@ -180,17 +180,6 @@ def as_program_exit(execution: Execution) -> Execution:
         )
     note = f"The program ended with sys.exit({code}): a failure, as for `python file.py`."
     return replace(execution, notes=[*execution.notes, note])
-
-
-def admission_for(settings: Settings) -> MemoryAdmission | None:
-    """The memory admission for this server's kernels: local ones only (a gateway's
-    kernels use the gateway's memory, which it limits)."""
-    if settings.gateway_url:
-        return None
-    need = settings.admission_mb
-    if need is None:
-        return MemoryAdmission(default_need(settings.memory_limit_mb, machine_memory()))
-    return MemoryAdmission(need * 1024 * 1024)
 
 
 def _file_preamble(project: ProjectFile, projects_dir: Path) -> str:
@@ -431,14 +420,7 @@ class Runner:
         async def execute(kernel: Kernel, session_name: str | None = None) -> Execution:
             if request.preamble:
                 await kernel.run_silently(request.preamble)
-            asking = None
-            if request.stdin is not None:
-                asking = Asking(
-                    request.stdin,
-                    asker=asker_of(session_name),
-                    tool=request.tool,
-                    file=request.file,
-                )
+            asking = Asking.of_run(request.stdin, session_name, request.tool, request.file)
             execution = await kernel.execute(
                 request.code,
                 timeout=limit,
@@ -732,14 +714,7 @@ class Runner:
             if not request.session_id:
                 spec = self.kernels.notebook_metadata(request.kernel)
                 nb.metadata.update(notebook_for(kernel.kernel_info, spec).metadata)
-            asking = None
-            if request.stdin is not None:
-                asking = Asking(
-                    request.stdin,
-                    asker=asker_of(session_name),
-                    tool="run_notebook",
-                    file=request.source,
-                )
+            asking = Asking.of_run(request.stdin, session_name, "run_notebook", request.source)
             run = await execute_notebook(
                 kernel,
                 nb,

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from kernel_mcp.admission import MIB, MemoryAdmission, default_need
+from kernel_mcp.admission import MIB, MemoryAdmission, admission_for, default_need
 from kernel_mcp.config import load_settings
 from kernel_mcp.errors import NotEnoughMemory, RequestError
-from kernel_mcp.runner import admission_for
 
 GIB = 1024 * MIB
 

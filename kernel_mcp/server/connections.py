@@ -212,6 +212,11 @@ class GuardedH11Protocol(H11Protocol):
         cycle = self.cycle
         if cycle is None or not cycle.more_body or cycle.response_complete:
             return
+        if self.flow.read_paused:
+            # uvicorn stopped reading until the app takes what it has: the wait is the
+            # app's, not the client's.
+            self._arm_body_timer()
+            return
         self.refuse(
             408,
             "Request Timeout",
