@@ -31,7 +31,6 @@ connections would turn every valid client away: the lock-out it should prevent.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -39,6 +38,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from kernel_mcp.config import Settings
+from kernel_mcp.server.auth import matching_token
 
 __all__ = ["ConnectionGuard", "guarded_protocol", "http_protocol"]
 
@@ -90,8 +90,8 @@ class ConnectionGuard:
         return len(self._unauthenticated)
 
     def authenticates(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
-        """Whether a request with these headers carries a valid token (always, without
-        tokens). Compared in constant time against every token, as auth.py does."""
+        """Whether a request with these headers carries a valid bearer token (always,
+        without tokens), checked as the auth middleware checks it (``auth.py``)."""
         if not self._tokens:
             return True
         offered = b""
@@ -100,10 +100,7 @@ class ConnectionGuard:
                 scheme, _, credential = value.partition(b" ")
                 if scheme.lower() == b"bearer":
                     offered = credential.strip()
-        found = False
-        for token in self._tokens:
-            found |= hmac.compare_digest(offered, token)
-        return found
+        return matching_token(offered, self._tokens) is not None
 
     def arrived(self, connection: GuardedH11Protocol) -> None:
         """A new connection: unauthenticated until a request proves otherwise."""
