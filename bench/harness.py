@@ -158,6 +158,9 @@ def kernel_mcp_server(
         projects,
         notebooks,
         **{
+            # The benchmark calls faster than a person's agent would (22 runs/s): the
+            # per-principal rate limit (600 tool calls a minute) would refuse it.
+            "KERNEL_MCP_MAX_CALLS_PER_MINUTE": "0",
             **(extra or {}),
             "KERNEL_MCP_POOL_SIZE": str(pool_size),
             "KERNEL_MCP_MAX_SESSIONS": str(max_sessions),

@@ -186,6 +186,30 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _raise_open_files_limit() -> tuple[int, int] | None:
+    """Raise this process's soft limit on open files to its hard limit.
+
+    Each connection and each kernel's sockets hold descriptors; a soft limit of
+    1,024 (a common default) is what a flood of connections exhausts first.
+    Returns (before, after), or None where the platform has no such limit or
+    refuses (the server runs on with what it has).
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # An unlimited hard limit cannot be the soft one (Linux caps it at nr_open).
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        if soft == resource.RLIM_INFINITY or soft >= target:
+            return soft, soft
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return soft, target
+    except (OSError, ValueError):
+        return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(
         args,
@@ -216,6 +240,13 @@ def _serve(args: argparse.Namespace) -> int:
         )
     import uvicorn
 
+    from kernel_mcp.server.connections import http_protocol
+
+    limit = _raise_open_files_limit()
+    if limit is not None and limit[0] != limit[1]:
+        logging.getLogger("kernel_mcp.server").info(
+            "open files limit raised from %d to %d", limit[0], limit[1]
+        )
     sock = _listen(settings.host, settings.port)
     port = sock.getsockname()[1]
     app = server.build_http_app(settings)
@@ -231,6 +262,9 @@ def _serve(args: argparse.Namespace) -> int:
             port=port,
             lifespan="on",
             log_level=args.log_level,
+            # uvicorn's h11 protocol with header and body timeouts and a cap on
+            # connections without a valid token (kernel_mcp/server/connections.py).
+            http=http_protocol(settings),
             # A line per request costs CPU on the hot path; --log-level debug has them.
             access_log=args.log_level == "debug",
             timeout_graceful_shutdown=5,

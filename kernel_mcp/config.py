@@ -170,6 +170,25 @@ class Settings(BaseSettings):
     allowed_origins: CommaList = Field(
         default_factory=list, description="Browser origins accepted besides same-origin loopback."
     )
+    header_timeout: Seconds = Field(
+        20.0,
+        description="Seconds a request's headers may take to arrive (HTTP 408 after).",
+    )
+    body_timeout: Seconds = Field(
+        60.0,
+        description="Seconds a request body may pause between two reads (HTTP 408 after).",
+    )
+    max_unauthenticated: Positive = Field(
+        256,
+        description="Connections without a valid token kept at once; past it the oldest "
+        "is closed (HTTP 503).",
+    )
+    max_concurrent_requests: NonNegative = Field(
+        32, description="MCP requests in flight at once per principal; 0 = no limit."
+    )
+    max_calls_per_minute: NonNegative = Field(
+        600, description="Tool calls per principal in any 60 s; 0 = no limit."
+    )
 
     # --- kernels ------------------------------------------------------------
     kernel_name: str = Field("python3", description="Jupyter kernelspec to start.")
@@ -183,6 +202,12 @@ class Settings(BaseSettings):
     )
     memory_limit_mb: NonNegative = Field(
         4096, description="Address-space limit per kernel (RLIMIT_AS), MiB; 0 turns it off."
+    )
+    admission_mb: NonNegative | None = Field(
+        None,
+        description="A local kernel is handed out only while the machine has this much "
+        "memory available, MiB; unset: memory_limit_mb (1024 if 0), at most a quarter of "
+        "the machine's memory; 0 turns the check off.",
     )
     env_allow: CommaList = Field(
         default_factory=list,

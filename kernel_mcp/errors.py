@@ -16,6 +16,8 @@
     │   ├── SessionGone          the session was culled or closed (says when)
     │   ├── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
     │   └── QuotaExceeded        the principal's projects folder is at its disk cap
+    │   └── NotEnoughMemory      the machine's available memory would not cover a new
+    │                            kernel (KERNEL_MCP_ADMISSION_MB)
     ├── KernelError              the kernel machinery failed
     │   ├── KernelStartFailed    a kernel could not be started
     │   └── StateUnavailable     shared session state (Redis) cannot be reached
@@ -36,6 +38,7 @@ __all__ = [
     "KernelMCPError",
     "KernelStartFailed",
     "LeaseLost",
+    "NotEnoughMemory",
     "NotebookExists",
     "NotebookUnwritable",
     "PathRefused",
@@ -112,6 +115,13 @@ class TooManySessions(RequestError):
 
 class QuotaExceeded(RequestError):
     """A write would take the principal's projects folder past its disk cap."""
+
+
+class NotEnoughMemory(RequestError):
+    """No kernel is handed out: the machine's available memory would not cover one.
+
+    Refused for now, not for good: it passes when memory is freed (kernel_mcp.admission).
+    """
 
 
 class KernelError(KernelMCPError):

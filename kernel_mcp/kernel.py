@@ -33,6 +33,8 @@ from kernel_mcp.outputs import (
 from kernel_mcp.tasks import stop_task
 
 __all__ = [
+    "NO_STDIN_BACKGROUND",
+    "NO_STDIN_MESSAGE",
     "Execution",
     "Kernel",
     "KernelClient",
@@ -333,17 +335,25 @@ def _kmcp_input_guard(config):
 
         def guarded(self, *args, _original=original, **kwargs):
             if not getattr(self, "_allow_stdin", True):
-                raise StdinNotImplementedError(config["message"])
+                # Why this run cannot ask: set per run by the server (_kmcp_no_stdin).
+                raise StdinNotImplementedError(
+                    getattr(self, "_kmcp_no_stdin", None) or config["message"]
+                )
             return _original(self, *args, **kwargs)
 
         guarded._kmcp = True
         setattr(cls, name, guarded)
 """
-#: What input() says in a run that cannot ask anyone.
+#: What input() says in a run that cannot ask anyone because its client cannot.
 NO_STDIN_MESSAGE = (
     "input() needs an answer, and this run cannot ask for one: the MCP client did not "
-    "declare elicitation (or the run is in the background). Put the value in the code "
-    "or in a file instead."
+    "declare elicitation. Put the value in the code or in a file instead."
+)
+#: What input() says in a background run (background=true): nobody waits on its call.
+NO_STDIN_BACKGROUND = (
+    "input() needs an answer, and background runs cannot ask for one: no call is waiting "
+    "to pass the question on. Put the value in the code or in a file, or run it without "
+    "background=true from a client that supports elicitation."
 )
 
 # The whole set-up in one piece, for a kernel that runs it itself before it answers
@@ -425,6 +435,10 @@ class Kernel:
         """Messages dropped because they failed their signature check (or did not parse)."""
         self._interrupt_requested = False
         self._recovery: asyncio.Task[None] | None = None
+        self._input_guard = False
+        """kernel-mcp's input guard is installed (a Python kernel, once prepared)."""
+        self._no_stdin = NO_STDIN_MESSAGE
+        """What the guard says now when a run cannot ask (changed per run as needed)."""
 
     @property
     def language_info(self) -> dict[str, Any]:
@@ -441,12 +455,15 @@ class Kernel:
         store_history: bool = True,
         on_output: OutputCallback | None = None,
         stdin: StdinHandler | None = None,
+        no_stdin: str = NO_STDIN_MESSAGE,
     ) -> Execution:
         """Run ``code`` and collect everything it outputs until the kernel is idle.
 
         With ``stdin`` the kernel may ask for input (``input()``, ``getpass``): each
         request is answered by awaiting ``stdin``; the time that takes counts against
-        ``timeout``. Without it, ``input()`` raises StdinNotImplementedError at once.
+        ``timeout``, and an answer is recorded in the outputs as Jupyter records it (a
+        ``stdin`` stream; a password never). Without it, ``input()`` raises
+        StdinNotImplementedError at once, saying ``no_stdin``.
         ``on_output`` sees every stream message as it arrives (for incremental output).
 
         On timeout the kernel is interrupted; if it is not idle within ``grace``
@@ -460,6 +477,8 @@ class Kernel:
         await self.settle()
         if self.dead:
             raise KernelError("kernel is dead")
+        if stdin is None:
+            await self._say_when_no_stdin(no_stdin)
         self._interrupt_requested = False
         collector = OutputCollector(self.limits)
         unverified_before = self.unverified
@@ -476,7 +495,7 @@ class Kernel:
         waiters.start(
             asyncio.ensure_future(self._shell_reply(msg_id)),
             asyncio.ensure_future(self._iopub_until_idle(msg_id, collector, waiters, on_output)),
-            asyncio.ensure_future(self._answer_input(msg_id, stdin)) if stdin else None,
+            asyncio.ensure_future(self._answer_input(msg_id, stdin, collector)) if stdin else None,
         )
         try:
             outcome = await self._wait(waiters, collector, start + timeout, progress, start)
@@ -553,6 +572,7 @@ class Kernel:
             return  # both are Python code
         done = self.process.prepared
         if done is not None:  # set up in the kernel itself (forked)
+            self._input_guard = True
             await self._preload([name for name in preload if name not in done])
             return
         await self.run_silently(self.guard_source())
@@ -560,6 +580,7 @@ class Kernel:
         await self.run_silently(
             f"{_INPUT_GUARD}\n_kmcp_input_guard({config!r})\ndel _kmcp_input_guard"
         )
+        self._input_guard = True
         # The guard's own cell ended with IPython's tee restoring the old bound
         # method on the instances; with the tee now off, drop those leftovers.
         await self.run_silently(
@@ -660,7 +681,21 @@ class Kernel:
             if msg.get("parent_header", {}).get("msg_id") == msg_id:
                 return msg
 
-    async def _answer_input(self, msg_id: str, stdin: StdinHandler) -> None:
+    async def _say_when_no_stdin(self, message: str) -> None:
+        """Make the input guard's message ``message`` (one silent request, only when it
+        changes: a background run after a foreground one, or back)."""
+        if not self._input_guard or message == self._no_stdin:
+            return
+        try:
+            await self.run_silently(f"get_ipython().kernel._kmcp_no_stdin = {message!r}")
+        except KernelError as exc:
+            log.info("the input guard's message was not changed: %s", exc)
+            return
+        self._no_stdin = message
+
+    async def _answer_input(
+        self, msg_id: str, stdin: StdinHandler, collector: OutputCollector
+    ) -> None:
         """Answer the run's input requests (the stdin channel) until the run ends."""
         while True:
             try:
@@ -673,8 +708,11 @@ class Kernel:
             if msg["header"]["msg_type"] != "input_request":
                 continue
             content = msg.get("content", {})
-            answer = await stdin(str(content.get("prompt", "")), bool(content.get("password")))
+            prompt, password = str(content.get("prompt", "")), bool(content.get("password"))
+            answer = await stdin(prompt, password)
             self.client.input(NO_ANSWER if answer is None else answer)
+            if answer is not None:
+                collector.echo_input(prompt, answer, password=password)
 
     async def _iopub_until_idle(
         self,

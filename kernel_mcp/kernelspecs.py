@@ -52,6 +52,13 @@ class KernelCatalog:
     def list(self) -> list[KernelChoice]:
         return [self._describe(name) for name in self.allowed]
 
+    def notebook_metadata(self, name: str | None) -> dict[str, str]:
+        """What a notebook records of kernelspec ``name`` (None: the default): its name,
+        display name and language, so that Jupyter re-runs it on the same kernelspec."""
+        choice = self._describe(name or self.default)
+        language = choice.language if choice.language != "unknown" else "python"
+        return {"name": choice.name, "display_name": choice.display_name, "language": language}
+
     def choose(self, name: str | None) -> str | None:
         """The kernelspec to start for a caller's ``kernel`` argument (None: the default).
 

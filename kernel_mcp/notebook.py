@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from nbformat.v4.nbbase import random_cell_id
 
 from kernel_mcp.errors import InvalidArgument, InvalidNotebook
-from kernel_mcp.kernel import Execution, Kernel, OutputCallback, StdinHandler
+from kernel_mcp.kernel import NO_STDIN_MESSAGE, Execution, Kernel, OutputCallback, StdinHandler
 
 __all__ = [
     "INJECTED_TAG",
@@ -55,16 +56,30 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
-def notebook_for(kernel_info: dict[str, Any]) -> NotebookNode:
-    """An empty v4 notebook whose metadata describes the kernel that ran it."""
+def notebook_for(
+    kernel_info: dict[str, Any], kernelspec: Mapping[str, str] | None = None
+) -> NotebookNode:
+    """An empty v4 notebook whose metadata describes the kernel that ran it.
+
+    ``kernelspec`` (name, display_name, language) is the kernelspec the run chose,
+    so that Jupyter, nbclient and papermill re-run the notebook on that one;
+    without it, a Python kernel is recorded as ``python3``.
+    """
     nb = new_notebook()
     language = dict(kernel_info.get("language_info") or {})
     name = language.get("name", "python")
-    nb.metadata["kernelspec"] = {
-        "name": "python3" if name == "python" else name,
-        "display_name": "Python 3 (ipykernel)" if name == "python" else name,
-        "language": name,
-    }
+    if kernelspec is not None:
+        nb.metadata["kernelspec"] = {
+            "name": kernelspec["name"],
+            "display_name": kernelspec.get("display_name") or kernelspec["name"],
+            "language": kernelspec.get("language") or name,
+        }
+    else:
+        nb.metadata["kernelspec"] = {
+            "name": "python3" if name == "python" else name,
+            "display_name": "Python 3 (ipykernel)" if name == "python" else name,
+            "language": name,
+        }
     if language:
         nb.metadata["language_info"] = language
     return nb
@@ -320,8 +335,11 @@ async def execute_notebook(
     allow_errors: bool,
     on_output: OutputCallback | None = None,
     stdin: StdinHandler | None = None,
+    no_stdin: str = NO_STDIN_MESSAGE,
 ) -> NotebookRun:
     """Run the code cells of ``nb`` in order, in place, in ``kernel``.
+
+    ``stdin`` answers the cells' ``input()``; without it, ``input()`` says ``no_stdin``.
 
     Honours the ``skip-execution`` tag; markdown and raw cells are kept as they
     are. Without ``allow_errors`` the first failing cell stops the run and the
@@ -351,6 +369,7 @@ async def execute_notebook(
             grace=grace,
             on_output=on_output,
             stdin=stdin,
+            no_stdin=no_stdin,
         )
         filled = code_cell(cell.source, execution, "run_notebook")
         cell.outputs = filled.outputs

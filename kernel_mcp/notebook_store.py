@@ -25,7 +25,7 @@ from nbformat import NotebookNode
 
 from kernel_mcp.errors import FileNotFound, InvalidArgument, NotebookExists
 from kernel_mcp.notebook import umask_mode, write_atomically
-from kernel_mcp.paths import validate_name
+from kernel_mcp.paths import is_text_name, validate_name
 
 __all__ = ["RUNS", "SESSIONS", "NotebookStore"]
 
@@ -104,11 +104,17 @@ class NotebookStore:
         return path
 
     def list(self) -> list[str]:
-        """Names of every notebook in the folder, e.g. ``sessions/abc`` or ``report``."""
+        """Names of every notebook in the folder, e.g. ``sessions/abc`` or ``report``.
+
+        A name that is not UTF-8 (the server never writes one; a process with access to
+        the folder may) is left out: no resource URI can carry it.
+        """
         names = []
         for path in sorted(self.root.rglob("*.ipynb")):
             rel = path.relative_to(self.root)
             if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+                continue
+            if not is_text_name(str(rel)):
                 continue
             names.append(rel.as_posix().removesuffix(".ipynb"))
         return names

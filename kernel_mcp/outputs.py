@@ -157,7 +157,7 @@ def output_from_msg(msg: Mapping[str, Any]) -> NotebookNode:
             node["execution_count"] = count if isinstance(count, int) else None
         return node
     if kind == "stream":
-        return stream_output(str(content.get("name", "stdout")), str(content.get("text", "")))
+        return stream_output(_kernel_stream(content.get("name")), str(content.get("text", "")))
     if kind == "error":
         return NotebookNode(
             output_type="error",
@@ -168,9 +168,23 @@ def output_from_msg(msg: Mapping[str, Any]) -> NotebookNode:
     raise ValueError(f"not an output message: {kind!r}")
 
 
+#: The stream name of an answered ``input()``'s echo (what JupyterLab records): never a
+#: kernel's own stream, so that replies can leave it out.
+STDIN = "stdin"
+#: What an echo shows in place of a password (JupyterLab's mask: it hides the length).
+PASSWORD_MASK = "········"
+
+
+def _kernel_stream(name: Any) -> str:
+    """A kernel's stream is stdout or stderr, whatever name it sends."""
+    return "stderr" if name == "stderr" else "stdout"
+
+
 def stream_output(name: str, text: str) -> NotebookNode:
     return NotebookNode(
-        output_type="stream", name=name if name in ("stdout", "stderr") else "stdout", text=text
+        output_type="stream",
+        name=name if name in ("stdout", "stderr", STDIN) else "stdout",
+        text=text,
     )
 
 
@@ -249,7 +263,7 @@ class OutputCollector:
             self.execution_count = content.get("execution_count")
         elif kind == "stream":
             self._flush_pending_clear()
-            self._stream(content.get("name", "stdout"), content.get("text", ""))
+            self._stream(_kernel_stream(content.get("name")), content.get("text", ""))
         elif kind in ("display_data", "execute_result"):
             self._flush_pending_clear()
             if kind == "execute_result":
@@ -300,14 +314,24 @@ class OutputCollector:
         self._streams.clear()
         self._display_ids.clear()
 
+    def echo_input(self, prompt: str, answer: str, *, password: bool) -> None:
+        """Record an answered ``input()`` where it happened, as JupyterLab does: the prompt
+        and the answer as a ``stdin`` stream; for a password, a fixed mask instead.
+
+        Replies leave ``stdin`` streams out (they are not the program's output); the
+        recorded notebook keeps them.
+        """
+        self._flush_pending_clear()
+        self._stream(STDIN, f"{prompt}{PASSWORD_MASK if password else answer}\n", shown=False)
+
     def _room(self) -> bool:
         if len(self._outputs) < self.limits.max_outputs:
             return True
         self._dropped_outputs += 1
         return False
 
-    def _stream(self, name: str, text: str) -> None:
-        if text:
+    def _stream(self, name: str, text: str, *, shown: bool = True) -> None:
+        if text and shown:
             stripped = text.rstrip("\r\n")
             if stripped:
                 self.latest_line = strip_ansi(stripped.rsplit("\n", 1)[-1].rsplit("\r", 1)[-1])[

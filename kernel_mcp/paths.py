@@ -22,6 +22,13 @@ therefore refused (rule ``hardlink``) unless the caller allows them
 Listing (:func:`list_project_files`) is one bounded walk whose cost does not
 depend on the pattern's shape: capped in entries, time and results, stoppable by
 an event, and never entering a symlinked folder.
+
+Names that are not UTF-8. Any kernel may create one (``open(b'\\xff.py', 'w')``),
+and no MCP reply can carry it: JSON text is Unicode, so Python's stand-in for such
+a byte (a lone surrogate) makes the whole reply fail. Listing skips them and counts
+them (a name shown escaped, as ``\\xff``, could not be passed back: it names
+another file); a file the guard reads or runs under such a name is shown escaped
+(:func:`shown_name`); ``write_file`` never creates one.
 """
 
 from __future__ import annotations
@@ -49,9 +56,11 @@ __all__ = [
     "FileListing",
     "ProjectFile",
     "WrittenFile",
+    "is_text_name",
     "list_project_files",
     "open_dir_beneath",
     "read_project_file",
+    "shown_name",
     "validate_name",
     "write_project_file",
 ]
@@ -122,6 +131,22 @@ def _checked_name(name: str) -> str:
     except UnicodeEncodeError:
         raise _refuse("unencodable_name", shown, "the name is not valid file-system text") from None
     return shown
+
+
+def is_text_name(name: str) -> bool:
+    """Whether a name read from the file system is UTF-8 (no byte stood in by a surrogate)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_name(name: str) -> str:
+    """A path as text any reply can carry: bytes that are not UTF-8 shown as ``\\xNN``."""
+    if is_text_name(name):
+        return name
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _close(fd: int) -> None:
@@ -334,7 +359,9 @@ def read_project_file(
         source = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidArgument(f"{shown!r} is not UTF-8 text.") from None
-    return ProjectFile(path=Path(real), relative="/".join(parts), source=source)
+    # The real path may hold bytes that are not UTF-8 (also behind a link whose own
+    # name is): shown escaped, or the reply could not be sent.
+    return ProjectFile(path=Path(real), relative=shown_name("/".join(parts)), source=source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,11 +395,14 @@ def write_project_file(
     fails rather than clobber a file that appeared meanwhile).
 
     Raises:
-        PathRefused: a rule was broken (``exists``, ``symlink`` and ``not_regular_file``
-            besides the read rules).
+        PathRefused: a rule was broken (``exists``, ``symlink``, ``not_regular_file``
+            and ``not_utf8_name`` besides the read rules).
         InvalidArgument: the content is larger than ``max_bytes``.
     """
     shown = _checked_name(name)
+    if not is_text_name(name):
+        # A lone surrogate would write a name that is not UTF-8: one list_files cannot show.
+        raise _refuse("not_utf8_name", shown, "the name is not UTF-8 text")
     data = content.encode("utf-8", "surrogatepass")
     if len(data) > max_bytes:
         raise InvalidArgument(
@@ -521,6 +551,9 @@ class FileListing:
     """True when the walk stopped early or more files matched than were returned."""
     reason: str | None = None
     """Why it was truncated, e.g. ``"more than 1000 matches"``; None when complete."""
+    not_utf8: int = 0
+    """Matching names (files, or folders the pattern could enter) left out because they
+    are not UTF-8: no reply can carry them (see the module docstring)."""
 
 
 _Matcher = Callable[[str], bool]
@@ -607,6 +640,8 @@ class _Stop(Exception):
 
 
 _DIR, _FILE, _LINK = "dir", "file", "link"
+# Entries whose names are not UTF-8: matched against the pattern to be counted, never shown.
+_BAD_DIR, _BAD_FILE = "not_utf8_dir", "not_utf8_file"
 
 
 @dataclass(slots=True)
@@ -681,6 +716,7 @@ def list_project_files(
 
     found: list[str] = []
     entries = 0
+    not_text = 0
     deep_skipped = False
     stack: list[_Frame] = []
 
@@ -701,6 +737,12 @@ def list_project_files(
                 if entries % 64 == 0:
                     check_budget()
                 if entry.name.startswith("."):
+                    continue
+                if not is_text_name(entry.name):
+                    is_dir = False
+                    with contextlib.suppress(OSError):
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    children.append((entry.name, entry.name, _BAD_DIR if is_dir else _BAD_FILE))
                     continue
                 try:
                     if entry.is_symlink():
@@ -758,6 +800,13 @@ def list_project_files(
             if not states:
                 continue
             rel = f"{frame.rel}/{name}" if frame.rel else name
+            if kind == _BAD_FILE:
+                not_text += glob.accepts(states)
+                continue
+            if kind == _BAD_DIR:
+                # Counted once when the pattern could match something inside; not entered.
+                not_text += any(state < len(glob.parts) for state in states)
+                continue
             if kind == _DIR:
                 if not any(state < len(glob.parts) for state in states):
                     continue  # the pattern is used up: nothing below can match
@@ -793,7 +842,10 @@ def list_project_files(
     if reason is None and deep_skipped:
         reason = f"folders more than {MAX_WALK_DEPTH} levels deep were not searched"
     return FileListing(
-        files=sorted(found)[:max_results], truncated=reason is not None, reason=reason
+        files=sorted(found)[:max_results],
+        truncated=reason is not None,
+        reason=reason,
+        not_utf8=not_text,
     )
 
 

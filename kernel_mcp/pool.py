@@ -10,6 +10,11 @@ milliseconds, mostly in its own process: two starts at once, begun as soon as a
 run took a kernel, and a caller that finds the pool empty waits for a start
 already under way rather than beginning another, so back-to-back fresh runs
 keep finding a kernel.
+
+Every kernel handed out, and every start, first passes memory admission
+(``kernel_mcp.admission``): while the machine's available memory would not
+cover a kernel, ``acquire`` raises NotEnoughMemory at once and the refiller
+backs off (1 s, doubling up to 30 s) instead of retrying in a loop.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kernel_mcp.admission import MemoryAdmission
 from kernel_mcp.backend import KernelBackend
-from kernel_mcp.errors import KernelError
+from kernel_mcp.errors import KernelError, NotEnoughMemory
 from kernel_mcp.kernel import Kernel
 from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
 
@@ -50,6 +56,7 @@ class KernelPool:
         preload: modules each pooled kernel imports before it is handed out.
         workspace: the projects folder its kernels are started for (None: the
             backend's default); see ``kernel_mcp.workspaces``.
+        admission: checked before a kernel is handed out or started (None: never).
     """
 
     def __init__(
@@ -59,11 +66,13 @@ class KernelPool:
         size: int,
         preload: list[str],
         workspace: Path | None = None,
+        admission: MemoryAdmission | None = None,
     ) -> None:
         self.backend = backend
         self.size = size
         self.preload = preload
         self.workspace = workspace
+        self.admission = admission
         self._ready: asyncio.Queue[Kernel] = asyncio.Queue()
         self._starting = 0
         self._wanted = asyncio.Event()
@@ -103,9 +112,16 @@ class KernelPool:
                 about 0.5 s of CPU, and on a small machine it would slow that run.
             kernel_name: a kernelspec other than the default, started now (the
                 pool keeps warm kernels of the default only).
+
+        Raises:
+            NotEnoughMemory: the machine's available memory would not cover a kernel.
+            KernelError: the server is shutting down, or a kernel could not start.
         """
         if self._closed:
             raise KernelError("the server is shutting down")
+        # A warm kernel handed out is a new kernel to its caller: it may grow to its
+        # limit from now on, so it is admitted like one that starts now.
+        self._admit()
         if kernel_name is not None:
             # The pool keeps warm kernels of the default kernelspec only.
             return await self._new_kernel(track=False, kernel_name=kernel_name)
@@ -171,7 +187,12 @@ class KernelPool:
         self._live.clear()
         await asyncio.gather(*(self._discard(k) for k in set(kernels)), return_exceptions=True)
 
+    def _admit(self) -> None:
+        if self.admission is not None:
+            self.admission.check()
+
     async def _new_kernel(self, *, track: bool, kernel_name: str | None = None) -> Kernel:
+        self._admit()
         kernel = await self.backend.start(kernel_name, workspace=self.workspace)
         if track:
             self._live.add(kernel)
@@ -218,7 +239,10 @@ class KernelPool:
                         self._filled.set()
                     else:
                         failures += 1
-                        log.error("could not start a pooled kernel: %s", exc)
+                        if not isinstance(exc, NotEnoughMemory):
+                            log.error("could not start a pooled kernel: %s", exc)
+                        elif failures == 1:
+                            log.warning("the warm pool waits for memory: %s", exc)
                 self._start_ended.set()
                 if failures:
                     await asyncio.sleep(min(30.0, 0.5 * 2**failures))
@@ -248,6 +272,7 @@ class KernelPools:
             idleness (None: none; every pool is made on first use).
         idle_after: seconds an unused non-default pool lives.
         clock: monotonic seconds (injectable for tests).
+        admission: as for :class:`KernelPool`, shared by every pool.
     """
 
     def __init__(
@@ -260,10 +285,12 @@ class KernelPools:
         default: Path | None,
         idle_after: float = POOL_IDLE,
         clock: Callable[[], float] = time.monotonic,
+        admission: MemoryAdmission | None = None,
     ) -> None:
         self.backend = backend
         self.size = size
         self.preload = preload
+        self.admission = admission
         self.workspace_of = workspace_of
         self.default = default
         self.idle_after = idle_after
@@ -283,7 +310,11 @@ class KernelPools:
         pool = self._pools.get(workspace)
         if pool is None:
             pool = self._pools[workspace] = KernelPool(
-                self.backend, size=self.size, preload=self.preload, workspace=workspace
+                self.backend,
+                size=self.size,
+                preload=self.preload,
+                workspace=workspace,
+                admission=self.admission,
             )
             if self._started:
                 self._begin(pool)
@@ -298,7 +329,11 @@ class KernelPools:
         self._started = True
         if self.default is not None and self.default not in self._pools:
             self._pools[self.default] = KernelPool(
-                self.backend, size=self.size, preload=self.preload, workspace=self.default
+                self.backend,
+                size=self.size,
+                preload=self.preload,
+                workspace=self.default,
+                admission=self.admission,
             )
             self._used[self.default] = self.clock()
         for pool in self._pools.values():

@@ -39,6 +39,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -408,30 +409,43 @@ class Recorder:
             recording.close()
 
     # -- recordings ---------------------------------------------------------------
-    def _header(self, stem: str, kernel_info: dict[str, Any], projects_dir: Path | None) -> bytes:
+    def _header(
+        self,
+        stem: str,
+        kernel_info: dict[str, Any],
+        kernelspec: Mapping[str, str] | None,
+        projects_dir: Path | None,
+    ) -> bytes:
         return _line(
             {
                 "kernel_mcp_journal": JOURNAL_FORMAT,
                 "session": stem,
                 "projects_dir": str(projects_dir or self.projects_dir),
-                "metadata": dict(notebook_for(kernel_info).metadata),
+                "metadata": dict(notebook_for(kernel_info, kernelspec).metadata),
             }
         )
 
     def create(
-        self, stem: str, kernel_info: dict[str, Any], *, projects_dir: Path | None = None
+        self,
+        stem: str,
+        kernel_info: dict[str, Any],
+        kernelspec: Mapping[str, str] | None = None,
+        *,
+        projects_dir: Path | None = None,
     ) -> Recording:
         """A new recording for a session; never reuses a file an earlier session left.
 
-        ``projects_dir`` is the session's own projects folder (its owner's workspace),
-        which the re-run set-up cell changes to; None: the Recorder's.
+        ``kernelspec`` (name, display_name, language) is the session's own, recorded in
+        the notebook's metadata so that an export re-runs on it. ``projects_dir`` is the
+        session's own projects folder (its owner's workspace), which the re-run set-up
+        cell changes to; None: the Recorder's.
 
         Blocking (it creates files): call it in a thread. A folder that cannot be
         written leaves the recording unclaimed with ``failure`` set; it is claimed
         with the first run that can be written.
         """
         recording = Recording(self.store, stem=stem)
-        recording._header = self._header(stem, kernel_info, projects_dir)
+        recording._header = self._header(stem, kernel_info, kernelspec, projects_dir)
         self._live[id(recording)] = recording
         with recording._lock:
             try:

@@ -17,6 +17,7 @@ from typing import Any
 
 from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution
 from kernel_mcp.notebook import NotebookRun
+from kernel_mcp.outputs import STDIN
 from kernel_mcp.outputs import strip_ansi as _strip_ansi
 from kernel_mcp.paths import FileListing
 from kernel_mcp.views import CellReport, ErrorInfo, FileList, FileText, NotebookReport, RunReport
@@ -125,9 +126,10 @@ def render(
     for output in execution.outputs:
         kind = output.get("output_type")
         if kind == "stream":
-            (stderr_parts if output.get("name") == "stderr" else stdout_parts).append(
-                output.get("text", "")
-            )
+            name = output.get("name")
+            if name == STDIN:
+                continue  # an answered input()'s echo: the notebook's record, not output
+            (stderr_parts if name == "stderr" else stdout_parts).append(output.get("text", ""))
             continue
         if kind not in ("display_data", "execute_result"):
             continue
@@ -356,6 +358,11 @@ def render_notebook(
 def render_file_list(listing: FileListing, limits: ReplyLimits) -> FileList:
     """The list_files reply: the listing, cut to ``max_reply_bytes`` if the names are long."""
     notes = [f"Listing incomplete: {listing.reason}."] if listing.reason else []
+    if listing.not_utf8:
+        notes.append(
+            f"{listing.not_utf8} matching name(s) are not UTF-8 and were left out: no reply "
+            "can carry them. Rename them from code, e.g. os.rename(b'bad\\xff.py', 'good.py')."
+        )
     files, size = [], 256 + sum(len(n) for n in notes)
     for name in listing.files:
         # A JSON string of the name in the structured content, and a line in the text.
@@ -368,7 +375,13 @@ def render_file_list(listing: FileListing, limits: ReplyLimits) -> FileList:
             break
         files.append(name)
     truncated = listing.truncated or len(files) < len(listing.files)
-    return FileList(files=files, projects_dir=".", truncated=truncated, notes=notes)
+    return FileList(
+        files=files,
+        projects_dir=".",
+        truncated=truncated,
+        not_utf8=listing.not_utf8,
+        notes=notes,
+    )
 
 
 # -- read_file ------------------------------------------------------------------------

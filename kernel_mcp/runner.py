@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from nbformat import NotebookNode
 
+from kernel_mcp.admission import admission_for
 from kernel_mcp.config import Settings
 from kernel_mcp.deployment import Deployment, deployment_for
 from kernel_mcp.errors import (
@@ -33,7 +34,13 @@ from kernel_mcp.errors import (
     RecordingError,
     StateUnavailable,
 )
-from kernel_mcp.kernel import Execution, Kernel, OutputCallback, ProgressCallback, StdinHandler
+from kernel_mcp.kernel import (
+    NO_STDIN_MESSAGE,
+    Execution,
+    Kernel,
+    OutputCallback,
+    ProgressCallback,
+)
 from kernel_mcp.kernelspecs import KernelCatalog
 from kernel_mcp.notebook import (
     NotebookRun,
@@ -55,6 +62,7 @@ from kernel_mcp.paths import (
     write_project_file,
 )
 from kernel_mcp.pool import KernelPool, KernelPools
+from kernel_mcp.questions import Asking, QuestionHandler
 from kernel_mcp.recording import Recorder, Recording, describe_os_error
 from kernel_mcp.runs import RUNS_MARKERS, Run, RunHooks, RunRegistry
 from kernel_mcp.sessions import Session, SessionRegistry
@@ -103,8 +111,10 @@ class RunRequest(RunOptions):
     file: str | None = None
     stem: str = "code"
     on_output: OutputCallback | None = None
-    stdin: StdinHandler | None = None
-    """Who answers the code's input(); None: input() raises at once, with a clear message."""
+    stdin: QuestionHandler | None = None
+    """Who answers the code's input(); None: input() raises at once, saying ``no_input``."""
+    no_input: str = NO_STDIN_MESSAGE
+    """Why input() cannot be answered when ``stdin`` is None (the client, or background)."""
 
     @property
     def label(self) -> str:
@@ -125,7 +135,8 @@ class NotebookRequest:
     kernel: str | None = None
     background: bool = False
     on_output: OutputCallback | None = None
-    stdin: StdinHandler | None = None
+    stdin: QuestionHandler | None = None
+    no_input: str = NO_STDIN_MESSAGE
 
     @property
     def label(self) -> str:
@@ -208,6 +219,7 @@ class Runner:
             preload=settings.preload,
             workspace_of=self._kernel_workspace,
             default=None if self.workspaces.per_principal else settings.projects_dir,
+            admission=admission_for(settings),
         )
         self.sessions = SessionRegistry(
             self.pools,
@@ -479,17 +491,22 @@ class Runner:
         limit = self._time_limit(request.timeout, notes, background=request.background)
         grace = self.settings.interrupt_grace
 
-        async def execute(kernel: Kernel) -> Execution:
+        async def execute(kernel: Kernel, session_name: str | None = None) -> Execution:
             if request.preamble:
                 await kernel.run_silently(request.preamble)
-            return await kernel.execute(
+            asking = Asking.of_run(request.stdin, session_name, request.tool, request.file)
+            execution = await kernel.execute(
                 request.code,
                 timeout=limit,
                 grace=grace,
                 progress=request.progress,
                 on_output=request.on_output,
-                stdin=request.stdin,
+                stdin=asking,
+                no_stdin=request.no_input,
             )
+            if asking is not None:
+                notes.extend(asking.notes())
+            return execution
 
         if request.session_id is None:
             async with self._fresh_kernel(request.kernel, request.owner) as kernel:
@@ -505,7 +522,9 @@ class Runner:
             if session.lost_state:
                 notes.append(f"New kernel: {session.lost_state}.")
                 session.lost_state = None
-            execution = await self._watched(request.owner, kernel, execute, notes)
+            execution = await self._watched(
+                request.owner, kernel, lambda k: execute(k, session.name), notes
+            )
             if request.file is not None:
                 execution = as_program_exit(execution)
             recording = await self._recording(session, kernel)
@@ -530,7 +549,7 @@ class Runner:
     async def _save_single(
         self, request: RunRequest, kernel: Kernel, execution: Execution, outcome: RunOutcome
     ) -> None:
-        nb = notebook_for(kernel.kernel_info)
+        nb = notebook_for(kernel.kernel_info, self.kernels.notebook_metadata(request.kernel))
         workspace = self.workspaces.folder(request.owner)
         nb.cells.append(setup_cell(workspace, self.notebooks.root / RUNS))
         nb.cells.append(code_cell(request.record_as, execution, request.tool))
@@ -581,6 +600,7 @@ class Runner:
             self.recorder.create,
             session.name,
             session.kernel.kernel_info,
+            self.kernels.notebook_metadata(session.record.kernel_name),
             projects_dir=self.workspaces.folder(session.owner),
         )
         self._recordings[session.id] = recording
@@ -612,6 +632,7 @@ class Runner:
                 self.recorder.create,
                 session.name,
                 kernel.kernel_info,
+                self.kernels.notebook_metadata(session.record.kernel_name),
                 projects_dir=self.workspaces.folder(session.owner),
             )
         if recording.path is not None and session.notebook is None:
@@ -768,10 +789,12 @@ class Runner:
         grace = self.settings.interrupt_grace
         stem = Path(request.source).stem
 
-        async def execute(kernel: Kernel) -> NotebookRun:
+        async def execute(kernel: Kernel, session_name: str | None = None) -> NotebookRun:
             if not request.session_id:
-                nb.metadata.update(notebook_for(kernel.kernel_info).metadata)
-            return await execute_notebook(
+                spec = self.kernels.notebook_metadata(request.kernel)
+                nb.metadata.update(notebook_for(kernel.kernel_info, spec).metadata)
+            asking = Asking.of_run(request.stdin, session_name, "run_notebook", request.source)
+            run = await execute_notebook(
                 kernel,
                 nb,
                 cell_timeout=cell_timeout,
@@ -779,8 +802,12 @@ class Runner:
                 grace=grace,
                 allow_errors=request.allow_errors,
                 on_output=request.on_output,
-                stdin=request.stdin,
+                stdin=asking,
+                no_stdin=request.no_input,
             )
+            if asking is not None:
+                notes.extend(asking.notes())
+            return run
 
         if request.session_id is None:
             async with self._fresh_kernel(request.kernel, request.owner) as kernel:
@@ -791,7 +818,9 @@ class Runner:
                 if session.lost_state:
                     notes.append(f"New kernel: {session.lost_state}.")
                     session.lost_state = None
-                run = await self._watched(request.owner, kernel, execute, notes)
+                run = await self._watched(
+                    request.owner, kernel, lambda k: execute(k, session.name), notes
+                )
                 # The session's own notebook records what ran in its kernel.
                 recording = await self._recording(session, kernel)
                 ran = [c.index for c in run.cells if c.status not in ("skipped", "not_run")]

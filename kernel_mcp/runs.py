@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kernel_mcp.errors import KernelMCPError, RequestError
+from kernel_mcp.questions import Question
 from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
 
 __all__ = [
@@ -125,9 +126,17 @@ class InputRequest:
     """The kernel is waiting in ``input()``; ``answer`` gets the text (or None: no answer)."""
 
     id: str
-    prompt: str
-    password: bool
+    question: Question
     answer: asyncio.Future[str | None]
+
+    @property
+    def prompt(self) -> str:
+        """The program's prompt, cleaned (see kernel_mcp.questions)."""
+        return self.question.prompt
+
+    @property
+    def password(self) -> bool:
+        return self.question.password
 
 
 @dataclass
@@ -140,10 +149,10 @@ class RunHooks:
         self.run.log.add(text)
         self.run.notify()
 
-    async def ask(self, prompt: str, password: bool) -> str | None:
+    async def ask(self, question: Question) -> str | None:
         """An input request, answered by whoever reads the run (a retried tool call)."""
         loop = asyncio.get_running_loop()
-        request = InputRequest(secrets.token_hex(8), prompt, password, loop.create_future())
+        request = InputRequest(secrets.token_hex(8), question, loop.create_future())
         self.run.pending_input = request
         self.run.notify()
         try:

@@ -114,6 +114,9 @@ class FileList(BaseModel):
     files: list[str]
     projects_dir: str = Field(description="Always shown as '.' relative root")
     truncated: bool
+    not_utf8: int = Field(
+        0, description="Matching names left out because they are not UTF-8 (see notes)"
+    )
     notes: list[str] = Field(default_factory=list)
 
 

@@ -121,10 +121,12 @@ async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05
         await asyncio.sleep(interval)
 
 
-def raw_tool_call(server: ServerProcess, tool: str, arguments: str, timeout: float = 60) -> str:
+def raw_tool_call(
+    server: ServerProcess, tool: str, arguments: str, timeout: float = 60, token: str | None = None
+) -> str:
     """A tools/call written by hand (2026-07-28 era), for what no client library sends:
     ``arguments`` is the JSON text as it goes on the wire (lone surrogates, NaN). The
-    reply's body, whatever its HTTP status."""
+    reply's body, whatever its HTTP status; ``token`` is sent as a bearer token."""
     meta = json.dumps(
         {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -140,17 +142,16 @@ def raw_tool_call(server: ServerProcess, tool: str, arguments: str, timeout: flo
         + meta
         + "}}"
     )
-    request = urllib.request.Request(
-        f"{server.base}/mcp",
-        data=body.encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream",
-            "MCP-Protocol-Version": "2026-07-28",
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": tool,
-        },
-    )
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": tool,
+    }
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"{server.base}/mcp", data=body.encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read().decode()

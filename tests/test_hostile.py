@@ -141,9 +141,11 @@ async def test_program_in_a_fresh_kernel(program_server, program_client, program
     if program.timeout is not None:
         arguments["timeout"] = program.timeout
     check_program(program, await call(program_client, "run_code", **arguments), program_server)
-    # The server keeps serving.
+    # The server keeps serving: code, and the tools on the folder the code could change.
     after = structured(await call(program_client, "run_code", code="print('next')"))
     assert after["status"] == "ok" and after["stdout"] == "next\n"
+    listed = await call(program_client, "list_files")
+    assert not listed.is_error and "hello_world.py" in structured(listed)["files"], text_of(listed)
 
 
 @pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -55,6 +56,18 @@ def test_listing_skips_hidden_files(tmp_path):
     (tmp_path / ".hidden.ipynb").write_text("{}")
     assert store.list() == ["visible"]
     assert json.loads(store.read("visible"))["nbformat"] == 4
+
+
+def test_listing_leaves_out_names_that_are_not_utf8(tmp_path):
+    # No resource URI can carry one; listing them would fail every resources/list.
+    store = NotebookStore(tmp_path, private_recordings=False)
+    store.export(text("1"), "visible", overwrite=False)
+    with open(os.path.join(os.fsencode(tmp_path), b"odd\xff.ipynb"), "w") as handle:
+        handle.write("{}")
+    os.makedirs(os.path.join(os.fsencode(tmp_path), b"runs\xfe"))
+    with open(os.path.join(os.fsencode(tmp_path), b"runs\xfe/x.ipynb"), "w") as handle:
+        handle.write("{}")
+    assert store.list() == ["visible"]
 
 
 @pytest.mark.parametrize(

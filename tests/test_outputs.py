@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import kernel_mcp.outputs
 from kernel_mcp.outputs import (
     GUARD_METADATA_KEY,
+    PASSWORD_MASK,
     OutputCollector,
     OutputLimits,
     apply_control_chars,
@@ -692,3 +693,26 @@ def test_malformed_rich_outputs_become_valid_notebook_outputs():
     cell.outputs = outputs
     nb = new_notebook(cells=[cell])
     nbformat.validate(nbformat.from_dict(json.loads(json.dumps(nb))))
+
+
+def test_an_answered_input_is_echoed_as_a_stdin_stream_where_it_happened() -> None:
+    collector = OutputCollector()
+    collector.feed(stream("before\n"))
+    collector.echo_input("Name? ", "Ada", password=False)
+    collector.echo_input("Password: ", "s3cr3t", password=True)
+    # The echo is the person's, not the program's: progress never shows it.
+    assert collector.latest_line == "before"
+    collector.feed(stream("after\n"))
+    assert [(o["name"], o["text"]) for o in collector.outputs] == [
+        ("stdout", "before\n"),
+        ("stdin", f"Name? Ada\nPassword: {PASSWORD_MASK}\n"),
+        ("stdout", "after\n"),
+    ]
+    assert "s3cr3t" not in json.dumps(collector.outputs)
+
+
+def test_a_kernel_cannot_send_a_stream_that_passes_for_an_echo() -> None:
+    collector = OutputCollector()
+    collector.feed(stream("hidden?\n", name="stdin"))
+    collector.feed(stream("odd\n", name="other"))
+    assert [(o["name"], o["text"]) for o in collector.outputs] == [("stdout", "hidden?\nodd\n")]

@@ -39,7 +39,9 @@ from kernel_mcp.paths import (
     list_project_files,
     open_dir_beneath,
     read_project_file,
+    shown_name,
     validate_name,
+    write_project_file,
 )
 from tests.corpus import paths as corpus
 
@@ -607,7 +609,9 @@ def test_hostile_path_corpus(tmp_path: Path, case: corpus.PathCase) -> None:
         assert found.source == case.source
         real_root = os.path.realpath(root)
         assert str(found.path).startswith(real_root + os.sep)
-        assert str(found.path) == os.path.join(real_root, found.relative)
+        # The relative name is the real path's, shown escaped where it is not UTF-8.
+        assert found.relative == shown_name(os.path.relpath(found.path, real_root))
+        found.relative.encode("utf-8")
     assert outcome == case.expected, message
     if message is not None:
         assert corpus.SECRET not in message
@@ -832,6 +836,52 @@ def test_walk_skips_hidden_and_special_entries(tmp_path: Path) -> None:
     assert listed(tmp_path, "**/*") == ["a.py"]
     assert listed(tmp_path, ".git/*.py") == []
     assert listed(tmp_path, "pkg/.z.py") == []
+
+
+def _bytes_touch(root: Path, rel: bytes) -> None:
+    """A file whose name may hold bytes that are not UTF-8 (as a kernel can make one)."""
+    path = os.path.join(os.fsencode(root), rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(b"print('x')\n")
+
+
+def test_names_that_are_not_utf8_are_left_out_and_counted(tmp_path: Path) -> None:
+    _touch(tmp_path, "good.py")
+    _touch(tmp_path, "pkg/ok.py")
+    _bytes_touch(tmp_path, b"bad\xff.py")
+    _bytes_touch(tmp_path, b"bad\xfe.txt")
+    _bytes_touch(tmp_path, b"pkg/\xe9t\xe9.py")  # latin-1 'ete'
+    _bytes_touch(tmp_path, b"dir\xff/inner.py")
+    listing = list_project_files(tmp_path, "**/*.py")
+    assert listing.files == ["good.py", "pkg/ok.py"]
+    assert not listing.truncated and listing.reason is None
+    # bad\xff.py, pkg/\xe9t\xe9.py and the folder dir\xff (not entered: its files are
+    # no more nameable than it is).
+    assert listing.not_utf8 == 3
+    # Only names the pattern matches are counted.
+    assert list_project_files(tmp_path, "*.txt").not_utf8 == 1
+    assert list_project_files(tmp_path, "pkg/*.py").not_utf8 == 1
+    assert list_project_files(tmp_path, "good.py").not_utf8 == 0
+    # Whatever the result holds can be sent as JSON text.
+    json.dumps(listing.files).encode("utf-8")
+
+
+def test_a_file_read_under_a_name_that_is_not_utf8_is_shown_escaped(tmp_path: Path) -> None:
+    _bytes_touch(tmp_path, b"bad\xff.py")
+    project = read_project_file(tmp_path, "bad\udcff.py", max_bytes=MAX_BYTES)
+    assert project.relative == "bad\\xff.py" and project.source == "print('x')\n"
+    project.relative.encode("utf-8")
+    # Behind a link whose own name is UTF-8 too.
+    (tmp_path / "link.py").symlink_to(os.fsdecode(b"bad\xff.py"))
+    assert read_project_file(tmp_path, "link.py", max_bytes=MAX_BYTES).relative == "bad\\xff.py"
+
+
+def test_write_never_creates_a_name_that_is_not_utf8(tmp_path: Path) -> None:
+    with pytest.raises(PathRefused) as refused:
+        write_project_file(tmp_path, "bad\udcff.py", "x = 1\n", suffixes=(".py",), max_bytes=99)
+    assert refused.value.rule == "not_utf8_name"
+    assert os.listdir(tmp_path) == []
 
 
 def test_walk_stops_below_the_depth_cap(tmp_path: Path) -> None:

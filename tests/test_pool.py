@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from kernel_mcp.admission import MemoryAdmission
 from kernel_mcp.backend import LocalBackend
 from kernel_mcp.config import load_settings
-from kernel_mcp.errors import KernelError
+from kernel_mcp.errors import KernelError, NotEnoughMemory
 from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Kernel
 from kernel_mcp.pool import KernelPool, KernelPools
 from tests.helpers import wait_for
@@ -421,3 +422,53 @@ async def test_a_workspace_pool_nobody_used_for_a_while_is_closed_but_the_defaul
 
 async def _all_dead(pool: KernelPool) -> bool:
     return pool.ready_count == 0 and pool._closed
+
+
+class Memory:
+    """An injected memory reader: what the machine has available, and how often it was read."""
+
+    def __init__(self, available: int) -> None:
+        self.available = available
+        self.reads = 0
+
+    def __call__(self) -> int:
+        self.reads += 1
+        return self.available
+
+
+async def test_without_memory_no_kernel_starts_and_the_pool_does_not_spin(backend) -> None:
+    memory = Memory(available=10)
+    pool = KernelPool(
+        backend,  # type: ignore[arg-type]
+        size=2,
+        preload=[],
+        admission=MemoryAdmission(1000, available=memory),
+    )
+    await pool.start()
+    try:
+        with pytest.raises(NotEnoughMemory):
+            await pool.acquire()
+        with pytest.raises(NotEnoughMemory):
+            await pool.acquire(kernel_name="python3")
+        # The refiller backs off: over two seconds it asks a handful of times, not
+        # thousands (an upper bound, so a slow machine passes too).
+        await asyncio.sleep(2.0)
+        assert memory.reads < 12, memory.reads
+        assert backend.asked == 0 and pool.ready_count == 0
+        # Memory comes back: a kernel is handed out again.
+        memory.available = 2000
+        kernel = await pool.acquire()
+        assert await kernel.is_alive()
+    finally:
+        await pool.close()
+
+
+async def test_a_warm_kernel_is_not_handed_out_without_memory(make_pool, backend) -> None:
+    memory = Memory(available=2000)
+    pool = await make_pool(1)
+    await pool.wait_full(timeout=30)
+    pool.admission = MemoryAdmission(1000, available=memory)
+    memory.available = 10
+    with pytest.raises(NotEnoughMemory):
+        await pool.acquire()
+    assert pool.ready_count == 1  # kept for when memory is back

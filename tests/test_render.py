@@ -589,3 +589,10 @@ def test_small_reply_is_not_touched_by_the_budget() -> None:
     reply = render(execution([out(text)]), ReplyLimits())
     assert reply.report.stdout == text
     assert not reply.report.truncated
+
+
+def test_an_answered_input_s_echo_is_left_out_of_the_reply() -> None:
+    echo = new_output("stream", name="stdin", text="Name? Ada\n")
+    reply = render(execution([out("before\n"), echo, out("after\n")]), ReplyLimits())
+    assert reply.report.stdout == "before\nafter\n"
+    assert "Ada" not in reply.text

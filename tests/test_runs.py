@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kernel_mcp.questions import Question
 from kernel_mcp.runs import RunGone, RunHooks, RunLog, RunNotFound, RunRegistry
 
 
@@ -86,14 +87,14 @@ async def test_runs_belong_to_their_owner(registry):
 
 async def test_an_input_request_waits_for_its_answer(registry):
     async def work(hooks: RunHooks) -> str | None:
-        return await hooks.ask("name? ", False)
+        return await hooks.ask(Question("name?", False, "a fresh run", "run_code"))
 
     run = registry.start_run(
         owner=None, tool="run_code", label="code", session_id=None, background=False, work=work
     )
     while run.pending_input is None:
         await run.changed(5)
-    assert run.state == "waiting_input" and run.pending_input.prompt == "name? "
+    assert run.state == "waiting_input" and run.pending_input.prompt == "name?"
     run.pending_input.answer.set_result("bob")
     while not run.done:
         await run.changed(5)

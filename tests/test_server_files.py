@@ -1,5 +1,6 @@
-"""write_file and read_file over real transports: the agent's write → run → fix loop, and
-the path guard's attacks against writes (nothing is ever written outside the folder)."""
+"""write_file and read_file over real transports: the agent's write → run → fix loop, the
+path guard's attacks against writes (nothing is ever written outside the folder), and file
+names that are not UTF-8 (which a kernel may create, and no reply can carry)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import call, client_for, running_server, structured, text_of
+from tests.helpers import (
+    call,
+    client_for,
+    raw_tool_call,
+    running_server,
+    structured,
+    text_of,
+)
 
 pytestmark = pytest.mark.transport
 
@@ -113,3 +121,61 @@ def _umask() -> int:
     current = os.umask(0o022)
     os.umask(current)
     return current
+
+
+# -- names that are not UTF-8 ---------------------------------------------------------------
+MAKE_BAD_NAMES = """
+import json, os
+open(b'bad\\xff.py', 'w').write("print('ran bad')\\n")
+os.makedirs(b'pkg\\xfe', exist_ok=True)
+open(b'pkg\\xfe/inner.py', 'w').write('x = 1\\n')
+nb = {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': 'c1', 'metadata': {},
+       'outputs': [], 'source': "print('nb ran')"}],
+      'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
+open(b'note\\xff.ipynb', 'w').write(json.dumps(nb))
+"""
+
+
+async def test_names_that_are_not_utf8_never_break_the_file_tools(tmp_path: Path):
+    # Two principals sharing one folder (with a folder each, a's names never reach b):
+    # what one principal's kernel creates must not break the other's tools.
+    with running_server(
+        tmp_path, KERNEL_MCP_TOKEN="a,b", KERNEL_MCP_PROJECTS_SHARED="true"
+    ) as server:
+        async with (
+            client_for("mcp", server, auth="a") as a,
+            client_for("sse", server, auth="b") as b,
+        ):
+            made = structured(await call(a, "run_code", code=MAKE_BAD_NAMES))
+            assert made["status"] == "ok", made
+            for client in (a, b):
+                for pattern in ("**/*.py", "*.py", "bad*", "**/*.ipynb"):
+                    result = await call(client, "list_files", pattern=pattern)
+                    assert not result.is_error, text_of(result)
+                    listing = structured(result)
+                    assert not any("bad" in f or "pkg" in f for f in listing["files"]), listing
+                    assert listing["not_utf8"] >= 1, (pattern, listing)
+                    assert any("not UTF-8" in note for note in listing["notes"]), listing
+                whole = structured(await call(client, "list_files", pattern="**/*.py"))
+                assert "hello_world.py" in whole["files"] and whole["not_utf8"] == 2
+            # Resources: a notebook name that is not UTF-8 in the notebooks folder.
+            notebooks = os.fsencode(server.env["KERNEL_MCP_NOTEBOOKS_DIR"])
+            os.makedirs(notebooks, exist_ok=True)
+            Path(os.fsdecode(os.path.join(notebooks, b"odd\xff.ipynb"))).write_text("{}")
+            listed = await b.list_resources()
+            assert all(r.uri for r in listed)
+        # A raw client can name such a file (a lone surrogate stands for the byte): it
+        # reads and runs, and the reply shows the name escaped; a write is refused.
+        read = raw_tool_call(server, "read_file", '{"path":"bad\\udcff.py"}', token="a")
+        assert "ran bad" in read and "bad\\\\xff.py" in read, read
+        ran = raw_tool_call(server, "run_python", '{"file_name":"bad\\udcff.py"}', token="b")
+        assert "ran bad" in ran and '"status":"ok"' in ran.replace(" ", ""), ran
+        nb = raw_tool_call(
+            server, "run_notebook", '{"notebook_path":"note\\udcff.ipynb"}', token="a"
+        )
+        assert '"status":"ok"' in nb.replace(" ", ""), nb
+        wrote = raw_tool_call(
+            server, "write_file", '{"path":"new\\udcff.py","content":"x=1"}', token="a"
+        )
+        assert "rule: not_utf8_name" in wrote, wrote
+        assert not any(b"new" in n for n in os.listdir(os.fsencode(tmp_path / "projects")))

@@ -15,6 +15,7 @@ from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import BearerTokens
 from kernel_mcp.server.file_tools import register_file_tools
 from kernel_mcp.server.info_tools import register_info_tools
+from kernel_mcp.server.limits import ConcurrentRequests, ToolCallsPerMinute
 from kernel_mcp.server.notebook_tools import register_notebook_tools
 from kernel_mcp.server.resources import register_resources
 from kernel_mcp.server.run_tools import register_run_tools
@@ -98,6 +99,12 @@ def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> 
         auth=BearerTokens(settings.principals) if settings.principals else None,
         request_state_security=request_state_security(settings),
     )
+    # Outermost first: a call refused for being one too many at once is not counted
+    # against the minute's calls.
+    if settings.max_concurrent_requests:
+        mcp.add_middleware(ConcurrentRequests(settings.max_concurrent_requests))
+    if settings.max_calls_per_minute:
+        mcp.add_middleware(ToolCallsPerMinute(settings.max_calls_per_minute))
     limits = reply_limits(settings)
     # Code the kernels run may reach the network (and whatever else the server's
     # user can) unless the sandbox has cut it off.

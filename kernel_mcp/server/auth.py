@@ -9,11 +9,22 @@ the calling principal (``owner()``) and a foreign id is refused exactly like an 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 
 from fastmcp.server.auth import AccessToken, TokenVerifier
 from fastmcp.server.dependencies import get_access_token
 
-__all__ = ["BearerTokens", "owner"]
+__all__ = ["BearerTokens", "matching_token", "owner"]
+
+
+def matching_token(offered: bytes, tokens: Sequence[bytes]) -> int | None:
+    """The index of the token ``offered`` is, or None. Compared against every token, in
+    constant time, so that timing says nothing about which matched or how much of one."""
+    found = None
+    for index, secret in enumerate(tokens):
+        if hmac.compare_digest(offered, secret):
+            found = index
+    return found
 
 
 class BearerTokens(TokenVerifier):
@@ -21,18 +32,15 @@ class BearerTokens(TokenVerifier):
 
     def __init__(self, principals: list[tuple[str, str]]) -> None:
         super().__init__()
-        self._tokens = [(token.encode(), principal) for principal, token in principals]
+        self._tokens = [token.encode() for _, token in principals]
+        self._principals = [principal for principal, _ in principals]
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        offered = token.encode()
-        found = None
-        for secret, principal in self._tokens:
-            # Compare against every token so timing says nothing about which matched.
-            if hmac.compare_digest(offered, secret):
-                found = principal
-        if found is None:
+        index = matching_token(token.encode(), self._tokens)
+        if index is None:
             return None
-        return AccessToken(token=token, client_id=found, scopes=[], subject=found)
+        principal = self._principals[index]
+        return AccessToken(token=token, client_id=principal, scopes=[], subject=principal)
 
 
 def owner() -> str | None:

@@ -29,8 +29,9 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
 
         Returns relative paths, sorted, at most 1000. Hidden files and symlinked
         folders are skipped. truncated (with a note) says the list is incomplete: more
-        matched, or the walk hit its bound on entries visited or on time. Pass a path
-        to run_python (or run_notebook for .ipynb), or to read_file.
+        matched, or the walk hit its bound on entries visited or on time. not_utf8
+        (with a note) counts matching names left out because they are not UTF-8 text.
+        Pass a path to run_python (or run_notebook for .ipynb), or to read_file.
         """
         return render_file_list(await runner.list_files(pattern, owner=owner()), limits)
 

@@ -10,9 +10,12 @@
   the answer and the (sealed) ``request_state``, which names the run. The retried
   call delivers the answer and waits on.
 * Otherwise ``input()`` raises at once (StdinNotImplementedError, with a message
-  that says why).
+  that says why: the client cannot elicit, or background runs cannot ask).
 
-A declined or cancelled elicitation makes ``input()`` raise EOFError in the kernel.
+Each question's text is ``kernel_mcp.questions.Question.message``: who asks (the
+session, or a fresh run), through which tool and file, then the program's prompt,
+cleaned and cut. A declined or cancelled elicitation makes ``input()`` raise
+EOFError in the kernel; after two in one run, it raises without asking.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from kernel_mcp.errors import InvalidArgument
-from kernel_mcp.kernel import StdinHandler
+from kernel_mcp.kernel import NO_STDIN_BACKGROUND
+from kernel_mcp.questions import Question, QuestionHandler
 from kernel_mcp.runner import NotebookOutcome, NotebookRequest, Runner, RunOutcome, RunRequest
 from kernel_mcp.runs import Run
 from kernel_mcp.server.auth import owner
@@ -62,24 +66,21 @@ def accepts_input(ctx: Context | None) -> str | None:
     return "retry" if modern else "elicit"
 
 
-def _question(prompt: str, password: bool) -> str:
-    asked = prompt.strip() or "(no prompt)"
+def _answer_schema(password: bool) -> tuple[str, str]:
+    """The title and description of the one field the person fills in."""
     if password:
-        return f"The running code asks for a password (getpass): {asked}"
-    return f"The running code asks (input()): {asked}"
+        return "password", "A password: it goes to the code and is not shown or recorded."
+    return "answer", "The text input() returns (recorded in the session's notebook)."
 
 
-def _eliciting(ctx: Context) -> StdinHandler:
-    async def ask(prompt: str, password: bool) -> str | None:
+def _eliciting(ctx: Context) -> QuestionHandler:
+    async def ask(question: Question) -> str | None:
+        title, description = _answer_schema(question.password)
         result = await ctx.elicit(
-            _question(prompt, password),
+            question.message,
             str,
-            response_title="password" if password else "answer",
-            response_description=(
-                "A password: it goes to the code and is not shown or recorded."
-                if password
-                else "The text input() returns."
-            ),
+            response_title=title,
+            response_description=description,
         )
         return str(result.data) if isinstance(result, AcceptedElicitation) else None
 
@@ -89,25 +90,16 @@ def _eliciting(ctx: Context) -> StdinHandler:
 def _input_required(run: Run) -> mcp_types.InputRequiredResult:
     pending = run.pending_input
     assert pending is not None
+    title, description = _answer_schema(pending.password)
     schema = {
         "type": "object",
-        "properties": {
-            "value": {
-                "type": "string",
-                "title": "password" if pending.password else "answer",
-                "description": (
-                    "A password: it goes to the code and is not shown or recorded."
-                    if pending.password
-                    else "The text input() returns."
-                ),
-            }
-        },
+        "properties": {"value": {"type": "string", "title": title, "description": description}},
         "required": ["value"],
     }
     request = mcp_types.ElicitRequest(
         method="elicitation/create",
         params=mcp_types.ElicitRequestFormParams(
-            message=_question(pending.prompt, pending.password), requested_schema=schema
+            message=pending.question.message, requested_schema=schema
         ),
     )
     state = json.dumps({"run": run.id, "input": pending.id})
@@ -148,6 +140,8 @@ async def run_call(
     structured content for a run it started in the background (status "running").
     """
     if request.background:
+        # Nobody waits on this call to pass a question on: input() says so.
+        request = replace(request, no_input=NO_STDIN_BACKGROUND)
         return started(runner.start_run(request), started_report)
     if ctx is not None and ctx.is_background_task:
         # An MCP task (io.modelcontextprotocol/tasks): a background run whose reply the

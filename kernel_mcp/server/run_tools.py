@@ -104,8 +104,10 @@ def register_run_tools(
         "kernel_died" | "interrupted"), stdout, stderr, result, error, images,
         truncated, duration_s (seconds), execution_count. A status other than "ok" is
         an error result. If the code calls input(), the user is asked through the
-        client when it supports elicitation. The loop: write_file → run_python → read
-        the traceback → write_file again; use a session to keep loaded data.
+        client when it supports elicitation (not in background runs; after two declines
+        in a run, input() raises EOFError without asking). The loop: write_file →
+        run_python → read the traceback → write_file again; use a session to keep
+        loaded data.
         """
         asked = options(
             ctx,
