@@ -4,7 +4,10 @@
 
 * each kernel talks over IPC sockets inside its own 0700 folder below the
   backend's private folder (concurrent IPC kernels sharing a folder collide on
-  ``kernel-ipc-N``, and a sandboxed kernel is shown its own folder only);
+  ``kernel-ipc-N``); sandboxed, that folder is a 64 KiB tmpfs of the kernel's own
+  holding its connection file (read-only) and sockets, which the server reaches
+  through ``/proc/<pid>/root`` (``sandbox.through_root``);
+* its stderr is a pipe the server drains (``launch.stderr.StderrPipe``);
 * its environment is the server's minus anything that looks like a secret;
 * by default it runs in a bubblewrap sandbox (``kernel_mcp.launch.sandbox``:
   its own mount, PID, network and user namespaces, limits set inside) and in a
@@ -47,7 +50,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import psutil
 from jupyter_client.kernelspec import KernelSpec
@@ -60,8 +63,8 @@ from kernel_mcp.launch.cgroups import CgroupRoot, KernelCgroup, cgroup_root
 from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.forkserver import ForkServer, forking_possible
 from kernel_mcp.launch.ready import wait_ready
-from kernel_mcp.launch.sandbox import Sandbox, sandbox_for
-from kernel_mcp.launch.stderr import STDERR_TAIL_BYTES, scrub_paths, stderr_tail
+from kernel_mcp.launch.sandbox import Sandbox, sandbox_for, through_root
+from kernel_mcp.launch.stderr import StderrPipe, scrub_paths
 from kernel_mcp.outputs import OutputLimits
 from kernel_mcp.tasks import wait_within
 
@@ -138,10 +141,31 @@ class WrappedKernelManager(AsyncKernelManager):
 
     wrap_command: Callable[[list[str]], list[str]] | None = None
     message_interrupts: bool = False
+    sandbox_pid: int | None = None
+    """A process in the kernel's sandbox, whose ``/proc/<pid>/root`` reaches its
+    sockets (its connection folder is a tmpfs of its own: ``sandbox.through_root``)."""
+    reach_through_sandbox: bool = False
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         argv = super().format_kernel_cmd(extra_arguments)
         return self.wrap_command(argv) if self.wrap_command is not None else argv
+
+    async def _async_post_start_kernel(self, **kw: Any) -> None:
+        # Before jupyter_client connects its control socket: the URL names the pid.
+        if self.reach_through_sandbox:
+            self.sandbox_pid = await _sandbox_init(self.provisioner)
+        await super()._async_post_start_kernel(**kw)
+
+    def _make_url(self, channel: str) -> str:
+        if self.sandbox_pid is None:
+            return str(super()._make_url(channel))
+        ip = through_root({"ip": self.ip}, self.sandbox_pid)["ip"]
+        return f"{self.transport}://{ip}-{getattr(self, f'{channel}_port')}"
+
+    def client(self, **kwargs: Any) -> Any:
+        client = super().client(**kwargs)
+        client.ip = through_root({"ip": self.ip}, self.sandbox_pid)["ip"]
+        return client
 
     @property
     def kernel_spec(self) -> KernelSpec | None:
@@ -170,7 +194,7 @@ class LocalProcess:
         self,
         manager: AsyncKernelManager,
         *,
-        stderr_path: Path | None = None,
+        stderr: StderrPipe | None = None,
         sandboxed: bool = False,
         cgroup: KernelCgroup | None = None,
         folder: Path | None = None,
@@ -184,7 +208,8 @@ class LocalProcess:
         self.pid: int | None = self._popen.pid if self._popen is not None else None
         """The launched process: the kernel itself, or (sandboxed) its bwrap."""
         self.pgid: int | None = getattr(provisioner, "pgid", None) or self.pid
-        self.stderr_path = stderr_path
+        self.stderr = stderr
+        """The kernel's stderr, a pipe drained into a short tail (never a file)."""
         self.sandboxed = sandboxed
         """The kernel runs in the sandbox (list_sessions shows this)."""
         self.cgroup = cgroup
@@ -248,9 +273,9 @@ class LocalProcess:
             return None  # a reaped pid may be someone else's
         return _rss(pid)
 
-    def stderr_tail(self, limit: int = STDERR_TAIL_BYTES) -> str:
+    def stderr_tail(self) -> str:
         """The end of what the kernel wrote to its stderr, absolute paths shortened."""
-        return stderr_tail(self.stderr_path, limit)
+        return self.stderr.tail() if self.stderr is not None else ""
 
     # -- internals ---------------------------------------------------------------
     def _returncode(self) -> int | None:
@@ -352,9 +377,8 @@ class LocalProcess:
             await self.manager.shutdown_kernel(now=True)
         if self.cgroup is not None and self._reaped():
             await self.cgroup.remove()
-        if self.stderr_path is not None and self._reaped():
-            with contextlib.suppress(OSError):
-                self.stderr_path.unlink()
+        if self.stderr is not None and self._reaped():
+            self.stderr.close()
         if self.folder is not None and self._reaped():
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -392,6 +416,33 @@ def _namespace_leader(pid: int) -> int | None:
             return current
         todo.extend(int(child) for child in children)
     return None
+
+
+async def _sandbox_init(provisioner: Any) -> int | None:
+    """The pid of the sandbox's first process (bwrap's child), once bwrap made it.
+
+    A few milliseconds after the launch; None if bwrap ended first (the start then
+    fails on its own) or took longer than START_TIMEOUT.
+    """
+    process = getattr(provisioner, "process", None)
+    if process is None:
+        return None
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+    while asyncio.get_running_loop().time() < deadline and process.poll() is None:
+        found = _first_child(process.pid)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.001)
+    return None
+
+
+def _first_child(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
+            found = children.read().split()
+    except OSError:
+        return None
+    return int(found[0]) if found else None
 
 
 def _quoted(tail: str) -> str:
@@ -519,34 +570,41 @@ class LocalBackend:
             connection_file=str(folder / "kernel.json"),
         )
         cgroup = self._cgroup()
+        inherited: list[int] = []  # the seccomp filter's fd, for bwrap only
+        env = dict(self._env)
         if self.sandbox is not None:
-            manager.wrap_command = self._sandboxed_command(manager, folder, cgroup, workspace)
+            if self.sandbox.seccomp is not None:
+                # A fresh open file per launch: bwrap reads it to the end.
+                inherited.append(os.open(self.sandbox.seccomp.path, os.O_RDONLY | os.O_CLOEXEC))
+            manager.wrap_command = self._sandboxed_command(
+                manager, folder, cgroup, workspace, inherited[0] if inherited else None
+            )
             manager.message_interrupts = True
-        # A private stderr, outside the folder a sandboxed kernel sees (it could put a
-        # link there for the server to read and quote). A kernel's noise (a
+            manager.reach_through_sandbox = True
+            env = self.sandbox.kernel_env(env)
+        # A private stderr: a pipe this server drains, keeping the last lines (a file
+        # would be host disk the kernel could fill). A kernel's noise (a
         # KeyboardInterrupt traceback while it starts, fd-level writes ipykernel echoes)
         # must not reach the server's stderr, which a stdio client shows as its MCP log.
-        stderr_path = self._dir / f"{name}.stderr"
-        stderr = os.open(
-            stderr_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600
-        )
-        owned = {"stderr_path": stderr_path, "cgroup": cgroup, "folder": folder}
+        stderr = StderrPipe()
+        owned = {"stderr": stderr, "cgroup": cgroup, "folder": folder}
         try:
             await manager.start_kernel(
                 # A kernel's stray writes to fd 1 must never reach a stdio MCP stream.
                 stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=dict(self._env),
+                stderr=stderr.write_fd,
+                env=env,
+                pass_fds=tuple(inherited),
                 cwd=str(workspace),
                 extra_arguments=list(KERNEL_ARGUMENTS),
             )
         except BaseException as exc:
             # The launch may have happened before the failure or the cancel.
             abandoned = LocalProcess(manager, sandboxed=self.sandboxed, **owned)
+            stderr.handed()
             tail = abandoned.stderr_tail()
             await abandoned.kill()
-            with contextlib.suppress(OSError):
-                stderr_path.unlink()
+            stderr.close()
             if cgroup is not None:
                 await cgroup.remove()
             shutil.rmtree(folder, ignore_errors=True)
@@ -556,7 +614,10 @@ class LocalBackend:
                 scrub_paths(f"could not start kernel {spec!r}: {exc}") + _quoted(tail)
             ) from exc
         finally:
-            os.close(stderr)
+            stderr.handed()
+            for fd in inherited:
+                os.close(fd)
+        stderr.start()
         process = LocalProcess(manager, sandboxed=self.sandboxed, **owned)
         if self.sandbox is None:
             self._limit_memory(process.pid)
@@ -601,7 +662,10 @@ class LocalBackend:
         folder: Path,
         cgroup: KernelCgroup | None,
         workspace: Path,
+        seccomp_fd: int | None,
     ) -> Callable[[list[str]], list[str]]:
+        """The launch command's wrapper: the sandbox (with the seccomp filter bwrap reads
+        from ``seccomp_fd``, passed to it), then the cgroup join."""
         sandbox = self.sandbox
         assert sandbox is not None
 
@@ -611,6 +675,7 @@ class LocalBackend:
                 argv,
                 kernel_dir=folder,
                 kernelspec_dir=spec.resource_dir if spec else None,
+                seccomp_fd=seccomp_fd,
                 workspace=workspace,
             )
             return cgroup.join_command(command) if cgroup is not None else command

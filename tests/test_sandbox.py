@@ -174,7 +174,10 @@ def test_the_policy_shares_only_what_the_kernel_needs(tmp_path: Path) -> None:
     args = bwrap_args(tmp_path)
     mounts = bound(args)
     assert mounts[str(tmp_path / "projects")] == "--bind"
-    assert mounts[str(tmp_path / "kernels" / "k1")] == "--bind", "its own folder only"
+    # Its own connection folder only, and not the host's: a tmpfs with its connection
+    # file read-only (the server reaches the sockets through /proc/<pid>/root).
+    assert mounts[str(tmp_path / "kernels" / "k1")] == "--tmpfs"
+    assert mounts[str(tmp_path / "kernels" / "k1" / "kernel.json")] == "--ro-bind"
     assert str(tmp_path / "kernels") not in mounts
     assert mounts["/tmp"] == "--tmpfs"
     assert mounts[SandboxPolicy(projects=tmp_path).home] == "--tmpfs"
@@ -183,9 +186,12 @@ def test_the_policy_shares_only_what_the_kernel_needs(tmp_path: Path) -> None:
         assert mounts[str(Path(prefix).resolve())] == "--ro-bind"
     assert "/" not in mounts and "/etc" not in mounts and "/home" not in mounts
     assert "/etc/shadow" not in mounts and "/etc/resolv.conf" not in mounts
-    # Every bind is read-only except the projects folder and the kernel's own folder.
+    # Every bind is read-only except the projects folder; the root and /dev are
+    # remounted read-only once every mount point exists.
     writable = {dest for dest, kind in mounts.items() if kind == "--bind"}
-    assert writable == {str(tmp_path / "projects"), str(tmp_path / "kernels" / "k1")}
+    assert writable == {str(tmp_path / "projects")}
+    end = args.index("--")
+    assert args[end - 6 : end - 2] == ["--remount-ro", "/dev", "--remount-ro", "/"]
     for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--disable-userns"):
         assert flag in args
     assert args[args.index("--cap-drop") + 1] == "ALL"
@@ -600,3 +606,90 @@ async def test_each_kernel_has_a_cgroup_removed_with_it(backend: LocalBackend) -
         await kernel.shutdown(now=True)
     assert not any(folder.exists() for folder in group.folders)
     assert alive(group.pids()) == set()
+
+
+# -- tenants: nothing writable is shared, nothing written outlives the kernel -----------------
+#: Inside a kernel: every mount point it can reach, with whether it is writable and
+#: which directory it is (device and inode: two kernels seeing the same one share it).
+WRITABLE_MOUNTS = (
+    "import os, stat\n"
+    "found = {}\n"
+    "for line in open('/proc/self/mountinfo'):\n"
+    "    point = line.split()[4].encode().decode('unicode_escape')\n"
+    "    try:\n"
+    "        st, vfs = os.stat(point), os.statvfs(point)\n"
+    "    except OSError:\n"
+    "        continue\n"
+    "    if stat.S_ISCHR(st.st_mode) or vfs.f_flag & os.ST_RDONLY:\n"
+    "        continue  # a device node (its data is the device's), or read-only\n"
+    "    found[point] = (st.st_dev, st.st_ino)\n"
+    "found"
+)
+
+
+async def test_no_writable_mount_is_shared_between_two_kernels_but_the_projects_folder(
+    backend: LocalBackend, projects: Path
+) -> None:
+    first, second = await asyncio.gather(backend.start(), backend.start())
+    try:
+        seen = [await value(k, WRITABLE_MOUNTS) for k in (first, second)]
+        # The root, /etc and /dev are not writable; /tmp, $HOME, /dev/shm, /dev/pts,
+        # /proc and the connection folder are, and each kernel's own.
+        home = backend.sandbox.policy.home  # type: ignore[union-attr]
+        for mounts in seen:
+            assert {"/", "/etc", "/dev", "/usr"}.isdisjoint(mounts), mounts
+            assert {"/tmp", home, "/dev/shm", "/dev/pts", "/proc"} <= set(mounts), mounts
+        shared = {point for point, identity in seen[0].items() if identity in seen[1].values()}
+        assert shared == {str(projects)}, shared
+    finally:
+        await asyncio.gather(first.shutdown(now=True), second.shutdown(now=True))
+
+
+async def test_the_connection_folder_holds_almost_nothing_and_nothing_on_the_host(
+    kernel: Kernel,
+) -> None:
+    folder = Path(process_of(kernel).connection_file).parent
+    said = await error_of(kernel, f"open({str(folder / 'filler')!r}, 'wb').write(b'x' * 2**20)")
+    assert "No space left on device" in said, said
+    assert sorted(p.name for p in folder.iterdir()) == ["kernel.json"], "the host's stays empty"
+    assert await value(kernel, "1 + 1") == 2, "its sockets still work"
+
+
+def charged_bytes(group: Any) -> int:
+    """The memory a kernel's cgroup is charged with (0 without a cgroup)."""
+    for folder in group.folders if group is not None else ():
+        for name in ("memory.current", "memory.usage_in_bytes"):
+            if (folder / name).exists():
+                return int((folder / name).read_text())
+    return 0
+
+
+def shmem_bytes() -> int:
+    """Shared memory in use on the machine (tmpfs pages count here)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Shmem:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no Shmem line")
+
+
+async def test_memory_a_kernel_wrote_to_its_files_is_freed_when_it_ends(
+    backend: LocalBackend,
+) -> None:
+    kernel = await backend.start()
+    group = process_of(kernel).cgroup
+    try:
+        before, charged = shmem_bytes(), charged_bytes(group)
+        code = (
+            "import os\n"
+            "for where in ('/tmp', os.path.expanduser('~'), '/dev/shm'):\n"
+            "    with open(os.path.join(where, 'ballast'), 'wb') as out:\n"
+            "        for _ in range(100): out.write(b'x' * 2**20)\n"
+        )
+        assert (await run(kernel, code)).status == "ok"
+        assert shmem_bytes() - before > 200 * 2**20, "the 300 MiB are held while it runs"
+        if group is not None:  # and counted against the kernel's own memory limit
+            assert charged_bytes(group) - charged > 200 * 2**20
+    finally:
+        await kernel.shutdown(now=True)
+    # Other processes on the machine move Shmem a little; 300 MiB does not come back.
+    assert wait_until(lambda: shmem_bytes() - before < 100 * 2**20, timeout=10)

@@ -34,12 +34,16 @@ into the server's PID namespace.
 
 Fallback. If the template cannot start, dies, or fails one kernel, the
 backend spawns kernels as before, and says so in one log line; the template is
-tried again after a pause that grows up to a minute. It is restarted when its
-flavour changes (the kernelspec file, the interpreter binary, or a
-site-packages folder changes, e.g. after ``pip install``): the old one stays
-until its last kernel ends, since a template's kernels end with it. It stops
-with the server: the control socket closes, and a server SIGKILL ends it
-through bwrap's ``--die-with-parent`` (sandboxed) or its parent-death signal.
+tried again after a pause that grows up to a minute. A template (or its
+namespace maker) that does not answer a fork request within ANSWER_TIMEOUT is
+killed through the pidfds it handed over and replaced. Sandboxed, its kernels
+outlive it: the sandbox's first process is the template's keeper, which adopts
+and reaps them and reports their ends on the same control channel (after a
+``template_ended`` notice). It is restarted when its flavour changes (the
+kernelspec file, the interpreter binary, or a site-packages folder changes,
+e.g. after ``pip install``): the old sandbox stays until its last kernel ends.
+It stops with the server: the control socket closes, and a server SIGKILL ends
+it through bwrap's ``--die-with-parent`` (sandboxed) or its parent-death signal.
 """
 
 from __future__ import annotations
@@ -72,8 +76,8 @@ from kernel_mcp.kernel import KERNEL_SETUP, Kernel, setup_config
 from kernel_mcp.launch.cgroups import KernelCgroup
 from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.ready import wait_ready
-from kernel_mcp.launch.sandbox import Sandbox
-from kernel_mcp.launch.stderr import stderr_tail
+from kernel_mcp.launch.sandbox import Sandbox, through_root
+from kernel_mcp.launch.stderr import StderrPipe, stderr_tail
 from kernel_mcp.outputs import OutputLimits
 from kernel_mcp.tasks import wait_within
 
@@ -86,6 +90,10 @@ MAX_MESSAGE = 1 << 20
 TEMPLATE_TIMEOUT = 120.0
 #: How long one forked kernel may take from request to ready, seconds.
 FORK_TIMEOUT = 60.0
+#: How long the template (and its namespace maker) may take to answer a fork request
+#: with the kernel's first two messages (milliseconds when well; a stopped or stuck
+#: template never answers): past it the template is replaced, and the kernel spawned.
+ANSWER_TIMEOUT = 5.0
 SHUTDOWN_WAIT = 5.0
 #: Pauses before trying a failed template again, seconds (then the last, forever).
 RETRY_PAUSES = (5.0, 15.0, 60.0)
@@ -115,6 +123,10 @@ class Flavour:
     """What a template is made for; a change in any of it means a new template."""
 
     python: str
+    flags: tuple[str, ...]
+    """Interpreter options before ``-m`` (``-Xfrozen_modules=off``, as ``python -m
+    ipykernel install`` writes): the template starts with them, and its children
+    inherit their effect."""
     arguments: tuple[str, ...]
     """The kernel's arguments after ``-f {connection_file}``."""
     env: tuple[tuple[str, str], ...]
@@ -131,6 +143,10 @@ class Flavour:
         except (NoSuchKernel, OSError, ValueError):
             return None
         argv = list(spec.argv)
+        flags = _interpreter_flags(argv)
+        if flags is None:
+            return None
+        argv = [argv[0], *argv[1 + len(flags) :]]
         if len(argv) < 5 or argv[1:3] not in (["-m", "ipykernel_launcher"], ["-m", "ipykernel"]):
             return None
         if argv[0] in {
@@ -153,12 +169,41 @@ class Flavour:
         stamps = tuple((path, _mtime(path)) for path in (spec_file, os.path.realpath(argv[0])))
         return cls(
             python=argv[0],
+            flags=flags,
             arguments=tuple(arguments),
             env=tuple(sorted((spec.env or {}).items())),
             preload=tuple(preload),
             resource_dir=spec.resource_dir,
             stamps=stamps,
         )
+
+
+#: Interpreter options whose effect is set at start-up and kept across fork (so the
+#: template starting with them gives each kernel what the option would): -X and -W
+#: (with their value, attached or next), and these single letters. -I, -P, -E, -s and
+#: -S change what sys.path and the environment give the template's own set-up: such
+#: kernelspecs are spawned.
+_VALUED_FLAGS = ("-X", "-W")
+_PLAIN_FLAGS = frozenset({"-u", "-B", "-O", "-OO", "-b", "-bb", "-d", "-q", "-v", "-R"})
+
+
+def _interpreter_flags(argv: list[str]) -> tuple[str, ...] | None:
+    """The interpreter options between ``argv[0]`` and ``-m``, or None when one of them
+    is not one the template can apply (see :data:`_PLAIN_FLAGS`)."""
+    flags: list[str] = []
+    index = 1
+    while index < len(argv) and argv[index] != "-m":
+        arg = argv[index]
+        if arg in _VALUED_FLAGS and index + 1 < len(argv):
+            flags += [arg, argv[index + 1]]
+            index += 2
+            continue
+        if arg.startswith(_VALUED_FLAGS) or arg in _PLAIN_FLAGS:
+            flags.append(arg)
+            index += 1
+            continue
+        return None
+    return tuple(flags)
 
 
 def _mtime(path: str) -> float:
@@ -256,7 +301,7 @@ class ForkedProcess:
         kernel_id: str,
         pidfd: int,
         folder: Path,
-        stderr_path: Path,
+        stderr: StderrPipe,
         cgroup: KernelCgroup | None,
         connection: dict[str, Any],
         namespaced: bool,
@@ -272,7 +317,7 @@ class ForkedProcess:
         still that kernel."""
         self.folder = folder
         self.connection_file = folder / "kernel.json"
-        self.stderr_path = stderr_path
+        self.stderr = stderr
         self.cgroup = cgroup
         self.sandboxed = namespaced
         """The kernel runs in the sandbox (list_sessions shows this)."""
@@ -280,11 +325,16 @@ class ForkedProcess:
         self.prepared: tuple[str, ...] | None = None
         """The kernel ran kernel-mcp's set-up itself (``kernel.KERNEL_SETUP``), with
         these preload modules."""
-        self._connection = connection
+        self._connection = through_root(connection, self.pid) if namespaced else connection
         self._namespaced = namespaced
         self._control: Any = None
         self._released = False
         self._code: int | None = None
+
+    @property
+    def client_info(self) -> dict[str, Any]:
+        """The connection info a client uses (the sockets, reached from this server)."""
+        return dict(self._connection)
 
     async def is_alive(self) -> bool:
         return not self._released and not _ended(self._pidfd)
@@ -346,7 +396,7 @@ class ForkedProcess:
         return None
 
     def stderr_tail(self) -> str:
-        return stderr_tail(self.stderr_path)
+        return self.stderr.tail()
 
     # -- internals ----------------------------------------------------------------------
     def _send_control(self, msg_type: str, content: dict[str, Any]) -> None:
@@ -388,8 +438,7 @@ class ForkedProcess:
             self._control = None
         if self.cgroup is not None:
             await self.cgroup.remove()
-        with contextlib.suppress(OSError):
-            self.stderr_path.unlink()
+        self.stderr.close()
         shutil.rmtree(self.folder, ignore_errors=True)
         os.close(self._pidfd)
         if self._kernel_fd is not None:
@@ -399,6 +448,10 @@ class ForkedProcess:
 
 
 # -- one template process -------------------------------------------------------------------
+class _Unanswered(Exception):
+    """The template (or its namespace maker) did not answer a fork request in time."""
+
+
 class _Template:
     """One running template process and its control channel."""
 
@@ -419,10 +472,21 @@ class _Template:
         self.userns = False
         """Each of its kernels gets a user namespace of its own (see userns_per_kernel):
         decided when it starts, since its set-up (the namespace maker) depends on it."""
+        self.helpers: list[int] = []
+        """pidfds of the template process and of its namespace maker (sandboxed)."""
+        self.end_code: int | None = None
 
     def ended(self) -> bool:
         """The template process is gone (noticed or not yet by its reader)."""
         return self.gone or self.process is None or self.process.poll() is not None
+
+    def end_helpers(self) -> None:
+        """SIGKILL the template process and its namespace maker (not the sandbox: the
+        keeper goes on with the kernels they forked). For a template that stopped
+        answering."""
+        for pidfd in self.helpers:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
     async def exit_notice(self, kernel_id: str, timeout: float) -> None:
         if kernel_id in self.exit_codes or self.gone:
@@ -450,18 +514,31 @@ class _Template:
                 kernel_id = str(message.get("id"))
                 self.exit_codes[kernel_id] = int(message.get("code", 1))
                 self._notices.setdefault(kernel_id, asyncio.Event()).set()
-        self.gone = True
+            elif message.get("op") == "template_ended":
+                # The keeper says so; it goes on reporting the ends of the kernels
+                # the template forked, which keep running.
+                self._template_ended(int(message.get("code", 1)))
+        self._template_ended(None)
         for event in self._notices.values():
             event.set()
+
+    def _template_ended(self, code: int | None) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        self.end_code = code
         if not self.retired:
             log.warning(
                 "the kernel fork template ended (%s); new kernels are spawned until it "
-                "restarts, and its kernels ended with it",
+                "restarts, and the %d kernel(s) it forked run on",
                 self.describe_end(),
+                len(self.live),
             )
 
     def describe_end(self) -> str:
-        code = self.process.poll() if self.process is not None else None
+        code = self.end_code
+        if code is None and self.process is not None:
+            code = self.process.poll()
         lines = stderr_tail(self.stderr_path).strip().splitlines()[-1:]
         tail = f"; its stderr ended with: {lines[0]}" if lines else ""
         return (f"exit code {code}" if code is not None else "its channel closed") + tail
@@ -482,6 +559,9 @@ class _Template:
         if self.stderr_path is not None:
             with contextlib.suppress(OSError):
                 self.stderr_path.unlink()
+        for pidfd in self.helpers:
+            os.close(pidfd)
+        self.helpers = []
 
 
 # -- the fork server ------------------------------------------------------------------------
@@ -560,6 +640,12 @@ class ForkServer:
             kernel = await self._fork(template, workspace or self.projects)
         except asyncio.CancelledError:
             raise
+        except _Unanswered as exc:
+            self.fallbacks += 1
+            log.warning("%s; replacing the template, and spawning this kernel", exc)
+            template.end_helpers()
+            self._retire(template, broken=True)
+            return None
         except Exception as exc:
             self.fallbacks += 1
             log.warning("a kernel could not be forked from the template (%s); spawning one", exc)
@@ -635,16 +721,18 @@ class ForkServer:
     def _retire(self, template: _Template, *, broken: bool) -> None:
         if self.template is template:
             self.template = None
-        template.retired = True
-        if broken:
+        if broken and not template.retired:  # once per template, whatever forks saw it
             self._failures += 1
             pause = RETRY_PAUSES[min(self._failures, len(RETRY_PAUSES)) - 1]
             self._next_try = time.monotonic() + pause
+        template.retired = True
         if not template.live:
             template.stop()
         elif template not in self._retired:
             self._retired.append(template)
-        self._retired = [t for t in self._retired if t.live and not t.gone]
+        # A template that ended keeps its live kernels (its keeper does): kept here, so
+        # that close() ends them.
+        self._retired = [t for t in self._retired if t.live]
 
     async def _launch(self, flavour: Flavour) -> _Template | None:
         template = _Template(flavour)
@@ -688,6 +776,7 @@ class ForkServer:
             "scratch": str(scratch),
             "plain": self.sandbox is None,
             "no_userns": self.sandbox is not None and not template.userns,
+            "seccomp": self.sandbox.seccomp.path if self.sandbox and self.sandbox.seccomp else "",
         }
         # A copy in the private folder (which the template sees and its children do
         # not): the interpreter may be another environment's, without kernel_mcp.
@@ -698,10 +787,17 @@ class ForkServer:
         if not setup.exists():
             setup.write_text(KERNEL_SETUP, encoding="utf-8")
         config["setup_file"] = str(setup)
-        argv = [flavour.python, str(script), str(theirs.fileno()), json.dumps(config)]
+        argv = [
+            flavour.python,
+            *flavour.flags,
+            str(script),
+            str(theirs.fileno()),
+            json.dumps(config),
+        ]
         env = {**self.env, **dict(flavour.env)}
         scratch.mkdir(mode=0o700)
         if self.sandbox is not None:
+            env = self.sandbox.kernel_env(env)
             argv = self.sandbox.template_command(
                 argv, shared=[self.folder], kernelspec_dir=flavour.resource_dir
             )
@@ -724,8 +820,7 @@ class ForkServer:
             raise RuntimeError(f"no answer in {TEMPLATE_TIMEOUT:g} s") from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        for fd in fds:
-            os.close(fd)
+        template.helpers = fds
         if message is None or message.get("op") != "ready":
             said = (message or {}).get("error") or template.describe_end()
             raise RuntimeError(said)
@@ -745,7 +840,6 @@ class ForkServer:
         name = kernel_id[:12]
         folder = self.folder / name
         folder.mkdir(mode=0o700)
-        stderr_path = self.folder / f"{name}.stderr"
         connection_file = folder / "kernel.json"
         _, info = write_connection_file(
             str(connection_file),
@@ -759,7 +853,7 @@ class ForkServer:
         cgroup = self.new_cgroup()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
-        stderr = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        stderr = StderrPipe()
         sandbox = self.sandbox
         env = {**self.env, **dict(template.flavour.env)}
         if sandbox is not None:
@@ -789,10 +883,11 @@ class ForkServer:
         }
         assert template.sock is not None
         try:
-            _send(template.sock, request, [theirs.fileno(), stderr])
+            _send(template.sock, request, [theirs.fileno(), stderr.write_fd])
         finally:
             theirs.close()
-            os.close(stderr)
+            stderr.handed()
+        stderr.start()
         template.live.add(kernel_id)
         holder: list[ForkedProcess] = []
         early: dict[str, Any] = {}
@@ -802,7 +897,7 @@ class ForkServer:
             sockets connect before the kernel binds its own, retrying every 2 ms
             (zmq's default is 100), and the request waits in its queue."""
             client = AsyncKernelClient()
-            client.load_connection_info(info)
+            client.load_connection_info(process.client_info)
             client.context.setsockopt(zmq.RECONNECT_IVL, 2)
             client.start_channels()
             early["client"] = client
@@ -818,7 +913,7 @@ class ForkServer:
                         ours,
                         kernel_id,
                         folder,
-                        stderr_path,
+                        stderr,
                         cgroup,
                         info,
                         holder,
@@ -843,6 +938,7 @@ class ForkServer:
             if "client" in early:
                 with contextlib.suppress(Exception):
                     early["client"].stop_channels()
+            said = _tail(stderr)
             if holder:
                 await holder[0].kill()
             else:
@@ -850,10 +946,9 @@ class ForkServer:
                 if cgroup is not None:
                     await cgroup.remove()
                 shutil.rmtree(folder, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    stderr_path.unlink()
+                stderr.close()
             if isinstance(exc, asyncio.TimeoutError):
-                raise RuntimeError(f"no kernel in {FORK_TIMEOUT:g} s{_tail(stderr_path)}") from None
+                raise RuntimeError(f"no kernel in {FORK_TIMEOUT:g} s{said}") from None
             raise
 
     async def _handshake(
@@ -862,7 +957,7 @@ class ForkServer:
         channel: socket.socket,
         kernel_id: str,
         folder: Path,
-        stderr_path: Path,
+        stderr: StderrPipe,
         cgroup: KernelCgroup | None,
         info: dict[str, Any],
         holder: list[ForkedProcess],
@@ -870,27 +965,27 @@ class ForkServer:
     ) -> ForkedProcess:
         """hello (the process that ends the kernel, a pidfd), kernel (its pidfd; moved
         into its cgroup meanwhile), go, ready (its sockets are bound)."""
-        hello, fds = await _recv(channel)
+        hello, fds = await _answer(channel, "the fork template")
         if hello is None or hello.get("op") != "hello" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            raise RuntimeError(f"no hello from the forked kernel{_tail(stderr_path)}")
+            raise RuntimeError(f"no hello from the forked kernel{_tail(stderr)}")
         process = ForkedProcess(
             template=template,
             kernel_id=kernel_id,
             pidfd=fds[0],
             folder=folder,
-            stderr_path=stderr_path,
+            stderr=stderr,
             cgroup=cgroup,
             connection=info,
             namespaced=self.sandbox is not None,
         )
         holder.append(process)
-        message, fds = await _recv(channel)
+        message, fds = await _answer(channel, "the forked kernel's first step")
         if message is None or message.get("op") != "kernel" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
+            raise RuntimeError(f"the forked kernel did not start{_tail(stderr)}")
         process._kernel_fd = fds[0]
         process.kernel_pid = _host_pid(fds[0])
         connect(process)
@@ -905,7 +1000,7 @@ class ForkServer:
         if ready is not None and ready.get("op") == "broken":
             raise RuntimeError(f"the forked kernel failed to start: {ready.get('error')}")
         if ready is None or ready.get("op") != "ready":
-            raise RuntimeError(f"the forked kernel did not start{_tail(stderr_path)}")
+            raise RuntimeError(f"the forked kernel did not start{_tail(stderr)}")
         if ready.get("prepared"):
             process.prepared = tuple(template.flavour.preload)
         failed = ready.get("preload_failed") or {}
@@ -914,6 +1009,18 @@ class ForkServer:
                 "preloading %s failed: %s", ", ".join(failed), "; ".join(map(str, failed.values()))
             )
         return process
+
+
+async def _answer(channel: socket.socket, who: str) -> tuple[dict[str, Any] | None, list[int]]:
+    """The next message of a fork's handshake, due within :data:`ANSWER_TIMEOUT`.
+
+    Raises:
+        _Unanswered: it did not come in time.
+    """
+    try:
+        return await wait_within(_recv(channel), ANSWER_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise _Unanswered(f"{who} did not answer in {ANSWER_TIMEOUT:g} s") from None
 
 
 def userns_per_kernel() -> bool:
@@ -945,6 +1052,6 @@ def _popen(
     )
 
 
-def _tail(path: Path) -> str:
-    tail = stderr_tail(path)
+def _tail(stderr: StderrPipe) -> str:
+    tail = stderr.tail()
     return f"; its stderr ended with:\n{tail}" if tail else ""

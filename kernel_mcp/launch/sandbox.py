@@ -25,9 +25,14 @@ namespace that bubblewrap sets up before the kernel's first instruction):
 * read-write (or read-only with ``KERNEL_MCP_SANDBOX_PROJECTS=ro``): the
   projects folder, which is also the working directory;
 * private: a size-limited /tmp, /dev/shm and an empty $HOME (tmpfs, gone with
-  the kernel), a fresh /proc for its own PID namespace, a minimal /dev;
-* the kernel's own connection folder (its connection file and IPC sockets),
-  and no other kernel's;
+  the kernel), a fresh /proc for its own PID namespace, a minimal /dev; the
+  root (bwrap's tmpfs: /etc and every mount point) and /dev read-only, so that
+  nothing is writable but its own mounts and the projects folder;
+* its connection folder: a 64 KiB tmpfs of its own with its connection file
+  bound read-only, where it binds its sockets (nothing on the host's disk; the
+  server connects through ``/proc/<pid>/root``: :func:`through_root`);
+* the seccomp filter (``kernel_mcp.launch.seccomp``), loaded by bwrap;
+* ``sitecustomize`` first on PYTHONPATH: no bytecode from the projects folder;
 * nothing else: not the server's working folder or .env, not the notebooks
   folder (masked even when it sits inside a shared folder), not the real home.
 
@@ -69,10 +74,11 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from kernel_mcp.config import Settings
 from kernel_mcp.errors import ConfigError
+from kernel_mcp.launch.seccomp import SeccompFilter, compiled, seccomp_filter
 
 __all__ = [
     "LAUNCHER",
@@ -128,6 +134,12 @@ UNSET_VARIABLES = (
     "TMPDIR",
 )
 PROBE_TIMEOUT = 10.0
+#: The kernels' sitecustomize (no bytecode from the projects folder), its PROJECTS to fill.
+SITECUSTOMIZE = (Path(__file__).parent / "sitecustomize.py").read_text(encoding="utf-8")
+#: Where kernels see that sitecustomize's folder (outside every folder they share).
+SITE_MOUNT = "/run/kernel-mcp/site"
+#: Size of a kernel's connection folder (its sockets and connection file use none).
+CONNECTION_BYTES = 65536
 
 # Runs inside the sandbox as the kernel's first process, then becomes the kernel.
 # argv: memory limit bytes, task limit, file size limit, then the kernel's own argv.
@@ -391,12 +403,24 @@ class Sandbox:
     """Where the synthesized passwd, group and hosts live (the backend's private folder)."""
     cgroups: str = ""
     """How the tree limits are enforced, for the banner ('cgroup v1', '' for rlimits only)."""
+    seccomp: SeccompFilter | None = None
+    """The kernels' seccomp filter (None: libseccomp is missing, and ``auto`` said so)."""
     _written: bool = field(default=False, repr=False)
+
+    @property
+    def site_dir(self) -> Path:
+        """Where the kernels' ``sitecustomize`` (see :data:`SITECUSTOMIZE`) is written; it
+        is shared read-only at :data:`SITE_MOUNT`, first on the kernels' PYTHONPATH."""
+        return self.etc_dir.parent / "site"
 
     def describe(self) -> str:
         limits = self.cgroups or "rlimits only"
         source = "bundled " if self.bwrap.bundled else ""
-        return f"on ({source}bubblewrap {self.bwrap.version}; {self.policy.describe()}; {limits})"
+        seccomp = "seccomp" if self.seccomp else "no seccomp"
+        return (
+            f"on ({source}bubblewrap {self.bwrap.version}; {self.policy.describe()}; "
+            f"{seccomp}; {limits})"
+        )
 
     def namespace_args(self, *, per_kernel: bool = True) -> list[str]:
         """bwrap's namespace, capability and lifetime options.
@@ -424,9 +448,13 @@ class Sandbox:
         return args
 
     def kernel_env(self, env: dict[str, str]) -> dict[str, str]:
-        """A kernel's environment as the sandbox sets it (for kernels bwrap does not start)."""
+        """A kernel's environment as the sandbox sets it: HOME, TMPDIR, and the
+        ``sitecustomize`` folder first on PYTHONPATH (so that every Python the kernel
+        starts loads it too)."""
         kept = {k: v for k, v in env.items() if k not in UNSET_VARIABLES}
         kept.update(HOME=self.policy.home, TMPDIR="/tmp")
+        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != SITE_MOUNT]
+        kept["PYTHONPATH"] = os.pathsep.join([SITE_MOUNT, *rest])
         return kept
 
     def hidden_by_private(
@@ -472,11 +500,13 @@ class Sandbox:
         *,
         interpreters: Sequence[str],
         shared: Sequence[Path] = (),
+        connection: Path | None = None,
         kernelspec_dir: str | None = None,
         private: bool = True,
         workspace: Path | None = None,
     ) -> list[Mount]:
-        """Every mount, ordered. ``shared``: read-write folders of this kernel only.
+        """Every mount, ordered. ``shared``: read-write folders (the template's);
+        ``connection``: the kernel's connection folder, made private.
 
         ``private=False`` leaves out the per-kernel tmpfs (/tmp, $HOME, /dev/shm) for a
         process that makes them itself for each child (the fork template).
@@ -486,6 +516,7 @@ class Sandbox:
         self._write_etc()
         policy = self.policy
         mounts: list[Mount] = [Mount("/proc", "proc"), Mount("/dev", "dev")]
+        mounts.append(Mount(SITE_MOUNT, "ro", source=str(self.site_dir)))
         tmp = Mount("/tmp", "tmpfs", size=policy.tmp_bytes, perms="1777")
         home = Mount(policy.home, "tmpfs", size=policy.tmp_bytes, perms="0700")
         shm = Mount("/dev/shm", "tmpfs", size=policy.tmp_bytes, perms="1777")
@@ -514,6 +545,12 @@ class Sandbox:
         mounts.append(Mount(projects, "rw" if policy.projects_writable else "ro", source=projects))
         for folder in shared:
             mounts.append(Mount(str(folder), "rw", source=str(folder)))
+        if connection is not None:
+            # Not the host's folder: a tiny tmpfs for the kernel's sockets, with its
+            # connection file read-only (see through_root).
+            mounts.append(Mount(str(connection), "tmpfs", size=CONNECTION_BYTES, perms="0700"))
+            file = str(connection / "kernel.json")
+            mounts.append(Mount(file, "ro", source=file))
         shared_roots = [m.dest for m in mounts if m.kind in ("ro", "rw")]
         for hidden in policy.hidden:
             if hidden.is_dir() and any(_inside(hidden, root) for root in shared_roots):
@@ -530,21 +567,32 @@ class Sandbox:
         *,
         kernel_dir: Path,
         kernelspec_dir: str | None = None,
+        seccomp_fd: int | None = None,
         workspace: Path | None = None,
     ) -> list[str]:
         """``argv`` (a kernelspec's formatted command) run inside a fresh sandbox, working
-        in ``workspace`` (None: the projects folder), the only projects folder it sees."""
+        in ``workspace`` (None: the projects folder), the only projects folder it sees.
+
+        ``seccomp_fd``: an fd the launched bwrap inherits, open on the compiled filter
+        (``Sandbox.seccomp``), which bwrap reads and loads before the kernel starts.
+        """
         interpreters = [sys.executable]
         if argv and os.path.isabs(argv[0]):
             interpreters.append(argv[0])
         args = [self.bwrap.path, *self.namespace_args()]
         for mount in self.mounts(
             interpreters=interpreters,
-            shared=[kernel_dir],
+            connection=kernel_dir,
             kernelspec_dir=kernelspec_dir,
             workspace=workspace,
         ):
             args += mount.args()
+        # Last, once every mount point exists: bwrap's root (a tmpfs: /etc, /home and
+        # the mount points) and /dev read-only, as each forked kernel has them; the
+        # private tmpfs mounted on them stay writable.
+        args += ["--remount-ro", "/dev", "--remount-ro", "/"]
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
         args += ["--chdir", str(workspace or self.policy.projects), "--"]
         launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER]
         return [
@@ -614,7 +662,25 @@ class Sandbox:
             target = self.etc_dir / file
             target.write_text(text)
             target.chmod(0o644)
+        self.site_dir.mkdir(mode=0o755, exist_ok=True)
+        site = self.site_dir / "sitecustomize.py"
+        projects = f"\nPROJECTS = {str(self.policy.projects.resolve())!r}\n"
+        site.write_text(SITECUSTOMIZE.replace('\nPROJECTS = ""\n', projects, 1), encoding="utf-8")
+        site.chmod(0o644)
         self._written = True
+
+
+def through_root(info: dict[str, Any], pid: int | None) -> dict[str, Any]:
+    """A sandboxed kernel's connection info as the server reaches its sockets.
+
+    The kernel's connection folder is a tiny tmpfs of its own inside the sandbox (its
+    sockets; nothing on the host's disk), and the server connects through the root
+    of a process in the sandbox's mount namespace, ``/proc/<pid>/root``: a magic
+    link, followed into that namespace's mounts.
+    """
+    if pid is None:
+        return dict(info)
+    return {**info, "ip": f"/proc/{pid}/root{info['ip']}"}
 
 
 def _group_name(gid: int, fallback: str) -> str:
@@ -645,7 +711,20 @@ def sandbox_for(settings: Settings, etc_dir: Path) -> Sandbox | None:
             result.reason,
         )
         return None
-    return Sandbox(result.bwrap, SandboxPolicy.from_settings(settings), etc_dir)
+    sandbox = Sandbox(result.bwrap, SandboxPolicy.from_settings(settings), etc_dir)
+    try:
+        etc_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sandbox.seccomp = seccomp_filter(str(etc_dir.parent))
+    except (RuntimeError, OSError) as exc:
+        # The namespaces still hold without it; `on` asks for the whole sandbox.
+        if settings.sandbox == "on":
+            raise ConfigError(f"KERNEL_MCP_SANDBOX=on: no seccomp filter: {exc}") from exc
+        log.warning(
+            "kernels are sandboxed WITHOUT a seccomp filter: %s; install libseccomp2 "
+            "(or set KERNEL_MCP_SANDBOX=on to refuse to start without it)",
+            exc,
+        )
+    return sandbox
 
 
 def describe(settings: Settings) -> str:
@@ -660,4 +739,9 @@ def describe(settings: Settings) -> str:
         return f"off ({result.reason})"
     policy = SandboxPolicy.from_settings(settings)
     source = "bundled " if result.bwrap.bundled else ""
-    return f"on ({source}bubblewrap {result.bwrap.version}; {policy.describe()})"
+    try:
+        compiled()
+        seccomp = "seccomp"
+    except (RuntimeError, OSError):
+        seccomp = "no seccomp"
+    return f"on ({source}bubblewrap {result.bwrap.version}; {policy.describe()}; {seccomp})"

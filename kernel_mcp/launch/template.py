@@ -15,6 +15,14 @@ own connection file: its sockets, threads, event loop and shell are its own,
 built after the fork. ``gc.freeze()`` before forking keeps the collector from
 writing to the template's objects, so their pages stay shared.
 
+Sandboxed, the process bwrap starts forks first, before any import, and stays as
+the keeper (see _keep): the template is its child, so that the kernels outlive a
+template that dies. Each kernel's init loads the kernels' seccomp filter (compiled
+by the server) once it dropped its capabilities, and so does each kernel before
+anything of the user's runs; the init remounts the template's root and /dev
+read-only for its kernel, which gets its own /dev/pts and a 64 KiB tmpfs as its
+connection folder (the server reaches its sockets through /proc/<init>/root).
+
 Per kernel, with namespaces (the sandboxed case, the server root)::
 
     maker, the template's first child, forked before any import (small): keeps a
@@ -80,6 +88,19 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 0x4000, 1 << 18
+MS_SYNCHRONOUS, MS_MANDLOCK, MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 16, 64, 1024, 2048, 1 << 21
+#: statvfs's ST_* flag -> the MS_* flag a remount must repeat (a user namespace may not
+#: clear nosuid, nodev, noexec or the atime flags of a mount it did not make).
+KEPT_FLAGS = (
+    (os.ST_NOSUID, MS_NOSUID),
+    (os.ST_NODEV, MS_NODEV),
+    (os.ST_NOEXEC, MS_NOEXEC),
+    (os.ST_SYNCHRONOUS, MS_SYNCHRONOUS),
+    (os.ST_MANDLOCK, MS_MANDLOCK),
+    (os.ST_NOATIME, MS_NOATIME),
+    (os.ST_NODIRATIME, MS_NODIRATIME),
+    (os.ST_RELATIME, MS_RELATIME),
+)
 MNT_DETACH = 2
 #: What bwrap covers read-only in every /proc it mounts (writable there for a root
 #: mapped to the host's root: sysctls, the magic SysRq key): covered in ours too.
@@ -94,14 +115,20 @@ NAMES = {
     "spare": "kmcp-nsspare",
     "init": "kmcp-nsinit",
     "kernel": "kmcp-kernel",
+    "keeper": "kmcp-keeper",
 }
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+PTRACE_DETACH = 17
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 MAX_MESSAGE = 1 << 20
 _LAUNCHER = "ipykernel_launcher"
+#: A kernel's connection folder: its sockets and its connection file need a few inodes
+#: and no data.
+CONNECTION_TMPFS = "size=64k,nr_inodes=64,mode=0755"
 _PARSED = False
 #: kernel-mcp's kernel set-up (its output and input guards, the preload's names),
 #: compiled once here; each child runs it before it answers anything.
@@ -109,7 +136,7 @@ _SETUP = None
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 #: Looked up here, once: a child would otherwise pay for each symbol's first use.
-for _symbol in ("capset", "mount", "prctl", "setns", "umount2", "unshare"):
+for _symbol in ("capset", "mount", "prctl", "ptrace", "setns", "umount2", "unshare"):
     getattr(_libc, _symbol)
 del _symbol
 
@@ -165,6 +192,80 @@ def _uncover_proc() -> None:
     for name in PROC_COVERED:
         with contextlib.suppress(OSError):
             _umount(f"/proc/{name}")
+
+
+def _remount_readonly(path: str) -> None:
+    """Make the mount at ``path`` (that one only, not those below it) read-only."""
+    flags = os.statvfs(path).f_flag
+    kept = 0
+    for st_flag, ms_flag in KEPT_FLAGS:
+        if flags & st_flag:
+            kept |= ms_flag
+    _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+#: The kernels' seccomp filter, compiled by the server (``kernel_mcp.launch.seccomp``)
+#: and read here once; each kernel and its init load it (``_load_seccomp``).
+_SECCOMP: tuple[ctypes.Array, _SockFprog] | None = None
+_FILTERED = False
+
+
+def _read_seccomp(path: str) -> None:
+    global _SECCOMP
+    with open(path, "rb") as file:
+        program = file.read()
+    if not program or len(program) % 8:
+        raise ValueError(f"not a compiled seccomp filter: {len(program)} bytes")
+    buffer = ctypes.create_string_buffer(program, len(program))
+    _SECCOMP = (buffer, _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p)))
+
+
+def _load_seccomp() -> None:
+    """Put this process (and everything it starts) under the kernels' filter. Needs
+    no_new_privs (``_drop_capabilities`` sets it); irreversible."""
+    global _FILTERED
+    if _SECCOMP is None or _FILTERED:
+        return  # a kernel its init forked inherits the init's filter
+    _check(
+        _libc.prctl(
+            ctypes.c_int(PR_SET_SECCOMP),
+            ctypes.c_ulong(SECCOMP_MODE_FILTER),
+            ctypes.byref(_SECCOMP[1]),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        ),
+        "seccomp",
+    )
+    _FILTERED = True
+
+
+def _exit_code(pid: int, status: int) -> int | None:
+    """``status`` as Popen's returncode, or None when the child has not ended.
+
+    A child that made this process its tracer (``ptrace(PTRACE_TRACEME)``, which the
+    kernels' filter refuses: this is the second line) reports its stops here even
+    without WUNTRACED; it is let go at once, its signal delivered, so that neither
+    this process (a ValueError from waitstatus_to_exitcode) nor the child hangs.
+    """
+    if os.WIFSTOPPED(status):
+        _libc.ptrace(
+            ctypes.c_long(PTRACE_DETACH),
+            ctypes.c_long(pid),
+            ctypes.c_void_p(0),
+            ctypes.c_void_p(os.WSTOPSIG(status)),
+        )
+        return None
+    if os.WIFCONTINUED(status):
+        return None
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return None
 
 
 def _name(role: str) -> None:
@@ -456,14 +557,17 @@ def _enter_namespaces(request: dict, *, pid: bool) -> None:
 
 
 def _private_mounts(request: dict) -> None:
-    """B, PID 1 of the kernel's namespaces: its /proc, /tmp, $HOME, /dev/shm and only
-    its own connection folder; lo up when it has a network namespace of its own."""
+    """B, PID 1 of the kernel's namespaces: its /proc, /tmp, $HOME, /dev/shm and
+    /dev/pts, its own connection folder, nothing writable that another kernel shares
+    (the template's root and /dev made read-only here); lo up when it has a network
+    namespace of its own."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # What must stay visible below the private mounts (its own connection folder, and
+    # What must stay visible below the private mounts (its connection file, and
     # shared folders below /tmp or $HOME: a venv in ~/project, the projects folder)
     # stays reachable by fd once a tmpfs hides its path. Opened in this mount
     # namespace: a bind's source must be one of its own mounts.
-    kept = [*request["keep"], (request["folder"], False)]
+    connection = os.path.join(request["folder"], "kernel.json")
+    kept = [*request["keep"], (connection, True)]
     workspace = request.get("workspace")
     if workspace:
         # A principal's own folder: nothing else of the projects folder stays in sight.
@@ -486,11 +590,17 @@ def _private_mounts(request: dict) -> None:
     os.makedirs(request["home"], exist_ok=True)
     _mount("tmpfs", request["home"], "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0700")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
-    # Only this kernel's own connection folder: an empty folder over the shared root
-    # (wherever it is; below /tmp it is gone already), with its own one bound back.
+    # Its own pseudo-terminals: the template's devpts is every kernel's.
+    _mount(
+        "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620"
+    )
+    # The connection folder: a tiny tmpfs of its own over the shared root (wherever it
+    # is; below /tmp it is gone already) holding its connection file, read-only, and
+    # the kernel's sockets. Nothing of it is on the host's disk; the server connects
+    # through /proc/<this process>/root.
     root = os.path.dirname(request["folder"])
     os.makedirs(root, exist_ok=True)
-    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, CONNECTION_TMPFS)
     if workspace and os.path.isdir(request["projects"]):
         _mount("tmpfs", request["projects"], "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
     for path, readonly, fd in sorted(keep, key=lambda item: item[0].count("/")):
@@ -504,6 +614,11 @@ def _private_mounts(request: dict) -> None:
             _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
         os.close(fd)
     os.chmod(root, 0o700)
+    # The template's root (bwrap's tmpfs: /etc, /home, every mount point) and its /dev
+    # are one file system for all its kernels: read-only here, so that nothing one
+    # kernel writes there reaches another, or outlives it.
+    _remount_readonly("/dev")
+    _remount_readonly("/")
     if not request["network"]:
         _loopback_up()
 
@@ -527,16 +642,16 @@ def _namespaced(request: dict, sock: socket.socket) -> None:
     _private_mounts(request)
     _hello(sock, "hello")
     _drop_capabilities()
+    _load_seccomp()
     kernel = os.fork()
     if kernel == 0:
         _kernel(request, sock)
     sock.close()
     while True:  # reap; end with the kernel (its namespace ends with this process)
         pid, status = os.waitpid(-1, 0)
-        if pid == kernel:
-            if os.WIFSIGNALED(status):
-                os._exit(128 + os.WTERMSIG(status))
-            os._exit(os.waitstatus_to_exitcode(status))
+        code = _exit_code(pid, status)
+        if pid == kernel and code is not None:
+            os._exit(128 - code if code < 0 else code)
 
 
 #: The namespaces a kernel joins, in the order it joins them (its mounts last: joining
@@ -623,6 +738,7 @@ def _init(link: int) -> None:
     _hello(sock, "hello")
     sock.close()
     _drop_capabilities()
+    _load_seccomp()
     link_to_kernel = socket.socket(fileno=peer)
     joined = [(name, flag) for name, flag in JOINED if name != "net" or not request["network"]]
     fds = [os.open(f"/proc/self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name, _ in joined]
@@ -666,6 +782,8 @@ def _kernel(request: dict, sock: socket.socket) -> None:
     here, as long as the rest of a fork); no user code runs before "go".
     """
     _name("kernel")
+    if request["namespaces"]:
+        _load_seccomp()  # before anything of the user's, after the last mount or setns
     _hello(sock, "kernel")
     if request["namespaces"]:
         os.setsid()  # lead its own group, so an interrupt reaches its children too
@@ -788,13 +906,22 @@ class _MakerGone(Exception):
 
 
 class _Children:
-    """Which child of the template is which kernel, across A handing its kernel to B."""
+    """Which child of the template is which kernel, across A handing its kernel to B.
 
-    def __init__(self, control: socket.socket) -> None:
+    The keeper (see _keep) is told each kernel's pid and each end reported, so that
+    it reports the ends of the kernels still running if this template dies.
+    """
+
+    def __init__(self, control: socket.socket, keeper: socket.socket | None) -> None:
         self.control = control
+        self.keeper = keeper
         self.kernels: dict[int, str] = {}  # pid -> kernel id: its end is reported
         self.handing: dict[int, tuple[str, int]] = {}  # A's pid -> (id, pipe with B's pid)
         self.early: dict[int, int] = {}  # ended before we knew whose they were -> code
+
+    def add(self, pid: int, kid: str) -> None:
+        self.kernels[pid] = kid
+        self._tell_keeper({"pid": pid, "id": kid})
 
     def reap(self) -> None:
         while True:
@@ -804,7 +931,9 @@ class _Children:
                 return
             if pid == 0:
                 return
-            code = os.waitstatus_to_exitcode(status)
+            code = _exit_code(pid, status)
+            if code is None:
+                continue  # stopped or continued: not an end
             if pid in self.handing:
                 kid, pipe = self.handing.pop(pid)
                 try:
@@ -817,24 +946,103 @@ class _Children:
                 elif handed in self.early:
                     self._ended(kid, self.early.pop(handed))
                 else:
-                    self.kernels[handed] = kid
+                    self.add(handed, kid)
             elif pid in self.kernels:
                 self._ended(self.kernels.pop(pid), code)
+                self._tell_keeper({"pid": pid})
             else:
                 self.early[pid] = code
 
     def _ended(self, kid: str, code: int) -> None:
         _send(self.control, {"op": "exited", "id": kid, "code": code})
 
+    def _tell_keeper(self, message: dict) -> None:
+        if self.keeper is not None:
+            with contextlib.suppress(OSError):
+                _send(self.keeper, message)
+
+
+def _keep(control: socket.socket, link: socket.socket, template: int) -> NoReturn:
+    """The keeper: bwrap's own child, the template's parent, a subreaper. Never returns.
+
+    A PID namespace ends with its first process, so the template, were it that
+    process, would take every kernel it forked with it when it dies. The keeper is
+    that process instead, forked before the imports (small), and runs nothing but
+    this loop: it learns from the template which child pid is which kernel (and
+    which ends the template reported), and once the template is gone it adopts the
+    orphaned kernels (a subreaper), reaps them and reports their ends on the
+    template's control channel, after one ``template_ended`` notice. It leaves when
+    the template is gone and no kernel is left (or the server goes).
+    """
+    _name("keeper")
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    kernels: dict[int, str] = {}
+    template_alive = True
+    selector = selectors.DefaultSelector()
+    selector.register(link, selectors.EVENT_READ)
+    selector.register(wake_read, selectors.EVENT_READ)
+    try:
+        while template_alive or kernels:
+            for key, _ in selector.select():
+                if key.fileobj is link:
+                    message, fds = _recv(link)
+                    for fd in fds:
+                        os.close(fd)
+                    if message is None:
+                        selector.unregister(link)
+                    elif "id" in message:
+                        kernels[int(message["pid"])] = str(message["id"])
+                    else:
+                        kernels.pop(int(message.get("pid", 0)), None)
+                    continue
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_read, 512):
+                        pass
+                while True:
+                    try:
+                        pid, status = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid == 0:
+                        break
+                    code = _exit_code(pid, status)
+                    if code is None:
+                        continue
+                    if pid == template:
+                        template_alive = False
+                        _send(control, {"op": "template_ended", "code": code})
+                    elif pid in kernels:
+                        _send(control, {"op": "exited", "id": kernels.pop(pid), "code": code})
+    except OSError:
+        pass  # the server is gone: so is everything here, with bwrap
+    os._exit(0)
+
 
 def main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(argv[1]))
     config = json.loads(argv[2])
+    keeper = None
+    if not config.get("plain"):
+        # Sandboxed, this process is bwrap's child: it stays, as the keeper, and the
+        # template is its child (see _keep). First, while this process is small.
+        keeper, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        template = os.fork()
+        if template:
+            keeper.close()
+            _keep(control, theirs, template)
+        theirs.close()
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the keeper ends only with bwrap
+    if config.get("seccomp"):
+        _read_seccomp(config["seccomp"])
     _name("template")
     # As a spawned kernel's `python -m ipykernel_launcher` from the projects folder: the
     # preload (and later the kernels) import from there, not from this script's folder.
     sys.path[0] = os.getcwd()
     maker = None
+    helpers = []
     if config.get("plain"):
         # Unsandboxed, nothing else ends the template with the server.
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -848,11 +1056,16 @@ def main(argv: list[str]) -> int:
                 file.write("0")
             # Before the imports, while this process is small: see _maker.
             maker, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            if os.fork() == 0:
+            maker_pid = os.fork()
+            if maker_pid == 0:
                 control.close()
                 maker.close()
+                if keeper is not None:
+                    keeper.close()
                 _maker(theirs)
             theirs.close()
+            helpers.append(os.pidfd_open(maker_pid))
+    helpers.insert(0, os.pidfd_open(os.getpid()))
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     try:
         ready = _warm(config)
@@ -873,8 +1086,12 @@ def main(argv: list[str]) -> int:
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ)
     selector.register(wake_read, selectors.EVENT_READ)
-    children = _Children(control)
-    _send(control, ready)
+    children = _Children(control, keeper)
+    # With pidfds of this process and of the maker: the server ends them itself when
+    # they stop answering (a stopped template would otherwise stall every start).
+    _send(control, ready, helpers)
+    for fd in helpers:
+        os.close(fd)
     while True:
         for key, _ in selector.select():
             if key.fileobj is not control:
@@ -888,7 +1105,7 @@ def main(argv: list[str]) -> int:
                 continue
             request, fds = _recv(control)
             if request is None:
-                return 0  # the server is gone or closing: the kernels end with us
+                return 0  # the server is gone or closing (it ends the kernels)
             if request.get("op") != "fork" or len(fds) != 2:
                 for fd in fds:
                     os.close(fd)
@@ -908,7 +1125,7 @@ def main(argv: list[str]) -> int:
             if handoff is not None:
                 children.handing[pid] = (request["id"], handoff)
             else:
-                children.kernels[pid] = request["id"]
+                children.add(pid, request["id"])
 
 
 if __name__ == "__main__":

@@ -164,6 +164,59 @@ PROGRAMS: list[Program] = [
         "error",
         contains=("BlockingIOError",),
     ),
+    # -- tenants: what would reach other kernels (tests/test_isolation.py tries each
+    # -- across two principals) ---------------------------------------------------------
+    P(
+        "write_under_etc",
+        "open('/etc/ld.so.preload', 'w').write('/tmp/evil.so')",
+        "error",
+        contains=("Read-only file system",),
+    ),
+    P(
+        "write_to_the_root_and_dev",
+        "for path in ('/kernel-mcp-escape', '/dev/kernel-mcp-escape'):\n"
+        "    try:\n        open(path, 'w')\n"
+        "    except OSError as exc:\n        print(exc.strerror)",
+        "ok",
+        contains=("Read-only file system\nRead-only file system",),
+    ),
+    P(
+        "fill_the_connection_folder",
+        "import os\nfolder = os.path.dirname(get_ipython().kernel.parent.connection_file)\n"
+        "open(os.path.join(folder, 'filler'), 'wb').write(b'x' * 2**20)",
+        "error",
+        contains=("No space left on device",),
+    ),
+    P(
+        "ptrace_traceme_then_a_child",
+        "import ctypes, errno, subprocess\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.ptrace(0, 0, 0, 0), errno.errorcode[ctypes.get_errno()])\n"
+        "subprocess.run(['true'])",
+        "ok",
+        contains=("-1 EPERM",),
+    ),
+    P(
+        "add_a_key_to_the_keyring",
+        "import ctypes, errno, platform\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "nr = {'x86_64': 248, 'aarch64': 217}[platform.machine()]\n"
+        "print(libc.syscall(nr, b'user', b'kmcp', b'secret', 6, -4), "
+        "errno.errorcode[ctypes.get_errno()])",
+        "ok",
+        contains=("-1 EPERM",),
+    ),
+    P(
+        "unshare_a_user_namespace",
+        "import ctypes, errno\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.unshare(0x10000000), errno.errorcode[ctypes.get_errno()])",
+        "ok",
+        contains=("-1 EPERM",),
+    ),
+    P(
+        "open_a_vsock_socket",
+        "import socket; socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)",
+        "error",
+        contains=("Address family not supported",),
+    ),
     # -- what other principals' tools must survive -----------------------------------------
     # A file name that is not UTF-8 in the shared projects folder (list_files after it).
     P(
