@@ -48,7 +48,7 @@ MAX_REQUIREMENTS = 64
 MAX_REQUIREMENT_CHARS = 200
 
 _EXAMPLE = 'pass requirement specifiers of projects on the index, e.g. "pandas", "scipy>=1.11"'
-_VCS = re.compile(r"^\s*(git|hg|svn|bzr)\+", re.IGNORECASE)
+_VCS = re.compile(r"(^|[\s@])(git|hg|svn|bzr)\+", re.IGNORECASE)
 _OPTION = re.compile(r"(^|\s)-")
 _ARCHIVE = re.compile(r"\.(whl|zip|tar|tgz|tbz|txz|tar\.gz|tar\.bz2|tar\.xz|egg)\s*$", re.I)
 # Letters, digits, what names, extras, specifiers and markers are written with, and
