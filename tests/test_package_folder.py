@@ -50,11 +50,13 @@ def test_a_stage_changes_nothing_live_until_it_is_committed(tmp_path: Path) -> N
     assert sorted(p.name for p in folder.path_entry.iterdir()) == ["old.py"]
 
     old_live = folder.live()
-    folder.commit(stage)
+    old = folder.commit(stage)
 
     assert sorted(p.name for p in folder.path_entry.iterdir()) == ["new.py"]
-    assert old_live is not None and not old_live.exists()
+    assert old == old_live and old is not None and (old / "old.py").exists()
     assert not stage.exists()
+    folder.discard(old)
+    assert sorted(p.name for p in folder.root.iterdir()) == ["current", folder.live().name]
 
 
 def test_a_discarded_stage_leaves_the_live_tree_as_it_was(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import contextlib
 import importlib.metadata
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -148,28 +148,36 @@ def _top_level(dist: importlib.metadata.Distribution) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def read_distributions(folder: Path | None) -> dict[str, Distribution]:
+def read_distributions(
+    folder: Path | None, *, top_level: bool | Collection[str] = True
+) -> dict[str, Distribution]:
     """The distributions installed in ``folder`` (a ``--target`` folder), by canonical
-    name; nothing is imported or run. A missing folder has none."""
+    name; nothing is imported or run. A missing folder has none.
+
+    ``top_level``: whose importable names to read (RECORD can be long): all, none, or
+    those of the canonical names given.
+    """
     if folder is None or not folder.is_dir():
         return {}
     found: dict[str, Distribution] = {}
     for dist in importlib.metadata.distributions(path=[str(folder)]):
-        name_text = dist.metadata["Name"] if dist.metadata else None
-        version = _version(dist.version or "") if name_text else None
+        metadata = dist.metadata  # parsed once: .version and .requires parse it again
+        name_text = metadata["Name"] if metadata else None
+        version = _version(metadata["Version"] or "") if name_text else None
         if not name_text or version is None:
             continue
         try:
             name = canonicalize_name(name_text, validate=True)
         except InvalidName:
             continue
+        wanted = top_level if isinstance(top_level, bool) else name in top_level
         found.setdefault(
             name,
             Distribution(
                 name=name,
                 version=version,
-                requires=tuple(dist.requires or ()),
-                top_level=_top_level(dist),
+                requires=tuple(metadata.get_all("Requires-Dist") or ()),
+                top_level=_top_level(dist) if wanted else (),
                 display_name=name_text,
             ),
         )

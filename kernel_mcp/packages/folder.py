@@ -105,8 +105,9 @@ class PackageFolder:
         shutil.copytree(live, stage, symlinks=True, copy_function=os.link)
         return stage
 
-    def commit(self, stage: Path) -> Path:
-        """Make ``stage`` the live tree, in one atomic step, and remove the old one."""
+    def commit(self, stage: Path) -> Path | None:
+        """Make ``stage`` the live tree, in one atomic step (fast: two renames). Returns
+        the old tree, for :meth:`discard` (which can take a while)."""
         old = self.live()
         number = 1 + max(
             (int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.match(p.name))),
@@ -115,13 +116,11 @@ class PackageFolder:
         live = self.root / f"v{number}"
         stage.rename(live)
         self._point_at(live.name)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return live
+        return old
 
-    def discard(self, stage: Path) -> None:
-        """Remove an install's stage; the live tree is as it was."""
-        shutil.rmtree(stage, ignore_errors=True)
+    def discard(self, tree: Path) -> None:
+        """Remove a stage that will not go live, or a tree that is live no more."""
+        shutil.rmtree(tree, ignore_errors=True)
 
     def clean(self) -> None:
         """Remove what an interrupted server left: stages, and trees not live."""

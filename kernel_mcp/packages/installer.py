@@ -137,7 +137,7 @@ class Installer:
         started: float,
         deadline: float,
     ) -> InstallResult:
-        before = await asyncio.to_thread(read_distributions, folder.live())
+        before = await asyncio.to_thread(read_distributions, folder.live(), top_level=False)
         base = environment.distributions
         planned = plan(requested, before, base, environment.markers, upgrade=upgrade)
         satisfied = tuple(f"{s} (kernel environment)" for s in planned.satisfied)
@@ -151,7 +151,7 @@ class Installer:
             )
         stage = await asyncio.to_thread(folder.stage)
         try:
-            given, notes = await self._passes(
+            given, notes, now = await self._passes(
                 planned.install, roots, stage, environment, upgrade, progress, started, deadline
             )
             size = await asyncio.to_thread(tree_bytes, stage)
@@ -164,11 +164,21 @@ class Installer:
                 )
             if time.monotonic() > deadline:
                 raise self._timeout()
-            after = await asyncio.to_thread(read_distributions, stage)
-            await asyncio.to_thread(folder.commit, stage)
+            changed = {
+                n for n, d in now.items() if n not in before or before[n].version != d.version
+            }
+            after = await asyncio.to_thread(read_distributions, stage, top_level=changed)
+            if changed & set(before):  # the names the replaced versions gave, while they exist
+                before |= await asyncio.to_thread(
+                    read_distributions, folder.live(), top_level=changed
+                )
+            # In this thread: a commit is two renames, and must not go on after a cancel.
+            old = folder.commit(stage)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(folder.discard, stage))
             raise
+        if old is not None:
+            await asyncio.to_thread(folder.discard, old)
         installed = tuple(
             d for n, d in sorted(after.items()) if n not in before or before[n].version != d.version
         )
@@ -198,20 +208,21 @@ class Installer:
         progress: uv.ProgressCallback | None,
         started: float,
         deadline: float,
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Distribution]]:
         """uv into ``stage``, then again for what is left unmet; returns what uv was
-        given and any notes."""
+        given, any notes, and what the stage holds."""
         base, markers = environment.distributions, environment.markers
         wanted = list(install)
         upgrades = [canonicalize_name(r.name) for r in install] if upgrade else []
         if not wanted:  # all asked for is there, but an extra of it needs more
-            wanted = unmet(roots, await asyncio.to_thread(read_distributions, stage), base, markers)
+            now = await asyncio.to_thread(read_distributions, stage, top_level=False)
+            wanted = unmet(roots, now, base, markers)
         for number in range(1 + MAX_EXTRA_PASSES):
             await self._run(stage, wanted, environment, upgrades, progress, started, deadline)
-            now = await asyncio.to_thread(read_distributions, stage)
+            now = await asyncio.to_thread(read_distributions, stage, top_level=False)
             left = unmet(roots, now, base, markers)
             if not left:
-                return tuple(str(r) for r in wanted), ()
+                return tuple(str(r) for r in wanted), (), now
             if number < MAX_EXTRA_PASSES and progress is not None:
                 shown = ", ".join(str(r) for r in left)
                 await progress(
@@ -220,7 +231,7 @@ class Installer:
                 )
             wanted += [r for r in left if str(r) not in {str(w) for w in wanted}]
         notes = tuple(f"Still unmet after the install: {r}" for r in left)
-        return tuple(str(r) for r in wanted), notes
+        return tuple(str(r) for r in wanted), notes, now
 
     async def _run(
         self,
@@ -236,7 +247,7 @@ class Installer:
         for folder in (settings.cache_dir, settings.home_dir, settings.home_dir / "tmp"):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         wanted_names = {canonicalize_name(r.name) for r in wanted}
-        in_stage = set(await asyncio.to_thread(read_distributions, stage))
+        in_stage = set(await asyncio.to_thread(read_distributions, stage, top_level=False))
         excluded = sorted(set(environment.distributions) - wanted_names - in_stage)
         with tempfile.TemporaryDirectory(dir=settings.home_dir / "tmp") as scratch:
             excludes = None
