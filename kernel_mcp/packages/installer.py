@@ -36,6 +36,7 @@ from kernel_mcp.packages.dependencies import plan, unmet
 from kernel_mcp.packages.environment import Distribution, KernelEnvironment, read_distributions
 from kernel_mcp.packages.errors import InstallFailed
 from kernel_mcp.packages.folder import PackageFolder, tree_bytes
+from kernel_mcp.packages.requirements import parse_requirement
 
 __all__ = ["InstallResult", "Installer", "InstallerSettings"]
 
@@ -84,7 +85,7 @@ class InstallResult:
     #: The session's folder after the install, bytes.
     folder_bytes: int = 0
     duration_s: float = 0.0
-    #: What uv was given, as packaging rendered it (for a notebook's ``%pip`` cell).
+    #: What was asked, as packaging rendered it (for a notebook's ``%pip install`` cell).
     requirements: tuple[str, ...] = field(default=())
 
     def imported(self, modules: Iterable[str]) -> list[Distribution]:
@@ -115,10 +116,13 @@ class Installer:
         ``folder``, on top of ``environment``.
 
         Raises:
+            PackageRefused: a requirement is not a plain specifier.
             InstallFailed: uv failed, or the time limit or the size cap was reached;
                 the folder is as it was.
         """
         started = time.monotonic()
+        # Checked again here: what reaches uv is this rendering, never an option.
+        requirements = [parse_requirement(str(r)) for r in requirements]
         if folder.lock.locked() and progress is not None:
             await progress(0.0, "waiting for this session's other install to finish")
         async with folder.lock:
@@ -137,6 +141,7 @@ class Installer:
         started: float,
         deadline: float,
     ) -> InstallResult:
+        asked = tuple(str(r) for r in requested)
         before = await asyncio.to_thread(read_distributions, folder.live(), top_level=False)
         base = environment.distributions
         planned = plan(requested, before, base, environment.markers, upgrade=upgrade)
@@ -148,10 +153,11 @@ class Installer:
                 skipped=planned.skipped,
                 folder_bytes=await asyncio.to_thread(folder.size_bytes),
                 duration_s=time.monotonic() - started,
+                requirements=asked,
             )
         stage = await asyncio.to_thread(folder.stage)
         try:
-            given, notes, now = await self._passes(
+            notes, now = await self._passes(
                 planned.install, roots, stage, environment, upgrade, progress, started, deadline
             )
             size = await asyncio.to_thread(tree_bytes, stage)
@@ -195,7 +201,7 @@ class Installer:
             notes=notes,
             folder_bytes=size,
             duration_s=time.monotonic() - started,
-            requirements=given,
+            requirements=asked,
         )
 
     async def _passes(
@@ -208,9 +214,9 @@ class Installer:
         progress: uv.ProgressCallback | None,
         started: float,
         deadline: float,
-    ) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, Distribution]]:
-        """uv into ``stage``, then again for what is left unmet; returns what uv was
-        given, any notes, and what the stage holds."""
+    ) -> tuple[tuple[str, ...], dict[str, Distribution]]:
+        """uv into ``stage``, then again for what is left unmet; returns notes on what
+        is still unmet, and what the stage holds."""
         base, markers = environment.distributions, environment.markers
         wanted = list(install)
         upgrades = [canonicalize_name(r.name) for r in install] if upgrade else []
@@ -222,7 +228,7 @@ class Installer:
             now = await asyncio.to_thread(read_distributions, stage, top_level=False)
             left = unmet(roots, now, base, markers)
             if not left:
-                return tuple(str(r) for r in wanted), (), now
+                return (), now
             if number < MAX_EXTRA_PASSES and progress is not None:
                 shown = ", ".join(str(r) for r in left)
                 await progress(
@@ -231,7 +237,7 @@ class Installer:
                 )
             wanted += [r for r in left if str(r) not in {str(w) for w in wanted}]
         notes = tuple(f"Still unmet after the install: {r}" for r in left)
-        return tuple(str(r) for r in wanted), notes, now
+        return notes, now
 
     async def _run(
         self,

@@ -71,6 +71,8 @@ PASSED_THROUGH = (
 )
 #: uv's stderr kept for the error message (the end, where the cause is).
 _KEEP_CHARS = 16 * 1024
+#: The longest stderr line read whole (uv's are short; a longer one is an error).
+_LINE_LIMIT = 1024 * 1024
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -206,6 +208,7 @@ async def run_uv(
         env=env,
         cwd=env["HOME"],
         start_new_session=True,
+        limit=_LINE_LIMIT,
     )
     kept: list[str] = []
 
