@@ -609,7 +609,7 @@ def case_k(bench: Bench) -> dict[str, Any]:
 # -- what explains (b) and (f): in this process, one cost off at a time --------------------------
 def _timed_kernel(timers: dict[str, list[float]]) -> Callable[[], None]:
     """Wrap Kernel.run_silently and Kernel.execute with timers; returns the undo."""
-    from kernel_mcp.kernel import Kernel
+    from kernel_mcp.kernels.kernel import Kernel
 
     originals = {name: getattr(Kernel, name) for name in ("run_silently", "execute")}
 
@@ -790,7 +790,7 @@ def _finished_run(outputs: list[Any]) -> Any:
     """An ok run of one millisecond with ``outputs``, as a recorded cell holds it."""
     from datetime import datetime, timezone
 
-    from kernel_mcp.kernel import Execution
+    from kernel_mcp.kernels.execution import Execution
 
     now = datetime.now(timezone.utc)
     return Execution(
@@ -811,7 +811,7 @@ def notebook_rebuild_cost(folder: Path) -> dict[str, Any]:
     Since the journal, a session run appends one line; the notebook is rebuilt off
     the reply path (at most once a second while it grows, and on read or export).
     """
-    from kernel_mcp.notebook import code_cell, notebook_for, write_atomically
+    from kernel_mcp.notebooks.model import code_cell, notebook_for, write_notebook
 
     execution = _finished_run([])
     out = {}
@@ -822,7 +822,7 @@ def notebook_rebuild_cost(folder: Path) -> dict[str, Any]:
         times = []
         for _ in range(30 if cells < 1000 else 10):
             start = time.perf_counter()
-            write_atomically(path, nb)
+            write_notebook(path, nb)
             times.append(time.perf_counter() - start)
         out[f"{cells}_cells"] = summary(times)
     return out
@@ -837,9 +837,9 @@ def recording_cost(folder: Path, sizes: tuple[int, ...], samples: int) -> dict[s
     """
     from nbformat.v4 import new_output
 
-    from kernel_mcp.notebook import code_cell
-    from kernel_mcp.notebook_store import NotebookStore
-    from kernel_mcp.recording import Recorder
+    from kernel_mcp.notebooks.model import code_cell
+    from kernel_mcp.notebooks.recording import Recorder
+    from kernel_mcp.notebooks.store import NotebookStore
 
     execution = _finished_run([new_output("stream", name="stdout", text="x" * 1000 + "\n")])
     store = NotebookStore(folder, private_recordings=False)

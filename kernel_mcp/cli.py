@@ -27,7 +27,7 @@ from typing import Any
 from kernel_mcp import __version__, clients, folders
 from kernel_mcp.config import Settings, load_settings, setting_name
 from kernel_mcp.errors import ConfigError
-from kernel_mcp.info import banner
+from kernel_mcp.launch.sandbox import describe as describe_sandbox
 
 __all__ = ["main", "main_entry"]
 
@@ -155,6 +155,21 @@ def main_entry() -> None:  # pragma: no cover - console script
 
 
 # -- serve ----------------------------------------------------------------------
+def banner(settings: Settings, *, serving: str) -> str:
+    """The start-up banner: what serves where, the folders and why, the sandbox.
+
+    Args:
+        serving: the transport, e.g. ``stdio`` or the HTTP URLs.
+    """
+    where = folders.describe(settings)
+    return (
+        f"kernel-mcp {__version__}: {serving}\n"
+        f"  projects:  {where['projects']}\n"
+        f"  notebooks: {where['notebooks']}\n"
+        f"  sandbox:   {describe_sandbox(settings)}"
+    )
+
+
 class CannotServe(Exception):
     """The server cannot start serving (one line for the user)."""
 

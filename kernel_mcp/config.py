@@ -397,6 +397,11 @@ class Settings(BaseSettings):
         """Each principal has a projects folder of its own (several tokens, not shared)."""
         return len(self.principals) > 1 and not self.projects_shared
 
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable that feeds ``field`` (for messages)."""
+        return setting_name(field)
+
     def clamp_timeout(self, requested: float | None, *, background: bool = False) -> float:
         """The time limit for one call: the default, or the caller's, capped at max_timeout.
 

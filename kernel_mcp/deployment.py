@@ -6,9 +6,10 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from kernel_mcp.backend import KernelBackend, LocalBackend
+from kernel_mcp.backends.base import KernelBackend
+from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.config import Settings
-from kernel_mcp.sessions import InProcessStore, RemoteKernels, SessionStore
+from kernel_mcp.sessions.store import InProcessStore, RemoteKernels, SessionStore
 
 __all__ = ["Deployment", "deployment_for"]
 
@@ -30,7 +31,7 @@ def deployment_for(settings: Settings) -> Deployment:
     """Local kernels and in-process sessions, unless a gateway or Redis is configured."""
     if not settings.gateway_url:
         return Deployment(LocalBackend(settings), InProcessStore())
-    from kernel_mcp.scale.gateway import GatewayBackend
+    from kernel_mcp.scale.gateway.backend import GatewayBackend
 
     gateway = GatewayBackend(settings)
     if not settings.state_url:

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from kernel_mcp.admission import MemoryAdmission
-from kernel_mcp.backend import KernelBackend
+from kernel_mcp.backends.base import KernelBackend
 from kernel_mcp.errors import KernelError, NotEnoughMemory
-from kernel_mcp.kernel import Kernel
+from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
 
 __all__ = ["KernelPool", "KernelPools"]
@@ -55,7 +55,7 @@ class KernelPool:
         size: how many idle kernels to keep; 0 starts one per request.
         preload: modules each pooled kernel imports before it is handed out.
         workspace: the projects folder its kernels are started for (None: the
-            backend's default); see ``kernel_mcp.workspaces``.
+            backend's default); see ``kernel_mcp.files.workspaces``.
         admission: checked before a kernel is handed out or started (None: never).
     """
 

@@ -1,4 +1,4 @@
-"""Specification of ``kernel_mcp.backend``: how local kernels are started and stopped.
+"""Specification of ``kernel_mcp.backends.local``: how local kernels are started and stopped.
 
 Each kernel talks over IPC sockets inside its own 0700 folder below one
 private folder per backend, sees the server's environment minus secrets, runs
@@ -30,10 +30,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kernel_mcp.backend import LocalBackend, LocalProcess, kernel_environment, scrub_paths
+from kernel_mcp.backends.base import kernel_environment
+from kernel_mcp.backends.local import LocalBackend
+from kernel_mcp.backends.process import LocalProcess
 from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import KernelStartFailed
-from kernel_mcp.kernel import Execution, Kernel
+from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.kernels.kernel import Kernel
+from kernel_mcp.launch.stderr import scrub_paths
 from tests.helpers import wait_for
 from tests.launchers import (
     PID_NAMESPACE,

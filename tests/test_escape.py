@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from kernel_mcp.launch.sandbox import find_bwrap, probe
+from kernel_mcp.launch.bwrap import find_bwrap, probe
 from tests.helpers import SECRET, call, client_for, running_server, structured, text_of
 from tests.kernels import daemon_code, daemons
 from tests.launchers import ROOT, ServerProcess, wait_until

@@ -29,11 +29,14 @@ from typing import Any
 import psutil
 import pytest
 
-from kernel_mcp.backend import LocalBackend, LocalProcess
+from kernel_mcp.backends.local import LocalBackend
+from kernel_mcp.backends.process import LocalProcess
 from kernel_mcp.config import Settings, load_settings
-from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution, Kernel
-from kernel_mcp.launch import forkserver
-from kernel_mcp.launch.forkserver import ForkedProcess
+from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.kernels.kernel import Kernel
+from kernel_mcp.kernels.setup import OUTPUT_GUARD_MARKER
+from kernel_mcp.launch import flavour, forkserver
+from kernel_mcp.launch.forked import ForkedProcess
 from kernel_mcp.launch.template import NAMES
 from tests.helpers import call, client_for, running_server, structured, wait_for
 from tests.launchers import alive, descendants_of, wait_until
@@ -600,7 +603,7 @@ async def test_a_kernelspec_that_ipykernel_install_wrote_is_forked_with_its_flag
 
 
 def test_interpreter_flags_the_template_cannot_apply_mean_spawned_kernels() -> None:
-    flags = forkserver._interpreter_flags
+    flags = flavour._interpreter_flags
     assert flags(["python", "-m", "ipykernel_launcher"]) == ()
     assert flags(["python", "-Xfrozen_modules=off", "-u", "-m", "x"]) == (
         "-Xfrozen_modules=off",

@@ -32,14 +32,11 @@ from pydantic import SecretStr
 
 from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import KernelError, KernelStartFailed
-from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution, Kernel
-from kernel_mcp.scale.gateway import (
-    LIVENESS_CACHE,
-    GatewayBackend,
-    GatewayClient,
-    GatewayProcess,
-    ws_max_size,
-)
+from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.kernels.kernel import Kernel
+from kernel_mcp.kernels.setup import OUTPUT_GUARD_MARKER
+from kernel_mcp.scale.gateway.backend import LIVENESS_CACHE, GatewayBackend, GatewayProcess
+from kernel_mcp.scale.gateway.protocol import GatewayClient, ws_max_size
 from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
 from tests.kernels import run, text, value
 from tests.launchers import Gateway, free_port, wait_until

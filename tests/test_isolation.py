@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from kernel_mcp.launch import forkserver
-from kernel_mcp.launch.sandbox import find_bwrap, probe
+from kernel_mcp.launch.bwrap import find_bwrap, probe
 from kernel_mcp.launch.template import NAMES
 from tests.helpers import call, client_for, running_server, structured, text_of
 from tests.launchers import ServerProcess, wait_until

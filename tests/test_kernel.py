@@ -1,4 +1,4 @@
-"""Specification of ``kernel_mcp.kernel.Kernel``, driven against real ipykernel processes.
+"""Specification of ``kernel_mcp.kernels.kernel.Kernel``, driven against real ipykernel processes.
 
 One execution waits on the shell reply, IOPub until idle, and the kernel's
 liveness. Its status is one of ok / error / timeout / kernel_died /
@@ -31,11 +31,13 @@ from typing import Any
 
 import pytest
 
-import kernel_mcp.kernel
-from kernel_mcp.backend import LocalBackend
+import kernel_mcp.kernels.guards
+import kernel_mcp.kernels.setup
+from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.config import load_settings
-from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Kernel
-from kernel_mcp.outputs import GUARD_METADATA_KEY, OutputLimits
+from kernel_mcp.kernels.kernel import Kernel
+from kernel_mcp.kernels.outputs import GUARD_METADATA_KEY, OutputLimits
+from kernel_mcp.kernels.setup import OUTPUT_GUARD_MARKER
 from tests.kernels import run, text, value
 
 
@@ -522,7 +524,7 @@ def test_the_guard_source_is_constant_and_takes_its_caps_as_data() -> None:
     )
     source = kernel.guard_source()
 
-    assert source.startswith(kernel_mcp.kernel._OUTPUT_GUARD)
+    assert source.startswith(kernel_mcp.kernels.guards._OUTPUT_GUARD)
     call = ast.parse(source).body[-2]
     assert isinstance(call, ast.Expr) and isinstance(call.value, ast.Call)
     config = ast.literal_eval(call.value.args[0])
@@ -573,8 +575,10 @@ async def test_prepare_sends_only_the_missing_preload_to_a_kernel_that_set_itsel
 
 def test_the_kernel_setup_installs_both_guards_and_binds_the_preload() -> None:
     namespace: dict[str, Any] = {}
-    exec(compile(kernel_mcp.kernel.KERNEL_SETUP, "<setup>", "exec"), namespace)
-    config = kernel_mcp.kernel.setup_config(OutputLimits(5000, 30), ["json", "no_such_module_x"])
+    exec(compile(kernel_mcp.kernels.setup.KERNEL_SETUP, "<setup>", "exec"), namespace)
+    config = kernel_mcp.kernels.setup.setup_config(
+        OutputLimits(5000, 30), ["json", "no_such_module_x"]
+    )
     calls: list[tuple[str, dict[str, Any]]] = []
     namespace["_kmcp_guard"] = lambda c: calls.append(("output", c))
     namespace["_kmcp_input_guard"] = lambda c: calls.append(("input", c))
@@ -594,7 +598,7 @@ async def test_a_marker_with_quotes_and_placeholder_words_reaches_the_kernel_int
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = "[kmcp \"LIMIT\" 'MARKER' \\ {x}:"
-    monkeypatch.setattr(kernel_mcp.kernel, "OUTPUT_GUARD_MARKER", marker)
+    monkeypatch.setattr(kernel_mcp.kernels.setup, "OUTPUT_GUARD_MARKER", marker)
     local = backend_with_caps(tmp_path, OutputLimits(max_output_bytes=1256, max_outputs=20))
     try:
         own = await local.start()

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from kernel_mcp.backend import LocalBackend
+from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.config import load_settings
 from kernel_mcp.errors import KernelError
-from kernel_mcp.kernel import Kernel
-from kernel_mcp.scale.gateway import GatewayBackend
+from kernel_mcp.kernels.kernel import Kernel
+from kernel_mcp.scale.gateway.backend import GatewayBackend
 from tests.helpers import wait_for
 from tests.kernels import LOOP_AFTER_MARKER, STUBBORN, run, text, value
 from tests.launchers import Gateway, alive, wait_until

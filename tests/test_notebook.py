@@ -12,8 +12,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from kernel_mcp.errors import InvalidArgument, InvalidNotebook
-from kernel_mcp.kernel import Execution
-from kernel_mcp.notebook import (
+from kernel_mcp.files.write import umask_mode
+from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.notebooks.model import (
     SETUP_TAG,
     code_cell,
     file_cell_source,
@@ -21,8 +22,7 @@ from kernel_mcp.notebook import (
     notebook_for,
     parse_notebook,
     setup_cell,
-    umask_mode,
-    write_atomically,
+    write_notebook,
 )
 
 KERNEL_INFO = {
@@ -134,8 +134,8 @@ def test_atomic_write_leaves_a_valid_file_and_no_temporaries(tmp_path):
     nb = notebook_for(KERNEL_INFO)
     nb.cells.append(code_cell("print(1)", execution(), "run_code"))
     target = tmp_path / "deep" / "n.ipynb"
-    write_atomically(target, nb)
-    write_atomically(target, nb)
+    write_notebook(target, nb)
+    write_notebook(target, nb)
     assert [p.name for p in target.parent.iterdir()] == ["n.ipynb"]
     nbformat.validate(nbformat.read(target, as_version=4))
 
@@ -143,7 +143,7 @@ def test_atomic_write_leaves_a_valid_file_and_no_temporaries(tmp_path):
 @pytest.mark.parametrize("mode", [0o600, 0o644, 0o664])
 def test_atomic_write_gives_the_mode_asked_for(tmp_path, mode):
     target = tmp_path / "n.ipynb"
-    write_atomically(target, notebook_for(KERNEL_INFO), mode=mode)
+    write_notebook(target, notebook_for(KERNEL_INFO), mode=mode)
     assert target.stat().st_mode & 0o777 == mode
 
 
@@ -156,7 +156,7 @@ def test_umask_mode_is_what_the_umask_gives_a_new_file(tmp_path):
 def test_atomic_write_into_a_folder_that_is_a_file_raises_oserror(tmp_path):
     (tmp_path / "blocked").write_text("a file, not a folder")
     with pytest.raises(OSError):
-        write_atomically(tmp_path / "blocked" / "n.ipynb", notebook_for(KERNEL_INFO))
+        write_notebook(tmp_path / "blocked" / "n.ipynb", notebook_for(KERNEL_INFO))
 
 
 # --- re-running a recording elsewhere ----------------------------------------------------

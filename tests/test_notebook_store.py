@@ -10,8 +10,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from kernel_mcp.errors import FileNotFound, InvalidArgument, NotebookExists
-from kernel_mcp.notebook import notebook_text, umask_mode
-from kernel_mcp.notebook_store import NotebookStore
+from kernel_mcp.files.write import umask_mode
+from kernel_mcp.notebooks.model import notebook_text
+from kernel_mcp.notebooks.store import NotebookStore
 
 
 def text(*sources: str) -> str:

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import kernel_mcp.outputs
-from kernel_mcp.outputs import (
+import kernel_mcp.kernels.outputs
+from kernel_mcp.kernels.outputs import (
     GUARD_METADATA_KEY,
     PASSWORD_MASK,
     OutputCollector,
@@ -584,13 +584,13 @@ def test_a_full_collector_counts_further_outputs_without_building_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     built: list[str] = []
-    real = kernel_mcp.outputs.output_from_msg
+    real = kernel_mcp.kernels.outputs.output_from_msg
 
     def counting(msg: dict[str, Any]) -> Any:
         built.append(msg["header"]["msg_type"])
         return real(msg)
 
-    monkeypatch.setattr(kernel_mcp.outputs, "output_from_msg", counting)
+    monkeypatch.setattr(kernel_mcp.kernels.outputs, "output_from_msg", counting)
     limits = OutputLimits(max_output_bytes=1000, max_outputs=3)
     collector = collect(*[display({"text/plain": f"d{i:03d}"}) for i in range(100)], limits=limits)
 

@@ -30,19 +30,16 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from kernel_mcp.errors import FileNotFound, InvalidArgument, PathRefused
-from kernel_mcp.paths import (
+from kernel_mcp.files.guard import ProjectFile, open_dir_beneath, read_project_file, shown_name
+from kernel_mcp.files.listing import (
     MAX_LISTED_FILES,
     MAX_PATTERN_CHARS,
     MAX_WALK_DEPTH,
     FileListing,
-    ProjectFile,
     list_project_files,
-    open_dir_beneath,
-    read_project_file,
-    shown_name,
-    validate_name,
-    write_project_file,
 )
+from kernel_mcp.files.names import validate_name
+from kernel_mcp.files.write import write_project_file
 from tests.corpus import paths as corpus
 
 MAX_BYTES = 1000

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from kernel_mcp.admission import MemoryAdmission
-from kernel_mcp.backend import LocalBackend
+from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.config import load_settings
 from kernel_mcp.errors import KernelError, NotEnoughMemory
-from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Kernel
+from kernel_mcp.kernels.kernel import Kernel
+from kernel_mcp.kernels.setup import OUTPUT_GUARD_MARKER
 from kernel_mcp.pool import KernelPool, KernelPools
 from tests.helpers import wait_for
 from tests.launchers import PID_NAMESPACE, alive, host_pids, kernel_processes, wait_until
@@ -308,7 +309,7 @@ async def test_cheap_starts_refill_two_at_a_time(make_pool, backend) -> None:
 
 
 async def test_a_deferred_refill_starts_only_when_asked(tmp_path_factory):
-    from kernel_mcp.backend import LocalBackend
+    from kernel_mcp.backends.local import LocalBackend
     from kernel_mcp.config import load_settings
     from kernel_mcp.pool import KernelPool
 

@@ -1,4 +1,4 @@
-"""Specification of ``kernel_mcp.questions``: what a question the running code asks says,
+"""Specification of ``kernel_mcp.runner.questions``: what a question the running code asks says,
 and when a run stops asking (over real servers and both eras: test_server_input.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_mcp.questions import (
+from kernel_mcp.runner.questions import (
     DECLINES_BEFORE_EOF,
     MAX_PROMPT_CHARS,
     Asking,

@@ -17,12 +17,12 @@ import nbformat
 import pytest
 from nbformat.v4 import new_output
 
-from kernel_mcp import recording as recording_module
 from kernel_mcp.errors import RecordingError
-from kernel_mcp.kernel import Execution
-from kernel_mcp.notebook import SETUP_TAG, code_cell
-from kernel_mcp.notebook_store import NotebookStore
-from kernel_mcp.recording import Recorder, Recording, journal_path
+from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.notebooks import recording as recording_module
+from kernel_mcp.notebooks.model import SETUP_TAG, code_cell
+from kernel_mcp.notebooks.recording import Recorder, Recording, journal_path
+from kernel_mcp.notebooks.store import NotebookStore
 
 KERNEL_INFO = {"language_info": {"name": "python", "version": "3.11.7"}}
 

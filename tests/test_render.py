@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from nbformat import NotebookNode
 from nbformat.v4 import new_output
 
-from kernel_mcp.kernel import Execution, Status
-from kernel_mcp.render import Image, Reply, ReplyLimits, render
-from kernel_mcp.views import RunReport
+from kernel_mcp.kernels.execution import Execution, Status
+from kernel_mcp.server.render import Image, Reply, ReplyLimits, render
+from kernel_mcp.server.views import RunReport
 
 STARTED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 

@@ -29,12 +29,13 @@ import nbformat
 import pytest
 
 from kernel_mcp.config import load_settings
-from kernel_mcp.kernel import Kernel
+from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.pool import KernelPool
-from kernel_mcp.scale.gateway import GatewayBackend
+from kernel_mcp.scale.gateway.backend import GatewayBackend
 from kernel_mcp.scale.redis_store import RedisStore
 from kernel_mcp.scale.state import LeaseLost, SharedState
-from kernel_mcp.sessions import Session, SessionRegistry
+from kernel_mcp.sessions.records import Session
+from kernel_mcp.sessions.registry import SessionRegistry
 from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
 from tests.launchers import Gateway, RedisServer, ServerProcess, free_port
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_mcp.questions import Question
-from kernel_mcp.runs import RunGone, RunHooks, RunLog, RunNotFound, RunRegistry
+from kernel_mcp.runner.questions import Question
+from kernel_mcp.runner.runs import RunGone, RunHooks, RunLog, RunNotFound, RunRegistry
 
 
 @pytest.fixture

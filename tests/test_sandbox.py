@@ -27,21 +27,24 @@ from typing import Any
 
 import pytest
 
-from kernel_mcp.backend import LocalBackend, LocalProcess
+from kernel_mcp.backends.local import LocalBackend
+from kernel_mcp.backends.process import LocalProcess
 from kernel_mcp.cli import main as cli_main
 from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import ConfigError
-from kernel_mcp.kernel import Execution, Kernel
+from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.launch import forkserver
 from kernel_mcp.launch import sandbox as sandbox_module
-from kernel_mcp.launch.forkserver import ForkedProcess
-from kernel_mcp.launch.sandbox import Mount, Sandbox, SandboxPolicy, ordered, probe
+from kernel_mcp.launch.bwrap import Mount, find_bwrap, ordered, probe
+from kernel_mcp.launch.forked import ForkedProcess
+from kernel_mcp.launch.sandbox import Sandbox, SandboxPolicy
 from tests.helpers import wait_for
 from tests.kernels import daemon_code, daemons
 from tests.launchers import alive, host_pids, wait_until
 
 pytestmark = pytest.mark.skipif(
-    probe(*sandbox_module.find_bwrap(None)).bwrap is None,
+    probe(*find_bwrap(None)).bwrap is None,
     reason="this machine cannot sandbox (the escape suite says so too)",
 )
 
@@ -132,7 +135,7 @@ def bwrap_args(tmp_path: Path, **policy: Any) -> list[str]:
     projects = tmp_path / "projects"
     projects.mkdir(exist_ok=True)
     sandbox = Sandbox(
-        probe(*sandbox_module.find_bwrap(None)).bwrap,  # type: ignore[arg-type]
+        probe(*find_bwrap(None)).bwrap,  # type: ignore[arg-type]
         SandboxPolicy(projects=projects, **policy),
         tmp_path / "etc",
     )

@@ -19,18 +19,19 @@ from typing import Any
 
 import pytest
 
-from kernel_mcp.backend import LocalBackend
+from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.config import load_settings
 from kernel_mcp.errors import ConfigError
-from kernel_mcp.kernel import Kernel
+from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.launch import forkserver, seccomp
 from kernel_mcp.launch import sandbox as sandbox_module
-from kernel_mcp.launch.forkserver import ForkedProcess
+from kernel_mcp.launch.bwrap import find_bwrap, probe
+from kernel_mcp.launch.forked import ForkedProcess
 
 pyseccomp = pytest.importorskip("pyseccomp")
 
 pytestmark = pytest.mark.skipif(
-    sandbox_module.probe(*sandbox_module.find_bwrap(None)).bwrap is None,
+    probe(*find_bwrap(None)).bwrap is None,
     reason="this machine cannot sandbox",
 )
 

@@ -1,5 +1,5 @@
 """server_info: the folders and why, the limits in force, the sandbox and the version, as
-the model reads them (over every transport), assembled by ``kernel_mcp.info``."""
+the model reads them (over every transport), assembled by ``kernel_mcp.server.info``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from kernel_mcp import __version__
 from kernel_mcp.config import load_settings
-from kernel_mcp.info import server_info
+from kernel_mcp.server.info import server_info
 from tests.helpers import call, structured
 
 

@@ -1,4 +1,4 @@
-"""Specification of ``kernel_mcp.sessions.SessionRegistry``: named, owned, persistent kernels.
+"""Specification of ``SessionRegistry``: named, owned, persistent kernels.
 
 Every lookup names its owner, and another owner's session is reported exactly
 like an unknown one. Calls on one session run alone, in arrival order;
@@ -20,12 +20,15 @@ from typing import Any
 
 import pytest
 
-from kernel_mcp.backend import LocalBackend
+from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.config import load_settings
 from kernel_mcp.errors import InvalidArgument, SessionGone, SessionNotFound, TooManySessions
-from kernel_mcp.kernel import Execution, Kernel
+from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.pool import KernelPool
-from kernel_mcp.sessions import InProcessStore, Session, SessionRegistry
+from kernel_mcp.sessions.records import Session
+from kernel_mcp.sessions.registry import SessionRegistry
+from kernel_mcp.sessions.store import InProcessStore
 from tests.helpers import wait_for
 from tests.launchers import alive, wait_until
 

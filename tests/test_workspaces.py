@@ -1,4 +1,4 @@
-"""Specification of ``kernel_mcp.workspaces``: a projects folder per principal, and its cap.
+"""Specification of ``kernel_mcp.files.workspaces``: a projects folder per principal, and its cap.
 
 No kernel runs here: the folders are real, the runs that write to them are stood in
 for by a measuring function and events.
@@ -14,7 +14,7 @@ import pytest
 
 from kernel_mcp.config import load_settings, principal_of
 from kernel_mcp.errors import ConfigError, QuotaExceeded
-from kernel_mcp.workspaces import MIB, QuotaWatch, Usage, Workspaces, measure
+from kernel_mcp.files.workspaces import MIB, QuotaWatch, Usage, Workspaces, measure
 
 
 # -- principals ------------------------------------------------------------------------

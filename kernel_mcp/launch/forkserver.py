@@ -53,7 +53,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import shutil
 import signal
 import socket
@@ -62,23 +61,23 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-from jupyter_client.session import Session, new_id_bytes
+from jupyter_client.session import new_id_bytes
 
-from kernel_mcp.kernel import KERNEL_SETUP, Kernel, setup_config
+from kernel_mcp.kernels.kernel import Kernel, wait_ready
+from kernel_mcp.kernels.outputs import OutputLimits
+from kernel_mcp.kernels.setup import KERNEL_SETUP, setup_config
+from kernel_mcp.launch import wire
 from kernel_mcp.launch.cgroups import KernelCgroup
-from kernel_mcp.launch.exits import describe_exit
-from kernel_mcp.launch.ready import wait_ready
-from kernel_mcp.launch.sandbox import Sandbox, through_root
+from kernel_mcp.launch.flavour import Flavour, file_mtime
+from kernel_mcp.launch.forked import ForkedProcess
+from kernel_mcp.launch.sandbox import Sandbox
 from kernel_mcp.launch.stderr import StderrPipe, stderr_tail
-from kernel_mcp.outputs import OutputLimits
 from kernel_mcp.tasks import wait_within
 
 __all__ = ["Flavour", "ForkServer", "ForkedProcess", "forking_possible"]
@@ -115,336 +114,6 @@ def forking_possible() -> bool:
         and hasattr(signal, "pidfd_send_signal")
         and hasattr(socket, "SOCK_SEQPACKET")
     )
-
-
-# -- the flavour ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class Flavour:
-    """What a template is made for; a change in any of it means a new template."""
-
-    python: str
-    flags: tuple[str, ...]
-    """Interpreter options before ``-m`` (``-Xfrozen_modules=off``, as ``python -m
-    ipykernel install`` writes): the template starts with them, and its children
-    inherit their effect."""
-    arguments: tuple[str, ...]
-    """The kernel's arguments after ``-f {connection_file}``."""
-    env: tuple[tuple[str, str], ...]
-    preload: tuple[str, ...]
-    resource_dir: str
-    stamps: tuple[tuple[str, float], ...]
-    """(path, mtime) of the kernelspec file and the interpreter."""
-
-    @classmethod
-    def of(cls, kernel_name: str, preload: list[str], extra: list[str]) -> Flavour | None:
-        """The flavour of a kernelspec, or None when it is not an ipykernel we can fork."""
-        try:
-            spec = KernelSpecManager().get_kernel_spec(kernel_name)
-        except (NoSuchKernel, OSError, ValueError):
-            return None
-        argv = list(spec.argv)
-        flags = _interpreter_flags(argv)
-        if flags is None:
-            return None
-        argv = [argv[0], *argv[1 + len(flags) :]]
-        if len(argv) < 5 or argv[1:3] not in (["-m", "ipykernel_launcher"], ["-m", "ipykernel"]):
-            return None
-        if argv[0] in {
-            "python",
-            f"python{sys.version_info[0]}",
-            "python{}.{}".format(*sys.version_info[:2]),
-        }:
-            argv[0] = sys.executable  # as jupyter_client's format_kernel_cmd does
-        rest = argv[3:]
-        try:
-            at = rest.index("{connection_file}")
-        except ValueError:
-            return None
-        if at == 0 or rest[at - 1] not in ("-f", "--f"):
-            return None
-        arguments = [*rest[: at - 1], *rest[at + 1 :], *extra]
-        if any("{" in arg for arg in arguments):
-            return None  # another template field we would have to fill
-        spec_file = os.path.join(spec.resource_dir, "kernel.json")
-        stamps = tuple((path, _mtime(path)) for path in (spec_file, os.path.realpath(argv[0])))
-        return cls(
-            python=argv[0],
-            flags=flags,
-            arguments=tuple(arguments),
-            env=tuple(sorted((spec.env or {}).items())),
-            preload=tuple(preload),
-            resource_dir=spec.resource_dir,
-            stamps=stamps,
-        )
-
-
-#: Interpreter options whose effect is set at start-up and kept across fork (so the
-#: template starting with them gives each kernel what the option would): -X and -W
-#: (with their value, attached or next), and these single letters. -I, -P, -E, -s and
-#: -S change what sys.path and the environment give the template's own set-up: such
-#: kernelspecs are spawned.
-_VALUED_FLAGS = ("-X", "-W")
-_PLAIN_FLAGS = frozenset({"-u", "-B", "-O", "-OO", "-b", "-bb", "-d", "-q", "-v", "-R"})
-
-
-def _interpreter_flags(argv: list[str]) -> tuple[str, ...] | None:
-    """The interpreter options between ``argv[0]`` and ``-m``, or None when one of them
-    is not one the template can apply (see :data:`_PLAIN_FLAGS`)."""
-    flags: list[str] = []
-    index = 1
-    while index < len(argv) and argv[index] != "-m":
-        arg = argv[index]
-        if arg in _VALUED_FLAGS and index + 1 < len(argv):
-            flags += [arg, argv[index + 1]]
-            index += 2
-            continue
-        if arg.startswith(_VALUED_FLAGS) or arg in _PLAIN_FLAGS:
-            flags.append(arg)
-            index += 1
-            continue
-        return None
-    return tuple(flags)
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return -1.0
-
-
-# -- async socket helpers ----------------------------------------------------------------
-def _decode(data: bytes, fds: list[int]) -> tuple[dict[str, Any] | None, list[int]]:
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None, []
-    try:
-        return json.loads(data), fds
-    except ValueError:
-        for fd in fds:
-            os.close(fd)
-        return {"op": "garbled"}, []
-
-
-async def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message (and the fds it carried); (None, []) at end of stream."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 4)
-        except BlockingIOError:
-            await _readable(loop, sock.fileno())
-            continue
-        except (ConnectionResetError, OSError):
-            return None, []
-        return _decode(data, fds)
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    ready = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-
-
-def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
-    # Small messages on a socket nobody else writes to: a full buffer means the peer
-    # is stuck, and a short blocking wait is the honest answer.
-    sock.settimeout(5.0)
-    try:
-        if fds:
-            socket.send_fds(sock, [data], fds)
-        else:
-            sock.send(data)
-    finally:
-        sock.setblocking(False)
-
-
-def _host_pid(pidfd: int) -> int:
-    """The pid a pidfd names, as this process's PID namespace numbers it."""
-    with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as info:
-        for line in info:
-            if line.startswith("Pid:"):
-                pid = int(line.split()[1])
-                if pid > 0:
-                    return pid
-    raise OSError("the process has already ended")
-
-
-def _ended(pidfd: int) -> bool:
-    """A pidfd turns readable when its process ends (it never reaps). poll, not select:
-    a busy server's descriptors go past select's 1024."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-# -- one forked kernel ------------------------------------------------------------------
-class ForkedProcess:
-    """A kernel forked from a template: the :class:`~kernel_mcp.kernel.KernelProcess` seam.
-
-    ``pid`` is the process that ends the kernel: its PID namespace's init (or the
-    kernel itself without namespaces). Killing it through its pidfd ends every
-    process in the namespace.
-    """
-
-    backend = "local"
-
-    def __init__(
-        self,
-        *,
-        template: _Template,
-        kernel_id: str,
-        pidfd: int,
-        folder: Path,
-        stderr: StderrPipe,
-        cgroup: KernelCgroup | None,
-        connection: dict[str, Any],
-        namespaced: bool,
-    ) -> None:
-        self.template = template
-        self.kernel_id = kernel_id
-        self._pidfd = pidfd
-        self.pid: int | None = _host_pid(pidfd)
-        self.kernel_pid: int | None = None
-        """The kernel's own pid as this server sees it (inside its namespace it is 2)."""
-        self._kernel_fd: int | None = None
-        """A pidfd of the kernel itself (not its namespace's init): is ``kernel_pid``
-        still that kernel."""
-        self.folder = folder
-        self.connection_file = folder / "kernel.json"
-        self.stderr = stderr
-        self.cgroup = cgroup
-        self.sandboxed = namespaced
-        """The kernel runs in the sandbox (list_sessions shows this)."""
-        self.forked = True
-        self.prepared: tuple[str, ...] | None = None
-        """The kernel ran kernel-mcp's set-up itself (``kernel.KERNEL_SETUP``), with
-        these preload modules."""
-        self._connection = through_root(connection, self.pid) if namespaced else connection
-        self._namespaced = namespaced
-        self._control: Any = None
-        self._released = False
-        self._code: int | None = None
-
-    @property
-    def client_info(self) -> dict[str, Any]:
-        """The connection info a client uses (the sockets, reached from this server)."""
-        return dict(self._connection)
-
-    async def is_alive(self) -> bool:
-        return not self._released and not _ended(self._pidfd)
-
-    async def interrupt(self) -> None:
-        # SIGINT to the kernel's process group, sent now, as jupyter_client does for a
-        # spawned kernel: the kernel called setsid, so what it started is interrupted
-        # too, and an idle kernel ignores it. Not an interrupt_request on the control
-        # channel: the kernel's control thread handles that whenever it gets to it,
-        # which can be after the next execution has begun (and it is that one that
-        # ends interrupted).
-        fd, pid = self._kernel_fd, self.kernel_pid
-        if self._released or fd is None or pid is None or _ended(fd):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGINT)
-
-    async def kill(self) -> None:
-        if not self._released and not _ended(self._pidfd):
-            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-                if not self._namespaced and self.pid is not None:
-                    # Unnamespaced, the kernel leads its group: end what it started too.
-                    os.killpg(self.pid, signal.SIGKILL)
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-        await self._release()
-
-    async def shutdown(self) -> None:
-        try:
-            if await self.is_alive():
-                await self.interrupt()
-                self._send_control("shutdown_request", {"restart": False})
-                await self._wait_ended(SHUTDOWN_WAIT)
-        except Exception as exc:
-            log.debug("polite shutdown of a forked kernel failed: %s", exc)
-        finally:
-            await self.kill()
-
-    def exit_description(self) -> str:
-        code = (
-            self._code if self._code is not None else self.template.exit_codes.get(self.kernel_id)
-        )
-        if code is None:
-            if _ended(self._pidfd) and self.template.ended():
-                return "killed (its fork template ended)"
-            return "the kernel stopped responding"
-        return describe_exit(code, namespaced=self._namespaced, cgroup=self.cgroup)
-
-    def rss_bytes(self) -> int | None:
-        """Proportional set size: pages shared with the template and siblings count in part."""
-        if self.kernel_pid is None or self._released or _ended(self._pidfd):
-            return None
-        try:
-            with open(f"/proc/{self.kernel_pid}/smaps_rollup", encoding="ascii") as rollup:
-                for line in rollup:
-                    if line.startswith("Pss:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            return None
-        return None
-
-    def stderr_tail(self) -> str:
-        return self.stderr.tail()
-
-    # -- internals ----------------------------------------------------------------------
-    def _send_control(self, msg_type: str, content: dict[str, Any]) -> None:
-        import zmq
-
-        if self._control is None:
-            info = self._connection
-            session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
-            sock = zmq.Context.instance().socket(zmq.DEALER)
-            sock.linger = 0
-            sock.connect(f"ipc://{info['ip']}-{info['control_port']}")
-            self._control = (session, sock)
-        session, sock = self._control
-        session.send(sock, msg_type, content)
-
-    async def _wait_ended(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        ended = loop.create_future()
-        loop.add_reader(self._pidfd, lambda: ended.done() or ended.set_result(None))
-        try:
-            await wait_within(ended, timeout)
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            loop.remove_reader(self._pidfd)
-
-    async def _release(self) -> None:
-        if self._released:
-            return
-        await self._wait_ended(5.0)
-        if not _ended(self._pidfd):
-            return  # not gone yet: a later kill() tries again
-        self._released = True
-        # The exit code comes from the template; give its notice a moment.
-        await self.template.exit_notice(self.kernel_id, 1.0)
-        self._code = self.template.exit_codes.get(self.kernel_id)
-        if self._control is not None:
-            self._control[1].close()
-            self._control = None
-        if self.cgroup is not None:
-            await self.cgroup.remove()
-        self.stderr.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
-        os.close(self._pidfd)
-        if self._kernel_fd is not None:
-            os.close(self._kernel_fd)
-            self._kernel_fd = None
-        self.template.released(self.kernel_id)
 
 
 # -- one template process -------------------------------------------------------------------
@@ -505,7 +174,7 @@ class _Template:
     async def read_forever(self) -> None:
         assert self.sock is not None
         while True:
-            message, fds = await _recv(self.sock)
+            message, fds = await wire.recv(self.sock)
             for fd in fds:
                 os.close(fd)
             if message is None:
@@ -672,7 +341,7 @@ class ForkServer:
         if self._unforkable:
             return None
         cached = self._flavour_cache
-        if cached is not None and all(_mtime(path) == mtime for path, mtime in cached.stamps):
+        if cached is not None and all(file_mtime(path) == mtime for path, mtime in cached.stamps):
             return cached
         self._flavour_cache = Flavour.of(self.kernel_name, self.preload, self.arguments)
         if self._flavour_cache is None:
@@ -716,7 +385,7 @@ class ForkServer:
         if template.flavour != flavour:
             return False
         stamps = template.ready.get("site_stamps", {})
-        return all(_mtime(path) == mtime for path, mtime in stamps.items())
+        return all(file_mtime(path) == mtime for path, mtime in stamps.items())
 
     def _retire(self, template: _Template, *, broken: bool) -> None:
         if self.template is template:
@@ -815,7 +484,7 @@ class ForkServer:
             theirs.close()
         template.sock = ours
         try:
-            message, fds = await wait_within(_recv(ours), TEMPLATE_TIMEOUT)
+            message, fds = await wait_within(wire.recv(ours), TEMPLATE_TIMEOUT)
         except asyncio.TimeoutError:
             raise RuntimeError(f"no answer in {TEMPLATE_TIMEOUT:g} s") from None
         finally:
@@ -824,7 +493,7 @@ class ForkServer:
         if message is None or message.get("op") != "ready":
             said = (message or {}).get("error") or template.describe_end()
             raise RuntimeError(said)
-        message["site_stamps"] = {path: _mtime(path) for path in message.get("site", [])}
+        message["site_stamps"] = {path: file_mtime(path) for path in message.get("site", [])}
         if message.get("threads", 1) > 1:
             log.info(
                 "the fork template runs %d threads after its imports (a preloaded library "
@@ -883,7 +552,7 @@ class ForkServer:
         }
         assert template.sock is not None
         try:
-            _send(template.sock, request, [theirs.fileno(), stderr.write_fd])
+            wire.send(template.sock, request, [theirs.fileno(), stderr.write_fd])
         finally:
             theirs.close()
             stderr.handed()
@@ -987,14 +656,14 @@ class ForkServer:
                 os.close(fd)
             raise RuntimeError(f"the forked kernel did not start{_tail(stderr)}")
         process._kernel_fd = fds[0]
-        process.kernel_pid = _host_pid(fds[0])
+        process.kernel_pid = wire.host_pid(fds[0])
         connect(process)
         if cgroup is not None:
             # While the kernel initializes: a move between cgroups waits for an RCU grace
             # period (about 15 ms here). No user code runs before "go".
             await asyncio.to_thread(cgroup.add, process.kernel_pid)
-        _send(channel, {"op": "go"})
-        ready, fds = await _recv(channel)
+        wire.send(channel, {"op": "go"})
+        ready, fds = await wire.recv(channel)
         for fd in fds:
             os.close(fd)
         if ready is not None and ready.get("op") == "broken":
@@ -1018,7 +687,7 @@ async def _answer(channel: socket.socket, who: str) -> tuple[dict[str, Any] | No
         _Unanswered: it did not come in time.
     """
     try:
-        return await wait_within(_recv(channel), ANSWER_TIMEOUT)
+        return await wait_within(wire.recv(channel), ANSWER_TIMEOUT)
     except asyncio.TimeoutError:
         raise _Unanswered(f"{who} did not answer in {ANSWER_TIMEOUT:g} s") from None
 

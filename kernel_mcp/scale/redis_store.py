@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 
 from kernel_mcp.errors import InvalidArgument, StateUnavailable, TooManySessions
 from kernel_mcp.scale.state import Lease, SharedState
-from kernel_mcp.sessions import Claim, InterruptHandler, SessionRecord
+from kernel_mcp.sessions.records import SessionRecord
+from kernel_mcp.sessions.store import Claim, InterruptHandler
 
 __all__ = ["INTERRUPT_RELAY_WAIT", "LeaseClaim", "RedisStore"]
 

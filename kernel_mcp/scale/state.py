@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from kernel_mcp.errors import ConfigError, LeaseLost, StateUnavailable
-from kernel_mcp.sessions import SessionRecord
+from kernel_mcp.sessions.records import SessionRecord
 from kernel_mcp.tasks import shielded_to_end, stop_task
 
 __all__ = ["Lease", "LeaseLost", "SharedState", "StateUnavailable", "redacted_url"]

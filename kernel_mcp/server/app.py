@@ -10,13 +10,13 @@ from mcp.server.request_state import RequestStateSecurity
 
 from kernel_mcp import __version__
 from kernel_mcp.config import Settings
-from kernel_mcp.render import ReplyLimits
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import BearerTokens
 from kernel_mcp.server.file_tools import register_file_tools
 from kernel_mcp.server.info_tools import register_info_tools
 from kernel_mcp.server.limits import ConcurrentRequests, ToolCallsPerMinute
 from kernel_mcp.server.notebook_tools import register_notebook_tools
+from kernel_mcp.server.render import ReplyLimits
 from kernel_mcp.server.resources import register_resources
 from kernel_mcp.server.run_tools import register_run_tools
 from kernel_mcp.server.session_tools import register_session_tools

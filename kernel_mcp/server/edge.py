@@ -14,8 +14,8 @@ from fastmcp.tools import ToolResult
 from mcp_types import ImageContent, TextContent
 
 from kernel_mcp.errors import KernelError, KernelMCPError, RequestError
-from kernel_mcp.render import NotebookReply, Reply, ReplyLimits, render, render_notebook
-from kernel_mcp.runner import NotebookOutcome, RunOutcome
+from kernel_mcp.runner.requests import NotebookOutcome, RunOutcome
+from kernel_mcp.server.render import NotebookReply, Reply, ReplyLimits, render, render_notebook
 
 __all__ = ["progress_reporter", "rendered", "tool_result", "translated"]
 

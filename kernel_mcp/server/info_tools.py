@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastmcp import FastMCP
 from mcp_types import ToolAnnotations
 
-from kernel_mcp.info import server_info as facts
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import owner
 from kernel_mcp.server.edge import translated
-from kernel_mcp.views import ServerInfo
+from kernel_mcp.server.info import server_info as facts
+from kernel_mcp.server.views import ServerInfo
 
 __all__ = ["register_info_tools"]
 

@@ -30,7 +30,7 @@ class NotebookResources(Provider):
         runner, caller = self._runner, owner()
         mine = await runner.owned_notebooks(caller)
         resources = []
-        for name in await anyio.to_thread.run_sync(runner.notebook_names, mine):
+        for name in await anyio.to_thread.run_sync(runner.recordings.readable, mine):
             resources.append(
                 FunctionResource.from_function(
                     # Who owns what is looked up again when read.

@@ -12,7 +12,7 @@
 * Otherwise ``input()`` raises at once (StdinNotImplementedError, with a message
   that says why: the client cannot elicit, or background runs cannot ask).
 
-Each question's text is ``kernel_mcp.questions.Question.message``: who asks (the
+Each question's text is ``kernel_mcp.runner.questions.Question.message``: who asks (the
 session, or a fresh run), through which tool and file, then the program's prompt,
 cleaned and cut. A declined or cancelled elicitation makes ``input()`` raise
 EOFError in the kernel; after two in one run, it raises without asking.
@@ -34,12 +34,13 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from kernel_mcp.errors import InvalidArgument
-from kernel_mcp.kernel import NO_STDIN_BACKGROUND
-from kernel_mcp.questions import Question, QuestionHandler
-from kernel_mcp.runner import NotebookOutcome, NotebookRequest, Runner, RunOutcome, RunRequest
-from kernel_mcp.runs import Run
+from kernel_mcp.kernels.setup import NO_STDIN_BACKGROUND
+from kernel_mcp.runner import Runner
+from kernel_mcp.runner.questions import Question, QuestionHandler
+from kernel_mcp.runner.requests import NotebookOutcome, NotebookRequest, RunOutcome, RunRequest
+from kernel_mcp.runner.runs import Run
 from kernel_mcp.server.auth import owner
-from kernel_mcp.views import RunStatus, RunView
+from kernel_mcp.server.views import RunStatus, RunView
 
 __all__ = ["INPUT_KEY", "accepts_input", "final", "run_call", "run_view", "started"]
 

@@ -13,13 +13,14 @@ from fastmcp.tools import ToolResult
 from fastmcp.utilities.tasks import TaskConfig
 from mcp_types import TextContent, ToolAnnotations
 
-from kernel_mcp.render import ReplyLimits
-from kernel_mcp.runner import Runner, RunOptions, RunOutcome
-from kernel_mcp.runs import Run, RunGone
+from kernel_mcp.runner import Runner
+from kernel_mcp.runner.requests import RunOptions, RunOutcome
+from kernel_mcp.runner.runs import Run, RunGone
 from kernel_mcp.server.auth import owner
 from kernel_mcp.server.edge import progress_reporter, rendered, tool_result, translated
+from kernel_mcp.server.render import ReplyLimits
 from kernel_mcp.server.run_flow import run_call, run_view
-from kernel_mcp.views import RunList, RunReport, RunSummary, RunView
+from kernel_mcp.server.views import RunList, RunReport, RunSummary, RunView
 
 __all__ = ["register_run_tools", "run_annotations", "task_config"]
 

@@ -8,8 +8,8 @@ from mcp_types import ToolAnnotations
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import owner
 from kernel_mcp.server.edge import translated
-from kernel_mcp.sessions import Session
-from kernel_mcp.views import KernelList, KernelView, SessionAction, SessionList, SessionView
+from kernel_mcp.server.views import KernelList, KernelView, SessionAction, SessionList, SessionView
+from kernel_mcp.sessions.records import Session
 
 __all__ = ["register_session_tools"]
 
@@ -33,11 +33,11 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
             kernel_memory_mb=round(rss / 2**20, 1) if rss else None,
             backend=kernel.process.backend if kernel else runner.backend.name,
             kernel_id=kernel.process.kernel_id if kernel else session.kernel_id,
-            notebook=runner.session_notebook_uri(session.id, session.notebook),
+            notebook=runner.recordings.uri(session.id, session.notebook),
             kernel=session.record.kernel_name,
             sandboxed=kernel.process.sandboxed if kernel else runner.backend.sandboxed,
             run_id=run.id if (run := runner.runs.running_in(session.id)) else None,
-            notes=runner.recording_notes(session.id),
+            notes=runner.recordings.notes(session.id),
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=False, openWorldHint=False))

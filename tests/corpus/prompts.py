@@ -1,5 +1,5 @@
 """Hostile input() prompts: what a program may pass to ``input()``, and what the person is
-shown of it (``kernel_mcp.questions.clean_text``).
+shown of it (``kernel_mcp.runner.questions.clean_text``).
 
 A prompt is the program's output and may try to pass for the server's own words (a
 fake "[kernel-mcp server]" line after a line break), hide what it says (escape

@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from kernel_mcp.errors import RecordingError
-from kernel_mcp.notebook import fsync_folder, notebook_for, setup_cell, write_atomically
-from kernel_mcp.notebook_store import SESSIONS, NotebookStore
+from kernel_mcp.files.write import fsync_folder, write_atomically
+from kernel_mcp.notebooks.model import notebook_for, setup_cell
+from kernel_mcp.notebooks.store import SESSIONS, NotebookStore
 from kernel_mcp.tasks import stop_task
 
 __all__ = ["Recorder", "Recording", "RecordingHealth", "describe_os_error", "journal_path"]

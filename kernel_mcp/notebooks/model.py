@@ -1,13 +1,13 @@
-"""One notebook: its cells and metadata, durable writes, parameters, and running it.
+"""One notebook: its cells and metadata, the set-up cell, parameters, how it is written.
 
 Cells hold outputs exactly as Jupyter stores them (the collector builds them
 with ``nbformat.v4.output_from_msg``); ANSI codes stay, because JupyterLab
-renders them. Writes are atomic: a temporary file in the same folder, fsync,
-rename, fsync of the folder, so a server killed at any moment leaves either
-the previous notebook or the new one, both valid.
+renders them. Writes are atomic (``files.write.write_atomically``), so a server
+killed at any moment leaves either the previous notebook or the new one, both
+valid.
 
-Where notebooks live is ``notebook_store``; how a session's runs are recorded
-is ``recording``.
+Running a notebook is ``notebooks.execute``; where notebooks live is
+``notebooks.store``; how a session's runs are recorded is ``notebooks.recording``.
 """
 
 from __future__ import annotations
@@ -31,24 +31,22 @@ from nbformat.v4 import new_code_cell, new_notebook
 from nbformat.v4.nbbase import random_cell_id
 
 from kernel_mcp.errors import InvalidArgument, InvalidNotebook
-from kernel_mcp.kernel import NO_STDIN_MESSAGE, Execution, Kernel, OutputCallback, StdinHandler
+from kernel_mcp.files.write import write_atomically
+from kernel_mcp.kernels.setup import NO_STDIN_MESSAGE
+from kernel_mcp.kernels.execution import Execution, OutputCallback, StdinHandler
+from kernel_mcp.kernels.kernel import Kernel
 
 __all__ = [
     "INJECTED_TAG",
     "SETUP_TAG",
-    "CellSummary",
-    "NotebookRun",
     "code_cell",
-    "execute_notebook",
     "file_cell_source",
-    "fsync_folder",
     "inject_parameters",
     "notebook_for",
     "notebook_text",
     "parse_notebook",
     "setup_cell",
-    "umask_mode",
-    "write_atomically",
+    "write_notebook",
 ]
 
 
@@ -122,64 +120,15 @@ def notebook_text(nb: dict[str, Any]) -> str:
     return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 
-def umask_mode() -> int:
-    """The mode the umask gives a new file: what exports and executed copies get."""
-    # os.umask can only be read by setting it; Linux's /proc says it without changing
-    # anything (other systems have no /proc).
-    if sys.platform.startswith("linux"):
-        try:
-            with open("/proc/self/status", encoding="ascii") as status:
-                for line in status:
-                    if line.startswith("Umask:"):
-                        return 0o666 & ~int(line.split()[1], 8)
-        except (OSError, ValueError):
-            pass
-    current = os.umask(0o022)
-    os.umask(current)
-    return 0o666 & ~current
-
-
-def write_atomically(
-    path: Path, content: str | dict[str, Any], *, mode: int = 0o600, durable: bool = True
+def write_notebook(
+    path: Path, nb: dict[str, Any], *, mode: int = 0o600, durable: bool = True
 ) -> None:
-    """Write a notebook (or its text) to ``path`` so that a crash never leaves a partial file.
-
-    A temporary file in the same folder, fsync, rename, fsync of the folder: a
-    server killed at any moment leaves either the previous file or the new one.
-    ``durable=False`` skips the fsyncs, for files rebuilt from a durable source (a
-    session's notebook from its journal): a crash of the process still leaves a
-    whole file, and after a power cut the next start rebuilds it.
+    """Write a notebook atomically (``files.write.write_atomically``), as Jupyter writes it.
 
     Raises:
         OSError: the folder cannot be written (read-only, full, not a folder).
     """
-    text = content if isinstance(content, str) else notebook_text(content)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_folder(path.parent)
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` survive a power cut (best effort)."""
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_atomically(path, notebook_text(nb), mode=mode, durable=durable)
 
 
 def parse_notebook(text: str, name: str) -> NotebookNode:
@@ -238,30 +187,6 @@ def setup_cell(projects_dir: Path, location: Path) -> NotebookNode:
 def file_cell_source(relative: str, source: str) -> str:
     """How a run_python cell is recorded: a set-up line naming the file, then the file."""
     return f"_kmcp_file({relative!r})  # run_python {relative}\n{source}"
-
-
-# -- running notebooks ---------------------------------------------------------
-
-CellStatus = Literal["ok", "error", "timeout", "kernel_died", "interrupted", "skipped", "not_run"]
-
-
-@dataclass
-class CellSummary:
-    index: int
-    status: CellStatus
-    duration_s: float = 0.0
-
-
-@dataclass
-class NotebookRun:
-    """What running a notebook produced."""
-
-    nb: NotebookNode
-    cells: list[CellSummary] = field(default_factory=list)
-    failed: Execution | None = None
-    failed_index: int | None = None
-    status: Literal["ok", "error", "timeout", "kernel_died", "interrupted"] = "ok"
-    duration_s: float = 0.0
 
 
 PARAMETERS_TAG = "parameters"
@@ -323,66 +248,3 @@ def _python_literal(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_python_literal(v) for v in value) + "]"
     return "{" + ", ".join(f"{k!r}: {_python_literal(v)}" for k, v in value.items()) + "}"
-
-
-async def execute_notebook(
-    kernel: Kernel,
-    nb: NotebookNode,
-    *,
-    cell_timeout: float,
-    total_timeout: float,
-    grace: float,
-    allow_errors: bool,
-    on_output: OutputCallback | None = None,
-    stdin: StdinHandler | None = None,
-    no_stdin: str = NO_STDIN_MESSAGE,
-) -> NotebookRun:
-    """Run the code cells of ``nb`` in order, in place, in ``kernel``.
-
-    ``stdin`` answers the cells' ``input()``; without it, ``input()`` says ``no_stdin``.
-
-    Honours the ``skip-execution`` tag; markdown and raw cells are kept as they
-    are. Without ``allow_errors`` the first failing cell stops the run and the
-    cells after it are marked ``not_run`` in their metadata.
-    """
-    run = NotebookRun(nb=nb)
-    start = time.monotonic()
-    stopped = False
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        tags = cell.get("metadata", {}).get("tags", [])
-        if stopped:
-            cell.metadata["kernel_mcp"] = {"status": "not_run"}
-            cell.outputs, cell.execution_count = [], None
-            run.cells.append(CellSummary(index, "not_run"))
-            continue
-        if "skip-execution" in tags:
-            run.cells.append(CellSummary(index, "skipped"))
-            continue
-        remaining = total_timeout - (time.monotonic() - start)
-        if remaining <= 0:
-            remaining = 0.001
-        execution = await kernel.execute(
-            cell.source,
-            timeout=min(cell_timeout, remaining),
-            grace=grace,
-            on_output=on_output,
-            stdin=stdin,
-            no_stdin=no_stdin,
-        )
-        filled = code_cell(cell.source, execution, "run_notebook")
-        cell.outputs = filled.outputs
-        cell.execution_count = filled.execution_count
-        cell.metadata.update(filled.metadata)
-        run.cells.append(CellSummary(index, execution.status, execution.duration_s))
-        if execution.status != "ok" and (not allow_errors or execution.status != "error"):
-            run.status = execution.status
-            run.failed, run.failed_index = execution, index
-            stopped = True
-        elif execution.status == "error" and run.failed is None:
-            # allow_errors kept the run going; the run as a whole still failed.
-            run.status = "error"
-            run.failed, run.failed_index = execution, index
-    run.duration_s = round(time.monotonic() - start, 4)
-    return run

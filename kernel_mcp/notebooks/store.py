@@ -24,8 +24,10 @@ from pathlib import Path
 from nbformat import NotebookNode
 
 from kernel_mcp.errors import FileNotFound, InvalidArgument, NotebookExists
-from kernel_mcp.notebook import umask_mode, write_atomically
-from kernel_mcp.paths import is_text_name, validate_name
+from kernel_mcp.files.write import umask_mode, write_atomically
+from kernel_mcp.notebooks.model import write_notebook
+from kernel_mcp.files.guard import is_text_name
+from kernel_mcp.files.names import validate_name
 
 __all__ = ["RUNS", "SESSIONS", "NotebookStore"]
 
@@ -100,7 +102,7 @@ class NotebookStore:
             OSError: the folder cannot be written.
         """
         path = self.claim(RUNS, stem, mode=self.shared_mode)
-        write_atomically(path, nb, mode=self.shared_mode)
+        write_notebook(path, nb, mode=self.shared_mode)
         return path
 
     def list(self) -> list[str]:

@@ -28,384 +28,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Literal, Protocol, TypeVar
+from typing import TypeVar
 
 from kernel_mcp.errors import (
-    InvalidArgument,
     KernelError,
     KernelStartFailed,
     LeaseLost,
     SessionGone,
     SessionNotFound,
-    TooManySessions,
 )
-from kernel_mcp.kernel import Kernel
-from kernel_mcp.paths import validate_name
+from kernel_mcp.files.names import validate_name
+from kernel_mcp.kernels.kernel import Kernel
+from kernel_mcp.sessions.records import Session, SessionRecord
+from kernel_mcp.sessions.store import Claim, KernelSource, RemoteKernels, SessionStore
 from kernel_mcp.tasks import shielded_to_end, stop_task
 
-__all__ = [
-    "Claim",
-    "InProcessStore",
-    "InterruptHandler",
-    "KernelSource",
-    "RemoteKernels",
-    "Session",
-    "SessionRecord",
-    "SessionRegistry",
-    "SessionStore",
-]
+__all__ = ["SessionRegistry"]
 
 log = logging.getLogger(__name__)
 
+
+def _stamp_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 T = TypeVar("T")
-#: Tombstones an in-process store keeps ("was closed at ...").
-TOMBSTONES = 1000
 #: Attached remote kernels: cached sessions are checked this often, seconds.
 TIDY_PERIOD = 5.0
 #: Attached remote kernels: a connection unused this long is closed, seconds.
 ATTACHED_IDLE = 30.0
 #: An interrupt asked for before the run began is sent this long after it begins.
 LATE_INTERRUPT = 0.2
-
-InterruptHandler = Callable[[], Awaitable[None]]
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds")
-
-
-# -- records and sessions ------------------------------------------------------------
-@dataclass
-class SessionRecord:
-    """What a session is, as a store keeps it. Times are epoch seconds."""
-
-    id: str
-    name: str
-    owner: str | None
-    kernel_id: str = ""
-    created_at: float = field(default_factory=time.time)
-    last_used: float = field(default_factory=time.time)
-    runs: int = 0
-    notebook: str | None = None
-    """The session's recording, relative to the notebooks folder."""
-    lost_state: str | None = None
-    """Why the previous kernel was lost; reported once by the next run."""
-    busy: bool = False
-    served_by: str | None = None
-    """The registry (a random token per process) that ran the last call."""
-    kernel_name: str | None = None
-    """The kernelspec the session chose (None: the default); replacements keep it."""
-
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def loads(cls, text: str | bytes) -> SessionRecord:
-        data = json.loads(text)
-        fields = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in fields})
-
-
-@dataclass(eq=False)
-class Session:
-    """One session: its record, and what this process holds of it (kernel, lock, claim).
-
-    ``kernel`` is None between a death and its replacement, and for a session
-    this process has not attached to (another replica's).
-    """
-
-    record: SessionRecord
-    kernel: Kernel | None = None
-    busy: bool = False
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last_used_mono: float = field(default_factory=time.monotonic)
-    claim: Claim | None = field(default=None, repr=False)
-    """The claim of the call running now (set by ``use`` and ``hold``)."""
-    started: bool = False
-    """The running call's work has begun (interrupts go straight to the kernel)."""
-    pending_interrupt: bool = False
-
-    # The record's fields, read and written through the session.
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    @property
-    def owner(self) -> str | None:
-        return self.record.owner
-
-    @property
-    def runs(self) -> int:
-        return self.record.runs
-
-    @property
-    def notebook(self) -> str | None:
-        return self.record.notebook
-
-    @notebook.setter
-    def notebook(self, value: str | None) -> None:
-        self.record.notebook = value
-
-    @property
-    def lost_state(self) -> str | None:
-        return self.record.lost_state
-
-    @lost_state.setter
-    def lost_state(self, value: str | None) -> None:
-        self.record.lost_state = value
-
-    @property
-    def kernel_id(self) -> str:
-        return self.kernel.process.kernel_id if self.kernel is not None else self.record.kernel_id
-
-    @property
-    def created_at(self) -> datetime:
-        return datetime.fromtimestamp(self.record.created_at, timezone.utc)
-
-    @property
-    def last_used(self) -> datetime:
-        return datetime.fromtimestamp(self.record.last_used, timezone.utc)
-
-    @property
-    def state(self) -> Literal["idle", "busy", "dead"]:
-        if self.busy:
-            return "busy"
-        if self.kernel is None:
-            # Not attached here: what the record says.
-            return "dead" if self.lost_state else "idle"
-        return "dead" if self.kernel.dead else "idle"
-
-    def touch(self) -> None:
-        self.record.last_used = time.time()
-        self.last_used_mono = time.monotonic()
-
-    def fence(self) -> None:
-        """Check, right before a write on the session's behalf (its recording), that this
-        call still holds the session.
-
-        Raises:
-            LeaseLost: the call's claim is no longer valid (with shared sessions: a
-                stalled event loop or a Redis outage outlasted KERNEL_MCP_LEASE_TTL,
-                and another replica may be serving the session).
-        """
-        if self.claim is not None:
-            self.claim.fence()
-
-
-# -- the seams ------------------------------------------------------------------------
-class Claim(Protocol):
-    """One call's hold on a session (in process: always valid; Redis: a lease)."""
-
-    @property
-    def valid(self) -> bool: ...
-    def fence(self) -> None:
-        """Raise LeaseLost unless ``valid``."""
-
-    async def release(self) -> None: ...
-
-
-class SessionStore(Protocol):
-    """Where session records live, and how a call gets a session to itself."""
-
-    durable: bool
-    """Sessions outlive this process (other replicas serve them): stopping detaches."""
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def reserve(self, record: SessionRecord, max_sessions: int) -> None:
-        """Count a new session in and claim its name, atomically.
-
-        Raises:
-            TooManySessions: ``max_sessions`` are open.
-            InvalidArgument: the owner has an open session of that name.
-        """
-
-    async def unreserve(self, record: SessionRecord) -> None: ...
-    async def save(self, record: SessionRecord, claim: Claim | None = None) -> bool:
-        """Write a record; with ``claim``, only while it holds. False: removed meanwhile.
-
-        Raises:
-            LeaseLost: ``claim`` no longer holds the session; nothing was written.
-        """
-
-    async def load(self, session_id: str) -> SessionRecord | None: ...
-    async def records(self) -> list[SessionRecord]: ...
-    async def remove(self, record: SessionRecord, how: str) -> bool:
-        """Delete the record, free its name, leave a tombstone; True for the one winner."""
-
-    async def tombstone(self, session_id: str) -> tuple[str | None, str] | None: ...
-    def claim(
-        self, session_id: str, on_interrupt: InterruptHandler
-    ) -> AbstractAsyncContextManager[Claim]:
-        """Wait for the session; ``on_interrupt`` runs for interrupts relayed meanwhile."""
-
-    async def try_claim(self, session_id: str) -> Claim | None: ...
-    async def wait_claim(self, session_id: str) -> Claim | None:
-        """Wait as long as a dead holder's claim can last; None if it still holds."""
-
-    async def busy(self, ids: list[str]) -> set[str]:
-        """Which of ``ids`` a call holds right now (in any process)."""
-
-    async def relay_interrupt(self, session_id: str) -> bool:
-        """Interrupt the call another process runs on the session; False if none listens."""
-
-    async def lead(self, role: str, ttl: float) -> bool:
-        """Take or keep the leader lock ``role`` (culling); always True in process."""
-
-    async def resign(self, role: str) -> None: ...
-
-
-class KernelSource(Protocol):
-    """Where a session's new kernels come from (the warm pools)."""
-
-    async def acquire(self, *, kernel_name: str | None = None, owner: str | None = None) -> Kernel:
-        """A started kernel nobody has used, for ``owner``'s workspace."""
-
-
-class RemoteKernels(Protocol):
-    """Kernels any replica can reach by id (a gateway's)."""
-
-    async def connect(self, kernel_id: str) -> Kernel:
-        """Attach to a running kernel.
-
-        Raises:
-            KernelStartFailed: the gateway is unreachable.
-            KernelError: it no longer has the kernel.
-        """
-
-    async def disconnect(self, kernel: Kernel) -> None:
-        """Close this process's connection to a kernel; the kernel keeps running."""
-
-    async def delete_kernel(self, kernel_id: str) -> None: ...
-
-
-# -- the in-process store ---------------------------------------------------------------
-class _Held:
-    """An in-process claim: the registry's lock already orders calls, so it always holds."""
-
-    def __init__(self, store: InProcessStore, session_id: str) -> None:
-        self._store = store
-        self._id = session_id
-
-    @property
-    def valid(self) -> bool:
-        return True
-
-    def fence(self) -> None:
-        return None
-
-    async def release(self) -> None:
-        self._store._held.discard(self._id)
-
-
-class InProcessStore:
-    """Sessions that live and die with this process (the default)."""
-
-    durable = False
-
-    def __init__(self) -> None:
-        self._records: dict[str, SessionRecord] = {}
-        self._reserved: set[str] = set()
-        self._names: dict[tuple[str | None, str], str] = {}
-        self._gone: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
-        self._held: set[str] = set()
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def reserve(self, record: SessionRecord, max_sessions: int) -> None:
-        key = (record.owner, record.name)
-        if record.name != record.id and key in self._names:
-            raise InvalidArgument(f"You have an open session named {record.name!r} already.")
-        if len(self._records) + len(self._reserved) >= max_sessions:
-            raise TooManySessions(
-                f"Session limit reached ({max_sessions}, KERNEL_MCP_MAX_SESSIONS). "
-                "Close a session with close_session first."
-            )
-        self._reserved.add(record.id)
-        self._names[key] = record.id
-
-    async def unreserve(self, record: SessionRecord) -> None:
-        self._reserved.discard(record.id)
-        if self._names.get((record.owner, record.name)) == record.id:
-            del self._names[(record.owner, record.name)]
-
-    async def save(self, record: SessionRecord, claim: Claim | None = None) -> bool:
-        if record.id in self._reserved:
-            self._reserved.discard(record.id)
-        elif record.id not in self._records:
-            return False
-        self._records[record.id] = record
-        return True
-
-    async def load(self, session_id: str) -> SessionRecord | None:
-        return self._records.get(session_id)
-
-    async def records(self) -> list[SessionRecord]:
-        return list(self._records.values())
-
-    async def remove(self, record: SessionRecord, how: str) -> bool:
-        if self._records.pop(record.id, None) is None:
-            return False
-        await self.unreserve(record)
-        self._gone[record.id] = (record.owner, how)
-        while len(self._gone) > TOMBSTONES:
-            self._gone.popitem(last=False)
-        return True
-
-    async def tombstone(self, session_id: str) -> tuple[str | None, str] | None:
-        return self._gone.get(session_id)
-
-    @contextlib.asynccontextmanager
-    async def claim(self, session_id: str, on_interrupt: InterruptHandler) -> AsyncIterator[Claim]:
-        self._held.add(session_id)
-        held = _Held(self, session_id)
-        try:
-            yield held
-        finally:
-            await held.release()
-
-    async def try_claim(self, session_id: str) -> Claim | None:
-        if session_id in self._held:
-            return None
-        self._held.add(session_id)
-        return _Held(self, session_id)
-
-    async def wait_claim(self, session_id: str) -> Claim | None:
-        # The registry's lock, held by the caller, already waited for the running call.
-        return await self.try_claim(session_id)
-
-    async def busy(self, ids: list[str]) -> set[str]:
-        return {i for i in ids if i in self._held}
-
-    async def relay_interrupt(self, session_id: str) -> bool:
-        return False  # no other process can be running it
-
-    async def lead(self, role: str, ttl: float) -> bool:
-        return True
-
-    async def resign(self, role: str) -> None:
-        return None
 
 
 # -- the registry ---------------------------------------------------------------------
@@ -471,7 +129,7 @@ class SessionRegistry:
         if self.store.durable:
             await asyncio.gather(*(self._detach(s) for s in sessions), return_exceptions=True)
         else:
-            how = f"ended when the server stopped at {_stamp(_now())}"
+            how = f"ended when the server stopped at {_stamp_now()}"
             for session in sessions:
                 await self.store.remove(session.record, how)
             # A server that stops loses every kernel's state anyway: kill, don't ask.
@@ -669,7 +327,7 @@ class SessionRegistry:
         if session.busy or session_id in await self.store.busy([session_id]):
             with contextlib.suppress(KernelError):
                 await self._interrupt_anywhere(session)
-        how = f"was closed at {_stamp(_now())}"
+        how = f"was closed at {_stamp_now()}"
         if not await self.store.remove(session.record, how):
             await self.find(owner, session_id)  # closed or culled meanwhile: says so
             raise SessionNotFound(session_id)  # pragma: no cover
@@ -878,7 +536,7 @@ class SessionRegistry:
                 if fresh is None or idle_for < self.idle_timeout or not claim.valid:
                     continue  # used meanwhile, or stalled: another replica may have it now
                 how = (
-                    f"was culled at {_stamp(_now())} after {idle_for:.0f} s idle "
+                    f"was culled at {_stamp_now()} after {idle_for:.0f} s idle "
                     f"(KERNEL_MCP_SESSION_IDLE_TIMEOUT={self.idle_timeout:g})"
                 )
                 if not await self.store.remove(fresh, how):

@@ -1,9 +1,8 @@
-"""What the server says about itself: to the model (``server_info``) and to the person
-who started it (the start-up banner on stderr).
+"""What the server says about itself to the model: the facts ``server_info`` returns.
 
-Both say the same things from the same place: the version, the two folders and
-why they were chosen (``kernel_mcp.folders``), whether kernels are sandboxed, and
-the limits in force. Nothing here knows MCP.
+The version, the two folders and why they were chosen (``kernel_mcp.folders``),
+whether kernels are sandboxed, and the limits in force; the start-up banner
+(``kernel_mcp.cli``) says the same of the folders and the sandbox.
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ from pathlib import Path
 from kernel_mcp import __version__, folders
 from kernel_mcp.config import Settings
 from kernel_mcp.launch.sandbox import describe as describe_sandbox
-from kernel_mcp.views import FolderInfo, LimitsInfo, ProjectsInfo, SandboxInfo, ServerInfo
+from kernel_mcp.server.views import FolderInfo, LimitsInfo, ProjectsInfo, SandboxInfo, ServerInfo
 
-__all__ = ["banner", "server_info"]
+__all__ = ["server_info"]
 
 
 def _memory_limit_mb(settings: Settings) -> int | None:
@@ -73,19 +72,4 @@ def server_info(settings: Settings, *, sandboxed: bool, projects: Path | None = 
         ),
         kernels=settings.allowed_kernels,
         platform=sys.platform,
-    )
-
-
-def banner(settings: Settings, *, serving: str) -> str:
-    """The start-up banner: what serves where, the folders and why, the sandbox.
-
-    Args:
-        serving: the transport, e.g. ``stdio`` or the HTTP URLs.
-    """
-    where = folders.describe(settings)
-    return (
-        f"kernel-mcp {__version__}: {serving}\n"
-        f"  projects:  {where['projects']}\n"
-        f"  notebooks: {where['notebooks']}\n"
-        f"  sandbox:   {describe_sandbox(settings)}"
     )

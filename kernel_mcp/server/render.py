@@ -15,12 +15,20 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kernel_mcp.kernel import OUTPUT_GUARD_MARKER, Execution
-from kernel_mcp.notebook import NotebookRun
-from kernel_mcp.outputs import STDIN
-from kernel_mcp.outputs import strip_ansi as _strip_ansi
-from kernel_mcp.paths import FileListing
-from kernel_mcp.views import CellReport, ErrorInfo, FileList, FileText, NotebookReport, RunReport
+from kernel_mcp.files.listing import FileListing
+from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.kernels.outputs import STDIN
+from kernel_mcp.kernels.outputs import strip_ansi as _strip_ansi
+from kernel_mcp.kernels.setup import OUTPUT_GUARD_MARKER
+from kernel_mcp.notebooks.execute import NotebookRun
+from kernel_mcp.server.views import (
+    CellReport,
+    ErrorInfo,
+    FileList,
+    FileText,
+    NotebookReport,
+    RunReport,
+)
 
 __all__ = [
     "Image",
@@ -102,6 +110,20 @@ def _decoded_size(b64: str) -> int:
     return len(b64) * 3 // 4
 
 
+@dataclass(slots=True)
+class _Collected:
+    """What one execution's outputs hold, sorted for the reply (nothing cut yet)."""
+
+    stdout: str
+    stderr: str
+    displays: list[tuple[list[str], str]]
+    result: str | None
+    images: list[Image]
+    mime_types: list[str]
+    notes: list[str]
+    truncated: bool
+
+
 def render(
     execution: Execution,
     limits: ReplyLimits,
@@ -112,17 +134,38 @@ def render(
     notes: list[str] | None = None,
 ) -> Reply:
     """Build the MCP-neutral reply for one execution."""
-    notes = list(notes or []) + list(execution.notes)
+    got = _collect(execution, limits, list(notes or []) + list(execution.notes))
+    stream_limit = limits.max_stream_chars
+    while True:
+        report, text = _report(execution, got, stream_limit, file, session_id, notebook)
+        size = (
+            len(text.encode("utf-8"))
+            + len(report.model_dump_json().encode("utf-8"))
+            + sum(len(i.data) for i in got.images)
+        )
+        if size <= limits.max_reply_bytes:
+            break
+        if got.images:
+            got.images.pop()
+            got.truncated = True
+            if not any(n.startswith("Images dropped") for n in got.notes):
+                got.notes.append(
+                    "Images dropped to keep the reply under KERNEL_MCP_MAX_REPLY_BYTES."
+                )
+            continue
+        if stream_limit == 0:
+            break
+        stream_limit //= 2
+        got.truncated = True
+    return Reply(text=text, images=got.images, report=report, is_error=execution.status != "ok")
+
+
+def _collect(execution: Execution, limits: ReplyLimits, notes: list[str]) -> _Collected:
+    """Sort the outputs into streams, displays, the result and images; say what was left out."""
     stdout_parts: list[str] = []
     stderr_parts: list[str] = []
-    displays: list[tuple[list[str], str]] = []
-    result: str | None = None
-    images: list[Image] = []
-    mime_types: list[str] = []
-    truncated = execution.truncated
-    skipped_images = 0
-    broken_images = 0
-
+    got = _Collected("", "", [], None, [], [], notes, execution.truncated)
+    skipped_images = broken_images = 0
     for output in execution.outputs:
         kind = output.get("output_type")
         if kind == "stream":
@@ -134,39 +177,48 @@ def render(
         if kind not in ("display_data", "execute_result"):
             continue
         data = output.get("data", {})
-        for mime in data:
-            if mime not in mime_types:
-                mime_types.append(mime)
+        got.mime_types += [mime for mime in data if mime not in got.mime_types]
         image_mime = next((m for m in IMAGE_TYPES if m in data), None)
         if image_mime is not None:
             payload = data[image_mime]
             payload = "".join(payload) if isinstance(payload, list) else str(payload)
             payload = payload.replace("\n", "")
-            if len(images) >= limits.max_images or _decoded_size(payload) > limits.max_image_bytes:
+            if (
+                len(got.images) >= limits.max_images
+                or _decoded_size(payload) > limits.max_image_bytes
+            ):
                 skipped_images += 1
             else:
                 try:
                     base64.b64decode(payload, validate=True)
-                    images.append(Image(image_mime, payload))
+                    got.images.append(Image(image_mime, payload))
                 except (binascii.Error, ValueError):
                     broken_images += 1
             continue
         text = _plain(data)
         if kind == "execute_result":
-            result = text
+            got.result = text
         elif text is not None:
-            displays.append((sorted(data), text))
+            got.displays.append((sorted(data), text))
+    got.stdout = strip_ansi("".join(stdout_parts))
+    got.stderr = strip_ansi("".join(stderr_parts))
+    _note_what_was_left_out(execution, limits, got, skipped_images, broken_images)
+    return got
 
-    if skipped_images:
-        truncated = True
+
+def _note_what_was_left_out(
+    execution: Execution, limits: ReplyLimits, got: _Collected, skipped: int, broken: int
+) -> None:
+    notes = got.notes
+    if skipped:
+        got.truncated = True
         notes.append(
-            f"{skipped_images} image(s) left out: over {limits.max_images} images or "
+            f"{skipped} image(s) left out: over {limits.max_images} images or "
             f"{limits.max_image_bytes} bytes each."
         )
-    if broken_images:
-        truncated = True
-        notes.append(f"{broken_images} image(s) left out: not valid base64.")
-
+    if broken:
+        got.truncated = True
+        notes.append(f"{broken} image(s) left out: not valid base64.")
     if execution.dropped_chars or execution.dropped_outputs:
         notes.append(
             f"Output over the kernel-side cap was not kept: {execution.dropped_chars} characters"
@@ -179,64 +231,55 @@ def render(
         notes.insert(0, f"The kernel died ({execution.death}).")
     elif execution.status == "interrupted":
         notes.insert(0, "Interrupted.")
-
-    stdout_full = strip_ansi("".join(stdout_parts))
-    stderr_full = strip_ansi("".join(stderr_parts))
-    if OUTPUT_GUARD_MARKER in stdout_full or OUTPUT_GUARD_MARKER in stderr_full:
-        truncated = True
+    if OUTPUT_GUARD_MARKER in got.stdout or OUTPUT_GUARD_MARKER in got.stderr:
+        got.truncated = True
         notes.append("The kernel dropped stream output over KERNEL_MCP_MAX_OUTPUT_BYTES.")
-    stream_limit = limits.max_stream_chars
-    while True:
-        stdout, cut_out = _cut(stdout_full, stream_limit)
-        stderr, cut_err = _cut(stderr_full, stream_limit)
-        display_text = [(m, _cut(strip_ansi(t), stream_limit)[0]) for m, t in displays]
-        result_text = _cut(strip_ansi(result), stream_limit)[0] if result is not None else None
-        error, cut_error = _error_info(execution.error, stream_limit)
-        cut_notes = []
-        if cut_out:
-            cut_notes.append(f"stdout: {cut_out} characters cut from the middle.")
-        if cut_err:
-            cut_notes.append(f"stderr: {cut_err} characters cut from the middle.")
-        if cut_error:
-            cut_notes.append(f"error: {cut_error} characters cut from the middle.")
-        if (cut_out or cut_err or cut_error or truncated) and notebook:
-            cut_notes.append(f"The full output is in the notebook {notebook}.")
-        report = RunReport(
-            status=execution.status,
-            stdout=stdout,
-            stderr=stderr,
-            result=result_text,
-            error=error,
-            images=len(images),
-            truncated=bool(truncated or cut_out or cut_err or cut_error),
-            duration_s=execution.duration_s,
-            execution_count=execution.execution_count,
-            mime_types=mime_types,
-            timeout_s=execution.timeout_s,
-            file=file,
-            session_id=session_id,
-            notebook=notebook,
-            notes=notes + cut_notes,
-        )
-        text = _text_block(report, display_text)
-        size = (
-            len(text.encode("utf-8"))
-            + len(report.model_dump_json().encode("utf-8"))
-            + sum(len(i.data) for i in images)
-        )
-        if size <= limits.max_reply_bytes:
-            break
-        if images:
-            images.pop()
-            truncated = True
-            if not any(n.startswith("Images dropped") for n in notes):
-                notes.append("Images dropped to keep the reply under KERNEL_MCP_MAX_REPLY_BYTES.")
-            continue
-        if stream_limit == 0:
-            break
-        stream_limit //= 2
-        truncated = True
-    return Reply(text=text, images=images, report=report, is_error=execution.status != "ok")
+
+
+def _report(
+    execution: Execution,
+    got: _Collected,
+    stream_limit: int,
+    file: str | None,
+    session_id: str | None,
+    notebook: str | None,
+) -> tuple[RunReport, str]:
+    """The report and text block with each stream, display, result and error cut to
+    ``stream_limit`` characters."""
+    stdout, cut_out = _cut(got.stdout, stream_limit)
+    stderr, cut_err = _cut(got.stderr, stream_limit)
+    display_text = [(m, _cut(strip_ansi(t), stream_limit)[0]) for m, t in got.displays]
+    result = got.result
+    result_text = _cut(strip_ansi(result), stream_limit)[0] if result is not None else None
+    error, cut_error = _error_info(execution.error, stream_limit)
+    cut_notes = []
+    if cut_out:
+        cut_notes.append(f"stdout: {cut_out} characters cut from the middle.")
+    if cut_err:
+        cut_notes.append(f"stderr: {cut_err} characters cut from the middle.")
+    if cut_error:
+        cut_notes.append(f"error: {cut_error} characters cut from the middle.")
+    truncated = bool(got.truncated or cut_out or cut_err or cut_error)
+    if truncated and notebook:
+        cut_notes.append(f"The full output is in the notebook {notebook}.")
+    report = RunReport(
+        status=execution.status,
+        stdout=stdout,
+        stderr=stderr,
+        result=result_text,
+        error=error,
+        images=len(got.images),
+        truncated=truncated,
+        duration_s=execution.duration_s,
+        execution_count=execution.execution_count,
+        mime_types=got.mime_types,
+        timeout_s=execution.timeout_s,
+        file=file,
+        session_id=session_id,
+        notebook=notebook,
+        notes=got.notes + cut_notes,
+    )
+    return report, _text_block(report, display_text)
 
 
 def _error_info(error: dict[str, Any] | None, limit: int) -> tuple[ErrorInfo | None, int]:

@@ -1,8 +1,9 @@
 """One live kernel: execute, interrupt, stop. The only module that reads kernel channels.
 
-Where kernels come from is not decided here: a :class:`KernelProcess` (see
-``kernel_mcp.backend``) starts, signals and stops the process, and hands over a
-client with jupyter_client's async channel API. This module drives one
+Where kernels come from is not decided here: a ``KernelProcess`` (the seam in
+``kernels.process``, which every backend implements) starts, signals and stops the
+process, and hands over a client with jupyter_client's async channel API. This
+module drives one
 execution the way nbclient does: it keeps only messages whose parent is its
 request, waits three ways at once (the shell reply, IOPub until idle, and a
 liveness check), and treats a run as complete only after both the reply and
@@ -19,39 +20,25 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, Protocol
-
-from nbformat import NotebookNode
+from typing import Any
 
 from kernel_mcp.errors import KernelError
-from kernel_mcp.outputs import (
-    GUARD_METADATA_KEY,
-    OutputCollector,
-    OutputLimits,
-    error_from_reply,
+from kernel_mcp.kernels.execution import (
+    Execution,
+    OutputCallback,
+    ProgressCallback,
+    Status,
+    StdinHandler,
 )
+from kernel_mcp.kernels.guards import _INPUT_GUARD, _OUTPUT_GUARD
+from kernel_mcp.kernels.outputs import OutputCollector, OutputLimits, error_from_reply
+from kernel_mcp.kernels.process import KernelClient, KernelProcess
+from kernel_mcp.kernels.setup import NO_STDIN_MESSAGE, guard_config
 from kernel_mcp.tasks import stop_task
 
-__all__ = [
-    "NO_STDIN_BACKGROUND",
-    "NO_STDIN_MESSAGE",
-    "Execution",
-    "Kernel",
-    "KernelClient",
-    "KernelProcess",
-    "ProgressCallback",
-    "Status",
-]
+__all__ = ["Kernel", "kernel_info_reply", "wait_ready"]
 
 log = logging.getLogger(__name__)
-
-Status = Literal["ok", "error", "timeout", "kernel_died", "interrupted"]
-ProgressCallback = Callable[[float, str], Awaitable[None]]
-OutputCallback = Callable[[str, str], None]
-"""Called with (stream name, text) for every stream message a run sends."""
-StdinHandler = Callable[[str, bool], Awaitable[str | None]]
-"""Answers the kernel's ``input()``: (prompt, password) -> the text, or None for no answer
-(the kernel's ``input()`` then raises EOFError)."""
 
 #: What an input_reply says for "no answer": ipykernel raises EOFError on it.
 NO_ANSWER = "\x04"
@@ -66,343 +53,95 @@ PROGRESS_INTERVAL = 1.0
 READER_SLICE = 0.005
 
 
-class KernelClient(Protocol):
-    """The part of jupyter_client's ``AsyncKernelClient`` this module uses."""
+# -- a started kernel's first answer ----------------------------------------------------
+# Waiting for a started kernel to answer, without a fixed delay. jupyter_client's
+# ``wait_for_ready`` ends by draining IOPub until it has been silent for 0.2 s, so every
+# kernel start paid 200 ms of nothing (docs/benchmarks.md). A kernel is ready when its
+# shell answers ``kernel_info`` and its IOPub stream reaches us: ipykernel >= 6.29
+# greets each new subscriber with an ``iopub_welcome`` message, and any kernel publishes
+# ``status`` messages for the ``kernel_info`` request. Either proves the subscription is
+# live, so nothing the first execution publishes can be lost. Messages left queued are
+# harmless: an execution reads only the messages whose parent is its own request.
 
-    def execute(
-        self,
-        code: str,
-        silent: bool = ...,
-        store_history: bool = ...,
-        user_expressions: dict[str, Any] | None = ...,
-        allow_stdin: bool | None = ...,
-        stop_on_error: bool = ...,
-    ) -> str: ...
-    async def get_iopub_msg(self, timeout: float | None = ...) -> dict[str, Any]: ...
-    async def get_shell_msg(self, timeout: float | None = ...) -> dict[str, Any]: ...
-    async def get_stdin_msg(self, timeout: float | None = ...) -> dict[str, Any]: ...
-    def input(self, string: str) -> None: ...
-    def stop_channels(self) -> None: ...
+#: How long a kernel_info request may go unanswered before it is sent again (a
+#: request sent before the kernel bound its socket can be lost).
+READY_RESEND = 1.0
 
 
-class KernelProcess(Protocol):
-    """Where a kernel lives: the seam between execution and kernel backends."""
+async def wait_ready(
+    client: KernelClient, alive: Callable[[], Awaitable[bool]], *, timeout: float
+) -> dict[str, Any]:
+    """Wait until ``client``'s kernel answers on shell and IOPub; returns its kernel_info.
 
-    backend: str
-    kernel_id: str
-    sandboxed: bool
-    """Runs in kernel-mcp's own sandbox (a gateway's kernels: its isolation, not ours)."""
-    prepared: tuple[str, ...] | None
-    """None, or: the kernel ran :data:`KERNEL_SETUP` itself before its first message (a
-    forked kernel), which installed the guards and imported these preload modules;
-    :meth:`Kernel.prepare` imports only the others."""
+    Raises:
+        RuntimeError: the kernel died first, or did not answer within ``timeout`` s.
+    """
+    deadline = time.monotonic() + timeout
+    info: dict[str, Any] | None = None
+    heard_iopub = False
+    msg_id = client.kernel_info()
+    asked = time.monotonic()
+    while info is None or not heard_iopub:
+        now = time.monotonic()
+        if now > deadline:
+            raise RuntimeError(f"kernel did not answer within {timeout:g} s")
+        if not await alive():
+            raise RuntimeError("kernel died before it answered")
+        if now - asked > READY_RESEND:
+            msg_id, asked = client.kernel_info(), now
+        shell = asyncio.ensure_future(client.get_shell_msg(timeout=0.05))
+        iopub = asyncio.ensure_future(client.get_iopub_msg(timeout=0.05))
+        try:
+            for name, task in (("shell", shell), ("iopub", iopub)):
+                try:
+                    msg = await task
+                except (queue.Empty, asyncio.TimeoutError, ValueError):
+                    continue
+                if name == "iopub":
+                    heard_iopub = True
+                elif msg.get("parent_header", {}).get("msg_id") == msg_id or (
+                    msg.get("msg_type") == "kernel_info_reply" and info is None
+                ):
+                    info = dict(msg.get("content") or {})
+        finally:
+            # Cancelled while awaiting shell (a start the server gave up on): the
+            # IOPub read would end in Empty that nobody retrieves, logged as
+            # "Task exception was never retrieved".
+            if not iopub.done():
+                iopub.cancel()
+            elif not iopub.cancelled():
+                iopub.exception()
+    return info
 
-    async def is_alive(self) -> bool: ...
-    async def interrupt(self) -> None: ...
-    async def kill(self) -> None:
-        """Stop at once, with every process the kernel started."""
 
-    async def shutdown(self) -> None:
-        """Ask politely, then end the whole process group."""
+async def kernel_info_reply(
+    client: KernelClient, channel: str, sent: set[str], timeout: float
+) -> dict[str, Any] | None:
+    """The content of a ``kernel_info_reply`` to one of ``sent`` on ``channel`` (``shell`` or
+    ``control``) within ``timeout`` seconds; None when none came (ask again)."""
+    read = client.get_control_msg if channel == "control" else client.get_shell_msg
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            msg = await read(timeout=left)
+        except queue.Empty:
+            return None
+        if (
+            msg["header"].get("msg_type") == "kernel_info_reply"
+            and msg["parent_header"].get("msg_id") in sent
+        ):
+            return dict(msg["content"])
+    return None
 
-    def exit_description(self) -> str:
-        """How the kernel ended, e.g. 'exit code 3' or 'signal SIGKILL'."""
 
-    def rss_bytes(self) -> int | None: ...
-
-
-@dataclass(slots=True)
-class Execution:
-    """What one execution produced, in Jupyter's own output format."""
+@dataclass
+class _Verdict:
+    """What an execution's wait came to: its status, and what happened to the kernel."""
 
     status: Status
-    outputs: list[NotebookNode]
-    execution_count: int | None
-    error: NotebookNode | None
-    started_at: datetime
-    ended_at: datetime
-    duration_s: float
-    timeout_s: float
-    dropped_chars: int = 0
-    dropped_outputs: int = 0
     death: str | None = None
-    """For kernel_died: how the kernel ended."""
-    kernel_replaced: bool = False
-    """The kernel was killed (timeout ignored SIGINT, or it died); its state is gone."""
+    replaced: bool = False
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def truncated(self) -> bool:
-        return bool(self.dropped_chars or self.dropped_outputs)
-
-
-# Installed in every Python kernel before first use, called with one dict of
-# settings (see Kernel.prepare); the source itself is constant. ipykernel batches
-# writes into stream messages of any size, and a loop of display() calls sends
-# one message each: a flood would reach the server as more JSON than it could
-# parse in time. Dropping what is over the caps in the kernel means the server
-# never receives much more than it would keep.
-# * Streams: at most stream_limit characters per stream and run, then a notice.
-#   The class method is patched because IPython swaps instance attributes per
-#   cell, and IPython's history tee is switched off: it keeps every byte a cell
-#   prints in kernel memory.
-# * Rich outputs (display_data, execute_result, update_display_data): at most
-#   max_rich per run, each at most max_bytes. Over the count, displays are
-#   dropped with one notice (updated with the final count when the cell ends);
-#   an update over the count is held back and only the latest one per display
-#   is sent when the cell ends, so a display shows its final state. An output
-#   over the size is replaced by a notice. Notices carry the run's totals in
-#   their metadata (outputs.GUARD_METADATA_KEY). The publisher classes are
-#   patched, not their per-thread hooks, so displays from threads are capped too.
-# * mute_fd_echo: ipykernel echoes fd-level writes (subprocesses, C code) to the
-#   kernel's original stderr as well as to the notebook; past start-up that copy
-#   is only a duplicate, and it would grow the kernel's private stderr file.
-_OUTPUT_GUARD = r"""
-def _kmcp_guard(config):
-    import contextlib, json, os, sys, uuid
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    marker = config["marker"]
-    stream_limit = config["stream_limit"]
-    import warnings
-
-    # IPython's hint on sys.exit() names its own file: noise with a server path.
-    warnings.filterwarnings("ignore", message="To exit: use 'exit'", category=UserWarning)
-    if hasattr(shell, "_tee"):
-        shell._tee = lambda channel: contextlib.nullcontext()
-    stream_class = type(sys.stdout)
-    original_write = stream_class.write
-    left = {}
-
-    def write(self, text):
-        if not isinstance(text, str):
-            return original_write(self, text)
-        name = getattr(self, "name", "stream")
-        room = left.get(name, stream_limit)
-        if room <= 0:
-            return len(text)
-        if len(text) > room:
-            left[name] = 0
-            original_write(self, text[:room])
-            original_write(
-                self,
-                f"\n{marker} {name} over {stream_limit} characters in one run; "
-                "the rest was dropped]\n",
-            )
-            return len(text)
-        left[name] = room - len(text)
-        return original_write(self, text)
-
-    stream_class.write = write
-    shell.events.register("pre_execute", lambda *args, **kwargs: left.clear())
-
-    if config["mute_fd_echo"]:
-        with contextlib.suppress(Exception):
-            echo = getattr(sys.stderr, "_original_stdstream_copy", None)
-            if isinstance(echo, int):
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, echo, inheritable=False)
-                os.close(null)
-
-    max_rich = config["max_rich"]
-    max_bytes = config["max_bytes"]
-    key = config["metadata_key"]
-    run = {}
-
-    def reset(*args, **kwargs):
-        run.update(count=0, dropped=0, chars=0, notice=None, shown=set(), held={})
-
-    def size_of(data):
-        total = 0
-        if not isinstance(data, dict):
-            return total
-        for value in data.values():
-            if isinstance(value, str):
-                total += len(value)
-            elif isinstance(value, (bytes, bytearray)):
-                total += (len(value) + 2) // 3 * 4
-            else:
-                with contextlib.suppress(Exception):
-                    total += len(json.dumps(value, default=str))
-        return total
-
-    def totals():
-        return {key: {"dropped_outputs": run["dropped"], "dropped_chars": run["chars"]}}
-
-    def fit(data, metadata):
-        size = size_of(data)
-        if size <= max_bytes:
-            return data, metadata
-        run["chars"] += size
-        mimes = ", ".join(sorted(map(str, data)))
-        text = (
-            f"{marker} an output of {size} characters ({mimes}) over the per-output "
-            f"limit of {max_bytes} was dropped]"
-        )
-        return {"text/plain": text}, totals()
-
-    def install():
-        reset()
-        display_pub = shell.display_pub
-        pub_class = type(display_pub)
-        original_publish = pub_class.publish
-        hook_class = type(shell.displayhook)
-        original_format = hook_class.write_format_data
-
-        def own(text, display_id, update=False):
-            original_publish(
-                display_pub,
-                {"text/plain": text},
-                totals(),
-                transient={"display_id": display_id},
-                update=update,
-            )
-
-        def drop(data):
-            run["dropped"] += 1
-            run["chars"] += size_of(data)
-            if run["notice"] is None:
-                run["notice"] = "kernel-mcp-guard-" + uuid.uuid4().hex
-                own(
-                    f"{marker} over {max_rich} rich outputs in one run; the rest are dropped]",
-                    run["notice"],
-                )
-
-        def publish(self, data, metadata=None, *args, **kwargs):
-            transient = kwargs.get("transient")
-            display_id = transient.get("display_id") if isinstance(transient, dict) else None
-            update = bool(kwargs.get("update"))
-            if run["count"] >= max_rich:
-                if not update:
-                    drop(data)
-                elif display_id in run["shown"]:
-                    run["held"][display_id] = (self, data, metadata)
-                return None
-            run["count"] += 1
-            if display_id and not update:
-                run["shown"].add(display_id)
-            data, metadata = fit(data, metadata)
-            return original_publish(self, data, metadata, *args, **kwargs)
-
-        def write_format_data(self, format_dict, md_dict=None):
-            if run["count"] >= max_rich:
-                drop(format_dict)
-                return None  # the execute_result keeps no data, so it is not sent
-            run["count"] += 1
-            return original_format(self, *fit(format_dict, md_dict))
-
-        def finish(*args, **kwargs):
-            held, run["held"] = run["held"], {}
-            for display_id, (publisher, data, metadata) in held.items():
-                data, metadata = fit(data, metadata)
-                original_publish(
-                    publisher, data, metadata, transient={"display_id": display_id}, update=True
-                )
-            if run["notice"] is not None:
-                own(
-                    f"{marker} {run['dropped']} rich outputs over {max_rich} in one run "
-                    "were dropped]",
-                    run["notice"],
-                    update=True,
-                )
-
-        pub_class.publish = publish
-        hook_class.write_format_data = write_format_data
-        shell.events.register("pre_execute", reset)
-        shell.events.register("post_run_cell", finish)
-
-    with contextlib.suppress(Exception):  # a kernel without IPython's publishers
-        install()
-"""
-# Installed with the output guard: when a run cannot ask anyone for input, say so in
-# words the model can act on, instead of ipykernel's "this frontend does not support
-# input requests". The class methods are patched: ipykernel rebinds builtins.input
-# to the kernel's bound method on every execution.
-_INPUT_GUARD = r"""
-def _kmcp_input_guard(config):
-    from IPython import get_ipython
-    from IPython.core.error import StdinNotImplementedError
-
-    kernel = getattr(get_ipython(), "kernel", None)
-    if kernel is None:
-        return
-    cls = type(kernel)
-    for name in ("raw_input", "getpass"):
-        original = getattr(cls, name, None)
-        if original is None or getattr(original, "_kmcp", False):
-            continue
-
-        def guarded(self, *args, _original=original, **kwargs):
-            if not getattr(self, "_allow_stdin", True):
-                # Why this run cannot ask: set per run by the server (_kmcp_no_stdin).
-                raise StdinNotImplementedError(
-                    getattr(self, "_kmcp_no_stdin", None) or config["message"]
-                )
-            return _original(self, *args, **kwargs)
-
-        guarded._kmcp = True
-        setattr(cls, name, guarded)
-"""
-#: What input() says in a run that cannot ask anyone because its client cannot.
-NO_STDIN_MESSAGE = (
-    "input() needs an answer, and this run cannot ask for one: the MCP client did not "
-    "declare elicitation. Put the value in the code or in a file instead."
-)
-#: What input() says in a background run (background=true): nobody waits on its call.
-NO_STDIN_BACKGROUND = (
-    "input() needs an answer, and background runs cannot ask for one: no call is waiting "
-    "to pass the question on. Put the value in the code or in a file, or run it without "
-    "background=true from a client that supports elicitation."
-)
-
-# The whole set-up in one piece, for a kernel that runs it itself before it answers
-# anything (a forked kernel, kernel_mcp.launch.template): no cell, so none of
-# IPython's per-cell machinery (the tee whose leftovers prepare() drops), and
-# compiled once in the template. The preload is imported into the user's
-# namespace, as prepare()'s cell does.
-_SETUP_CALLS = r"""
-def _kmcp_setup(config, user_ns):
-    _kmcp_guard(config["output"])
-    _kmcp_input_guard(config["input"])
-    failed = {}
-    for name in config["preload"]:
-        try:
-            exec(f"import {name}", user_ns)
-        except Exception as exc:
-            failed[name] = f"{type(exc).__name__}: {exc}"
-    return failed
-"""
-#: Defines ``_kmcp_setup(config, user_ns)`` (config: :func:`setup_config`), which
-#: installs the output and input guards and imports the preload; it returns the
-#: preload modules that failed, with why.
-KERNEL_SETUP = _OUTPUT_GUARD + _INPUT_GUARD + _SETUP_CALLS
-
-#: Starts the notice the output guard writes when it drops a flood.
-OUTPUT_GUARD_MARKER = "[kernel-mcp:"
-
-
-def guard_config(limits: OutputLimits, *, local: bool) -> dict[str, str | int | bool]:
-    """The output guard's settings for a kernel with these caps (``local``: its process
-    is this machine's, so its fd-level echo can be muted)."""
-    return {
-        "marker": OUTPUT_GUARD_MARKER,
-        # Leave room under the collector's caps for the guard's own notices.
-        "stream_limit": max(0, limits.max_output_bytes - 256),
-        "max_rich": max(0, limits.max_outputs - 1),
-        "max_bytes": max(0, limits.max_output_bytes - 256),
-        "metadata_key": GUARD_METADATA_KEY,
-        "mute_fd_echo": local,
-    }
-
-
-def setup_config(limits: OutputLimits, preload: list[str]) -> dict[str, Any]:
-    """What :data:`KERNEL_SETUP`'s ``_kmcp_setup`` takes, for a local kernel."""
-    return {
-        "output": guard_config(limits, local=True),
-        "input": {"message": NO_STDIN_MESSAGE},
-        "preload": list(preload),
-    }
 
 
 class _Outcome:
@@ -499,42 +238,7 @@ class Kernel:
         )
         try:
             outcome = await self._wait(waiters, collector, start + timeout, progress, start)
-            status: Status
-            death = None
-            replaced = False
-            notes: list[str] = []
-            if outcome == _Outcome.COMPLETE:
-                reply = waiters.reply_content()
-                if collector.execution_count is None:
-                    collector.execution_count = reply.get("execution_count")
-                if collector.error is None and reply.get("status") in ("error", "aborted"):
-                    # The reply is the kernel's verdict even when no error was published
-                    # (ipykernel fails to send a traceback holding a lone surrogate).
-                    collector.add_error(error_from_reply(reply))
-                if collector.error is None:
-                    status = "ok"
-                elif (
-                    self._interrupt_requested
-                    and collector.error.get("ename") == "KeyboardInterrupt"
-                ):
-                    status = "interrupted"
-                else:
-                    status = "error"
-            elif outcome == _Outcome.DIED:
-                status, death, replaced = "kernel_died", await self._death(), True
-            else:
-                status = "timeout"
-                await self.process.interrupt()
-                after = await self._wait(waiters, collector, time.monotonic() + grace, None, start)
-                if after == _Outcome.DIED:
-                    replaced = True
-                    notes.append("The kernel died after the interrupt.")
-                elif after == _Outcome.TIMEOUT:
-                    replaced = True
-                    notes.append(
-                        f"The kernel ignored the interrupt for {grace:g} s and was killed."
-                    )
-                    await self.kill()
+            verdict = await self._judge(outcome, waiters, collector, grace, start)
         except asyncio.CancelledError:
             # The caller is gone; the kernel may still be busy. Clean up in the
             # background (interrupt, wait, kill) and make the next run wait for it.
@@ -545,13 +249,14 @@ class Kernel:
             raise
         await waiters.cancel()
         ended = time.monotonic()
+        notes = verdict.notes
         if self.unverified > unverified_before:
             notes.append(
                 f"{self.unverified - unverified_before} message(s) from the kernel failed their "
                 "signature check and were dropped (did the code change the kernel's session key?)."
             )
         return Execution(
-            status=status,
+            status=verdict.status,
             outputs=collector.outputs,
             execution_count=collector.execution_count,
             error=collector.error,
@@ -561,10 +266,47 @@ class Kernel:
             timeout_s=timeout,
             dropped_chars=collector.dropped_chars,
             dropped_outputs=collector.dropped_outputs,
-            death=death,
-            kernel_replaced=replaced,
+            death=verdict.death,
+            kernel_replaced=verdict.replaced,
             notes=notes,
         )
+
+    async def _judge(
+        self,
+        outcome: str,
+        waiters: _Waiters,
+        collector: OutputCollector,
+        grace: float,
+        start: float,
+    ) -> _Verdict:
+        """What the wait's outcome means for the run (a timeout is acted on here: the
+        kernel is interrupted, and killed if it ignores that for ``grace`` seconds)."""
+        if outcome == _Outcome.COMPLETE:
+            reply = waiters.reply_content()
+            if collector.execution_count is None:
+                collector.execution_count = reply.get("execution_count")
+            if collector.error is None and reply.get("status") in ("error", "aborted"):
+                # The reply is the kernel's verdict even when no error was published
+                # (ipykernel fails to send a traceback holding a lone surrogate).
+                collector.add_error(error_from_reply(reply))
+            if collector.error is None:
+                return _Verdict("ok")
+            if self._interrupt_requested and collector.error.get("ename") == "KeyboardInterrupt":
+                return _Verdict("interrupted")
+            return _Verdict("error")
+        if outcome == _Outcome.DIED:
+            return _Verdict("kernel_died", death=await self._death(), replaced=True)
+        await self.process.interrupt()
+        after = await self._wait(waiters, collector, time.monotonic() + grace, None, start)
+        if after == _Outcome.DIED:
+            return _Verdict(
+                "timeout", replaced=True, notes=["The kernel died after the interrupt."]
+            )
+        if after == _Outcome.TIMEOUT:
+            await self.kill()
+            killed = f"The kernel ignored the interrupt for {grace:g} s and was killed."
+            return _Verdict("timeout", replaced=True, notes=[killed])
+        return _Verdict("timeout")
 
     async def prepare(self, preload: list[str]) -> None:
         """Install the output guard and import ``preload``; called once, before first use."""

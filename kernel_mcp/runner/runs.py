@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kernel_mcp.errors import KernelMCPError, RequestError
-from kernel_mcp.questions import Question
+from kernel_mcp.runner.questions import Question
 from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
 
 __all__ = [
@@ -131,7 +131,7 @@ class InputRequest:
 
     @property
     def prompt(self) -> str:
-        """The program's prompt, cleaned (see kernel_mcp.questions)."""
+        """The program's prompt, cleaned (see kernel_mcp.runner.questions)."""
         return self.question.prompt
 
     @property

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from kernel_mcp.kernel import Status
+from kernel_mcp.kernels.execution import Status
 
 __all__ = [
     "CellReport",
