@@ -671,14 +671,14 @@ async def inprocess_fresh(projects: Path, notebooks: Path, n: int) -> dict[str, 
     """
     from fastmcp import Client
 
-    from kernel_mcp.runner import Runner
+    from kernel_mcp.deployment import runner_for
     from kernel_mcp.server import build_server
 
     timers: dict[str, list[float]] = {}
     out: dict[str, Any] = {}
     undo = _timed_kernel(timers)
     try:
-        async with Runner(_runner_settings(projects, notebooks)) as runner:
+        async with runner_for(_runner_settings(projects, notebooks)) as runner:
             pool = runner.pool
             wanted = getattr(pool, "_wanted", None)
             spawn = getattr(runner, "_spawn", None)
@@ -734,14 +734,14 @@ async def inprocess_session(projects: Path, notebooks: Path, n: int) -> dict[str
     sessions taking turns, one with the journal append switched off."""
     from fastmcp import Client
 
-    from kernel_mcp.runner import Runner
+    from kernel_mcp.deployment import runner_for
     from kernel_mcp.server import build_server
 
     timers: dict[str, list[float]] = {}
     out: dict[str, Any] = {}
     undo = _timed_kernel(timers)
     try:
-        async with Runner(_runner_settings(projects, notebooks)) as runner:
+        async with runner_for(_runner_settings(projects, notebooks)) as runner:
             mcp = build_server(runner.settings, runner)
             sessions = {
                 "no_journal": await runner.create_session(owner=None),

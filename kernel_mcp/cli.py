@@ -22,12 +22,14 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel_mcp import __version__, clients, folders
 from kernel_mcp.config import Settings, load_settings, setting_name
 from kernel_mcp.errors import ConfigError
-from kernel_mcp.launch.sandbox import describe as describe_sandbox
+
+if TYPE_CHECKING:  # the backend is the deployment's; only its banner phrase is read
+    from kernel_mcp.backends.base import KernelBackend
 
 __all__ = ["main", "main_entry"]
 
@@ -155,10 +157,11 @@ def main_entry() -> None:  # pragma: no cover - console script
 
 
 # -- serve ----------------------------------------------------------------------
-def banner(settings: Settings, *, serving: str) -> str:
+def banner(settings: Settings, backend: KernelBackend, *, serving: str) -> str:
     """The start-up banner: what serves where, the folders and why, the sandbox.
 
     Args:
+        backend: where kernels come from (it says how they are isolated).
         serving: the transport, e.g. ``stdio`` or the HTTP URLs.
     """
     where = folders.describe(settings)
@@ -166,7 +169,7 @@ def banner(settings: Settings, *, serving: str) -> str:
         f"kernel-mcp {__version__}: {serving}\n"
         f"  projects:  {where['projects']}\n"
         f"  notebooks: {where['notebooks']}\n"
-        f"  sandbox:   {describe_sandbox(settings)}"
+        f"  sandbox:   {backend.isolation()}"
     )
 
 
@@ -242,11 +245,13 @@ def _serve(args: argparse.Namespace) -> int:
     # The gateway backend's HTTP client would log every liveness check at INFO.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     from kernel_mcp import server
+    from kernel_mcp.deployment import runner_for
 
     if args.stdio:
+        runner = runner_for(settings)
         # stderr: stdout is the protocol. A stdio client shows it as the server's log.
-        print(banner(settings, serving="stdio"), file=sys.stderr, flush=True)
-        asyncio.run(server.run_stdio(settings))
+        print(banner(settings, runner.backend, serving="stdio"), file=sys.stderr, flush=True)
+        asyncio.run(server.run_stdio(settings, runner))
         return 0
     if settings.host not in LOOPBACK and not settings.tokens and not settings.insecure:
         raise ConfigError(
@@ -264,12 +269,13 @@ def _serve(args: argparse.Namespace) -> int:
         )
     sock = _listen(settings.host, settings.port)
     port = sock.getsockname()[1]
-    app = server.build_http_app(settings)
+    runner = runner_for(settings)
+    app = server.build_http_app(settings, runner)
     serving = (
         f"http://{settings.host}:{port}/mcp (streamable HTTP) and /sse (SSE); "
         f"auth: {'bearer token' if settings.tokens else 'none'}"
     )
-    print(banner(settings, serving=serving), file=sys.stderr, flush=True)
+    print(banner(settings, runner.backend, serving=serving), file=sys.stderr, flush=True)
     instance = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -1,5 +1,11 @@
-"""Which kernel backend and session store the settings select: the one place that
-reaches into ``kernel_mcp.scale``, and only when the settings ask for it."""
+"""The composition root's parts: which kernel backend and session store the settings
+select, and the Runner built on them.
+
+Only the CLI and the server use this module (``tests/test_structure.py`` checks it):
+the domain (``Runner`` and below) is handed its parts and never picks them. It is
+the one place that reaches into ``kernel_mcp.scale``, and only when the settings ask
+for it (``KERNEL_MCP_GATEWAY_URL``, ``KERNEL_MCP_STATE_URL``).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ from dataclasses import dataclass
 from kernel_mcp.backends.base import KernelBackend
 from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.config import Settings
+from kernel_mcp.runner import Runner
 from kernel_mcp.sessions.store import InProcessStore, RemoteKernels, SessionStore
 
-__all__ = ["Deployment", "deployment_for"]
+__all__ = ["Deployment", "deployment_for", "runner_for"]
 
 
 @dataclass(frozen=True)
@@ -26,9 +33,24 @@ class Deployment:
     """This replica's name among those sharing sessions and a notebooks folder (host and
     port): what is its own there, such as its background runs' markers."""
 
+    def runner(self, settings: Settings) -> Runner:
+        """The Runner on these parts (its ``close`` closes the backend too)."""
+        return Runner(
+            settings,
+            backend=self.backend,
+            store=self.store,
+            kernels=self.kernels,
+            replica=self.replica,
+        )
+
 
 def deployment_for(settings: Settings) -> Deployment:
-    """Local kernels and in-process sessions, unless a gateway or Redis is configured."""
+    """Local kernels and in-process sessions, unless a gateway or Redis is configured.
+
+    Raises:
+        ConfigError: the settings ask for what this machine cannot give (for example
+            ``KERNEL_MCP_SANDBOX=on`` where the sandbox cannot work).
+    """
     if not settings.gateway_url:
         return Deployment(LocalBackend(settings), InProcessStore())
     from kernel_mcp.scale.gateway.backend import GatewayBackend
@@ -42,3 +64,8 @@ def deployment_for(settings: Settings) -> Deployment:
     store = RedisStore(SharedState(settings.state_url), lease_ttl=settings.lease_ttl)
     replica = f"{socket.gethostname()}-{settings.port}"
     return Deployment(gateway, store, kernels=gateway, replica=replica)
+
+
+def runner_for(settings: Settings) -> Runner:
+    """The Runner on the deployment the settings select."""
+    return deployment_for(settings).runner(settings)

@@ -52,10 +52,9 @@ def test_the_default_need_is_the_memory_limit_capped_at_a_quarter_of_the_machine
     assert default_need(limit_mb, total) == need
 
 
-def test_the_setting_chooses_the_need_and_a_gateway_has_no_admission(tmp_path) -> None:
-    chosen = admission_for(load_settings(projects_dir=tmp_path, admission_mb=300))
+def test_the_setting_chooses_the_need_and_a_remote_backend_has_no_admission(tmp_path) -> None:
+    chosen = admission_for(load_settings(projects_dir=tmp_path, admission_mb=300), local=True)
     assert chosen is not None and chosen.need == 300 * MIB
-    off = admission_for(load_settings(projects_dir=tmp_path, admission_mb=0))
+    off = admission_for(load_settings(projects_dir=tmp_path, admission_mb=0), local=True)
     assert off is not None and off.need == 0
-    remote = load_settings(projects_dir=tmp_path, gateway_url="http://127.0.0.1:1")
-    assert admission_for(remote) is None
+    assert admission_for(load_settings(projects_dir=tmp_path), local=False) is None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kernel_mcp.config import load_settings
+from kernel_mcp.deployment import runner_for
 from kernel_mcp.errors import ConfigError, FileNotFound, InvalidArgument, PathRefused
 from kernel_mcp.runner import Runner
 
@@ -25,7 +26,7 @@ async def runner(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runn
     settings = load_settings(
         projects_dir=tmp / "projects", notebooks_dir=tmp / "nb", pool_size=1, max_fresh_runs=1
     )
-    async with Runner(settings) as running:
+    async with runner_for(settings) as running:
         yield running
 
 
@@ -91,7 +92,7 @@ async def test_the_run_tools_say_open_world_unless_the_sandbox_cuts_the_network(
         sandbox_network=network,
     )
     try:
-        runner = Runner(settings)
+        runner = runner_for(settings)
     except ConfigError as exc:
         pytest.skip(f"this machine cannot sandbox: {exc}")
     try:

@@ -61,9 +61,10 @@ MCP_LIBRARIES = ("fastmcp", "fastmcp_tasks", "mcp", "mcp_types")
 CHANNEL_READS = {"get_iopub_msg", "get_shell_msg", "get_stdin_msg", "get_control_msg"}
 CHANNEL_READER = "kernel_mcp/kernels/kernel.py"
 #: Imports that break a rule below for now (emptied as the layout work lands).
-PENDING_IMPORTS: set[tuple[str, str]] = {
-    ("kernel_mcp.runner.runner", "kernel_mcp.deployment"),
-}
+PENDING_IMPORTS: set[tuple[str, str]] = set()
+#: Settings of the optional tiers: read where those tiers are chosen and built only.
+SCALE_SETTINGS = {"gateway_url", "gateway_token", "gateway_kernel_name", "state_url", "lease_ttl"}
+SCALE_SETTINGS_READERS = ("kernel_mcp.config", "kernel_mcp.deployment", "kernel_mcp.scale")
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,19 @@ def test_kernel_channels_are_read_in_the_kernel_module_only() -> None:
         and isinstance(node.func, ast.Attribute)
         and node.func.attr in CHANNEL_READS
         and m.relative != CHANNEL_READER
+    ]
+    assert not readers, readers
+
+
+def test_the_core_never_reads_the_optional_tiers_settings() -> None:
+    """Whether kernels are local is the backend's to say (``backend.local``)."""
+    readers = [
+        f"{m.relative}:{node.lineno} {node.attr}"
+        for m in MODULES
+        for node in ast.walk(m.tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in SCALE_SETTINGS
+        and not any(_under(m.name, allowed) for allowed in SCALE_SETTINGS_READERS)
     ]
     assert not readers, readers
 

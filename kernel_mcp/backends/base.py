@@ -23,7 +23,10 @@ class KernelBackend(Protocol):
 
     name: str
     local: bool
-    """Its kernels run on this machine (they see its projects folders)."""
+    """Its kernels run on this machine (they see its projects folders, use its memory,
+    and its kernelspecs are the ones installed here)."""
+    kernel_name: str
+    """The kernelspec it starts when none is named."""
     sandboxed: bool
     """Its kernels run in kernel-mcp's sandbox (so their network is what it allows)."""
     cheap_starts: bool
@@ -38,6 +41,9 @@ class KernelBackend(Protocol):
         ``workspace``: the projects folder the kernel works in and, sandboxed, the
         only one it sees (None: the configured one). Remote backends ignore it.
         """
+
+    def isolation(self) -> str:
+        """How its kernels are isolated, in one phrase (the banner's and server_info's)."""
 
     async def close(self) -> None: ...
 

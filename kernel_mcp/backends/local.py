@@ -56,6 +56,7 @@ from kernel_mcp.kernels.outputs import OutputLimits
 from kernel_mcp.launch.cgroups import CgroupRoot, KernelCgroup, cgroup_root
 from kernel_mcp.launch.forkserver import ForkServer, forking_possible
 from kernel_mcp.launch.sandbox import Sandbox, sandbox_for
+from kernel_mcp.launch.sandbox import describe as describe_sandbox
 from kernel_mcp.launch.stderr import StderrPipe, scrub_paths
 
 __all__ = ["KERNEL_ARGUMENTS", "LocalBackend"]
@@ -125,8 +126,18 @@ class LocalBackend:
         """Kernels are forked from a template (a spawn is half a second of CPU)."""
         return self.forking
 
+    @property
+    def kernel_name(self) -> str:
+        """The kernelspec started when none is named (KERNEL_MCP_KERNEL_NAME)."""
+        return self.settings.kernel_name
+
+    def isolation(self) -> str:
+        """The sandbox as the start-up banner and server_info say it: 'on (...)' or
+        'off (why)' (``launch.sandbox.describe``)."""
+        return describe_sandbox(self.settings)
+
     def describe(self) -> str:
-        """The sandbox in one phrase, for the start-up banner."""
+        """The sandbox this backend made, in one phrase (with how the tree is limited)."""
         if self.sandbox is None:
             why = "KERNEL_MCP_SANDBOX=off" if self.settings.sandbox == "off" else "unavailable"
             return f"off ({why})"

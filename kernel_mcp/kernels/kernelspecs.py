@@ -43,10 +43,12 @@ class KernelChoice:
 class KernelCatalog:
     """The allowed kernelspecs, and the check that a caller's choice is one of them."""
 
-    def __init__(self, settings: Settings, *, local: bool) -> None:
+    def __init__(self, settings: Settings, *, local: bool, default: str) -> None:
+        """``local``: the backend's kernels run on this machine (its kernelspecs are
+        installed here); ``default``: the kernelspec the backend starts by default."""
         self.settings = settings
         self.local = local
-        self.default = settings.gateway_kernel_name if not local else settings.kernel_name
+        self.default = default
         self.allowed = [self.default] if not local else list(settings.allowed_kernels)
 
     def list(self) -> list[KernelChoice]:

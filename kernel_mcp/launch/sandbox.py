@@ -572,9 +572,7 @@ def sandbox_for(settings: Settings, etc_dir: Path) -> Sandbox | None:
 
 
 def describe(settings: Settings) -> str:
-    """One phrase for the start-up banner: 'on (...)' or 'off (why)'."""
-    if settings.gateway_url:
-        return "n/a (remote kernels: the gateway isolates them)"
+    """One phrase for the start-up banner: 'on (...)' or 'off (why)', for local kernels."""
     if settings.sandbox == "off":
         return "off (KERNEL_MCP_SANDBOX=off)"
     path, bundled = find_bwrap(settings.sandbox_bwrap)

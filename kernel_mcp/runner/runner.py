@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kernel_mcp.admission import admission_for
+from kernel_mcp.backends.base import KernelBackend
 from kernel_mcp.config import Settings
-from kernel_mcp.deployment import Deployment, deployment_for
 from kernel_mcp.errors import InvalidArgument, StateUnavailable
 from kernel_mcp.files.workspaces import MIB, QuotaWatch, Workspaces
 from kernel_mcp.kernels.execution import Execution
@@ -55,6 +55,7 @@ from kernel_mcp.runner.requests import (
 from kernel_mcp.runner.runs import RUNS_MARKERS, Run, RunHooks, RunRegistry
 from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.registry import SessionRegistry
+from kernel_mcp.sessions.store import RemoteKernels, SessionStore
 from kernel_mcp.tasks import wait_within
 
 __all__ = ["Runner"]
@@ -64,12 +65,33 @@ T = TypeVar("T")
 
 
 class Runner:
-    """Runs code for callers. Use as ``async with Runner(settings) as runner``."""
+    """Runs code for callers, on the parts of a deployment it is handed.
 
-    def __init__(self, settings: Settings, deployment: Deployment | None = None) -> None:
+    Use as ``async with Runner(settings, backend=..., store=...) as runner``;
+    ``kernel_mcp.deployment`` (the composition root, used by the CLI and the server)
+    picks the parts the settings ask for: ``deployment_for(settings).runner(settings)``.
+
+    Args:
+        backend: where kernels come from; ``backend.local`` says whether they see
+            this machine's folders.
+        store: where session records live.
+        kernels: how a replica reaches a shared session's kernel by id (shared
+            sessions only).
+        replica: this replica's name among those sharing sessions and a notebooks
+            folder (its background runs' markers are its own).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: KernelBackend,
+        store: SessionStore,
+        kernels: RemoteKernels | None = None,
+        replica: str | None = None,
+    ) -> None:
         self.settings = settings
-        self.deployment = deployment or deployment_for(settings)
-        self.backend = self.deployment.backend
+        self.backend = backend
         self.workspaces = Workspaces(
             settings.projects_dir,
             per_principal=settings.per_principal_projects,
@@ -81,21 +103,21 @@ class Runner:
             preload=settings.preload,
             workspace_of=self._kernel_workspace,
             default=None if self.workspaces.per_principal else settings.projects_dir,
-            admission=admission_for(settings),
+            admission=admission_for(settings, local=backend.local),
         )
         self.notebooks = NotebookStore(
             settings.notebooks_dir, private_recordings=bool(settings.tokens)
         )
         self.recorder = Recorder(self.notebooks, projects_dir=settings.projects_dir)
-        self.kernels = KernelCatalog(settings, local=not settings.gateway_url)
+        self.kernels = KernelCatalog(settings, local=backend.local, default=backend.kernel_name)
         self.files = ProjectFiles(settings, self.workspaces, mode=self.notebooks.shared_mode)
         self.recordings = SessionRecordings(
             self.notebooks, self.recorder, kernels=self.kernels, workspaces=self.workspaces
         )
         self.sessions = SessionRegistry(
             self.pools,
-            self.deployment.store,
-            kernels=self.deployment.kernels,
+            store,
+            kernels=kernels,
             max_sessions=settings.max_sessions,
             idle_timeout=settings.session_idle_timeout,
             on_create=self.recordings.created,
@@ -103,12 +125,10 @@ class Runner:
             on_forget=self.recordings.forgotten,
         )
         markers = settings.notebooks_dir / RUNS_MARKERS
-        if self.deployment.replica is not None:
+        if replica is not None:
             # Replicas share the notebooks folder; each one's runs are its own.
-            markers = markers / self.deployment.replica
-        self.runs = RunRegistry(
-            retention=settings.run_retention, markers=markers, replica=self.deployment.replica
-        )
+            markers = markers / replica
+        self.runs = RunRegistry(retention=settings.run_retention, markers=markers, replica=replica)
         self._background: set[asyncio.Task[Any]] = set()
         # Each fresh run is a kernel process: bound how many run at once.
         self._fresh = asyncio.Semaphore(settings.max_fresh_runs)

@@ -11,29 +11,33 @@ import sys
 from pathlib import Path
 
 from kernel_mcp import __version__, folders
+from kernel_mcp.backends.base import KernelBackend
 from kernel_mcp.config import Settings
-from kernel_mcp.launch.sandbox import describe as describe_sandbox
 from kernel_mcp.server.views import FolderInfo, LimitsInfo, ProjectsInfo, SandboxInfo, ServerInfo
 
 __all__ = ["server_info"]
 
 
-def _memory_limit_mb(settings: Settings) -> int | None:
+def _memory_limit_mb(settings: Settings, backend: KernelBackend) -> int | None:
     # Local kernels get RLIMIT_AS (and a cgroup where possible) on Linux only;
-    # a gateway's kernels are limited where they run.
-    if settings.gateway_url or not sys.platform.startswith("linux"):
+    # a remote backend's kernels are limited where they run.
+    if not backend.local or not sys.platform.startswith("linux"):
         return None
     return settings.memory_limit_mb or None
 
 
-def server_info(settings: Settings, *, sandboxed: bool, projects: Path | None = None) -> ServerInfo:
+def server_info(
+    settings: Settings, backend: KernelBackend, *, projects: Path | None = None
+) -> ServerInfo:
     """The facts ``server_info`` returns.
 
     Args:
-        sandboxed: the backend's kernels run in kernel-mcp's sandbox.
+        backend: where kernels come from (its name, whether they are local and
+            sandboxed, how it isolates them).
         projects: the caller's own projects folder, when it is not the configured one
             (a folder per principal).
     """
+    sandboxed = backend.sandboxed
     return ServerInfo(
         version=__version__,
         projects=ProjectsInfo(
@@ -44,10 +48,10 @@ def server_info(settings: Settings, *, sandboxed: bool, projects: Path | None = 
         notebooks=FolderInfo(
             path=str(settings.notebooks_dir), origin=folders.origin(settings, "notebooks_dir")
         ),
-        backend="gateway" if settings.gateway_url else "local",
+        backend=backend.name,
         sandbox=SandboxInfo(
             on=sandboxed,
-            description=describe_sandbox(settings),
+            description=backend.isolation(),
             network=not sandboxed or settings.sandbox_network,
             projects_writable=not sandboxed or settings.sandbox_projects == "rw",
         ),
@@ -57,7 +61,7 @@ def server_info(settings: Settings, *, sandboxed: bool, projects: Path | None = 
             background_max_timeout_s=settings.background_max_timeout,
             notebook_timeout_s=settings.notebook_timeout,
             interrupt_grace_s=settings.interrupt_grace,
-            memory_limit_mb=_memory_limit_mb(settings),
+            memory_limit_mb=_memory_limit_mb(settings, backend),
             max_sessions=settings.max_sessions,
             session_idle_timeout_s=settings.session_idle_timeout,
             max_fresh_runs=settings.max_fresh_runs,

@@ -39,8 +39,6 @@ def register_info_tools(mcp: FastMCP, runner: Runner) -> None:
         caller = owner()
         if caller not in infos:
             infos[caller] = facts(
-                runner.settings,
-                sandboxed=runner.backend.sandboxed,
-                projects=runner.workspaces.folder(caller),
+                runner.settings, runner.backend, projects=runner.workspaces.folder(caller)
             )
         return infos[caller]

@@ -212,7 +212,7 @@ class GatewayProcess:
 class GatewayBackend:
     """Starts (and attaches to) kernels on a Jupyter Kernel / Enterprise Gateway.
 
-    Implements ``backend.KernelBackend``. One HTTP client is shared by every
+    Implements ``backends.base.KernelBackend``. One HTTP client is shared by every
     kernel of the backend; ``close`` waits for clean-ups still running, then
     closes it.
     """
@@ -226,6 +226,7 @@ class GatewayBackend:
         if not settings.gateway_url:
             raise ValueError("GatewayBackend needs settings.gateway_url")
         self.settings = settings
+        self.kernel_name = settings.gateway_kernel_name
         self.url = settings.gateway_url.rstrip("/")
         self.limits = OutputLimits(max_output_bytes=settings.max_output_bytes)
         secret = settings.gateway_token.get_secret_value() if settings.gateway_token else ""
@@ -247,6 +248,10 @@ class GatewayBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- KernelBackend -------------------------------------------------------
+    def isolation(self) -> str:
+        """The gateway's kernels are isolated where they run, not by kernel-mcp."""
+        return "n/a (remote kernels: the gateway isolates them)"
+
     async def start(
         self, kernel_name: str | None = None, *, workspace: Path | None = None
     ) -> Kernel:
@@ -259,7 +264,7 @@ class GatewayBackend:
             KernelStartFailed: the gateway is unreachable, refused the token, or
                 the kernel did not come up; the message names the gateway.
         """
-        creating = self.own(self._create(kernel_name or self.settings.gateway_kernel_name))
+        creating = self.own(self._create(kernel_name or self.kernel_name))
         try:
             kernel_id = await asyncio.shield(creating)
         except asyncio.CancelledError:
