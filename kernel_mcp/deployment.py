@@ -16,19 +16,18 @@ from kernel_mcp.backends.base import KernelBackend
 from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.config import Settings
 from kernel_mcp.runner import Runner
-from kernel_mcp.sessions.store import InProcessStore, RemoteKernels, SessionStore
+from kernel_mcp.sessions.store import InProcessStore, SessionStore
 
 __all__ = ["Deployment", "deployment_for", "runner_for"]
 
 
 @dataclass(frozen=True)
 class Deployment:
-    """Where kernels run and where sessions live."""
+    """Where kernels run and where sessions live (and, with shared sessions, how a
+    replica reaches a session's kernel: the store's)."""
 
     backend: KernelBackend
     store: SessionStore
-    kernels: RemoteKernels | None = None
-    """How a replica reaches a shared session's kernel by id (shared sessions only)."""
     replica: str | None = None
     """This replica's name among those sharing sessions and a notebooks folder (host and
     port): what is its own there, such as its background runs' markers."""
@@ -39,7 +38,6 @@ class Deployment:
             settings,
             backend=self.backend,
             store=self.store,
-            kernels=self.kernels,
             replica=self.replica,
         )
 
@@ -61,9 +59,10 @@ def deployment_for(settings: Settings) -> Deployment:
     from kernel_mcp.scale.redis_store import RedisStore
     from kernel_mcp.scale.state import SharedState
 
-    store = RedisStore(SharedState(settings.state_url), lease_ttl=settings.lease_ttl)
+    state = SharedState(settings.state_url)
+    store = RedisStore(state, lease_ttl=settings.lease_ttl, kernels=gateway)
     replica = f"{socket.gethostname()}-{settings.port}"
-    return Deployment(gateway, store, kernels=gateway, replica=replica)
+    return Deployment(gateway, store, replica=replica)
 
 
 def runner_for(settings: Settings) -> Runner:

@@ -21,7 +21,8 @@
     ├── KernelError              the kernel machinery failed
     │   ├── KernelStartFailed    a kernel could not be started
     │   └── StateUnavailable     shared session state (Redis) cannot be reached
-    │       └── LeaseLost        this replica no longer holds the session it was serving
+    │       └── ClaimLost        a call's hold on a session ended before the call did
+    │           └── LeaseLost    (shared sessions) its Redis lease lapsed
     └── RecordingError           a run could not be written to its notebook (yet);
                                  the run itself succeeded and keeps its reply
 """
@@ -29,6 +30,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ClaimLost",
     "ClientConfigError",
     "ConfigError",
     "FileNotFound",
@@ -136,12 +138,15 @@ class StateUnavailable(KernelError):
     """The shared state (Redis) could not be reached or answered an error."""
 
 
-class LeaseLost(StateUnavailable):
-    """A call's hold on a shared session ended before the call did.
+class ClaimLost(StateUnavailable):
+    """A call's hold on a session ended before the call did: another process may be
+    serving the session now, so nothing may be written for it. (Never in process: an
+    in-process claim always holds.)"""
 
-    A stalled event loop or a Redis outage outlasted KERNEL_MCP_LEASE_TTL: another
-    replica may be serving the session now, so nothing may be written for it.
-    """
+
+class LeaseLost(ClaimLost):
+    """A shared session's Redis lease lapsed under a call: a stalled event loop or a
+    Redis outage outlasted KERNEL_MCP_LEASE_TTL."""
 
 
 class RecordingError(KernelMCPError):

@@ -89,7 +89,7 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 async def shielded_to_end(aw: Awaitable[T]) -> T:
     """Await ``aw`` to its end even if the caller is cancelled meanwhile, then re-raise that cancel.
 
-    For clean-up that must finish (giving a lease back, writing a session back)
+    For clean-up that must finish (giving a claim back, writing a session back)
     on the way out of a cancelled call: unlike ``asyncio.shield`` alone, the
     caller does not leave before it is done, and unlike ``suppress`` the
     caller's cancellation is never lost. ``aw`` must be bounded in time.

@@ -32,7 +32,7 @@ from kernel_mcp.config import load_settings
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.pool import KernelPool
 from kernel_mcp.scale.gateway.backend import GatewayBackend
-from kernel_mcp.scale.redis_store import RedisStore
+from kernel_mcp.scale.redis_store import RedisStore, served_by
 from kernel_mcp.scale.state import LeaseLost, SharedState
 from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.registry import SessionRegistry
@@ -445,8 +445,7 @@ async def in_process_replica(
     pool = KernelPool(backend, size=0, preload=[])
     registry = SessionRegistry(
         pool,
-        RedisStore(SharedState(state_url), lease_ttl=lease_ttl),
-        kernels=backend,
+        RedisStore(SharedState(state_url), lease_ttl=lease_ttl, kernels=backend),
         max_sessions=8,
         idle_timeout=0,
     )
@@ -484,7 +483,7 @@ async def test_a_replica_that_stalls_past_its_lease_neither_writes_nor_keeps_the
                 # B took the session over while A was still inside its call.
                 assert await asyncio.wait_for(other, 30) == "b"
                 try:
-                    session.fence()  # what the runner does before writing the recording
+                    session.check_held()  # what the runner does before writing the recording
                 except LeaseLost as exc:
                     seen["fenced"] = str(exc)
                 return "a"
@@ -494,7 +493,7 @@ async def test_a_replica_that_stalls_past_its_lease_neither_writes_nor_keeps_the
             stored = await b.store.load(sid)
             assert stored is not None
             # A did not write its record back over B's.
-            assert (stored.served_by, stored.runs, stored.busy) == (b._token, 1, False)
+            assert (served_by(stored), stored.runs, stored.busy) == (b.store._token, 1, False)
             # Nor does A keep the kernel connection for its next call.
             assert a._sessions[sid].kernel is None
             assert seen["kernel"].client.closed
@@ -505,7 +504,7 @@ async def test_a_replica_that_stalls_past_its_lease_neither_writes_nor_keeps_the
 
             assert await a.use("alice", sid, on_a_again) == "'b'"
             stored = await a.store.load(sid)
-            assert stored is not None and (stored.served_by, stored.runs) == (a._token, 2)
+            assert stored is not None and (served_by(stored), stored.runs) == (a.store._token, 2)
         finally:
             await a.close_session("alice", sid)
 

@@ -216,15 +216,17 @@ async def test_a_stalled_holders_lease_is_taken_and_its_fenced_write_fails(
         with pytest.raises(LeaseLost):
             first.fence()
         second = await other.lease("s1", ttl=5, timeout=5)
-        assert await other.save(record_with("s1", runs=2, served_by="second"), lease=second)
+        assert await other.save(
+            record_with("s1", runs=2, extra={"served_by": "second"}), lease=second
+        )
         with pytest.raises(LeaseLost) as caught:
-            await state.save(record_with("s1", runs=1, served_by="first"), lease=first)
+            await state.save(record_with("s1", runs=1, extra={"served_by": "first"}), lease=first)
         message = str(caught.value)
         assert "another replica may be serving the session" in message
         assert "KERNEL_MCP_LEASE_TTL" in message
         assert "redis://" not in message and "\n" not in message
         kept = await state.load("s1")
-        assert kept is not None and (kept.served_by, kept.runs) == ("second", 2)
+        assert kept is not None and (kept.extra["served_by"], kept.runs) == ("second", 2)
         assert first.lost and not first.valid
         await first.release()  # a lost lease frees nothing: the key is the new holder's
         assert await state.leased_ids(["s1"]) == {"s1"}

@@ -17,6 +17,7 @@ Read from the source (``ast``), nothing imported or run:
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ PENDING_IMPORTS: set[tuple[str, str]] = set()
 #: Settings of the optional tiers: read where those tiers are chosen and built only.
 SCALE_SETTINGS = {"gateway_url", "gateway_token", "gateway_kernel_name", "state_url", "lease_ttl"}
 SCALE_SETTINGS_READERS = ("kernel_mcp.config", "kernel_mcp.deployment", "kernel_mcp.scale")
+#: What the core's sessions never name (the replica-only mechanics of ``scale/``).
+REPLICA_WORDS = re.compile(r"\b(lease\w*|fence\w*|served_by)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,18 @@ def test_the_core_never_reads_the_optional_tiers_settings() -> None:
         and not any(_under(m.name, allowed) for allowed in SCALE_SETTINGS_READERS)
     ]
     assert not readers, readers
+
+
+def test_the_core_sessions_name_no_lease_fence_or_served_by() -> None:
+    """Replica behaviour (leases, fenced writes, which replica served a call) lives in
+    ``scale/``, behind the session-store seam."""
+    named = [
+        f"{path.relative_to(ROOT)}:{number}: {match.group(0)}"
+        for path in sorted((PACKAGE / "sessions").glob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for match in REPLICA_WORDS.finditer(line)
+    ]
+    assert not named, named
 
 
 @pytest.mark.parametrize(

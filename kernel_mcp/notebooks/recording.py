@@ -26,7 +26,7 @@ in the background and catches up once the folder can be written, and
 notebook relative to the notebooks folder, never an absolute path.
 
 Replicas. Shared sessions append to the same journal from any replica, one at a
-time under the session's lease; any replica rebuilds from the journal on disk.
+time under the session's claim; any replica rebuilds from the journal on disk.
 """
 
 from __future__ import annotations

@@ -94,8 +94,8 @@ class SessionRecordings:
     ) -> list[str]:
         """Append a run's cells to the session's recording; what went wrong, as notes."""
         try:
-            # Shared sessions: a replica that lost the session's lease must not write.
-            session.fence()
+            # A call that lost its claim (another replica serves the session) must not write.
+            session.check_held()
             for cell in cells:
                 await self.recorder.append_async(recording, cell)
         except RecordingError as exc:

@@ -55,7 +55,7 @@ from kernel_mcp.runner.requests import (
 from kernel_mcp.runner.runs import RUNS_MARKERS, Run, RunHooks, RunRegistry
 from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.registry import SessionRegistry
-from kernel_mcp.sessions.store import RemoteKernels, SessionStore
+from kernel_mcp.sessions.store import SessionStore
 from kernel_mcp.tasks import wait_within
 
 __all__ = ["Runner"]
@@ -74,9 +74,8 @@ class Runner:
     Args:
         backend: where kernels come from; ``backend.local`` says whether they see
             this machine's folders.
-        store: where session records live.
-        kernels: how a replica reaches a shared session's kernel by id (shared
-            sessions only).
+        store: where session records live (and how this process holds a session's
+            kernel).
         replica: this replica's name among those sharing sessions and a notebooks
             folder (its background runs' markers are its own).
     """
@@ -87,7 +86,6 @@ class Runner:
         *,
         backend: KernelBackend,
         store: SessionStore,
-        kernels: RemoteKernels | None = None,
         replica: str | None = None,
     ) -> None:
         self.settings = settings
@@ -117,7 +115,6 @@ class Runner:
         self.sessions = SessionRegistry(
             self.pools,
             store,
-            kernels=kernels,
             max_sessions=settings.max_sessions,
             idle_timeout=settings.session_idle_timeout,
             on_create=self.recordings.created,

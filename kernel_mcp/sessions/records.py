@@ -33,8 +33,11 @@ class SessionRecord:
     lost_state: str | None = None
     """Why the previous kernel was lost; reported once by the next run."""
     busy: bool = False
-    served_by: str | None = None
-    """The registry (a random token per process) that ran the last call."""
+    """A call holds the session; a claim taken while this is set found a call cut off
+    (its process lost the session mid-call)."""
+    extra: dict[str, str] = field(default_factory=dict)
+    """What a store keeps of the session for its own use (a shared store: which
+    process served the last call)."""
     kernel_name: str | None = None
     """The kernelspec the session chose (None: the default); replacements keep it."""
 
@@ -125,14 +128,13 @@ class Session:
         self.record.last_used = time.time()
         self.last_used_mono = time.monotonic()
 
-    def fence(self) -> None:
-        """Check, right before a write on the session's behalf (its recording), that this
-        call still holds the session.
+    def check_held(self) -> None:
+        """Check, right before a write on the session's behalf (its recording), that the
+        running call still holds the session.
 
         Raises:
-            LeaseLost: the call's claim is no longer valid (with shared sessions: a
-                stalled event loop or a Redis outage outlasted KERNEL_MCP_LEASE_TTL,
-                and another replica may be serving the session).
+            ClaimLost: the call's claim is no longer valid (with shared sessions:
+                another process may be serving the session now).
         """
         if self.claim is not None:
-            self.claim.fence()
+            self.claim.check()

@@ -6,22 +6,20 @@ Every lookup takes the caller's principal; another principal's id is reported
 exactly like an unknown one.
 
 One :class:`SessionRegistry` serves every deployment. What varies sits behind
-two seams:
-
-* a :class:`SessionStore` keeps the records (owner, name, kernel id, times,
-  counters, notebook), the tombstones and the name claims, and gives a call its
-  :class:`Claim` on a session. :class:`InProcessStore` is the default: sessions
-  live and die with this process. ``kernel_mcp.scale.redis_store`` keeps them
-  in Redis, where server replicas share them;
-* :class:`RemoteKernels` (given only with a store whose sessions outlive this
-  process) lets any replica attach to a session's kernel by its id.
+the session-store seam (``sessions.store.SessionStore``): where records live,
+what a call's claim on a session is, and how this process holds a session's
+kernel. In process (the default) sessions die with the process; a durable store
+(``kernel_mcp.scale``) lets server replicas share them, attaching to a kernel
+wherever it runs, and a claim there can be lost (``ClaimLost``) when a stalled
+process is taken over.
 
 Calls on one session run one at a time, in arrival order: a local FIFO
-``asyncio.Lock``, then the store's claim (a Redis lease, across replicas).
-Different sessions run in parallel. A culling task, owned by the registry,
-closes sessions nobody used for ``idle_timeout`` seconds and leaves a
-tombstone that says when; with shared sessions only the store's elected
-leader culls.
+``asyncio.Lock``, then the store's claim (across processes, with a durable
+store). Different sessions run in parallel. A culling task, owned by the
+registry, closes sessions nobody used for ``idle_timeout`` seconds and leaves a
+tombstone that says when; with a durable store only the store's elected leader
+culls, and a second task drops cached sessions removed elsewhere and lets go of
+kernel handles nobody here used for a while.
 """
 
 from __future__ import annotations
@@ -36,16 +34,15 @@ from datetime import datetime, timezone
 from typing import TypeVar
 
 from kernel_mcp.errors import (
+    ClaimLost,
     KernelError,
-    KernelStartFailed,
-    LeaseLost,
     SessionGone,
     SessionNotFound,
 )
 from kernel_mcp.files.names import validate_name
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.sessions.records import Session, SessionRecord
-from kernel_mcp.sessions.store import Claim, KernelSource, RemoteKernels, SessionStore
+from kernel_mcp.sessions.store import Claim, KernelSource, SessionStore
 from kernel_mcp.tasks import shielded_to_end, stop_task
 
 __all__ = ["SessionRegistry"]
@@ -58,9 +55,9 @@ def _stamp_now() -> str:
 
 
 T = TypeVar("T")
-#: Attached remote kernels: cached sessions are checked this often, seconds.
+#: With a durable store: cached sessions are checked this often, seconds.
 TIDY_PERIOD = 5.0
-#: Attached remote kernels: a connection unused this long is closed, seconds.
+#: With a durable store: a kernel handle unused this long is let go of, seconds.
 ATTACHED_IDLE = 30.0
 #: An interrupt asked for before the run began is sent this long after it begins.
 LATE_INTERRUPT = 0.2
@@ -72,8 +69,8 @@ class SessionRegistry:
 
     Args:
         pool: where new kernels come from (for the session owner's workspace).
-        store: where records live (``InProcessStore()`` unless replicas share them).
-        kernels: how to reach a kernel by id; needed when ``store.durable``.
+        store: where records live, and how this process holds a session's kernel
+            (``InProcessStore()`` unless replicas share them).
         max_sessions: open sessions, over all principals.
         idle_timeout: seconds unused before a session is culled; 0 never.
         on_create: runs for a new session before its record is first written
@@ -87,7 +84,6 @@ class SessionRegistry:
         pool: KernelSource,
         store: SessionStore,
         *,
-        kernels: RemoteKernels | None = None,
         max_sessions: int,
         idle_timeout: float,
         on_create: Callable[[Session], Awaitable[None]] | None = None,
@@ -96,13 +92,11 @@ class SessionRegistry:
     ) -> None:
         self.pool = pool
         self.store = store
-        self.kernels = kernels
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self._on_create = on_create
         self._on_close = on_close
         self._on_forget = on_forget
-        self._token = secrets.token_hex(16)
         self._sessions: dict[str, Session] = {}
         self._culler: asyncio.Task[None] | None = None
         self._janitor: asyncio.Task[None] | None = None
@@ -112,7 +106,7 @@ class SessionRegistry:
         await self.store.start()
         if self.idle_timeout > 0 and self._culler is None:
             self._culler = asyncio.create_task(self._cull_forever(), name="session-culler")
-        if self.kernels is not None and self._janitor is None:
+        if self.store.durable and self._janitor is None:
             self._janitor = asyncio.create_task(self._tidy_forever(), name="session-janitor")
 
     async def close(self) -> None:
@@ -127,7 +121,7 @@ class SessionRegistry:
         sessions = list(self._sessions.values())
         self._sessions.clear()
         if self.store.durable:
-            await asyncio.gather(*(self._detach(s) for s in sessions), return_exceptions=True)
+            await asyncio.gather(*(self.store.detach(s) for s in sessions), return_exceptions=True)
         else:
             how = f"ended when the server stopped at {_stamp_now()}"
             for session in sessions:
@@ -212,7 +206,6 @@ class SessionRegistry:
             raise
         session = Session(record, kernel=kernel)
         record.kernel_id = kernel.process.kernel_id
-        record.served_by = self._token
         try:
             if self._on_create is not None:
                 await self._on_create(session)
@@ -262,12 +255,9 @@ class SessionRegistry:
             session = await self._load(owner, session_id, refresh=True)
             record = session.record
             recorded_kernel = record.kernel_id
-            if record.served_by != self._token:
-                # Served elsewhere since: drop our connection and what it buffered.
-                await self._detach(session)
-            await self._attach(session)
+            await self.store.attach(session, current=True)
             if record.busy and session.kernel is not None:
-                # Its last holder died mid-call (its claim expired): stop that run.
+                # Its last holder lost the session mid-call (its claim ended): stop that run.
                 log.warning("session %s: a call was cut off by a lost replica", session_id)
                 await session.kernel.interrupt()
             session.busy, session.claim = True, claim
@@ -278,7 +268,7 @@ class SessionRegistry:
                 if session.kernel is None or not await session.kernel.is_alive():
                     await self._replace_kernel(session, session.lost_state or "the kernel died")
                 assert session.kernel is not None
-                claim.fence()  # a replacement may have taken a while
+                claim.check()  # a replacement may have taken a while
                 session.started = True
                 if session.pending_interrupt:
                     late = asyncio.ensure_future(self._interrupt_soon(session.kernel))
@@ -311,12 +301,12 @@ class SessionRegistry:
             session = await self._load(owner, session_id, refresh=True)
             recorded_kernel = session.record.kernel_id
             with contextlib.suppress(KernelError):
-                await self._attach(session)
+                await self.store.attach(session)
             await self._replace_kernel(session, None)
             session.touch()
             try:
                 await self._store(session, claim)
-            except LeaseLost:
+            except ClaimLost:
                 await self._let_go(session, recorded_kernel)  # ends the new kernel
                 raise
             return session
@@ -341,15 +331,14 @@ class SessionRegistry:
         record = session.record
         record.kernel_id = session.kernel_id
         record.busy = session.busy
-        record.served_by = self._token
         return record
 
     async def _store(self, session: Session, claim: Claim) -> None:
-        """Write the session back, fenced by ``claim``; if it was closed meanwhile, end
+        """Write the session back while ``claim`` holds; if it was closed meanwhile, end
         what this call started.
 
         Raises:
-            LeaseLost: the claim is lost; nothing was written.
+            ClaimLost: the claim is lost; nothing was written.
         """
         if await self.store.save(self._written(session), claim):
             return
@@ -371,7 +360,7 @@ class SessionRegistry:
         session.touch()
         try:
             await self._store(session, claim)
-        except LeaseLost as exc:
+        except ClaimLost as exc:
             # The call's outcome (if any) still reaches the caller; the record is
             # the new holder's now, and so is the kernel.
             log.warning("session %s: %s; the record was not written back", session.id, exc)
@@ -380,16 +369,16 @@ class SessionRegistry:
     async def _let_go(self, session: Session, recorded_kernel: str) -> None:
         """After a lost claim: keep nothing of this call's kernel for later work.
 
-        Another replica may be serving the session now. A kernel this call
+        Another process may be serving the session now. A kernel this call
         started (the record never named it) is ended; the recorded one is only
-        detached, and the next call attaches afresh from the record.
+        let go of, and the next call attaches afresh from the record.
         """
         kernel = session.kernel
         if kernel is not None and kernel.process.kernel_id != recorded_kernel:
             session.kernel = None
             await kernel.shutdown(now=True)
         else:
-            await self._detach(session)
+            await self.store.detach(session)
 
     # -- interrupts -------------------------------------------------------------------------
     async def _interrupt_here(self, session: Session) -> None:
@@ -406,7 +395,7 @@ class SessionRegistry:
         if await self.store.relay_interrupt(session.id):
             return  # the process running the call interrupted it
         with contextlib.suppress(KernelError):
-            await self._attach(session)
+            await self.store.attach(session)
         if session.kernel is not None:
             await session.kernel.interrupt()
 
@@ -420,54 +409,17 @@ class SessionRegistry:
             log.exception("a late interrupt failed")
 
     # -- kernels ----------------------------------------------------------------------------
-    async def _attach(self, session: Session) -> None:
-        """Make ``session.kernel`` the kernel the record names, connecting if needed.
-
-        A kernel that is gone leaves ``session.kernel`` None with ``lost_state``
-        saying so; the caller replaces it. A gateway that is down raises
-        (KernelStartFailed names it).
-        """
-        kernel = session.kernel
-        wanted = session.record.kernel_id
-        if kernel is not None and kernel.process.kernel_id == wanted:
-            return
-        if self.kernels is None or not wanted:
-            return  # in-process kernels are never detached: a missing one died
-        await self._detach(session)
-        try:
-            session.kernel = await self.kernels.connect(wanted)
-        except KernelStartFailed:
-            raise
-        except KernelError as exc:
-            log.info("session %s: %s", session.id, exc)
-            session.lost_state = session.lost_state or (
-                "the kernel gateway no longer has the session's kernel (culled or lost)"
-            )
-
-    async def _detach(self, session: Session) -> None:
-        """Drop this process's connection to a remote kernel; the kernel keeps running."""
-        kernel = session.kernel
-        if kernel is None or self.kernels is None:
-            return
-        session.kernel = None
-        await self.kernels.disconnect(kernel)
-
     async def _replace_kernel(self, session: Session, lost: str | None) -> None:
         old, session.kernel = session.kernel, None
         if old is not None:
             await old.shutdown(now=True)
         elif session.record.kernel_id:
-            await self._delete_kernel(session.record.kernel_id)
+            await self.store.delete_kernel(session.record.kernel_id)
         session.kernel = await self.pool.acquire(
             kernel_name=session.record.kernel_name, owner=session.owner
         )
         session.record.kernel_id = session.kernel.process.kernel_id
         session.lost_state = f"{lost}; the session's state was lost" if lost else None
-
-    async def _delete_kernel(self, kernel_id: str) -> None:
-        if self.kernels is not None and kernel_id:
-            with contextlib.suppress(KernelError):
-                await self.kernels.delete_kernel(kernel_id)
 
     async def _end(self, session: Session, *, now: bool = False) -> None:
         """The session is over: tell the owner (its recording), then stop its kernel."""
@@ -479,7 +431,7 @@ class SessionRegistry:
             if kernel is not None:
                 await kernel.shutdown(now=now)
             elif session.record.kernel_id:
-                await self._delete_kernel(session.record.kernel_id)
+                await self.store.delete_kernel(session.record.kernel_id)
 
     async def _finish(self, session: Session) -> None:
         """End a removed session's kernel once the call in it (if any) is over."""
@@ -500,8 +452,8 @@ class SessionRegistry:
             self._sessions.pop(session_id, None)
             if self._on_forget is not None:
                 self._on_forget(session)
-            if session.kernel is not None and self.kernels is not None:
-                task = asyncio.ensure_future(self._detach(session))
+            if session.kernel is not None and self.store.durable:
+                task = asyncio.ensure_future(self.store.detach(session))
                 task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     # -- culling ------------------------------------------------------------------------------
@@ -551,7 +503,7 @@ class SessionRegistry:
             finally:
                 await claim.release()
 
-    # -- attached remote kernels ----------------------------------------------------------------
+    # -- a durable store's cache ---------------------------------------------------------------
     async def _tidy_forever(self) -> None:
         while True:
             await asyncio.sleep(TIDY_PERIOD)
@@ -565,11 +517,12 @@ class SessionRegistry:
                 log.exception("tidying cached sessions failed")
 
     async def _tidy(self) -> None:
-        """Drop cached sessions removed elsewhere, and close idle kernel connections.
+        """Drop cached sessions removed elsewhere, and let go of idle kernel handles.
 
-        A connection this process does not use still receives every IOPub message
-        of the kernel (another replica's calls); closing it after ``ATTACHED_IDLE``
-        seconds keeps that from piling up. The next call attaches again.
+        A handle this process does not use may still receive everything the kernel
+        does for other processes' calls (a gateway connection gets every IOPub
+        message); letting go of it after ``ATTACHED_IDLE`` seconds keeps that from
+        piling up. The next call attaches again.
         """
         if not self._sessions:
             return
@@ -588,4 +541,4 @@ class SessionRegistry:
                 continue
             if kernel.recovering:
                 continue  # a timed-out run is still being interrupted through it
-            await self._detach(session)
+            await self.store.detach(session)

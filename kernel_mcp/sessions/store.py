@@ -1,10 +1,13 @@
 """Where sessions live: the ``SessionStore`` seam and the in-process store.
 
 A :class:`SessionStore` keeps the records (owner, name, kernel id, times,
-counters, notebook), the tombstones and the name claims, and gives a call its
-:class:`Claim` on a session. :class:`InProcessStore` is the default: sessions
-live and die with this process. ``kernel_mcp.scale.redis_store`` keeps them in
-Redis, where server replicas share them.
+counters, notebook), the tombstones and the name claims; gives a call its
+:class:`Claim` on a session; and holds this process's handle of a session's
+kernel (``attach``, ``detach``). :class:`InProcessStore` is the default: sessions
+live and die with this process, and so do their kernels. A store whose sessions
+outlive the process (``durable``: ``kernel_mcp.scale.redis_store``, where server
+replicas share them) attaches to a session's kernel wherever it runs, and its
+claims can be lost (``ClaimLost``) when another process takes the session over.
 """
 
 from __future__ import annotations
@@ -20,14 +23,13 @@ from kernel_mcp.errors import (
     TooManySessions,
 )
 from kernel_mcp.kernels.kernel import Kernel
-from kernel_mcp.sessions.records import SessionRecord
+from kernel_mcp.sessions.records import Session, SessionRecord
 
 __all__ = [
     "Claim",
     "InProcessStore",
     "InterruptHandler",
     "KernelSource",
-    "RemoteKernels",
     "SessionStore",
 ]
 
@@ -39,12 +41,13 @@ InterruptHandler = Callable[[], Awaitable[None]]
 
 # -- the seams ------------------------------------------------------------------------
 class Claim(Protocol):
-    """One call's hold on a session (in process: always valid; Redis: a lease)."""
+    """One call's hold on a session (in process: always valid; a shared store's can be
+    lost, once another process may have taken the session over)."""
 
     @property
     def valid(self) -> bool: ...
-    def fence(self) -> None:
-        """Raise LeaseLost unless ``valid``."""
+    def check(self) -> None:
+        """Raise ClaimLost unless ``valid``: call it right before acting for the session."""
 
     async def release(self) -> None: ...
 
@@ -53,7 +56,8 @@ class SessionStore(Protocol):
     """Where session records live, and how a call gets a session to itself."""
 
     durable: bool
-    """Sessions outlive this process (other replicas serve them): stopping detaches."""
+    """Sessions outlive this process (other processes serve them too): stopping lets
+    go of their kernels instead of ending them, and cached sessions may go stale."""
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -70,7 +74,7 @@ class SessionStore(Protocol):
         """Write a record; with ``claim``, only while it holds. False: removed meanwhile.
 
         Raises:
-            LeaseLost: ``claim`` no longer holds the session; nothing was written.
+            ClaimLost: ``claim`` no longer holds the session; nothing was written.
         """
 
     async def load(self, session_id: str) -> SessionRecord | None: ...
@@ -99,29 +103,31 @@ class SessionStore(Protocol):
 
     async def resign(self, role: str) -> None: ...
 
+    async def attach(self, session: Session, *, current: bool = False) -> None:
+        """Make ``session.kernel`` this process's handle of the kernel its record names.
+
+        ``current``: a call is about to run in it, so a handle left from before another
+        process served the session is dropped first, with what it buffered. A kernel
+        that is gone leaves ``session.kernel`` None with ``lost_state`` saying so (the
+        caller replaces it). In process a kernel missing here has died: nothing to do.
+
+        Raises:
+            KernelStartFailed: the kernels' host cannot be reached (it names it).
+        """
+
+    async def detach(self, session: Session) -> None:
+        """Let go of this process's handle of the session's kernel, which runs on
+        elsewhere (in process: nothing; the kernel is the session's only copy)."""
+
+    async def delete_kernel(self, kernel_id: str) -> None:
+        """End a kernel this process holds no handle of (never raises)."""
+
 
 class KernelSource(Protocol):
     """Where a session's new kernels come from (the warm pools)."""
 
     async def acquire(self, *, kernel_name: str | None = None, owner: str | None = None) -> Kernel:
         """A started kernel nobody has used, for ``owner``'s workspace."""
-
-
-class RemoteKernels(Protocol):
-    """Kernels any replica can reach by id (a gateway's)."""
-
-    async def connect(self, kernel_id: str) -> Kernel:
-        """Attach to a running kernel.
-
-        Raises:
-            KernelStartFailed: the gateway is unreachable.
-            KernelError: it no longer has the kernel.
-        """
-
-    async def disconnect(self, kernel: Kernel) -> None:
-        """Close this process's connection to a kernel; the kernel keeps running."""
-
-    async def delete_kernel(self, kernel_id: str) -> None: ...
 
 
 # -- the in-process store ---------------------------------------------------------------
@@ -136,7 +142,7 @@ class _Held:
     def valid(self) -> bool:
         return True
 
-    def fence(self) -> None:
+    def check(self) -> None:
         return None
 
     async def release(self) -> None:
@@ -233,4 +239,13 @@ class InProcessStore:
         return True
 
     async def resign(self, role: str) -> None:
+        return None
+
+    async def attach(self, session: Session, *, current: bool = False) -> None:
+        return None  # in-process kernels are never detached: a missing one died
+
+    async def detach(self, session: Session) -> None:
+        return None
+
+    async def delete_kernel(self, kernel_id: str) -> None:
         return None
