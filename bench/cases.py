@@ -681,7 +681,8 @@ async def inprocess_fresh(projects: Path, notebooks: Path, n: int) -> dict[str, 
         async with runner_for(_runner_settings(projects, notebooks)) as runner:
             pool = runner.pool
             wanted = getattr(pool, "_wanted", None)
-            spawn = getattr(runner, "_spawn", None)
+            owner = getattr(runner, "tasks", None)
+            spawn = getattr(owner, "spawn", None)
             mcp = build_server(runner.settings, runner)
             variants = ["as_shipped"]
             if wanted is not None and spawn is not None:
@@ -689,12 +690,12 @@ async def inprocess_fresh(projects: Path, notebooks: Path, n: int) -> dict[str, 
             else:
                 out["fresh_deferred"] = "skipped: Runner/KernelPool internals changed"
 
-            def later(coro: Any) -> None:
+            def later(coro: Any, **named: Any) -> Any:
                 async def delayed() -> None:
                     await asyncio.sleep(0.5)
                     await coro
 
-                spawn(delayed())
+                return spawn(delayed(), **named)
 
             fresh: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
             async with Client(mcp) as c:
@@ -705,7 +706,7 @@ async def inprocess_fresh(projects: Path, notebooks: Path, n: int) -> dict[str, 
                         if variant != "as_shipped":
                             pool.size = 0  # the refill loop starts nothing during this call
                         if variant == "refill_and_stop_deferred":
-                            runner._spawn = later  # type: ignore[method-assign]
+                            owner.spawn = later  # type: ignore[method-assign]
                         timers.clear()
                         start = time.perf_counter()
                         try:
@@ -714,7 +715,8 @@ async def inprocess_fresh(projects: Path, notebooks: Path, n: int) -> dict[str, 
                             assert not result.is_error, result
                         finally:
                             elapsed = time.perf_counter() - start
-                            runner._spawn = spawn  # type: ignore[method-assign]
+                            if owner is not None:
+                                owner.spawn = spawn  # type: ignore[method-assign]
                             if variant != "as_shipped":
                                 pool.size = 2
                                 wanted.set()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_mcp import __version__, clients, folders
 from kernel_mcp.config import Settings, load_settings, setting_name
-from kernel_mcp.errors import ConfigError
+from kernel_mcp.errors import CannotServe, ConfigError
 
 if TYPE_CHECKING:  # the backend is the deployment's; only its banner phrase is read
     from kernel_mcp.backends.base import KernelBackend
@@ -171,10 +171,6 @@ def banner(settings: Settings, backend: KernelBackend, *, serving: str) -> str:
         f"  notebooks: {where['notebooks']}\n"
         f"  sandbox:   {backend.isolation()}"
     )
-
-
-class CannotServe(Exception):
-    """The server cannot start serving (one line for the user)."""
 
 
 def _listen(host: str, port: int) -> socket.socket:

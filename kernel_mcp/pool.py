@@ -31,7 +31,7 @@ from kernel_mcp.admission import MemoryAdmission
 from kernel_mcp.backends.base import KernelBackend
 from kernel_mcp.errors import KernelError, NotEnoughMemory
 from kernel_mcp.kernels.kernel import Kernel
-from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
+from kernel_mcp.tasks import TaskOwner, stop_task, stop_tasks, wait_within
 
 __all__ = ["KernelPool", "KernelPools"]
 
@@ -78,6 +78,7 @@ class KernelPool:
         self._wanted = asyncio.Event()
         self._filled = asyncio.Event()
         self._refill_timer: asyncio.TimerHandle | None = None
+        self._tasks = TaskOwner("kernel pool")
         self._refiller: asyncio.Task[None] | None = None
         self._closed = False
         self._live: set[Kernel] = set()
@@ -87,8 +88,8 @@ class KernelPool:
 
     async def start(self) -> None:
         """Begin filling the pool in the background."""
-        if self._refiller is None:
-            self._refiller = asyncio.create_task(self._refill_forever(), name="kernel-pool-refill")
+        if self._refiller is None and not self._closed:
+            self._refiller = self._tasks.spawn(self._refill_forever(), name="refill")
             self._wanted.set()
 
     @property
@@ -179,7 +180,7 @@ class KernelPool:
         self._closed = True
         if self._refill_timer is not None:
             self._refill_timer.cancel()
-        await stop_task(self._refiller)
+        await self._tasks.close()
         self._refiller = None
         kernels = list(self._live)
         while not self._ready.empty():
@@ -297,7 +298,8 @@ class KernelPools:
         self.clock = clock
         self._pools: dict[Path | None, KernelPool] = {}
         self._used: dict[Path | None, float] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner("kernel pools")
+        """Pools starting and closing, and the culler."""
         self._culler: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -339,12 +341,10 @@ class KernelPools:
         for pool in self._pools.values():
             self._begin(pool)
         if self._culler is None:
-            self._culler = asyncio.create_task(self._cull_forever(), name="kernel-pools-cull")
+            self._culler = self._tasks.spawn(self._cull_forever(), name="cull")
 
     def _begin(self, pool: KernelPool) -> None:
-        task = asyncio.ensure_future(pool.start())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._tasks.spawn(pool.start(), name="start a pool")
 
     async def acquire(
         self, *, owner: str | None = None, refill_now: bool = True, kernel_name: str | None = None
@@ -363,8 +363,7 @@ class KernelPools:
         self._culler = None
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
-        while self._closing:
-            await asyncio.gather(*list(self._closing), return_exceptions=True)
+        await self._tasks.close(grace=None)
 
     def cull_idle(self) -> int:
         """Close the pools (but the default one) nobody used for ``idle_after`` seconds;
@@ -379,9 +378,7 @@ class KernelPools:
             self._used.pop(workspace, None)
             pool = self._pools.pop(workspace, None)
             if pool is not None:
-                task = asyncio.ensure_future(pool.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                self._tasks.spawn(pool.close(), name="close an idle pool")
         return len(idle)
 
     async def _cull_forever(self) -> None:

@@ -321,11 +321,11 @@ async def test_a_cancelled_start_leaves_no_kernel_and_no_task_behind(
     assert await wait_for(
         lambda: asyncio.to_thread(lambda: gateway.kernel_ids() <= before), timeout=20
     ), await asyncio.to_thread(gateway.kernel_ids)
-    assert not backend._tasks or await wait_for(lambda: _no_tasks(backend), timeout=20)
+    assert not len(backend.tasks) or await wait_for(lambda: _no_tasks(backend), timeout=20)
 
 
 async def _no_tasks(backend: GatewayBackend) -> bool:
-    return not backend._tasks
+    return not len(backend.tasks)
 
 
 async def test_start_errors_name_the_gateway_and_never_the_token(

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from kernel_mcp.errors import RunGone, RunNotFound
 from kernel_mcp.runner.questions import Question
-from kernel_mcp.runner.runs import RunGone, RunHooks, RunLog, RunNotFound, RunRegistry
+from kernel_mcp.runner.runs import RunHooks, RunLog, RunRegistry
 
 
 @pytest.fixture

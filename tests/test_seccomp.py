@@ -21,7 +21,7 @@ import pytest
 
 from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.config import load_settings
-from kernel_mcp.errors import ConfigError
+from kernel_mcp.errors import ConfigError, SeccompUnavailable
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.launch import forkserver, seccomp
 from kernel_mcp.launch import sandbox as sandbox_module
@@ -175,7 +175,7 @@ async def test_what_notebooks_use_keeps_working(kernel: Kernel) -> None:
 
 # -- without libseccomp -----------------------------------------------------------------------
 def no_libseccomp(folder: str) -> Any:
-    raise RuntimeError("libseccomp is unavailable (Unable to find libseccomp)")
+    raise SeccompUnavailable("libseccomp is unavailable (Unable to find libseccomp)")
 
 
 @pytest.fixture

@@ -66,6 +66,18 @@ PENDING_IMPORTS: set[tuple[str, str]] = set()
 #: Settings of the optional tiers: read where those tiers are chosen and built only.
 SCALE_SETTINGS = {"gateway_url", "gateway_token", "gateway_kernel_name", "state_url", "lease_ttl"}
 SCALE_SETTINGS_READERS = ("kernel_mcp.config", "kernel_mcp.deployment", "kernel_mcp.scale")
+#: Where a task is started without a TaskOwner: each is a call's own, awaited or
+#: cancelled before that call returns (module, function).
+CALL_SCOPED_TASKS = {
+    ("kernel_mcp/kernels/kernel.py", "wait_ready"),  # one shell and one IOPub read per turn
+    ("kernel_mcp/kernels/kernel.py", "execute"),  # the execution's readers (_Waiters)
+    ("kernel_mcp/pool.py", "_refill_forever"),  # its starts, stopped in its finally
+    ("kernel_mcp/runner/files.py", "list"),  # the walk, waited for even on a cancel
+    ("kernel_mcp/scale/state.py", "interrupt_requests"),  # the listener, inside the block
+    ("kernel_mcp/sessions/registry.py", "use"),  # a late interrupt, stopped with the call
+    ("kernel_mcp/launch/forkserver.py", "connect"),  # the ready wait of one fork
+}
+TASK_STARTERS = {"create_task", "ensure_future"}
 #: What the core's sessions never name (the replica-only mechanics of ``scale/``).
 REPLICA_WORDS = re.compile(r"\b(lease\w*|fence\w*|served_by)\b", re.IGNORECASE)
 
@@ -337,6 +349,36 @@ def test_the_core_never_reads_the_optional_tiers_settings() -> None:
         and not any(_under(m.name, allowed) for allowed in SCALE_SETTINGS_READERS)
     ]
     assert not readers, readers
+
+
+def _own_nodes(function: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of a function's body, not those of functions nested in it."""
+    todo = list(ast.iter_child_nodes(function))
+    while todo:
+        node = todo.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def test_background_tasks_are_started_by_a_task_owner() -> None:
+    """Every task that outlives its call belongs to a ``tasks.TaskOwner``, which stops it."""
+    unowned = []
+    for module in MODULES:
+        if module.relative == "kernel_mcp/tasks.py":
+            continue
+        for function in ast.walk(module.tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in _own_nodes(function):
+                started = (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in TASK_STARTERS
+                )
+                if started and (module.relative, function.name) not in CALL_SCOPED_TASKS:
+                    unowned.append(f"{module.relative}:{node.lineno} in {function.name}")
+    assert not unowned, unowned
 
 
 def test_the_core_sessions_name_no_lease_fence_or_served_by() -> None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
+from kernel_mcp.errors import KernelError
+from kernel_mcp.tasks import TaskOwner, stop_task, stop_tasks, wait_within
 
 #: A guard against a hang if stop_task regressed; the checks never depend on it.
 HANG_GUARD = 10.0
@@ -183,3 +184,83 @@ async def test_wait_within_cancels_the_awaited_when_its_caller_is_cancelled() ->
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert slow.cancelled()
+
+
+# -- TaskOwner -------------------------------------------------------------------------
+async def test_an_owner_lets_its_tasks_finish_when_asked_to_wait_for_them() -> None:
+    owner = TaskOwner("test owner")
+    gate = asyncio.Event()
+
+    async def later() -> str:
+        await gate.wait()
+        return "finished"
+
+    task = owner.spawn(later(), name="waits for the gate")
+    assert len(owner) == 1
+    closing = asyncio.ensure_future(owner.close(grace=None))
+    await asyncio.sleep(0)
+    assert not closing.done()  # it waits for the task instead of cancelling it
+    gate.set()
+    await asyncio.wait_for(closing, HANG_GUARD)
+    assert task.result() == "finished"
+    assert len(owner) == 0
+
+
+async def test_an_owner_cancels_what_outlives_its_grace_and_waits_for_it() -> None:
+    owner = TaskOwner("test owner")
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    task = owner.spawn(forever())
+    await started.wait()
+    await asyncio.wait_for(owner.close(grace=0.01), HANG_GUARD)
+    assert task.cancelled()
+    assert owner.closed and len(owner) == 0
+
+
+async def test_a_closed_owner_starts_nothing_and_says_the_server_is_shutting_down() -> None:
+    owner = TaskOwner("test owner")
+    await owner.close()
+    coro = asyncio.sleep(0)
+    with pytest.raises(KernelError, match="shutting down"):
+        owner.spawn(coro)
+    assert coro.cr_frame is None  # closed, never left to warn that it was not awaited
+
+
+async def test_an_owned_task_s_failure_is_logged_once_unless_its_caller_reports_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen = unretrieved(asyncio.get_running_loop())
+    owner = TaskOwner("test owner")
+
+    async def fails(what: str) -> None:
+        raise ValueError(what)
+
+    with caplog.at_level(logging.ERROR, logger="kernel_mcp.tasks"):
+        reported = owner.spawn(fails("reported failure"), name="reported")
+        quiet = owner.spawn(fails("quiet failure"), name="quiet", report=False)
+        await asyncio.wait({reported, quiet}, timeout=HANG_GUARD)
+        await asyncio.sleep(0)  # the done callbacks run on the next loop pass
+    await owner.close()
+    del reported, quiet
+    gc.collect()
+
+    assert caplog.text.count("reported failure") == 1
+    assert "quiet failure" not in caplog.text
+    assert seen == []
+
+
+async def test_closing_an_owner_never_swallows_the_closer_s_cancellation() -> None:
+    owner = TaskOwner("test owner")
+    release, started = asyncio.Event(), asyncio.Event()
+    owner.spawn(stubborn(release, started))
+    await started.wait()
+    closer = asyncio.ensure_future(owner.close())
+    await asyncio.sleep(0)  # the closer is waiting for the stubborn task
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(closer, HANG_GUARD)
+    release.set()

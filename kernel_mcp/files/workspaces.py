@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernel_mcp.errors import QuotaExceeded
-from kernel_mcp.tasks import stop_task
+from kernel_mcp.tasks import TaskOwner
 
 __all__ = ["QuotaWatch", "Usage", "Workspaces", "measure"]
 
@@ -178,7 +178,7 @@ class QuotaWatch:
         self.start_bytes = 0
         self.peak_bytes = 0
         self.tripped = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskOwner("quota watch")
 
     @property
     def limit(self) -> int:
@@ -192,12 +192,11 @@ class QuotaWatch:
         if self.quota_bytes:
             usage = await asyncio.to_thread(self._measure, self.folder)
             self.start_bytes = self.peak_bytes = usage.bytes
-            self._task = asyncio.create_task(self._watch(), name="projects-quota-watch")
+            self._tasks.spawn(self._watch(), name="measure")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await stop_task(self._task)
-        self._task = None
+        await self._tasks.close()
 
     async def _watch(self) -> None:
         while True:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from kernel_mcp.errors import KernelError
+from kernel_mcp.errors import KernelError, KernelStartFailed
 from kernel_mcp.kernels.execution import (
     Execution,
     OutputCallback,
@@ -34,7 +34,7 @@ from kernel_mcp.kernels.guards import _INPUT_GUARD, _OUTPUT_GUARD
 from kernel_mcp.kernels.outputs import OutputCollector, OutputLimits, error_from_reply
 from kernel_mcp.kernels.process import KernelClient, KernelProcess
 from kernel_mcp.kernels.setup import NO_STDIN_MESSAGE, guard_config
-from kernel_mcp.tasks import stop_task
+from kernel_mcp.tasks import TaskOwner
 
 __all__ = ["Kernel", "kernel_info_reply", "wait_ready"]
 
@@ -74,7 +74,7 @@ async def wait_ready(
     """Wait until ``client``'s kernel answers on shell and IOPub; returns its kernel_info.
 
     Raises:
-        RuntimeError: the kernel died first, or did not answer within ``timeout`` s.
+        KernelStartFailed: the kernel died first, or did not answer within ``timeout`` s.
     """
     deadline = time.monotonic() + timeout
     info: dict[str, Any] | None = None
@@ -84,9 +84,9 @@ async def wait_ready(
     while info is None or not heard_iopub:
         now = time.monotonic()
         if now > deadline:
-            raise RuntimeError(f"kernel did not answer within {timeout:g} s")
+            raise KernelStartFailed(f"kernel did not answer within {timeout:g} s")
         if not await alive():
-            raise RuntimeError("kernel died before it answered")
+            raise KernelStartFailed("kernel died before it answered")
         if now - asked > READY_RESEND:
             msg_id, asked = client.kernel_info(), now
         shell = asyncio.ensure_future(client.get_shell_msg(timeout=0.05))
@@ -173,6 +173,7 @@ class Kernel:
         self.unverified = 0
         """Messages dropped because they failed their signature check (or did not parse)."""
         self._interrupt_requested = False
+        self._tasks = TaskOwner("kernel")
         self._recovery: asyncio.Task[None] | None = None
         self._input_guard = False
         """kernel-mcp's input guard is installed (a Python kernel, once prepared)."""
@@ -242,7 +243,10 @@ class Kernel:
         except asyncio.CancelledError:
             # The caller is gone; the kernel may still be busy. Clean up in the
             # background (interrupt, wait, kill) and make the next run wait for it.
-            self._recovery = asyncio.ensure_future(self._recover(waiters, grace))
+            if not self._tasks.closed:
+                self._recovery = self._tasks.spawn(self._recover(waiters, grace), name="recover")
+            else:
+                waiters.cancel_soon()
             raise
         except BaseException:
             await waiters.cancel()
@@ -506,7 +510,7 @@ class Kernel:
 
     async def shutdown(self, *, now: bool = False) -> None:
         """Stop the kernel (politely unless ``now``), end its process group, close channels."""
-        await stop_task(self._recovery)
+        await self._tasks.close()
         self.dead = True
         try:
             await (self.process.kill() if now else self.process.shutdown())
@@ -580,6 +584,12 @@ class _Waiters:
             if task is not None and task.done() and not task.cancelled():
                 task.result()  # a reader that failed raises here
         return {task for task in self.tasks if not task.done()}
+
+    def cancel_soon(self) -> None:
+        """Cancel the readers without waiting (their ends are the loop's to collect)."""
+        for task in (*self.tasks, self.helper):
+            if task is not None:
+                task.cancel()
 
     async def cancel(self) -> None:
         owned = [task for task in (*self.tasks, self.helper) if task is not None]

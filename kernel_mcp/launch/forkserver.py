@@ -69,6 +69,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 from jupyter_client.session import new_id_bytes
 
+from kernel_mcp.errors import ForkFailed, TemplateStuck
 from kernel_mcp.kernels.kernel import Kernel, wait_ready
 from kernel_mcp.kernels.outputs import OutputLimits
 from kernel_mcp.kernels.setup import KERNEL_SETUP, setup_config
@@ -78,7 +79,7 @@ from kernel_mcp.launch.flavour import Flavour, file_mtime
 from kernel_mcp.launch.forked import ForkedProcess
 from kernel_mcp.launch.sandbox import Sandbox
 from kernel_mcp.launch.stderr import StderrPipe, stderr_tail
-from kernel_mcp.tasks import wait_within
+from kernel_mcp.tasks import TaskOwner, wait_within
 
 __all__ = ["Flavour", "ForkServer", "ForkedProcess", "forking_possible"]
 
@@ -117,10 +118,6 @@ def forking_possible() -> bool:
 
 
 # -- one template process -------------------------------------------------------------------
-class _Unanswered(Exception):
-    """The template (or its namespace maker) did not answer a fork request in time."""
-
-
 class _Template:
     """One running template process and its control channel."""
 
@@ -280,6 +277,8 @@ class ForkServer:
         self.max_file_bytes = max_file_bytes
         self.template: _Template | None = None
         self._retired: list[_Template] = []
+        self._tasks = TaskOwner("fork server")
+        """The template's start (shared by the callers that wait for it), its channels' readers."""
         self._starting: asyncio.Task[_Template | None] | None = None
         self._failures = 0
         self._next_try = 0.0
@@ -309,7 +308,7 @@ class ForkServer:
             kernel = await self._fork(template, workspace or self.projects)
         except asyncio.CancelledError:
             raise
-        except _Unanswered as exc:
+        except TemplateStuck as exc:
             self.fallbacks += 1
             log.warning("%s; replacing the template, and spawning this kernel", exc)
             template.end_helpers()
@@ -326,10 +325,7 @@ class ForkServer:
 
     async def close(self) -> None:
         self._closed = True
-        if self._starting is not None:
-            self._starting.cancel()
-            # Its own end, cancelled or failed, is not ours; a cancel of close() is.
-            await asyncio.gather(self._starting, return_exceptions=True)
+        await self._tasks.close()  # a start under way, and the templates' readers
         for template in [*self._retired, *([self.template] if self.template else [])]:
             template.stop()
         self._retired.clear()
@@ -370,7 +366,10 @@ class ForkServer:
         if time.monotonic() < self._next_try:
             return None
         if self._starting is None:
-            self._starting = asyncio.ensure_future(self._launch(flavour))
+            # Its callers read the outcome; _launch logs why a start failed.
+            self._starting = self._tasks.spawn(
+                self._launch(flavour), name="start the template", report=False
+            )
         starting = self._starting
         try:
             # Waited for, not awaited: a caller's cancel must not kill the start others
@@ -486,13 +485,13 @@ class ForkServer:
         try:
             message, fds = await wait_within(wire.recv(ours), TEMPLATE_TIMEOUT)
         except asyncio.TimeoutError:
-            raise RuntimeError(f"no answer in {TEMPLATE_TIMEOUT:g} s") from None
+            raise ForkFailed(f"no answer in {TEMPLATE_TIMEOUT:g} s") from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         template.helpers = fds
         if message is None or message.get("op") != "ready":
             said = (message or {}).get("error") or template.describe_end()
-            raise RuntimeError(said)
+            raise ForkFailed(said)
         message["site_stamps"] = {path: file_mtime(path) for path in message.get("site", [])}
         if message.get("threads", 1) > 1:
             log.info(
@@ -501,7 +500,7 @@ class ForkServer:
                 message["threads"],
             )
         template.ready = message
-        template._reader = asyncio.ensure_future(template.read_forever())
+        template._reader = self._tasks.spawn(template.read_forever(), name="template channel")
 
     # -- one fork ---------------------------------------------------------------------------
     async def _fork(self, template: _Template, workspace: Path) -> Kernel:
@@ -617,7 +616,7 @@ class ForkServer:
                 shutil.rmtree(folder, ignore_errors=True)
                 stderr.close()
             if isinstance(exc, asyncio.TimeoutError):
-                raise RuntimeError(f"no kernel in {FORK_TIMEOUT:g} s{said}") from None
+                raise ForkFailed(f"no kernel in {FORK_TIMEOUT:g} s{said}") from None
             raise
 
     async def _handshake(
@@ -638,7 +637,7 @@ class ForkServer:
         if hello is None or hello.get("op") != "hello" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            raise RuntimeError(f"no hello from the forked kernel{_tail(stderr)}")
+            raise ForkFailed(f"no hello from the forked kernel{_tail(stderr)}")
         process = ForkedProcess(
             template=template,
             kernel_id=kernel_id,
@@ -654,7 +653,7 @@ class ForkServer:
         if message is None or message.get("op") != "kernel" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            raise RuntimeError(f"the forked kernel did not start{_tail(stderr)}")
+            raise ForkFailed(f"the forked kernel did not start{_tail(stderr)}")
         process._kernel_fd = fds[0]
         process.kernel_pid = wire.host_pid(fds[0])
         connect(process)
@@ -667,9 +666,9 @@ class ForkServer:
         for fd in fds:
             os.close(fd)
         if ready is not None and ready.get("op") == "broken":
-            raise RuntimeError(f"the forked kernel failed to start: {ready.get('error')}")
+            raise ForkFailed(f"the forked kernel failed to start: {ready.get('error')}")
         if ready is None or ready.get("op") != "ready":
-            raise RuntimeError(f"the forked kernel did not start{_tail(stderr)}")
+            raise ForkFailed(f"the forked kernel did not start{_tail(stderr)}")
         if ready.get("prepared"):
             process.prepared = tuple(template.flavour.preload)
         failed = ready.get("preload_failed") or {}
@@ -684,12 +683,12 @@ async def _answer(channel: socket.socket, who: str) -> tuple[dict[str, Any] | No
     """The next message of a fork's handshake, due within :data:`ANSWER_TIMEOUT`.
 
     Raises:
-        _Unanswered: it did not come in time.
+        TemplateStuck: it did not come in time.
     """
     try:
         return await wait_within(wire.recv(channel), ANSWER_TIMEOUT)
     except asyncio.TimeoutError:
-        raise _Unanswered(f"{who} did not answer in {ANSWER_TIMEOUT:g} s") from None
+        raise TemplateStuck(f"{who} did not answer in {ANSWER_TIMEOUT:g} s") from None
 
 
 def userns_per_kernel() -> bool:

@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel_mcp.config import Settings
-from kernel_mcp.errors import ConfigError
+from kernel_mcp.errors import ConfigError, SeccompUnavailable
 from kernel_mcp.launch.bwrap import PROBE_TIMEOUT, Bwrap, Mount, find_bwrap, ordered, probe
 from kernel_mcp.launch.seccomp import SeccompFilter, compiled, seccomp_filter
 
@@ -559,7 +559,7 @@ def sandbox_for(settings: Settings, etc_dir: Path) -> Sandbox | None:
     try:
         etc_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         sandbox.seccomp = seccomp_filter(str(etc_dir.parent))
-    except (RuntimeError, OSError) as exc:
+    except (SeccompUnavailable, OSError) as exc:
         # The namespaces still hold without it; `on` asks for the whole sandbox.
         if settings.sandbox == "on":
             raise ConfigError(f"KERNEL_MCP_SANDBOX=on: no seccomp filter: {exc}") from exc
@@ -584,6 +584,6 @@ def describe(settings: Settings) -> str:
     try:
         compiled()
         seccomp = "seccomp"
-    except (RuntimeError, OSError):
+    except (SeccompUnavailable, OSError):
         seccomp = "no seccomp"
     return f"on ({source}bubblewrap {result.bwrap.version}; {policy.describe()}; {seccomp})"

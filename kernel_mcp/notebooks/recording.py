@@ -48,7 +48,7 @@ from kernel_mcp.errors import RecordingError
 from kernel_mcp.files.write import fsync_folder, write_atomically
 from kernel_mcp.notebooks.model import notebook_for, setup_cell
 from kernel_mcp.notebooks.store import SESSIONS, NotebookStore
-from kernel_mcp.tasks import stop_task
+from kernel_mcp.tasks import TaskOwner
 
 __all__ = ["Recorder", "Recording", "RecordingHealth", "describe_os_error", "journal_path"]
 
@@ -386,17 +386,18 @@ class Recorder:
         self.rebuild_interval = rebuild_interval
         self._live: dict[int, Recording] = {}
         self._wake = asyncio.Event()
+        self._tasks = TaskOwner("recorder")
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Rebuild what a crash left stale, then start the background task."""
         await asyncio.to_thread(self.recover)
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_forever(), name="recording-flusher")
+            self._flusher = self._tasks.spawn(self._flush_forever(), name="flush")
 
     async def close(self) -> None:
         """Stop the background task; fsync and rebuild every live recording one last time."""
-        await stop_task(self._flusher)
+        await self._tasks.close()
         self._flusher = None
         live = list(self._live.values())
         self._live.clear()

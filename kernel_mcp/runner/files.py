@@ -8,6 +8,7 @@ through ``files.listing``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 from kernel_mcp.config import Settings
@@ -15,6 +16,7 @@ from kernel_mcp.files.guard import ProjectFile, read_project_file
 from kernel_mcp.files.listing import FileListing, list_project_files
 from kernel_mcp.files.workspaces import Workspaces
 from kernel_mcp.files.write import WrittenFile, write_project_file
+from kernel_mcp.tasks import shielded_to_end
 
 __all__ = ["ProjectFiles"]
 
@@ -90,6 +92,9 @@ class ProjectFiles:
         try:
             return await asyncio.shield(walk)
         except asyncio.CancelledError:
-            # The thread cannot be cancelled: tell the walk to stop, and let it end.
+            # The thread cannot be cancelled: tell the walk to stop (it looks every 64
+            # entries), and leave once it has, so that nothing outlives the call.
             cancel.set()
+            with contextlib.suppress(Exception):
+                await shielded_to_end(walk)
             raise

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,7 +56,7 @@ from kernel_mcp.runner.runs import RUNS_MARKERS, Run, RunHooks, RunRegistry
 from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.registry import SessionRegistry
 from kernel_mcp.sessions.store import SessionStore
-from kernel_mcp.tasks import wait_within
+from kernel_mcp.tasks import TaskOwner, wait_within
 
 __all__ = ["Runner"]
 
@@ -126,7 +126,8 @@ class Runner:
             # Replicas share the notebooks folder; each one's runs are its own.
             markers = markers / replica
         self.runs = RunRegistry(retention=settings.run_retention, markers=markers, replica=replica)
-        self._background: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskOwner("runner")
+        """What outlives a run's reply: a fresh kernel's shut-down, a stop after the quota."""
         # Each fresh run is a kernel process: bound how many run at once.
         self._fresh = asyncio.Semaphore(settings.max_fresh_runs)
 
@@ -167,8 +168,7 @@ class Runner:
         await self.runs.close()
         await self.sessions.close()
         await self.pools.close()
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.tasks.close(grace=None)
         await self.recorder.close()
         await self.backend.close()
 
@@ -186,14 +186,13 @@ class Runner:
             try:
                 yield kernel
             finally:
-                # Fresh kernels serve one run only. Stopping it need not delay the reply.
-                self._spawn(kernel.shutdown(now=True))
+                # Fresh kernels serve one run only. Stopping it need not delay the reply
+                # (unless the runner is closing: then nothing outlives the call).
+                if self.tasks.closed:
+                    await kernel.shutdown(now=True)
+                else:
+                    self.tasks.spawn(kernel.shutdown(now=True), name="fresh kernel shut-down")
                 self.pools.refill(owner)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # -- requests ------------------------------------------------------------------
     def file_request(self, file_name: str, options: RunOptions) -> RunRequest:
@@ -296,7 +295,7 @@ class Runner:
         async def stop() -> None:
             # As for a timeout: interrupt, and kill what ignores it for the grace.
             await kernel.interrupt()
-            self._spawn(kill_if_still_running())
+            self.tasks.spawn(kill_if_still_running(), name="kill after the quota")
 
         watch = QuotaWatch(
             self.workspaces.folder(owner), quota_bytes=self.workspaces.quota_bytes, stop=stop

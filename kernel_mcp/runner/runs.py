@@ -33,18 +33,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from kernel_mcp.errors import KernelMCPError, RequestError
+from kernel_mcp.errors import KernelMCPError, RunGone, RunNotFound
 from kernel_mcp.runner.questions import Question
-from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
+from kernel_mcp.tasks import TaskOwner, stop_task, wait_within
 
 __all__ = [
     "RUNS_MARKERS",
     "InputRequest",
     "Run",
-    "RunGone",
     "RunHooks",
     "RunLog",
-    "RunNotFound",
     "RunRegistry",
     "RunState",
 ]
@@ -58,26 +56,6 @@ LOG_CHARS = 4 * 1024 * 1024
 RUNS_MARKERS = ".runs"
 #: Tombstones kept for dropped and lost runs.
 TOMBSTONES = 10_000
-
-
-class RunNotFound(RequestError):
-    """Unknown run id (another principal's ids get exactly this error too)."""
-
-    def __init__(self, run_id: str, replica: str | None = None) -> None:
-        where = (
-            f" Runs live on the replica that started them (this is {replica})."
-            if replica is not None
-            else ""
-        )
-        super().__init__(f"Unknown run {run_id!r}. list_runs shows your runs.{where}")
-
-
-class RunGone(RequestError):
-    """The run existed, but its result was dropped or the server restarted under it."""
-
-    def __init__(self, message: str, kind: Literal["lost", "dropped"]) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 def _now() -> datetime:
@@ -240,6 +218,8 @@ class RunRegistry:
         self._gone: OrderedDict[str, tuple[str | None, str, Literal["lost", "dropped"]]] = (
             OrderedDict()
         )
+        self._tasks = TaskOwner("runs")
+        """Every run's task, and the reaper."""
         self._reaper: asyncio.Task[None] | None = None
         self._started_at = _now()
 
@@ -248,16 +228,15 @@ class RunRegistry:
         """Report the runs a previous process left unfinished as lost; start the reaper."""
         await asyncio.to_thread(self._load_markers)
         if self._reaper is None:
-            self._reaper = asyncio.create_task(self._reap_forever(), name="run-reaper")
+            self._reaper = self._tasks.spawn(self._reap_forever(), name="reap")
 
     async def close(self) -> None:
         """Cancel every run still going (their kernels are interrupted) and wait for them."""
-        await stop_task(self._reaper)
-        self._reaper = None
         stopping = [run for run in self._runs.values() if not run.done]
         for run in stopping:
             run.cancelled = True
-        await stop_tasks([run.task for run in stopping])
+        await self._tasks.close()  # the reaper, and every run still going
+        self._reaper = None
         for run in stopping:
             self._write_marker(run, ended=True, why="was cancelled when the server stopped")
 
@@ -283,9 +262,11 @@ class RunRegistry:
             background=background,
             timeout=timeout,
         )
+        # Spawned first: it starts at the next turn of the loop, and a registry that is
+        # closing refuses it before anything is registered.
+        run.task = self._tasks.spawn(self._drive(run, work), name=f"run {run.id}")
         self._runs[run.id] = run
         self._write_marker(run, ended=False)
-        run.task = asyncio.create_task(self._drive(run, work), name=f"run {run.id}")
         return run
 
     async def _drive(self, run: Run, work: Callable[[RunHooks], Awaitable[Any]]) -> Any:

@@ -13,9 +13,10 @@ from fastmcp.tools import ToolResult
 from fastmcp.utilities.tasks import TaskConfig
 from mcp_types import TextContent, ToolAnnotations
 
+from kernel_mcp.errors import RunGone
 from kernel_mcp.runner import Runner
 from kernel_mcp.runner.requests import RunOptions, RunOutcome
-from kernel_mcp.runner.runs import Run, RunGone
+from kernel_mcp.runner.runs import Run
 from kernel_mcp.server.auth import owner
 from kernel_mcp.server.edge import progress_reporter, rendered, tool_result, translated
 from kernel_mcp.server.render import ReplyLimits

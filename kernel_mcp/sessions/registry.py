@@ -43,7 +43,7 @@ from kernel_mcp.files.names import validate_name
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.sessions.records import Session, SessionRecord
 from kernel_mcp.sessions.store import Claim, KernelSource, SessionStore
-from kernel_mcp.tasks import shielded_to_end, stop_task
+from kernel_mcp.tasks import TaskOwner, shielded_to_end, stop_task
 
 __all__ = ["SessionRegistry"]
 
@@ -98,6 +98,8 @@ class SessionRegistry:
         self._on_close = on_close
         self._on_forget = on_forget
         self._sessions: dict[str, Session] = {}
+        self._tasks = TaskOwner("sessions")
+        """The culler, the janitor (a durable store's), and handles being let go of."""
         self._culler: asyncio.Task[None] | None = None
         self._janitor: asyncio.Task[None] | None = None
 
@@ -105,9 +107,9 @@ class SessionRegistry:
     async def start(self) -> None:
         await self.store.start()
         if self.idle_timeout > 0 and self._culler is None:
-            self._culler = asyncio.create_task(self._cull_forever(), name="session-culler")
+            self._culler = self._tasks.spawn(self._cull_forever(), name="cull")
         if self.store.durable and self._janitor is None:
-            self._janitor = asyncio.create_task(self._tidy_forever(), name="session-janitor")
+            self._janitor = self._tasks.spawn(self._tidy_forever(), name="tidy")
 
     async def close(self) -> None:
         """Stop the background tasks. Sessions that die with this process end (their
@@ -130,6 +132,7 @@ class SessionRegistry:
             await asyncio.gather(
                 *(self._end(s, now=True) for s in sessions), return_exceptions=True
             )
+        await self._tasks.close(grace=None)  # handles being let go of finish
         await self.store.close()
 
     # -- looking sessions up ----------------------------------------------------------
@@ -452,9 +455,8 @@ class SessionRegistry:
             self._sessions.pop(session_id, None)
             if self._on_forget is not None:
                 self._on_forget(session)
-            if session.kernel is not None and self.store.durable:
-                task = asyncio.ensure_future(self.store.detach(session))
-                task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+            if session.kernel is not None and self.store.durable and not self._tasks.closed:
+                self._tasks.spawn(self.store.detach(session), name="let go of a removed session")
 
     # -- culling ------------------------------------------------------------------------------
     async def _cull_forever(self) -> None:

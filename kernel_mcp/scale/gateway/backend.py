@@ -57,7 +57,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -83,6 +82,7 @@ from kernel_mcp.scale.gateway.protocol import (
     _ws_url,
     ws_max_size,
 )
+from kernel_mcp.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,9 @@ class GatewayProcess:
         self._ended = True
         if self._deleting is None:
             # Owned by the backend, so a cancelled caller cannot leave the kernel running.
-            self._deleting = self._owner.own(self._owner.delete_kernel(self.kernel_id))
+            self._deleting = self._owner.tasks.spawn(
+                self._owner.delete_kernel(self.kernel_id), name=f"delete {self.kernel_id}"
+            )
         try:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._deleting)
@@ -245,7 +247,8 @@ class GatewayBackend:
             for name, value in kernel_environment(os.environ, allow=settings.env_allow).items()
             if name.startswith("KERNEL_")
         }
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskOwner("gateway backend")
+        """Kernel starts and deletions, which a cancelled caller must not cut short."""
 
     # -- KernelBackend -------------------------------------------------------
     def isolation(self) -> str:
@@ -264,12 +267,15 @@ class GatewayBackend:
             KernelStartFailed: the gateway is unreachable, refused the token, or
                 the kernel did not come up; the message names the gateway.
         """
-        creating = self.own(self._create(kernel_name or self.kernel_name))
+        # Its caller reports a failed start: the task's failure is not logged again.
+        creating = self.tasks.spawn(
+            self._create(kernel_name or self.kernel_name), name="start a kernel", report=False
+        )
         try:
             kernel_id = await asyncio.shield(creating)
         except asyncio.CancelledError:
             # The gateway may still create it: delete it once it has.
-            self.own(self._delete_once_created(creating))
+            self.tasks.spawn(self._delete_once_created(creating), name="delete once started")
             raise
         try:
             return await self._attach(kernel_id, ready_on="shell")
@@ -306,22 +312,11 @@ class GatewayBackend:
     async def close(self) -> None:
         """Wait (bounded) for deletions still running, then close the HTTP client."""
         try:
-            if self._tasks:
-                _, pending = await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+            await self.tasks.close(grace=CLOSE_WAIT)
         finally:
             await self.http.aclose()
 
     # -- used by GatewayProcess ----------------------------------------------
-    def own(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task this backend owns and ``close`` waits for."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-        return task
-
     async def delete_kernel(self, kernel_id: str) -> None:
         """``DELETE`` a kernel; 404 counts as done, 5xx is retried for a while. Never raises."""
         deadline = time.monotonic() + DELETE_RETRY_FOR
@@ -357,11 +352,6 @@ class GatewayBackend:
         return text.replace(self._token, "***") if self._token else text
 
     # -- internals -----------------------------------------------------------
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: whoever awaited it reported it (deletions log)
-
     @staticmethod
     def _kernel_path(kernel_id: str) -> str:
         return f"/api/kernels/{quote(kernel_id, safe='')}"
@@ -392,7 +382,7 @@ class GatewayBackend:
 
     async def _delete_soon(self, kernel_id: str) -> None:
         """Delete, waiting for it; if we are cancelled meanwhile the backend still finishes it."""
-        task = self.own(self.delete_kernel(kernel_id))
+        task = self.tasks.spawn(self.delete_kernel(kernel_id), name=f"delete {kernel_id}")
         with contextlib.suppress(Exception):
             await asyncio.shield(task)
 

@@ -48,7 +48,7 @@ from websockets.frames import CloseCode
 from kernel_mcp.errors import KernelError, KernelStartFailed
 from kernel_mcp.kernels.setup import OUTPUT_GUARD_MARKER
 from kernel_mcp.scale.gateway import frames
-from kernel_mcp.tasks import stop_task, wait_within
+from kernel_mcp.tasks import TaskOwner, stop_task, wait_within
 
 __all__ = ["GatewayClient", "ws_max_size"]
 
@@ -181,6 +181,7 @@ class GatewayClient:
         }
         self._outgoing: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
         self._ws: ClientConnection | None = None
+        self._tasks = TaskOwner("gateway client")
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.death: str | None = None
@@ -222,8 +223,8 @@ class GatewayClient:
             KernelStartFailed: the gateway is unreachable or refused the handshake.
         """
         self._ws = await self._open(timeout)
-        self._reader = asyncio.ensure_future(self._read_forever())
-        self._writer = asyncio.ensure_future(self._write(self._ws))
+        self._reader = self._tasks.spawn(self._read_forever(), name="read")
+        self._writer = self._tasks.spawn(self._write(self._ws), name="write")
 
     async def _open(self, timeout: float) -> ClientConnection:
         url = self.gateway_url
@@ -271,9 +272,7 @@ class GatewayClient:
                 with contextlib.suppress(Exception):
                     await wait_within(self._ws.close(), WS_CLOSE_TIMEOUT + 1)
         finally:
-            for result in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(result, Exception):
-                    log.warning("a gateway channel task failed: %r", result)
+            await self._tasks.close()
 
     def stop_channels(self) -> None:
         """Synchronous close (``KernelClient``): cancel the tasks, drop the connection.
@@ -462,7 +461,7 @@ class GatewayClient:
             )
             return None
         self._ws = ws
-        self._writer = asyncio.ensure_future(self._write(ws))
+        self._writer = self._tasks.spawn(self._write(ws), name="write")
         if self._orphans:
             # An empty silent execute, not a kernel_info_request: ipykernel 7 may answer
             # kernel_info while a cell still runs, but runs execute requests in order.
