@@ -9,7 +9,6 @@ from mcp_types import ToolAnnotations
 
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import owner
-from kernel_mcp.server.edge import translated
 from kernel_mcp.server.render import ReplyLimits, render_file_list, render_file_text
 from kernel_mcp.server.views import FileList, FileText, FileWritten
 
@@ -20,7 +19,6 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
     read_only = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
 
     @mcp.tool(annotations=read_only)
-    @translated
     async def list_files(pattern: str = "**/*.py") -> FileList:
         """List files under the projects folder that match a glob.
 
@@ -40,7 +38,6 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
             readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False
         )
     )
-    @translated
     async def write_file(path: str, content: str, overwrite: bool = False) -> FileWritten:
         """Write a text file in the projects folder, for run_python to run.
 
@@ -61,7 +58,6 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
         return FileWritten(path=written.relative, bytes=written.bytes, created=written.created)
 
     @mcp.tool(annotations=read_only)
-    @translated
     async def read_file(path: str, offset: int = 1, limit: int = 2000) -> FileText:
         """Read a text file from the projects folder, with line numbers.
 

@@ -7,7 +7,6 @@ from mcp_types import ToolAnnotations
 
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import owner
-from kernel_mcp.server.edge import translated
 from kernel_mcp.server.info import server_info as facts
 from kernel_mcp.server.views import ServerInfo
 
@@ -22,7 +21,6 @@ def register_info_tools(mcp: FastMCP, runner: Runner) -> None:
     @mcp.tool(
         annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
     )
-    @translated
     async def server_info() -> ServerInfo:
         """Describe this server: its folders, the limits in force, the sandbox, the version.
 

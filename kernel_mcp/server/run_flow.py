@@ -27,13 +27,12 @@ from typing import Any, cast
 
 import mcp_types
 from fastmcp import Context
-from fastmcp.exceptions import ToolError
 from fastmcp.server.elicitation import AcceptedElicitation
 from fastmcp.tools import ToolResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
-from kernel_mcp.errors import InvalidArgument
+from kernel_mcp.errors import InvalidArgument, RunFailed
 from kernel_mcp.kernels.setup import NO_STDIN_BACKGROUND
 from kernel_mcp.runner import Runner
 from kernel_mcp.runner.questions import Question, QuestionHandler
@@ -195,11 +194,15 @@ async def _until_done_or_asked(
 
 
 def final(run: Run, reply: Reply) -> ToolResult:
-    """A finished run's reply, as its tool gives it; a failure is the tool's error."""
+    """A finished run's reply, as its tool gives it.
+
+    Raises:
+        RunFailed: the run could not run (its failure says why), or was cancelled.
+    """
     if run.failure is not None:
-        raise ToolError(run.failure)
+        raise RunFailed(run.failure)
     if run.outcome is None:
-        raise ToolError(f"Run {run.id} was cancelled.")
+        raise RunFailed(f"Run {run.id} was cancelled.")
     return reply(run.outcome)
 
 

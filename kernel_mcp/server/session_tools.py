@@ -7,7 +7,6 @@ from mcp_types import ToolAnnotations
 
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import owner
-from kernel_mcp.server.edge import translated
 from kernel_mcp.server.views import KernelList, KernelView, SessionAction, SessionList, SessionView
 from kernel_mcp.sessions.records import Session
 
@@ -41,7 +40,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=False, openWorldHint=False))
-    @translated
     async def create_session(name: str | None = None, kernel: str | None = None) -> SessionView:
         """Start a session: a kernel whose variables and imports persist across calls.
 
@@ -55,7 +53,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         return await view(await runner.create_session(owner=owner(), name=name, kernel=kernel))
 
     @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
-    @translated
     async def list_kernels() -> KernelList:
         """List the kernel environments (kernelspecs) you may choose.
 
@@ -78,7 +75,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         )
 
     @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
-    @translated
     async def list_sessions() -> SessionList:
         """List your open sessions.
 
@@ -94,7 +90,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=False, idempotentHint=True))
-    @translated
     async def interrupt_session(session_id: str) -> SessionAction:
         """Interrupt the call running in a session, like Ctrl-C in a notebook.
 
@@ -109,7 +104,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))
-    @translated
     async def restart_session(session_id: str) -> SessionAction:
         """Restart a session's kernel: every variable and import is cleared; the id stays."""
         await runner.sessions.restart(owner(), session_id)
@@ -118,7 +112,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))
-    @translated
     async def close_session(session_id: str) -> SessionAction:
         """Close a session and shut its kernel down. Its notebook stays on disk."""
         await runner.sessions.close_session(owner(), session_id)

@@ -1,52 +1,25 @@
-"""The edge: domain exceptions become tool errors here, and replies become MCP content."""
+"""Replies: a finished run as MCP content (text, images, structured content), and progress."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
 from fastmcp import Context
-from fastmcp.exceptions import ToolError
 from fastmcp.tools import ToolResult
 from mcp_types import ImageContent, TextContent
 
-from kernel_mcp.errors import KernelError, KernelMCPError, RequestError
 from kernel_mcp.runner.requests import NotebookOutcome, RunOutcome
 from kernel_mcp.server.render import NotebookReply, Reply, ReplyLimits, render, render_notebook
 
-__all__ = ["progress_reporter", "rendered", "tool_result", "translated"]
+__all__ = ["progress_reporter", "rendered", "tool_result"]
 
 log = logging.getLogger("kernel_mcp.server")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn the domain's exceptions into one-line tool errors, and log why.
-
-    fastmcp logs every ToolError as "Error calling tool 'x'" with no reason; the
-    reason is logged here instead, and fastmcp's own line is lowered to debug.
-    """
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except RequestError as exc:
-            log.info("%s refused: %s", fn.__name__, exc)
-            raise ToolError(str(exc), log_level=logging.DEBUG) from None
-        except KernelError as exc:
-            log.warning("%s failed: %s", fn.__name__, exc)
-            raise ToolError(f"Kernel failure: {exc}", log_level=logging.DEBUG) from None
-        except KernelMCPError as exc:  # pragma: no cover - every subclass is above
-            log.warning("%s failed: %s", fn.__name__, exc)
-            raise ToolError(str(exc), log_level=logging.DEBUG) from None
-
-    return wrapper
 
 
 def rendered(outcome: RunOutcome | NotebookOutcome, limits: ReplyLimits) -> Reply | NotebookReply:
