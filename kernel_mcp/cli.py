@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # the backend is the deployment's; only its banner phrase is 
 
 __all__ = ["main", "main_entry"]
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 EXIT_OK, EXIT_FAILED_RUN, EXIT_BAD_SETTING, EXIT_CANNOT_SERVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
 
@@ -249,11 +248,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(banner(settings, runner.backend, serving="stdio"), file=sys.stderr, flush=True)
         asyncio.run(server.run_stdio(settings, runner))
         return 0
-    if settings.host not in LOOPBACK and not settings.tokens and not settings.insecure:
-        raise ConfigError(
-            f"KERNEL_MCP_HOST: {settings.host} is not loopback; set KERNEL_MCP_TOKEN "
-            "or pass --insecure"
-        )
     import uvicorn
 
     from kernel_mcp.server.connections import http_protocol

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from kernel_mcp.config import Settings, load_settings, setting_name
 from kernel_mcp.errors import ConfigError, InvalidArgument
@@ -184,6 +185,46 @@ def test_timeout_above_the_default_max_needs_a_larger_max(
     assert config_error().startswith("PYTHON_MAX_TIMEOUT: ")
     monkeypatch.setenv("PYTHON_MAX_TIMEOUT", "601")
     assert load_settings().timeout == 601.0
+
+
+# --- rules between fields: on the model, whoever builds it ---------------------------------
+BROKEN_RULES = [
+    (
+        {"timeout": 60, "max_timeout": 10},
+        "PYTHON_MAX_TIMEOUT: must not be smaller than PYTHON_TIMEOUT",
+    ),
+    ({"token": "alice:one,alice:two"}, "KERNEL_MCP_TOKEN: two tokens name the principal 'alice'"),
+    (
+        {"state_url": "redis://127.0.0.1:6379/0"},
+        "KERNEL_MCP_STATE_URL: needs KERNEL_MCP_GATEWAY_URL too",
+    ),
+    (
+        {"host": "0.0.0.0"},
+        "KERNEL_MCP_HOST: 0.0.0.0 is not loopback; set KERNEL_MCP_TOKEN or pass --insecure",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "said"), BROKEN_RULES)
+def test_a_rule_between_fields_holds_for_settings_built_in_python(
+    projects: Path, fields: dict[str, object], said: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(**fields)
+    assert said in str(caught.value)
+
+
+@pytest.mark.parametrize(("fields", "said"), BROKEN_RULES)
+def test_a_rule_between_fields_is_one_line_naming_the_variable(
+    projects: Path, fields: dict[str, object], said: str
+) -> None:
+    assert config_error(**fields).startswith(said)
+
+
+def test_an_exposed_bind_is_allowed_with_a_token_or_insecure(projects: Path) -> None:
+    assert Settings(host="0.0.0.0", token="secret").host == "0.0.0.0"
+    assert Settings(host="0.0.0.0", insecure=True).insecure
+    assert Settings(host="::1").host == "::1"
 
 
 def test_errors_do_not_carry_a_traceback_chain(
