@@ -35,7 +35,7 @@ from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.kernels.execution import Execution
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.kernels.setup import OUTPUT_GUARD_MARKER
-from kernel_mcp.launch import flavour, forkserver
+from kernel_mcp.launch import flavour, fork, forkserver
 from kernel_mcp.launch.forked import ForkedProcess
 from kernel_mcp.launch.template import NAMES
 from tests.helpers import call, client_for, running_server, structured, wait_for
@@ -542,7 +542,7 @@ async def test_a_stopped_template_or_maker_is_replaced_and_the_kernel_spawned(
     projects: Path, monkeypatch: pytest.MonkeyPatch, role: str
 ) -> None:
     monkeypatch.setattr(forkserver, "RETRY_PAUSES", (0.2, 0.2, 0.2))
-    monkeypatch.setattr(forkserver, "ANSWER_TIMEOUT", 1.0)
+    monkeypatch.setattr(fork, "ANSWER_TIMEOUT", 1.0)
     if role == "maker" and forkserver.userns_per_kernel():
         pytest.skip("only a sandboxed template run by root has a namespace maker")
     local = LocalBackend(settings_for(projects))

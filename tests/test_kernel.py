@@ -40,6 +40,8 @@ from kernel_mcp.kernels.outputs import GUARD_METADATA_KEY, OutputLimits
 from kernel_mcp.kernels.setup import OUTPUT_GUARD_MARKER
 from tests.kernels import run, text, value
 
+KERNEL_SETUP_PATH = Path(kernel_mcp.kernels.guards.__file__)
+
 
 @pytest.fixture(scope="module")
 async def backend(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalBackend]:
@@ -518,17 +520,22 @@ async def test_updates_over_the_cap_still_leave_the_final_state(guarded: Kernel)
     assert not result.truncated, "nothing is lost: the latest update is sent at the end"
 
 
-def test_the_guard_source_is_constant_and_takes_its_caps_as_data() -> None:
+def test_the_guards_are_sent_by_their_source_with_their_caps_as_data() -> None:
     kernel = Kernel(
         ScriptedProcess(), ScriptedClient(lambda msg_id: ([], {})), limits=OutputLimits(5000, 30)
     )
-    source = kernel.guard_source()
+    cell = ast.parse(kernel.setup_cell()).body
 
-    assert source.startswith(kernel_mcp.kernels.guards._OUTPUT_GUARD)
-    call = ast.parse(source).body[-2]
-    assert isinstance(call, ast.Expr) and isinstance(call.value, ast.Call)
-    config = ast.literal_eval(call.value.args[0])
-    assert config == {
+    # The module's source, whole, run in a namespace of its own.
+    run = cell[1]
+    assert isinstance(run, ast.Expr) and isinstance(run.value, ast.Call)
+    compiled = run.value.args[0]
+    assert isinstance(compiled, ast.Call)
+    assert ast.literal_eval(compiled.args[0]) == kernel_mcp.kernels.setup.KERNEL_SETUP
+    assert KERNEL_SETUP_PATH.read_text(encoding="utf-8") == kernel_mcp.kernels.setup.KERNEL_SETUP
+    # Both guards are called with literal settings, and only the namespace is left to delete.
+    output, stdin = (ast.literal_eval(statement.value.args[0]) for statement in cell[2:4])
+    assert output == {
         "marker": OUTPUT_GUARD_MARKER,
         "stream_limit": 5000 - 256,
         "max_rich": 29,
@@ -536,6 +543,8 @@ def test_the_guard_source_is_constant_and_takes_its_caps_as_data() -> None:
         "metadata_key": GUARD_METADATA_KEY,
         "mute_fd_echo": False,
     }
+    assert stdin == {"message": kernel_mcp.kernels.setup.NO_STDIN_MESSAGE}
+    assert ast.unparse(cell[-1]) == "del _kmcp_ns"
 
 
 def idle_ok(msg_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -556,8 +565,9 @@ async def test_prepare_sends_the_guards_and_the_preload_as_cells() -> None:
     client = CountingClient()
     await scripted_kernel(client).prepare(["json"])
 
-    assert "_kmcp_guard(" in client.codes[0]
-    assert "_kmcp_input_guard(" in client.codes[1]
+    assert "['_kmcp_guard'](" in client.codes[0]
+    assert "['_kmcp_input_guard'](" in client.codes[0]
+    assert "pop('write'" in client.codes[1]  # the tee's leftovers of the guards' own cell
     assert client.codes[-1] == "import json"
 
 
@@ -654,3 +664,18 @@ async def test_shutdown_passes_on_a_cancel_aimed_at_its_caller() -> None:
     finally:
         process.release.set()
         await kernel.shutdown(now=True)
+
+
+@pytest.mark.parametrize("how", ["spawned", "forked"])
+async def test_the_guards_leave_no_name_in_the_user_s_namespace(
+    small_caps: LocalBackend, how: str
+) -> None:
+    own = await (small_caps.spawn() if how == "spawned" else small_caps.start())
+    try:
+        await own.prepare([])
+        names = "sorted(n for n in globals() if 'kmcp' in n or n in ('annotations', 'Any'))"
+        assert await value(own, names) == "[]"
+        flood = await run(own, "print('x' * 100_000)")  # and the guards are in force
+        assert f"{OUTPUT_GUARD_MARKER} stdout over" in flood.outputs[0]["text"]
+    finally:
+        await own.shutdown(now=True)

@@ -30,10 +30,9 @@ from kernel_mcp.kernels.execution import (
     Status,
     StdinHandler,
 )
-from kernel_mcp.kernels.guards import _INPUT_GUARD, _OUTPUT_GUARD
 from kernel_mcp.kernels.outputs import OutputCollector, OutputLimits, error_from_reply
 from kernel_mcp.kernels.process import KernelClient, KernelProcess
-from kernel_mcp.kernels.setup import NO_STDIN_MESSAGE, guard_config
+from kernel_mcp.kernels.setup import NO_STDIN_MESSAGE, guard_config, setup_cell
 from kernel_mcp.tasks import TaskOwner
 
 __all__ = ["Kernel", "kernel_info_reply", "wait_ready"]
@@ -321,11 +320,7 @@ class Kernel:
             self._input_guard = True
             await self._preload([name for name in preload if name not in done])
             return
-        await self.run_silently(self.guard_source())
-        config = {"message": NO_STDIN_MESSAGE}
-        await self.run_silently(
-            f"{_INPUT_GUARD}\n_kmcp_input_guard({config!r})\ndel _kmcp_input_guard"
-        )
+        await self.run_silently(self.setup_cell())
         self._input_guard = True
         # The guard's own cell ended with IPython's tee restoring the old bound
         # method on the instances; with the tee now off, drop those leftovers.
@@ -342,11 +337,10 @@ class Kernel:
             except KernelError as exc:
                 log.warning("preloading %s failed: %s", ", ".join(preload), exc)
 
-    def guard_source(self) -> str:
-        """The output guard's code, called with this kernel's caps as a literal dict."""
-        config = guard_config(self.limits, local=self.process.backend == "local")
-        # repr of str, int and bool values is a Python literal that means exactly them.
-        return f"{_OUTPUT_GUARD}\n_kmcp_guard({config!r})\ndel _kmcp_guard\n"
+    def setup_cell(self) -> str:
+        """The cell that installs the guards in this kernel, with its caps as data."""
+        output = guard_config(self.limits, local=self.process.backend == "local")
+        return setup_cell(output, {"message": NO_STDIN_MESSAGE})
 
     async def run_silently(self, code: str, *, timeout: float = 60.0) -> dict[str, Any]:
         """Run set-up code that records nothing and shows nothing.

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import zmq
 from jupyter_client.session import Session
 
-from kernel_mcp.launch import wire
+from kernel_mcp.launch import sockets
 from kernel_mcp.launch.cgroups import KernelCgroup
 from kernel_mcp.launch.exits import describe_exit
 from kernel_mcp.launch.sandbox import through_root
@@ -66,7 +66,7 @@ class ForkedProcess:
         self.template = template
         self.kernel_id = kernel_id
         self._pidfd = pidfd
-        self.pid: int | None = wire.host_pid(pidfd)
+        self.pid: int | None = sockets.host_pid(pidfd)
         self.kernel_pid: int | None = None
         """The kernel's own pid as this server sees it (inside its namespace it is 2)."""
         self._kernel_fd: int | None = None
@@ -94,7 +94,7 @@ class ForkedProcess:
         return dict(self._connection)
 
     async def is_alive(self) -> bool:
-        return not self._released and not wire.ended(self._pidfd)
+        return not self._released and not sockets.ended(self._pidfd)
 
     async def interrupt(self) -> None:
         # SIGINT to the kernel's process group, sent now, as jupyter_client does for a
@@ -104,13 +104,13 @@ class ForkedProcess:
         # which can be after the next execution has begun (and it is that one that
         # ends interrupted).
         fd, pid = self._kernel_fd, self.kernel_pid
-        if self._released or fd is None or pid is None or wire.ended(fd):
+        if self._released or fd is None or pid is None or sockets.ended(fd):
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGINT)
 
     async def kill(self) -> None:
-        if not self._released and not wire.ended(self._pidfd):
+        if not self._released and not sockets.ended(self._pidfd):
             with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
                 if not self._namespaced and self.pid is not None:
                     # Unnamespaced, the kernel leads its group: end what it started too.
@@ -134,14 +134,14 @@ class ForkedProcess:
             self._code if self._code is not None else self.template.exit_codes.get(self.kernel_id)
         )
         if code is None:
-            if wire.ended(self._pidfd) and self.template.ended():
+            if sockets.ended(self._pidfd) and self.template.ended():
                 return "killed (its fork template ended)"
             return "the kernel stopped responding"
         return describe_exit(code, namespaced=self._namespaced, cgroup=self.cgroup)
 
     def rss_bytes(self) -> int | None:
         """Proportional set size: pages shared with the template and siblings count in part."""
-        if self.kernel_pid is None or self._released or wire.ended(self._pidfd):
+        if self.kernel_pid is None or self._released or sockets.ended(self._pidfd):
             return None
         try:
             with open(f"/proc/{self.kernel_pid}/smaps_rollup", encoding="ascii") as rollup:
@@ -183,7 +183,7 @@ class ForkedProcess:
         if self._released:
             return
         await self._wait_ended(5.0)
-        if not wire.ended(self._pidfd):
+        if not sockets.ended(self._pidfd):
             return  # not gone yet: a later kill() tries again
         self._released = True
         # The exit code comes from the template; give its notice a moment.

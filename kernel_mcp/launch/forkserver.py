@@ -64,21 +64,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import zmq
-from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.connect import write_connection_file
-from jupyter_client.session import new_id_bytes
-
 from kernel_mcp.errors import ForkFailed, TemplateStuck
-from kernel_mcp.kernels.kernel import Kernel, wait_ready
+from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.kernels.outputs import OutputLimits
-from kernel_mcp.kernels.setup import KERNEL_SETUP, setup_config
-from kernel_mcp.launch import wire
+from kernel_mcp.kernels.setup import KERNEL_SETUP
+from kernel_mcp.launch import sockets, wire
 from kernel_mcp.launch.cgroups import KernelCgroup
 from kernel_mcp.launch.flavour import Flavour, file_mtime
+from kernel_mcp.launch.fork import Fork
 from kernel_mcp.launch.forked import ForkedProcess
 from kernel_mcp.launch.sandbox import Sandbox
-from kernel_mcp.launch.stderr import StderrPipe, stderr_tail
+from kernel_mcp.launch.stderr import stderr_tail
 from kernel_mcp.tasks import TaskOwner, wait_within
 
 __all__ = ["Flavour", "ForkServer", "ForkedProcess", "forking_possible"]
@@ -88,18 +84,13 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 1 << 20
 #: How long the template may take to import and warm up, seconds.
 TEMPLATE_TIMEOUT = 120.0
-#: How long one forked kernel may take from request to ready, seconds.
-FORK_TIMEOUT = 60.0
-#: How long the template (and its namespace maker) may take to answer a fork request
-#: with the kernel's first two messages (milliseconds when well; a stopped or stuck
-#: template never answers): past it the template is replaced, and the kernel spawned.
-ANSWER_TIMEOUT = 5.0
 SHUTDOWN_WAIT = 5.0
 #: Pauses before trying a failed template again, seconds (then the last, forever).
 RETRY_PAUSES = (5.0, 15.0, 60.0)
 # Read, not imported: the template is a Linux-only script (resource, fcntl) run by
 # the kernel's interpreter; importing it here would make this module Linux-only.
 _TEMPLATE_SOURCE = Path(__file__).with_name("template.py").read_text(encoding="utf-8")
+_WIRE_SOURCE = Path(wire.__file__).read_text(encoding="utf-8")
 #: What the template's (and so every forked kernel's) command line shows.
 TEMPLATE_NAME = "kernel-mcp-fork-template.py"
 #: The kernels' set-up code, which the template compiles once (a file, not an argument:
@@ -142,6 +133,19 @@ class _Template:
         """pidfds of the template process and of its namespace maker (sandboxed)."""
         self.end_code: int | None = None
 
+    @property
+    def env(self) -> dict[str, str]:
+        """What its kernelspec adds to the kernels' environment."""
+        return dict(self.flavour.env)
+
+    @property
+    def arguments(self) -> list[str]:
+        return list(self.flavour.arguments)
+
+    @property
+    def preload(self) -> list[str]:
+        return list(self.flavour.preload)
+
     def ended(self) -> bool:
         """The template process is gone (noticed or not yet by its reader)."""
         return self.gone or self.process is None or self.process.poll() is not None
@@ -171,7 +175,7 @@ class _Template:
     async def read_forever(self) -> None:
         assert self.sock is not None
         while True:
-            message, fds = await wire.recv(self.sock)
+            message, fds = await sockets.recv(self.sock)
             for fd in fds:
                 os.close(fd)
             if message is None:
@@ -305,7 +309,7 @@ class ForkServer:
             self.fallbacks += 1
             return None
         try:
-            kernel = await self._fork(template, workspace or self.projects)
+            kernel = await Fork(self, template, workspace or self.projects).run()
         except asyncio.CancelledError:
             raise
         except TemplateStuck as exc:
@@ -451,6 +455,10 @@ class ForkServer:
         script = self.folder / TEMPLATE_NAME
         if not script.exists():
             script.write_text(_TEMPLATE_SOURCE, encoding="utf-8")
+        # Beside it, the one codec and fork request it shares with this server.
+        codec = self.folder / f"{wire.MODULE}.py"
+        if not codec.exists():
+            codec.write_text(_WIRE_SOURCE, encoding="utf-8")
         setup = self.folder / SETUP_NAME
         if not setup.exists():
             setup.write_text(KERNEL_SETUP, encoding="utf-8")
@@ -483,7 +491,7 @@ class ForkServer:
             theirs.close()
         template.sock = ours
         try:
-            message, fds = await wait_within(wire.recv(ours), TEMPLATE_TIMEOUT)
+            message, fds = await wait_within(sockets.recv(ours), TEMPLATE_TIMEOUT)
         except asyncio.TimeoutError:
             raise ForkFailed(f"no answer in {TEMPLATE_TIMEOUT:g} s") from None
         finally:
@@ -501,194 +509,6 @@ class ForkServer:
             )
         template.ready = message
         template._reader = self._tasks.spawn(template.read_forever(), name="template channel")
-
-    # -- one fork ---------------------------------------------------------------------------
-    async def _fork(self, template: _Template, workspace: Path) -> Kernel:
-        kernel_id = uuid.uuid4().hex
-        name = kernel_id[:12]
-        folder = self.folder / name
-        folder.mkdir(mode=0o700)
-        connection_file = folder / "kernel.json"
-        _, info = write_connection_file(
-            str(connection_file),
-            ip=str(folder / "ipc"),
-            key=new_id_bytes(),
-            transport="ipc",
-            signature_scheme="hmac-sha256",
-            kernel_name=self.kernel_name,
-        )
-        info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
-        cgroup = self.new_cgroup()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        stderr = StderrPipe()
-        sandbox = self.sandbox
-        env = {**self.env, **dict(template.flavour.env)}
-        if sandbox is not None:
-            env = sandbox.kernel_env(env)
-        request = {
-            "op": "fork",
-            "id": kernel_id,
-            "connection_file": str(connection_file),
-            "folder": str(folder),
-            "cwd": str(workspace),
-            # A principal's own folder below the projects folder: the rest is hidden.
-            "projects": str(self.projects),
-            "workspace": str(workspace) if workspace != self.projects else None,
-            "projects_readonly": bool(sandbox and not sandbox.policy.projects_writable),
-            "env": env,
-            "arguments": list(template.flavour.arguments),
-            "namespaces": sandbox is not None,
-            "network": bool(sandbox and sandbox.policy.network),
-            "userns": template.userns,
-            "home": sandbox.policy.home if sandbox else "",
-            "keep": template.keep,
-            "tmp_bytes": sandbox.policy.tmp_bytes if sandbox else 0,
-            "memory_bytes": self.memory_bytes,
-            "max_file_bytes": self.max_file_bytes,
-            "max_tasks": sandbox.policy.max_tasks if sandbox else 0,
-            "setup": setup_config(self.limits, list(template.flavour.preload)),
-        }
-        assert template.sock is not None
-        try:
-            wire.send(template.sock, request, [theirs.fileno(), stderr.write_fd])
-        finally:
-            theirs.close()
-            stderr.handed()
-        stderr.start()
-        template.live.add(kernel_id)
-        holder: list[ForkedProcess] = []
-        early: dict[str, Any] = {}
-
-        def connect(process: ForkedProcess) -> None:
-            """Connect (and ask kernel_info) while the kernel initializes: a client's
-            sockets connect before the kernel binds its own, retrying every 2 ms
-            (zmq's default is 100), and the request waits in its queue."""
-            client = AsyncKernelClient()
-            client.load_connection_info(process.client_info)
-            client.context.setsockopt(zmq.RECONNECT_IVL, 2)
-            client.start_channels()
-            early["client"] = client
-            early["ready"] = asyncio.ensure_future(
-                wait_ready(client, process.is_alive, timeout=FORK_TIMEOUT)
-            )
-
-        try:
-            try:
-                process = await wait_within(
-                    self._handshake(
-                        template,
-                        ours,
-                        kernel_id,
-                        folder,
-                        stderr,
-                        cgroup,
-                        info,
-                        holder,
-                        connect,
-                    ),
-                    FORK_TIMEOUT,
-                )
-            finally:
-                ours.close()
-            kernel = Kernel(process, early["client"], limits=self.limits)
-            try:
-                kernel.kernel_info = await early.pop("ready")
-            except BaseException:
-                await kernel.shutdown(now=True)
-                raise
-            return kernel
-        except BaseException as exc:
-            waiting = early.pop("ready", None)
-            if waiting is not None:
-                waiting.cancel()
-                await asyncio.gather(waiting, return_exceptions=True)
-            if "client" in early:
-                with contextlib.suppress(Exception):
-                    early["client"].stop_channels()
-            said = _tail(stderr)
-            if holder:
-                await holder[0].kill()
-            else:
-                template.live.discard(kernel_id)
-                if cgroup is not None:
-                    await cgroup.remove()
-                shutil.rmtree(folder, ignore_errors=True)
-                stderr.close()
-            if isinstance(exc, asyncio.TimeoutError):
-                raise ForkFailed(f"no kernel in {FORK_TIMEOUT:g} s{said}") from None
-            raise
-
-    async def _handshake(
-        self,
-        template: _Template,
-        channel: socket.socket,
-        kernel_id: str,
-        folder: Path,
-        stderr: StderrPipe,
-        cgroup: KernelCgroup | None,
-        info: dict[str, Any],
-        holder: list[ForkedProcess],
-        connect: Callable[[ForkedProcess], None],
-    ) -> ForkedProcess:
-        """hello (the process that ends the kernel, a pidfd), kernel (its pidfd; moved
-        into its cgroup meanwhile), go, ready (its sockets are bound)."""
-        hello, fds = await _answer(channel, "the fork template")
-        if hello is None or hello.get("op") != "hello" or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise ForkFailed(f"no hello from the forked kernel{_tail(stderr)}")
-        process = ForkedProcess(
-            template=template,
-            kernel_id=kernel_id,
-            pidfd=fds[0],
-            folder=folder,
-            stderr=stderr,
-            cgroup=cgroup,
-            connection=info,
-            namespaced=self.sandbox is not None,
-        )
-        holder.append(process)
-        message, fds = await _answer(channel, "the forked kernel's first step")
-        if message is None or message.get("op") != "kernel" or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise ForkFailed(f"the forked kernel did not start{_tail(stderr)}")
-        process._kernel_fd = fds[0]
-        process.kernel_pid = wire.host_pid(fds[0])
-        connect(process)
-        if cgroup is not None:
-            # While the kernel initializes: a move between cgroups waits for an RCU grace
-            # period (about 15 ms here). No user code runs before "go".
-            await asyncio.to_thread(cgroup.add, process.kernel_pid)
-        wire.send(channel, {"op": "go"})
-        ready, fds = await wire.recv(channel)
-        for fd in fds:
-            os.close(fd)
-        if ready is not None and ready.get("op") == "broken":
-            raise ForkFailed(f"the forked kernel failed to start: {ready.get('error')}")
-        if ready is None or ready.get("op") != "ready":
-            raise ForkFailed(f"the forked kernel did not start{_tail(stderr)}")
-        if ready.get("prepared"):
-            process.prepared = tuple(template.flavour.preload)
-        failed = ready.get("preload_failed") or {}
-        if failed:  # as Kernel.prepare says it of a spawned kernel
-            log.warning(
-                "preloading %s failed: %s", ", ".join(failed), "; ".join(map(str, failed.values()))
-            )
-        return process
-
-
-async def _answer(channel: socket.socket, who: str) -> tuple[dict[str, Any] | None, list[int]]:
-    """The next message of a fork's handshake, due within :data:`ANSWER_TIMEOUT`.
-
-    Raises:
-        TemplateStuck: it did not come in time.
-    """
-    try:
-        return await wait_within(wire.recv(channel), ANSWER_TIMEOUT)
-    except asyncio.TimeoutError:
-        raise TemplateStuck(f"{who} did not answer in {ANSWER_TIMEOUT:g} s") from None
 
 
 def userns_per_kernel() -> bool:
@@ -718,8 +538,3 @@ def _popen(
         # Its own group: stopping it ends bwrap, and with it the whole sandbox.
         start_new_session=True,
     )
-
-
-def _tail(stderr: StderrPipe) -> str:
-    tail = stderr.tail()
-    return f"; its stderr ended with:\n{tail}" if tail else ""

@@ -1,32 +1,17 @@
-"""The fork server's side of its sockets: JSON messages with file descriptors over
-Unix SEQPACKET, read without blocking the event loop, and pidfds.
+"""The fork server's side of its sockets: ``launch.wire``'s messages read without
+blocking the event loop and sent with a bound on the wait, and pidfds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import select
 import socket
 from typing import Any
 
+from kernel_mcp.launch import wire
+
 __all__ = ["ended", "host_pid", "readable", "recv", "send"]
-
-MAX_MESSAGE = 1 << 20
-
-
-def _decode(data: bytes, fds: list[int]) -> tuple[dict[str, Any] | None, list[int]]:
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None, []
-    try:
-        return json.loads(data), fds
-    except ValueError:
-        for fd in fds:
-            os.close(fd)
-        return {"op": "garbled"}, []
 
 
 async def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
@@ -34,13 +19,13 @@ async def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     loop = asyncio.get_running_loop()
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 4)
+            data, fds, _, _ = socket.recv_fds(sock, wire.MAX_MESSAGE, wire.MAX_FDS)
         except BlockingIOError:
             await readable(loop, sock.fileno())
             continue
         except (ConnectionResetError, OSError):
             return None, []
-        return _decode(data, fds)
+        return wire.decode(data, fds)
 
 
 async def readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
@@ -53,7 +38,7 @@ async def readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 
 
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
+    data = wire.encode(message)
     # Small messages on a socket nobody else writes to: a full buffer means the peer
     # is stuck, and a short blocking wait is the honest answer.
     sock.settimeout(5.0)
