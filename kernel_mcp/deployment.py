@@ -1,7 +1,7 @@
 """The composition root's parts: which kernel backend and session store the settings
 select, and the Runner built on them.
 
-Only the CLI and the server use this module (``tests/test_structure.py`` checks it):
+Only the CLI and the server use this module (``tests/unit/test_structure.py`` checks it):
 the domain (``Runner`` and below) is handed its parts and never picks them. It is
 the one place that reaches into ``kernel_mcp.scale``, and only when the settings ask
 for it (``KERNEL_MCP_GATEWAY_URL``, ``KERNEL_MCP_STATE_URL``).

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class KernelPool:
         workspace: the projects folder its kernels are started for (None: the
             backend's default); see ``kernel_mcp.files.workspaces``.
         admission: checked before a kernel is handed out or started (None: never).
+        backoff: how the refiller waits after a failed start, seconds (injectable:
+            tests step it instead of sleeping).
     """
 
     def __init__(
@@ -67,12 +69,14 @@ class KernelPool:
         preload: list[str],
         workspace: Path | None = None,
         admission: MemoryAdmission | None = None,
+        backoff: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.backend = backend
         self.size = size
         self.preload = preload
         self.workspace = workspace
         self.admission = admission
+        self.backoff = backoff
         self._ready: asyncio.Queue[Kernel] = asyncio.Queue()
         self._starting = 0
         self._wanted = asyncio.Event()
@@ -246,7 +250,7 @@ class KernelPool:
                             log.warning("the warm pool waits for memory: %s", exc)
                 self._start_ended.set()
                 if failures:
-                    await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                    await self.backoff(min(30.0, 0.5 * 2**failures))
         finally:
             self._in_flight = 0
             self._start_ended.set()

@@ -165,6 +165,8 @@ class Run:
     """Why the run could not run (a refusal or a kernel failure), once failed."""
     cancelled: bool = False
     task: asyncio.Task[Any] | None = field(default=None, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    """The registry's monotonic clock (tests inject one)."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -181,7 +183,7 @@ class Run:
 
     @property
     def elapsed_s(self) -> float:
-        end = self.ended_mono if self.ended_mono is not None else time.monotonic()
+        end = self.ended_mono if self.ended_mono is not None else self.clock()
         return round(end - self.started_mono, 3)
 
     def notify(self) -> None:
@@ -206,12 +208,19 @@ class RunRegistry:
         retention: seconds a finished run's result is kept.
         markers: folder for the per-run marker files (None: no markers).
         replica: this replica's name, when replicas share sessions (errors name it).
+        clock: the monotonic clock runs are timed and retained by (tests inject one).
     """
 
     def __init__(
-        self, *, retention: float, markers: Path | None, replica: str | None = None
+        self,
+        *,
+        retention: float,
+        markers: Path | None,
+        replica: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.retention = retention
+        self.clock = clock
         self.markers = markers
         self.replica = replica
         self._runs: dict[str, Run] = {}
@@ -261,6 +270,8 @@ class RunRegistry:
             session_id=session_id,
             background=background,
             timeout=timeout,
+            started_mono=self.clock(),
+            clock=self.clock,
         )
         # Spawned first: it starts at the next turn of the loop, and a registry that is
         # closing refuses it before anything is registered.
@@ -285,7 +296,7 @@ class RunRegistry:
             return None
         finally:
             run.ended_at = _now()
-            run.ended_mono = time.monotonic()
+            run.ended_mono = self.clock()
             run.notify()
             self._write_marker(run, ended=True)
 
@@ -339,7 +350,8 @@ class RunRegistry:
             self.reap()
 
     def reap(self) -> None:
-        now = time.monotonic()
+        """Drop the finished runs older than the retention, leaving tombstones."""
+        now = self.clock()
         for run in list(self._runs.values()):
             if run.ended_mono is None or now - run.ended_mono < self.retention:
                 continue

@@ -124,8 +124,9 @@ class Session:
             return "dead" if self.lost_state else "idle"
         return "dead" if self.kernel.dead else "idle"
 
-    def touch(self) -> None:
-        self.record.last_used = time.time()
+    def touch(self, now: float | None = None) -> None:
+        """Used now (``now``: epoch seconds of the registry's clock; default the time)."""
+        self.record.last_used = time.time() if now is None else now
         self.last_used_mono = time.monotonic()
 
     def check_held(self) -> None:

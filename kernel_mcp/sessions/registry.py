@@ -77,6 +77,7 @@ class SessionRegistry:
             (the recording is made there, and the record names it).
         on_close: runs when a session ends (closed or culled), before its kernel stops.
         on_forget: runs when this process drops a session another process removed.
+        clock: epoch seconds, for when a session was used and culling (injectable).
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class SessionRegistry:
         on_create: Callable[[Session], Awaitable[None]] | None = None,
         on_close: Callable[[Session], Awaitable[None]] | None = None,
         on_forget: Callable[[Session], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
         self.store = store
@@ -97,6 +99,7 @@ class SessionRegistry:
         self._on_create = on_create
         self._on_close = on_close
         self._on_forget = on_forget
+        self.clock = clock
         self._sessions: dict[str, Session] = {}
         self._tasks = TaskOwner("sessions")
         """The culler, the janitor (a durable store's), and handles being let go of."""
@@ -196,8 +199,14 @@ class SessionRegistry:
         if name is not None:
             validate_name(name)
         session_id = secrets.token_urlsafe(16)
+        now = self.clock()
         record = SessionRecord(
-            id=session_id, name=name or session_id, owner=owner, kernel_name=kernel_name
+            id=session_id,
+            name=name or session_id,
+            owner=owner,
+            kernel_name=kernel_name,
+            created_at=now,
+            last_used=now,
         )
         # Counted and named before the kernel is acquired (that may wait): two creates
         # with one name, in any process, make one session.
@@ -306,7 +315,7 @@ class SessionRegistry:
             with contextlib.suppress(KernelError):
                 await self.store.attach(session)
             await self._replace_kernel(session, None)
-            session.touch()
+            session.touch(self.clock())
             try:
                 await self._store(session, claim)
             except ClaimLost:
@@ -360,7 +369,7 @@ class SessionRegistry:
         if session.kernel is not None and session.kernel.dead and not session.lost_state:
             session.lost_state = "the kernel was killed or died during the previous run"
         session.busy = False
-        session.touch()
+        session.touch(self.clock())
         try:
             await self._store(session, claim)
         except ClaimLost as exc:
@@ -466,7 +475,7 @@ class SessionRegistry:
             await asyncio.sleep(period)
             try:
                 if await self.store.lead("culler", lead_for):
-                    await self._cull_once()
+                    await self.cull()
             except asyncio.CancelledError:
                 raise
             except KernelError as exc:
@@ -474,9 +483,11 @@ class SessionRegistry:
             except Exception:
                 log.exception("culling failed")
 
-    async def _cull_once(self) -> None:
+    async def cull(self) -> None:
+        """Close every session nobody used for ``idle_timeout`` seconds, leaving a
+        tombstone that says when (the culler does this every so often)."""
         for record in await self.store.records():
-            if time.time() - record.last_used < self.idle_timeout:
+            if self.clock() - record.last_used < self.idle_timeout:
                 continue
             cached = self._sessions.get(record.id)
             if cached is not None and (cached.busy or cached.lock.locked()):
@@ -486,7 +497,7 @@ class SessionRegistry:
                 continue  # in use right now
             try:
                 fresh = await self.store.load(record.id)
-                idle_for = time.time() - fresh.last_used if fresh else 0.0
+                idle_for = self.clock() - fresh.last_used if fresh else 0.0
                 if fresh is None or idle_for < self.idle_timeout or not claim.valid:
                     continue  # used meanwhile, or stalled: another replica may have it now
                 how = (

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from kernel_mcp.launch.bwrap import find_bwrap, probe
@@ -189,25 +191,51 @@ async def test_a_write_below_the_host_s_tmp_stays_in_the_kernel_s_own(
 
 
 # -- network and signals --
+@pytest.fixture(scope="module")
+def listener() -> Iterator[tuple[int, list[str]]]:
+    """A live listener in the test's own network namespace, on every address of this machine.
+
+    Yields its port and this machine's addresses other than loopback (it may have none).
+    """
+    with socket.create_server(("0.0.0.0", 0)) as server:
+        server.listen(16)
+        port = server.getsockname()[1]
+        addresses = [
+            a.address
+            for name, found in psutil.net_if_addrs().items()
+            for a in found
+            if a.family == socket.AF_INET and not a.address.startswith("127.")
+        ]
+        for address in ["127.0.0.1", *addresses]:  # live: the test itself gets through
+            with socket.create_connection((address, port), timeout=5):
+                pass
+        yield port, addresses
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_no_connection_reaches_the_server_or_anything_else(
-    server: ServerProcess, client: Any, session: str, mode: str
+    server: ServerProcess, client: Any, session: str, mode: str, listener: tuple[int, list[str]]
 ) -> None:
-    await refused(
-        client,
-        f"import socket; socket.create_connection(('127.0.0.1', {server.port}), timeout=5)",
-        mode,
-        session,
-        "ConnectionRefusedError",
-    )
-    await refused(
-        client,
-        "import socket; socket.create_connection(('192.0.2.1', 80), timeout=5)",
-        mode,
-        session,
-        "Network is unreachable",
-        "OSError",
-    )
+    port, addresses = listener
+    for target in (server.port, port):
+        await refused(
+            client,
+            f"import socket; socket.create_connection(('127.0.0.1', {target}), timeout=5)",
+            mode,
+            session,
+            "ConnectionRefusedError",
+        )
+    # The kernel's namespace has loopback alone: no route to anything else on this machine.
+    for address in addresses:
+        await refused(
+            client,
+            f"import socket; socket.create_connection(({address!r}, {port}), timeout=5)",
+            mode,
+            session,
+            "Network is unreachable",
+        )
+    report = await run(client, "import socket; print(socket.if_nameindex())", mode, session)
+    assert report["stdout"] == "[(1, 'lo')]\n", report
 
 
 @pytest.mark.parametrize("mode", MODES)

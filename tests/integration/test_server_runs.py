@@ -103,11 +103,18 @@ async def test_cancel_run_interrupts_and_a_session_keeps_its_state(runs_server):
             mine = next(s for s in listed if s["session_id"] == sid)
             assert mine["state"] == "busy" and mine["run_id"] == run_id
             # A call on the session waits its turn behind the run, then runs.
+            mark = structured(await call(client, "get_run", run_id=run_id))["next"]
             queued = asyncio.ensure_future(
                 call(client, "run_code", code="kept + 1", session_id=sid)
             )
-            await asyncio.sleep(0.5)
-            assert not queued.done()
+
+            async def ticked_on() -> bool:
+                # The run keeps printing (five ticks after the queued call was sent)...
+                view = structured(await call(client, "get_run", run_id=run_id, since=mark))
+                return view["output"].count("tick") >= 5
+
+            assert await wait_for(ticked_on, timeout=30)
+            assert not queued.done()  # ...while the queued call still waits its turn
             cancelled = structured(await call(client, "cancel_run", run_id=run_id))
             assert cancelled["status"] == "cancelled" and cancelled["done"]
             after = structured(await asyncio.wait_for(queued, 60))

@@ -10,7 +10,7 @@ A's own, and B's sessions, fresh runs and files behave as if A were not there.
 
 The kernel-level guarantees behind these (every writable mount private or
 read-only, the seccomp filter, the template's keeper) are in
-``tests/test_sandbox.py``, ``tests/test_seccomp.py`` and ``tests/test_forkserver.py``.
+``test_sandbox.py``, ``test_seccomp.py`` and ``test_forkserver.py`` beside this file.
 """
 
 from __future__ import annotations

@@ -151,12 +151,19 @@ async def test_a_lease_is_exclusive_renewed_while_held_and_released(state: Share
     assert other_session is not None, "leases are per session"
     await other_session.release()
     # Held well past its TTL: the lease's own task renews it.
-    await asyncio.sleep(1.5)
+    taken = held.confirmed_at
+
+    async def renewed_past(moment: float) -> bool:
+        return held.confirmed_at > moment
+
+    assert await wait_for(lambda: renewed_past(taken + 2 * held.ttl), timeout=10)
     assert not held.lost
     assert await state.leased_ids(["s1", "s3"]) == {"s1"}
     assert await state.try_lease("s1", ttl=0.6) is None
     waiter = asyncio.ensure_future(state.lease("s1", ttl=0.6))
-    await asyncio.sleep(0.2)
+    # One more renewal while the waiter tries: it must still be waiting.
+    last = held.confirmed_at
+    assert await wait_for(lambda: renewed_past(last), timeout=10)
     assert not waiter.done(), "a second holder got in while the first held it"
     await held.release()
     second = await asyncio.wait_for(waiter, 5)

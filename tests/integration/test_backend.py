@@ -6,7 +6,7 @@ in the projects folder under an address-space limit, writes nothing to the
 server's stdout or stderr (its stderr is a private file, quoted when it fails
 to start), and takes every process it started with it when it is shut down.
 
-Kernels are sandboxed here, as by default (``tests/test_sandbox.py`` says what
+Kernels are sandboxed here, as by default (``tests/integration/test_sandbox.py`` says what
 the sandbox adds); the ``plain`` fixtures start them with the sandbox off,
 where the process group is signalled only while the group is certainly the
 kernel's own: while the leader is unreaped.
@@ -60,7 +60,7 @@ SERVER_ENV = {
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     projects = tmp_path_factory.mktemp("backend-projects")
     # Spawned kernels: this module is the spawn path's specification (and the subset of
-    # the suite that runs spawned); forked ones are tests/test_forkserver.py's.
+    # the suite that runs spawned); forked ones are tests/integration/test_forkserver.py's.
     return load_settings(
         projects_dir=projects,
         pool_size=0,
@@ -204,7 +204,7 @@ async def test_a_plain_kernel_knows_its_parent_so_it_can_exit_with_the_server(
 
 async def test_a_sandboxed_kernel_is_not_told_a_parent_pid_it_cannot_see(kernel: Kernel) -> None:
     # That pid does not exist in its PID namespace: ipykernel would exit at once.
-    # bwrap's --die-with-parent does the job instead (tests/test_sandbox.py).
+    # bwrap's --die-with-parent does the job instead (tests/integration/test_sandbox.py).
     assert await value(kernel, "import os; 'JPY_PARENT_PID' in os.environ") == "False"
 
 

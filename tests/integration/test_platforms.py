@@ -20,7 +20,7 @@ from fastmcp import Client
 from tests.helpers import TEST_SETTINGS, call, make_projects, structured
 from tests.launchers import ROOT, ServerProcess, is_kernel, server_env
 
-PORTABLE_HOST = Path(__file__).resolve().parent / "portable_host.py"
+PORTABLE_HOST = Path(__file__).resolve().parents[1] / "portable_host.py"
 
 IMPORT_EVERY_MODULE = """
 import builtins, importlib, pkgutil, sys

@@ -365,7 +365,7 @@ def test_every_setting_is_read_under_its_documented_name(projects: Path) -> None
         if field == "projects_dir":
             expected = "PYTHON_PROJECTS_DIR"
         assert name == expected
-    documented = Path(__file__).resolve().parent.parent.joinpath(".env.example").read_text()
+    documented = Path(__file__).resolve().parents[2].joinpath(".env.example").read_text()
     missing = [name for name in names.values() if name not in documented]
     assert not missing, f"not in .env.example: {missing}"
 

@@ -7,7 +7,7 @@ each setting of the policy changes what a kernel can do, interrupts reach the
 processes a kernel started, ending a kernel ends everything in its PID
 namespace, and the per-kernel cgroup limits the kernel's whole tree.
 
-The escape suite over a real server is ``tests/test_escape.py``.
+The escape suite over a real server is ``tests/integration/test_escape.py``.
 """
 
 from __future__ import annotations

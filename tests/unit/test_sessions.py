@@ -1,27 +1,20 @@
-"""Specification of ``SessionRegistry``: named, owned, persistent kernels.
+"""Specification of ``SessionRegistry`` on fake kernels: named, owned, persistent kernels.
 
-Every lookup names its owner, and another owner's session is reported exactly
-like an unknown one. Calls on one session run alone, in arrival order;
-different sessions run in parallel. A closed or culled session leaves a
-tombstone that says so; a dead kernel is replaced on the next use, which is
-told the state was lost.
+Every lookup names its owner, and another owner's session is reported exactly like an
+unknown one. Calls on one session run alone, in arrival order; different sessions run
+in parallel. A closed or culled session leaves a tombstone that says so; a dead kernel
+is replaced on the next use, which is told the state was lost. The same on real
+kernels: ``tests/integration/test_sessions.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
-import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kernel_mcp.backends.local import LocalBackend
-from kernel_mcp.config import load_settings
 from kernel_mcp.errors import InvalidArgument, SessionGone, SessionNotFound, TooManySessions
 from kernel_mcp.kernels.execution import Execution
 from kernel_mcp.kernels.kernel import Kernel
@@ -29,32 +22,62 @@ from kernel_mcp.pool import KernelPool
 from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.registry import SessionRegistry
 from kernel_mcp.sessions.store import InProcessStore
-from tests.helpers import wait_for
-from tests.launchers import alive, wait_until
+from tests.unit import fakes
+from tests.unit.fakes import FakeBackend, fake_of
 
 MakeRegistry = Callable[..., Awaitable[SessionRegistry]]
+#: What a call that loops until stopped runs (``scripted`` below answers it).
+LOOP = "loop()"
 
 
-@pytest.fixture(scope="module")
-async def pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KernelPool]:
-    projects = tmp_path_factory.mktemp("session-projects")
-    backend = LocalBackend(load_settings(projects_dir=projects, pool_size=2))
+class Clock:
+    """The registry's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def started() -> asyncio.Event:
+    return asyncio.Event()
+
+
+@pytest.fixture
+def backend(started: asyncio.Event) -> FakeBackend:
+    loop = fakes.waits_for(asyncio.Event(), started=started)
+    return FakeBackend(fakes.scripted({LOOP: loop, "die()": fakes.dies}))
+
+
+@pytest.fixture
+async def pool(backend: FakeBackend) -> AsyncIterator[KernelPool]:
     shared = KernelPool(backend, size=2, preload=[])
     await shared.start()
     yield shared
     await shared.close()
-    await backend.close()
 
 
 @pytest.fixture
-async def make_registry(pool: KernelPool) -> AsyncIterator[MakeRegistry]:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def make_registry(pool: KernelPool, clock: Clock) -> AsyncIterator[MakeRegistry]:
     registries: list[SessionRegistry] = []
 
     async def make(
         *, max_sessions: int = 8, idle_timeout: float = 0, **kwargs: Any
     ) -> SessionRegistry:
         registry = SessionRegistry(
-            pool, InProcessStore(), max_sessions=max_sessions, idle_timeout=idle_timeout, **kwargs
+            pool,
+            InProcessStore(),
+            max_sessions=max_sessions,
+            idle_timeout=idle_timeout,
+            clock=clock,
+            **kwargs,
         )
         registries.append(registry)
         await registry.start()
@@ -70,26 +93,15 @@ async def registry(make_registry: MakeRegistry) -> SessionRegistry:
     return await make_registry()
 
 
-def pid_of(kernel: Kernel | None) -> int:
-    assert kernel is not None
-    pid = getattr(kernel.process, "pid", None)
-    assert isinstance(pid, int)
-    return pid
-
-
-async def execute(
-    registry: SessionRegistry, owner: str | None, session_id: str, code: str, *, timeout: float = 20
-) -> Execution:
+async def execute(registry: SessionRegistry, owner: str | None, sid: str, code: str) -> Execution:
     async def work(session: Session, kernel: Kernel) -> Execution:
-        return await kernel.execute(code, timeout=timeout, grace=2)
+        return await kernel.execute(code, timeout=10, grace=1)
 
-    return await registry.use(owner, session_id, work)
+    return await registry.use(owner, sid, work)
 
 
-async def answer(
-    registry: SessionRegistry, owner: str | None, session_id: str, expression: str
-) -> str:
-    result = await execute(registry, owner, session_id, expression)
+async def answer(registry: SessionRegistry, owner: str | None, sid: str, expression: str) -> str:
+    result = await execute(registry, owner, sid, expression)
     assert result.status == "ok", result
     return str(result.outputs[-1]["data"]["text/plain"])
 
@@ -99,33 +111,16 @@ def message_of(excinfo: pytest.ExceptionInfo[BaseException], session_id: str) ->
 
 
 async def busy_call(
-    registry: SessionRegistry, session_id: str, marker: Path
+    registry: SessionRegistry, sid: str, started: asyncio.Event
 ) -> asyncio.Task[Execution]:
     """Alice's call that loops until stopped, returned once it is running."""
-    call = asyncio.create_task(
-        execute(
-            registry,
-            "alice",
-            session_id,
-            f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
-            "while True:\n    time.sleep(0.01)\n",
-            timeout=30,
-        )
-    )
-
-    async def running() -> bool:
-        return marker.exists()
-
-    if not await wait_for(running, timeout=20):
-        call.cancel()
-        raise AssertionError("the call never started running")
+    call = asyncio.create_task(execute(registry, "alice", sid, LOOP))
+    await asyncio.wait_for(started.wait(), timeout=10)
     return call
 
 
-# -- creating and finding ---------------------------------------------------------
-async def test_sessions_are_created_listed_and_found_per_owner(
-    registry: SessionRegistry,
-) -> None:
+# -- creating and finding ----------------------------------------------------------------
+async def test_sessions_are_created_listed_and_found_per_owner(registry: SessionRegistry) -> None:
     named = await registry.create("alice", "analysis")
     unnamed = await registry.create("alice")
     bobs = await registry.create("bob")
@@ -134,16 +129,14 @@ async def test_sessions_are_created_listed_and_found_per_owner(
     assert unnamed.name == unnamed.id, "an unnamed session is called by its id"
     assert len({named.id, unnamed.id, bobs.id}) == 3
     assert all(len(s.id) >= 16 for s in (named, unnamed, bobs))
-    assert named.owner == "alice"
-    assert named.state == "idle"
+    assert named.owner == "alice" and named.state == "idle"
     assert await registry.find("alice", named.id) is named
     assert await registry.find("bob", bobs.id) is bobs
-    assert {s.id for s in (await registry.owned("alice"))} == {named.id, unnamed.id}
-    assert [s.id for s in (await registry.owned("bob"))] == [bobs.id]
-    assert (await registry.owned("carol")) == []
-    assert (await registry.owned(None)) == []
-    assert (await registry.count()) == 3
-    assert len({pid_of(s.kernel) for s in (named, unnamed, bobs)}) == 3
+    assert {s.id for s in await registry.owned("alice")} == {named.id, unnamed.id}
+    assert [s.id for s in await registry.owned("bob")] == [bobs.id]
+    assert await registry.owned("carol") == [] and await registry.owned(None) == []
+    assert await registry.count() == 3
+    assert len({id(fake_of(s.kernel)) for s in (named, unnamed, bobs)}) == 3
 
 
 async def test_another_owners_session_is_reported_like_an_unknown_one(
@@ -157,7 +150,6 @@ async def test_another_owners_session_is_reported_like_an_unknown_one(
     with pytest.raises(SessionNotFound) as missing:
         await registry.find("bob", unknown)
     assert message_of(foreign, mine.id) == message_of(missing, unknown)
-    assert type(foreign.value) is type(missing.value)
 
     async def work(session: Session, kernel: Kernel) -> None:
         raise AssertionError("another owner's work must never run")
@@ -172,9 +164,7 @@ async def test_another_owners_session_is_reported_like_an_unknown_one(
         await registry.close_session("bob", mine.id)
     with pytest.raises(SessionNotFound):
         await registry.find(None, mine.id)
-
     assert await registry.find("alice", mine.id) is mine
-    assert await mine.kernel.is_alive()  # type: ignore[union-attr]
 
     # Even its tombstone is not shown to another owner.
     await registry.close_session("alice", mine.id)
@@ -201,10 +191,9 @@ async def test_max_sessions_is_enforced_even_for_concurrent_creates(
     assert "KERNEL_MCP_MAX_SESSIONS" in str(refused[0])
     with pytest.raises(TooManySessions):
         await registry.create("bob")
-
     await registry.close_session("alice", sessions[0].id)
     replacement = await registry.create("bob")
-    assert (await registry.count()) == 2
+    assert await registry.count() == 2
     assert replacement.id in {s.id for s in await registry.owned("bob")}
 
 
@@ -212,7 +201,7 @@ async def test_max_sessions_is_enforced_even_for_concurrent_creates(
 async def test_an_invalid_name_is_refused(registry: SessionRegistry, name: str) -> None:
     with pytest.raises(InvalidArgument, match="Invalid name"):
         await registry.create("alice", name)
-    assert (await registry.count()) == 0
+    assert await registry.count() == 0
 
 
 async def test_a_duplicate_name_is_refused_until_the_first_is_closed(
@@ -221,52 +210,59 @@ async def test_a_duplicate_name_is_refused_until_the_first_is_closed(
     first = await registry.create("alice", "work")
     with pytest.raises(InvalidArgument, match="'work' already"):
         await registry.create("alice", "work")
-    assert (await registry.count()) == 1
-
+    assert await registry.count() == 1
     await registry.close_session("alice", first.id)
     second = await registry.create("alice", "work")
-    assert second.name == "work"
-    assert second.id != first.id
+    assert second.name == "work" and second.id != first.id
 
 
-async def test_concurrent_creates_with_one_name_give_one_session(pool: KernelPool) -> None:
-    # An empty pool makes acquire() wait for a kernel start, as under load.
-    empty = KernelPool(pool.backend, size=0, preload=[])
+async def test_concurrent_creates_with_one_name_give_one_session(backend: FakeBackend) -> None:
+    # An empty pool whose starts wait: both creates are in flight at once, as under load.
+    backend.gate = asyncio.Event()
+    empty = KernelPool(backend, size=0, preload=[])
     registry = SessionRegistry(empty, InProcessStore(), max_sessions=8, idle_timeout=0)
     try:
-        outcomes = await asyncio.gather(
+        creates = asyncio.gather(
             registry.create("alice", "twin"),
             registry.create("alice", "twin"),
             return_exceptions=True,
         )
-        names = [s.name for s in (await registry.owned("alice"))]
+        await asyncio.sleep(0)
+        backend.gate.set()
+        outcomes = await creates
+        names = [s.name for s in await registry.owned("alice")]
     finally:
         await registry.close()
         await empty.close()
     assert names == ["twin"]
     assert sum(isinstance(o, InvalidArgument) for o in outcomes) == 1
+    assert backend.asked == 1, "the refused create never took a kernel"
 
 
 async def test_names_are_per_owner(registry: SessionRegistry) -> None:
-    """Another owner's session names are neither visible nor in the way."""
     alices = await registry.create("alice", "shared-name")
     bobs = await registry.create("bob", "shared-name")
     assert alices.id != bobs.id
-    assert [s.name for s in (await registry.owned("bob"))] == ["shared-name"]
+    assert [s.name for s in await registry.owned("bob")] == ["shared-name"]
 
 
-# -- using --------------------------------------------------------------------------
+# -- using ---------------------------------------------------------------------------------
 async def test_use_runs_work_alone_and_in_arrival_order(registry: SessionRegistry) -> None:
     session = await registry.create("alice")
-    spans: list[tuple[int, float, float]] = []
+    entered: list[int] = []
+    inside = [0]
+    most_inside = [0]
     seen: list[tuple[Kernel, str]] = []
 
     def work_for(index: int) -> Callable[[Session, Kernel], Awaitable[int]]:
         async def work(current: Session, kernel: Kernel) -> int:
-            entered = time.monotonic()
+            entered.append(index)
+            inside[0] += 1
+            most_inside[0] = max(most_inside[0], inside[0])
             seen.append((kernel, current.state))
-            await asyncio.sleep(0.05)
-            spans.append((index, entered, time.monotonic()))
+            for _ in range(5):
+                await asyncio.sleep(0)  # others get their turn: they must still wait
+            inside[0] -= 1
             return index
 
         return work
@@ -276,13 +272,11 @@ async def test_use_runs_work_alone_and_in_arrival_order(registry: SessionRegistr
     )
 
     assert results == [0, 1, 2, 3]
-    assert [index for index, _, _ in spans] == [0, 1, 2, 3], "arrival order"
-    for (_, _, left), (_, entered, _) in itertools.pairwise(spans):
-        assert entered >= left, "no two works overlap"
+    assert entered == [0, 1, 2, 3], "arrival order"
+    assert most_inside == [1], "no two works overlap"
     assert all(kernel is session.kernel for kernel, _ in seen)
     assert all(state == "busy" for _, state in seen)
-    assert session.runs == 4
-    assert session.state == "idle"
+    assert session.runs == 4 and session.state == "idle"
 
 
 async def test_state_persists_between_uses(registry: SessionRegistry) -> None:
@@ -318,50 +312,47 @@ async def test_different_sessions_run_in_parallel(registry: SessionRegistry) -> 
     )
     assert await asyncio.wait_for(together, timeout=5) == ["first", "second"]
 
-    # The same pair on one session would wait for each other forever.
+    # The same pair on one session waits for each other: the second never enters.
     first, second = meeting()
-    serialised = asyncio.gather(
-        registry.use("alice", one.id, first), registry.use("alice", one.id, second)
-    )
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(serialised, timeout=0.5)
+    serialised = asyncio.ensure_future(registry.use("alice", one.id, first))
+    blocked = asyncio.ensure_future(registry.use("alice", one.id, second))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not serialised.done() and not blocked.done()
+    serialised.cancel()
+    blocked.cancel()
+    await asyncio.gather(serialised, blocked, return_exceptions=True)
     assert not one.lock.locked()
 
 
-def marker_for(registry: SessionRegistry, tmp_path: Path) -> Path:
-    """A file the test and a (sandboxed) kernel both see: in the projects folder."""
-    return registry.pool.backend.settings.projects_dir / f"running-{tmp_path.name}"  # type: ignore[attr-defined]
-
-
-async def test_interrupt_ends_the_running_call(registry: SessionRegistry, tmp_path: Path) -> None:
+async def test_interrupt_ends_the_running_call(
+    registry: SessionRegistry, started: asyncio.Event
+) -> None:
     session = await registry.create("alice")
     assert await registry.interrupt("alice", session.id) is False, "nothing was running"
 
-    call = await busy_call(registry, session.id, marker_for(registry, tmp_path))
-    try:
-        assert await registry.interrupt("alice", session.id) is True
-        result = await asyncio.wait_for(call, timeout=10)
-    finally:
-        call.cancel()
+    call = await busy_call(registry, session.id, started)
+    assert await registry.interrupt("alice", session.id) is True
+    result = await asyncio.wait_for(call, timeout=10)
     assert result.status == "interrupted"
     assert await answer(registry, "alice", session.id, "'still alive'") == "'still alive'"
 
 
-# -- kernels that die, restart ------------------------------------------------------
+# -- kernels that die, restart --------------------------------------------------------------
 async def test_a_kernel_that_died_during_a_run_is_replaced_on_the_next_use(
     registry: SessionRegistry,
 ) -> None:
     session = await registry.create("alice")
     await execute(registry, "alice", session.id, "lost = 'yes'")
-    old_pid = pid_of(session.kernel)
+    old = fake_of(session.kernel)
 
-    died = await execute(registry, "alice", session.id, "import os\nos._exit(1)")
+    died = await execute(registry, "alice", session.id, "die()")
     assert died.status == "kernel_died"
     assert session.lost_state == "the kernel was killed or died during the previous run"
     assert session.state == "dead"
 
     assert await answer(registry, "alice", session.id, "'lost' in globals()") == "False"
-    assert pid_of(session.kernel) != old_pid
+    assert fake_of(session.kernel) is not old
     assert session.lost_state is not None
     assert "the kernel was killed or died during the previous run" in session.lost_state
     assert "state was lost" in session.lost_state
@@ -372,18 +363,11 @@ async def test_a_kernel_that_died_while_idle_is_replaced_on_the_next_use(
     registry: SessionRegistry,
 ) -> None:
     session = await registry.create("alice")
-    kernel = session.kernel
-    assert kernel is not None
-    old_pid = pid_of(kernel)
-    os.kill(old_pid, signal.SIGKILL)
-
-    async def exited() -> bool:
-        return not await kernel.process.is_alive()
-
-    assert await wait_for(exited, timeout=10)
+    old = fake_of(session.kernel)
+    old.die("killed by SIGKILL")
 
     assert await answer(registry, "alice", session.id, "'fresh'") == "'fresh'"
-    assert pid_of(session.kernel) != old_pid
+    assert fake_of(session.kernel) is not old
     assert session.lost_state == "the kernel died; the session's state was lost"
 
 
@@ -392,19 +376,18 @@ async def test_restart_gives_a_new_kernel_with_an_empty_namespace(
 ) -> None:
     session = await registry.create("alice", "restartable")
     await execute(registry, "alice", session.id, "before_restart = 1")
-    old_pid = pid_of(session.kernel)
+    old = fake_of(session.kernel)
 
     restarted = await registry.restart("alice", session.id)
 
     assert restarted is session
     assert restarted.id == session.id and restarted.name == "restartable"
-    assert pid_of(session.kernel) != old_pid
-    assert wait_until(lambda: not alive({old_pid}), timeout=10)
+    assert fake_of(session.kernel) is not old and old.process.stopped
     assert await answer(registry, "alice", session.id, "'before_restart' in globals()") == "False"
     assert session.lost_state is None, "a restart asked for is not a loss to report"
 
 
-# -- closing, culling ---------------------------------------------------------------
+# -- closing, culling ----------------------------------------------------------------------
 async def test_close_session_shuts_the_kernel_and_leaves_a_tombstone(
     make_registry: MakeRegistry,
 ) -> None:
@@ -415,14 +398,13 @@ async def test_close_session_shuts_the_kernel_and_leaves_a_tombstone(
 
     registry = await make_registry(on_close=on_close)
     session = await registry.create("alice")
-    pid = pid_of(session.kernel)
+    fake = fake_of(session.kernel)
 
     assert await registry.close_session("alice", session.id) is session
 
     assert closed == [session]
-    assert session.kernel is None
-    assert wait_until(lambda: not alive({pid}), timeout=10)
-    assert (await registry.owned("alice")) == []
+    assert session.kernel is None and fake.process.stopped
+    assert await registry.owned("alice") == []
     with pytest.raises(SessionGone, match=r"was closed at .*Create a new one"):
         await registry.find("alice", session.id)
 
@@ -434,58 +416,63 @@ async def test_close_session_shuts_the_kernel_and_leaves_a_tombstone(
 
 
 async def test_closing_a_busy_session_interrupts_its_call_first(
-    registry: SessionRegistry, tmp_path: Path
+    registry: SessionRegistry, started: asyncio.Event
 ) -> None:
     session = await registry.create("alice")
-    pid = pid_of(session.kernel)
-    call = await busy_call(registry, session.id, marker_for(registry, tmp_path))
-    try:
-        await asyncio.wait_for(registry.close_session("alice", session.id), timeout=10)
-        result = await asyncio.wait_for(call, timeout=10)
-    finally:
-        call.cancel()
+    fake = fake_of(session.kernel)
+    call = await busy_call(registry, session.id, started)
+
+    await asyncio.wait_for(registry.close_session("alice", session.id), timeout=10)
+    result = await asyncio.wait_for(call, timeout=10)
+
     assert result.status == "interrupted"
-    assert wait_until(lambda: not alive({pid}), timeout=10)
+    assert fake.process.interrupts >= 1 and fake.process.stopped
 
 
-async def test_idle_sessions_are_culled_and_say_so(make_registry: MakeRegistry) -> None:
-    registry = await make_registry(idle_timeout=0.3)
+async def test_idle_sessions_are_culled_and_say_so(
+    make_registry: MakeRegistry, clock: Clock
+) -> None:
+    registry = await make_registry(idle_timeout=300)
     session = await registry.create("alice")
-    pid = pid_of(session.kernel)
+    fake = fake_of(session.kernel)
+    release, entered = asyncio.Event(), asyncio.Event()
 
     # A call longer than the idle timeout does not get its session culled.
     async def long_work(current: Session, kernel: Kernel) -> str:
-        await asyncio.sleep(0.8)
+        entered.set()
+        await release.wait()
         return "done"
 
-    assert await registry.use("alice", session.id, long_work) == "done"
+    call = asyncio.ensure_future(registry.use("alice", session.id, long_work))
+    await entered.wait()
+    clock.now += 301
+    await registry.cull()
+    release.set()
+    assert await call == "done"
+    await registry.cull()  # just used: it stays
+    assert await registry.find("alice", session.id) is session
+    clock.now += 299
+    await registry.cull()
     assert await registry.find("alice", session.id) is session
 
-    async def culled() -> bool:
-        return session.id not in {s.id for s in (await registry.owned("alice"))}
-
-    assert await wait_for(culled, timeout=10)
+    clock.now += 2
+    await registry.cull()
+    assert await registry.owned("alice") == []
     with pytest.raises(SessionGone) as gone:
         await registry.find("alice", session.id)
     assert "was culled at" in str(gone.value)
-    assert "KERNEL_MCP_SESSION_IDLE_TIMEOUT=0.3" in str(gone.value)
+    assert "KERNEL_MCP_SESSION_IDLE_TIMEOUT=300" in str(gone.value)
     with pytest.raises(SessionNotFound):
         await registry.find("bob", session.id)
-
-    async def kernel_gone() -> bool:
-        return not alive({pid})
-
-    assert await wait_for(kernel_gone, timeout=10)
+    assert fake.process.stopped
 
 
 async def test_closing_the_registry_shuts_every_kernel(make_registry: MakeRegistry) -> None:
     registry = await make_registry(idle_timeout=60)
     sessions = [await registry.create("alice"), await registry.create("bob")]
-    pids = {pid_of(s.kernel) for s in sessions}
-    assert alive(pids) == pids
+    fakes_of = [fake_of(s.kernel) for s in sessions]
 
     await registry.close()
 
-    assert (await registry.count()) == 0
-    assert wait_until(lambda: not alive(pids), timeout=10)
+    assert all(fake.process.stopped for fake in fakes_of)
     assert all(s.kernel is None for s in sessions)

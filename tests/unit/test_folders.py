@@ -7,8 +7,6 @@ folders and why.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -106,29 +104,3 @@ def test_describe_says_which_folder_and_why(place: Path, monkeypatch: pytest.Mon
     said = folders.describe(load_settings())
     expected = f"{place / 'nb'} (set by KERNEL_MCP_NOTEBOOKS_DIR or --notebooks-dir)"
     assert said["notebooks"] == expected
-
-
-def test_a_stdio_server_started_in_slash_says_where_its_files_go(tmp_path: Path) -> None:
-    """As a desktop client starts it: working directory /, only HOME and PATH."""
-    home = tmp_path / "home"
-    home.mkdir()
-    before = set(os.listdir("/"))
-    done = subprocess.run(
-        [sys.executable, "-m", "kernel_mcp", "serve", "--stdio", "--log-level", "warning"],
-        cwd="/",
-        env={"HOME": str(home), "PATH": os.environ["PATH"]},
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == ""  # stdout is the protocol's
-    base = home / "kernel-mcp"
-    assert f"projects:  {base / 'python_projects'} (no folder setting, and / has no" in (
-        done.stderr
-    )
-    assert f"notebooks: {base / 'notebooks'} (" in done.stderr
-    assert "sandbox:   on (" in done.stderr or "sandbox:   off (" in done.stderr
-    assert (base / "README.md").is_file()
-    assert set(os.listdir("/")) == before

@@ -3,12 +3,12 @@
 Kernels forked from a template that imported ipykernel, IPython and the preload
 once are as fresh as spawned ones: an empty user namespace, their own pid,
 history, shell, working directory, ``sys.argv`` and random state. They keep
-every guarantee of the sandbox (``tests/test_sandbox.py`` runs its kernel tests
+every guarantee of the sandbox (``tests/integration/test_sandbox.py`` runs its kernel tests
 on forked and spawned kernels alike). When the template cannot start, dies or
 fails a kernel, kernels are spawned instead, with one log line; it is restarted
 when its kernelspec changes, and ends with the server, SIGKILL included.
 
-The rest of the suite runs on forked kernels (the default); ``tests/test_backend.py``
+The rest of the suite runs on forked kernels (the default); ``tests/integration/test_backend.py``
 is the subset that runs spawned.
 """
 

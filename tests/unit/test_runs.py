@@ -132,9 +132,11 @@ async def test_a_failure_is_kept_on_the_run(registry):
 
 
 async def test_finished_runs_are_dropped_after_their_retention_and_say_when(tmp_path):
-    registry = RunRegistry(retention=0.05, markers=tmp_path / ".runs")
+    now = [100.0]
+    registry = RunRegistry(retention=60, markers=tmp_path / ".runs", clock=lambda: now[0])
 
     async def work(hooks: RunHooks) -> int:
+        now[0] += 2.5
         return 1
 
     run = registry.start_run(
@@ -142,7 +144,11 @@ async def test_finished_runs_are_dropped_after_their_retention_and_say_when(tmp_
     )
     while not run.done:
         await run.changed(5)
-    await asyncio.sleep(0.1)  # past the retention, which is what is under test
+    assert run.elapsed_s == 2.5
+    now[0] += 59.0
+    registry.reap()
+    assert registry.get("alice", run.id) is run, "kept for its retention"
+    now[0] += 1.0
     registry.reap()
     with pytest.raises(RunGone) as gone:
         registry.get("alice", run.id)
