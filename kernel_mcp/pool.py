@@ -3,13 +3,13 @@
 A kernel taken from the pool is never returned to it: fresh means fresh. The
 pool refills in a background task that it owns and stops on ``close``.
 
-How it refills depends on what a start costs (``KernelBackend.cheap_starts``). A
-spawned kernel is half a second of CPU: one start at a time, begun 50 ms after a
-run so that the run's reply goes out first. A forked kernel is ready in tens of
-milliseconds, mostly in its own process: two starts at once, begun as soon as a
-run took a kernel, and a caller that finds the pool empty waits for a start
-already under way rather than beginning another, so back-to-back fresh runs
-keep finding a kernel.
+How it refills depends on what a start costs (``KernelBackend.cheap_starts``; the
+figures are in docs/benchmarks.md). A spawned kernel is costly in CPU: one start
+at a time, begun 50 ms after a run so that the run's reply goes out first. A
+forked kernel is cheap, and mostly its own process's work: two starts at once,
+begun as soon as a run took a kernel, and a caller that finds the pool empty
+waits for a start already under way rather than beginning another, so
+back-to-back fresh runs keep finding a kernel.
 
 Every kernel handed out, and every start, first passes memory admission
 (``kernel_mcp.admission``): while the machine's available memory would not

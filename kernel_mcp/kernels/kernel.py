@@ -55,7 +55,7 @@ READER_SLICE = 0.005
 # -- a started kernel's first answer ----------------------------------------------------
 # Waiting for a started kernel to answer, without a fixed delay. jupyter_client's
 # ``wait_for_ready`` ends by draining IOPub until it has been silent for 0.2 s, so every
-# kernel start paid 200 ms of nothing (docs/benchmarks.md). A kernel is ready when its
+# kernel start paid that silence for nothing (docs/benchmarks.md). A kernel is ready when its
 # shell answers ``kernel_info`` and its IOPub stream reaches us: ipykernel >= 6.29
 # greets each new subscriber with an ``iopub_welcome`` message, and any kernel publishes
 # ``status`` messages for the ``kernel_info`` request. Either proves the subscription is

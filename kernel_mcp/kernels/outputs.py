@@ -117,8 +117,8 @@ def error_from_reply(content: Mapping[str, Any]) -> NotebookNode:
 
 # -- outputs as nbformat stores them --------------------------------------------------
 # Built here, not with nbformat.v4.output_from_msg / new_output: those validate every
-# output against nbformat's JSON schema (about 60-75 µs each, on every message of a
-# run), and raise on a message a kernel got slightly wrong (a non-string text/plain
+# output against nbformat's JSON schema (on every message of a run: docs/benchmarks.md),
+# and raise on a message a kernel got slightly wrong (a non-string text/plain
 # published by hostile code), which would cost the run its reply. These builders make
 # the same shapes and coerce what nbformat would refuse; the tests validate the
 # notebooks that come out.

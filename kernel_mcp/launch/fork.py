@@ -209,7 +209,7 @@ class Fork:
         self._connect(self.process)
         if self.cgroup is not None:
             # While the kernel initializes: a move between cgroups waits for an RCU grace
-            # period (about 15 ms here). No user code runs before "go".
+            # period (docs/benchmarks.md). No user code runs before "go".
             await asyncio.to_thread(self.cgroup.add, self.process.kernel_pid)
         sockets.send(self.channel, {"op": "go"})
         self._ready(*await sockets.recv(self.channel))

@@ -12,9 +12,8 @@ capabilities inside its own user namespace (``--cap-add ALL``), and gives each
 child new mount, PID, IPC, UTS and (unless the network is shared) network
 namespaces, the private mounts, and no capability at all. So a forked kernel
 sees and may do what a spawned one may, and two kernels cannot see each
-other's files, processes or loopback. Measured here: a sandboxed kernel from
-the template is ready in about 40 ms, against about 600 ms spawned
-(docs/benchmarks.md).
+other's files, processes or loopback. A sandboxed kernel from the template is
+ready an order of magnitude sooner than a spawned one (docs/benchmarks.md).
 
 Channels. The template's stdout is /dev/null and its stderr a private file;
 the server and the template talk over a Unix SEQPACKET socket pair (fork
@@ -24,7 +23,7 @@ it, its namespace's init hands the server a pidfd (``hello``), the kernel hands
 its own (``kernel``) and initializes while the server moves it into its cgroup,
 waits for ``go``, runs kernel-mcp's set-up (``kernel.KERNEL_SETUP``: the
 output and input guards and the preload's names, which a spawned kernel gets
-as three or four cells costing about 30 ms of its CPU), and says ``ready``
+as three or four cells), and says ``ready``
 once its sockets are bound. Both close their end before any user code runs.
 (Memory the kernel touched while it initialized, before the move, stays charged
 to the server's cgroup: a few MB.)

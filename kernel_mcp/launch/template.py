@@ -41,11 +41,10 @@ Per kernel, with namespaces (the sandboxed case, the server root)::
           output and input guards, the preload's names: what a spawned kernel gets
           as cells), then ipykernel's start
 
-The two forks run side by side, and B's costs a tenth of C's: from the request
-to C's hello took 8.5 ms when B, forked from the template, forked C itself, and
-takes about 6 now. B is the namespace's init: killing it (the server holds its
-pidfd) ends every process in the namespace, daemons included; it exits when C
-does, and the template, C's parent, reports C's status on the control channel.
+The two forks run side by side (what that saves: docs/benchmarks.md). B is the
+namespace's init: killing it (the server holds its pidfd) ends every process in
+the namespace, daemons included; it exits when C does, and the template, C's
+parent, reports C's status on the control channel.
 
 Unprivileged (the server is not root), each kernel also gets a user namespace
 of its own, which must own its PID namespace, and the template cannot enter a
@@ -342,7 +341,7 @@ def _warm(config: dict) -> dict:
     import ipykernel.kernelapp
     import ipykernel.zmqshell
 
-    # What a kernel's initialize() still imports (measured: its pdb patch, the store
+    # What a kernel's initialize() still imports (its pdb patch, the store
     # magic extension, tornado's asyncio loop, faulthandler).
     for name in (
         "pdb",
@@ -765,8 +764,8 @@ def _kernel(request: wire.ForkRequest, sock: socket.socket) -> None:
     """C (or A, unnamespaced): become an ordinary ipykernel. Never returns.
 
     The server moves this process into the kernel's cgroup while it initializes
-    (moving a process between cgroups waits for an RCU grace period: about 15 ms
-    here, as long as the rest of a fork); no user code runs before "go".
+    (moving a process between cgroups waits for an RCU grace period, about as long
+    as the rest of a fork: docs/benchmarks.md); no user code runs before "go".
     """
     _name("kernel")
     if request.namespaces:
@@ -832,8 +831,7 @@ def _fork(
     Returns its pid and, when it is A (see the module's docstring), the pipe on
     which A hands over B's pid. With the ``maker`` (see main), the template asks
     it for B and forks the kernel, C, into B's PID namespace at the same time as
-    B makes the kernel's mounts: the two forks no longer run one after the other
-    (before, B forked C: 8.5 ms from the request to C's first message, now about 6).
+    B makes the kernel's mounts: the two forks run side by side.
 
     Raises:
         OSError: no kernel could be forked (the channel's end tells the server).

@@ -86,7 +86,7 @@ def notebook_for(
 def code_cell(source: str, execution: Execution, tool: str) -> NotebookNode:
     """A code cell holding what one execution produced."""
     # Not new_code_cell: it validates the cell against nbformat's schema on every
-    # run (about 0.14 ms, on the hot path); this is the same shape.
+    # run, on the hot path (docs/benchmarks.md); this is the same shape.
     cell = NotebookNode(
         id=random_cell_id(),
         cell_type="code",

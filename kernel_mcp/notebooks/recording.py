@@ -5,9 +5,9 @@
     <notebooks>/sessions/<name>.ipynb       the notebook JupyterLab opens (rebuilt)
     <notebooks>/sessions/.<name>.journal    JSON lines: a header, then one cell per run
 
-Why a journal: rewriting and fsyncing the whole notebook after every run made a
-session's calls slower as it grew (18.7 ms at run 10, 58.1 ms at run 1,000). A
-run's cell is now one ``write()`` of one line, the same at run 10,000 as at run 1.
+Why a journal: rewriting and fsyncing the whole notebook after every run makes a
+session's calls slower as it grows (docs/benchmarks.md). A run's cell is one
+``write()`` of one line, the same at run 10,000 as at run 1.
 
 Durability. The line is written before the run's reply is sent, so every run whose
 reply went out survives a crash of the server process (the page cache has it).

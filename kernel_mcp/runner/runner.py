@@ -178,8 +178,8 @@ class Runner:
     ) -> AsyncIterator[Kernel]:
         """A never-used kernel for one run, within the fresh-run cap; killed afterwards."""
         async with self._fresh:
-            # The replacement starts after the run: on 2 cores a kernel start (0.5 s
-            # of CPU) next to the run slowed it by ~15 ms (docs/benchmarks.md).
+            # The replacement starts after the run: on a small machine a kernel start
+            # next to the run slows the run down (docs/benchmarks.md).
             kernel = await self.pools.acquire(
                 owner=owner, refill_now=False, kernel_name=kernel_name
             )

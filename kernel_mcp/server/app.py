@@ -66,7 +66,7 @@ class KernelMCP(FastMCP):
 
     Why: fastmcp resolves the tool of every call by asking each provider
     concurrently (an anyio task per provider), and the tasks extension resolves it
-    again: about a tenth of the server's CPU per warm call (docs/benchmarks.md).
+    again: a share of the server's CPU on every warm call (docs/benchmarks.md).
     kernel-mcp's tools are fixed once the server is built, and none has a version,
     a transform or an ``auth`` check of its own (bearer tokens are checked by the
     transport, per request), so the first answer stays right. ``_get_tool`` is
@@ -156,7 +156,7 @@ async def answer_input_schema_lookups(mcp: FastMCP) -> None:
 
     On the 2026-07-28 streamable-HTTP path the MCP SDK validates Mcp-Param-*
     headers on every tools/call by running a whole tools/list unless the server
-    sets ``get_tool_input_schema`` (4-7 ms a call here, docs/benchmarks.md).
+    sets ``get_tool_input_schema`` (its cost per call: docs/benchmarks.md).
     The tools are fixed once built, so their schemas are read once.
     """
     schemas = {tool.name: tool.parameters for tool in await mcp.list_tools()}

@@ -1,4 +1,4 @@
-"""Specification of ``kernel_mcp.gateway``, against a real Jupyter Kernel Gateway.
+"""Specification of ``kernel_mcp.scale.gateway``, against a real Jupyter Kernel Gateway.
 
 A ``jupyter kernelgateway`` with an auth token runs on loopback for the whole
 module. The tests drive the Kernel layer on the gateway backend, attach to a
@@ -7,7 +7,7 @@ kernel from a second backend, run the whole product (a server subprocess with
 token, a gateway that is down, a gateway that restarts. At the end nothing may
 be left: no kernel on the gateway, no kernel process it started.
 
-Gateway settings the tests use (see the module docstring of kernel_mcp.gateway):
+Gateway settings the tests use (see the module docstring of kernel_mcp.scale.gateway.backend):
 ``KernelRestarter.time_to_dead=0.5`` so a dead kernel is noticed within half a
 second (the default poll is 3 s), ``ZMQChannelsWebsocketConnection.limit_rate=False``
 so a big output is not dropped by the gateway's IOPub rate limit, and
