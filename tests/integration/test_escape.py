@@ -279,15 +279,18 @@ async def test_a_fork_bomb_stops_at_the_task_limit_and_the_server_keeps_serving(
 ) -> None:
     # Every copy forks too: the kernel's fork fails at the task limit (BlockingIOError),
     # unless the copies, each formatting its own traceback, first fill the memory
-    # limit and the OOM killer picks the kernel (kernel_died). Either way the bomb ends
+    # limit and the OOM killer picks the kernel (kernel_died), or, on a loaded machine,
+    # the kernel gets too little of the CPU among its 512 copies to say so before the
+    # time limit, and is killed with all of them (timeout). Either way the bomb ends
     # with the kernel, and the server keeps serving.
     code = "import os\nwhile True:\n    os.fork()\n"
     report = structured(await call(client, "run_code", code=code, timeout=20))
-    assert report["status"] in ("error", "kernel_died"), report
+    assert report["status"] in ("error", "kernel_died", "timeout"), report
     if report["status"] == "error":
         assert report["error"]["ename"] == "BlockingIOError", report
-    else:
+    elif report["status"] == "kernel_died":
         assert any("memory limit" in note for note in report["notes"]), report
+    # A fresh run's kernel, and with it its PID namespace, ends with the run.
     await serving(client)
 
 

@@ -135,7 +135,10 @@ async def test_a_planted_pyc_never_changes_what_another_principal_runs(
         content="import helper\nprint('helper says', helper.VALUE)\n",
         overwrite=True,
     )
-    helper = folder_of(server, BOB) / "bproj" / "helper.py"
+    # Where Bob's run_python finds it: asked of Bob's own kernel, not assumed.
+    where = await run(bob, "import os\nprint(os.path.abspath('bproj/helper.py'))", "fresh")
+    helper = Path(where["stdout"].strip())
+    assert helper.is_file(), where
     # Alice tries to put compiled code where Bob's import would look for it.
     plant = (
         "import importlib.util, marshal, os\n"
