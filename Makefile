@@ -1,11 +1,11 @@
 # Two commands on a machine with only Python >= 3.11 and pip:
 #   make serve   set up .venv and start the server on http://127.0.0.1:8000 (/mcp and /sse)
-#   make test    set up .venv and run the whole test suite (lint included)
+#   make test    set up .venv and run the whole test suite: lint, the unit tier, the integration tier
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test unit integration lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,16 @@ serve: $(VENV)/.serve
 
 test: $(VENV)/.test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/integration
+
+# The unit tier alone: no kernel process, under a minute.
+unit: $(VENV)/.test
+	$(BIN)/python -m pytest tests/unit
+
+# The integration tier alone: real kernels, transports, the gateway, Redis.
+integration: $(VENV)/.test
+	$(BIN)/python -m pytest tests/integration
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
