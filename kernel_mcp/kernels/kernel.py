@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from kernel_mcp.errors import KernelError, KernelStartFailed
@@ -178,6 +179,7 @@ class Kernel:
         """kernel-mcp's input guard is installed (a Python kernel, once prepared)."""
         self._no_stdin = NO_STDIN_MESSAGE
         """What the guard says now when a run cannot ask (changed per run as needed)."""
+        self.packages_dir: Path | None = None  # read-only to it, at this path (local only)
 
     @property
     def language_info(self) -> dict[str, Any]:
@@ -342,13 +344,14 @@ class Kernel:
         output = guard_config(self.limits, local=self.process.backend == "local")
         return setup_cell(output, {"message": NO_STDIN_MESSAGE})
 
-    async def run_silently(self, code: str, *, timeout: float = 60.0) -> dict[str, Any]:
+    async def run_silently(self, code: str, *, timeout: float = 60, expressions: Any = None) -> Any:
         """Run set-up code that records nothing and shows nothing.
 
-        Returns the execute_reply content. Raises KernelError if it failed.
+        Returns the execute_reply content (``expressions``: user_expressions, their
+        values in it). Raises KernelError if it failed.
         """
         await self.settle()
-        msg_id = self.client.execute(code, silent=True, store_history=False, allow_stdin=False)
+        msg_id = self.client.execute(code, True, False, expressions or {}, allow_stdin=False)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()

@@ -41,6 +41,7 @@ from kernel_mcp.notebooks.recording import Recorder, describe_os_error
 from kernel_mcp.notebooks.store import RUNS, NotebookStore
 from kernel_mcp.pool import KernelPool, KernelPools
 from kernel_mcp.runner.files import ProjectFiles
+from kernel_mcp.runner.packages import SessionPackages
 from kernel_mcp.runner.questions import Asking
 from kernel_mcp.runner.recordings import SessionRecordings
 from kernel_mcp.runner.requests import (
@@ -112,14 +113,17 @@ class Runner:
         self.recordings = SessionRecordings(
             self.notebooks, self.recorder, kernels=self.kernels, workspaces=self.workspaces
         )
+        # Packages for sessions (install_packages): see runner/packages.py.
+        self.packages = SessionPackages(settings, local=backend.local, kernels=self.kernels)
         self.sessions = SessionRegistry(
             self.pools,
             store,
             max_sessions=settings.max_sessions,
             idle_timeout=settings.session_idle_timeout,
             on_create=self.recordings.created,
-            on_close=self.recordings.closed,
+            on_close=self._session_closed,
             on_forget=self.recordings.forgotten,
+            on_kernel=self.packages.kernel_replaced,
         )
         markers = settings.notebooks_dir / RUNS_MARKERS
         if replica is not None:
@@ -163,10 +167,17 @@ class Runner:
             return None
         return self.workspaces.folder(owner)
 
+    async def _session_closed(self, session: Session) -> None:
+        try:
+            await self.recordings.closed(session)
+        finally:
+            await self.packages.closed(session)
+
     async def close(self) -> None:
         """Stop every run, shut every kernel down, write every recording, wait for every task."""
         await self.runs.close()
         await self.sessions.close()
+        await self.packages.close()
         await self.pools.close()
         await self.tasks.close(grace=None)
         await self.recorder.close()

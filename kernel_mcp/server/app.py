@@ -20,6 +20,7 @@ from kernel_mcp.server.file_tools import register_file_tools
 from kernel_mcp.server.info_tools import register_info_tools
 from kernel_mcp.server.limits import ConcurrentRequests, ToolCallsPerMinute
 from kernel_mcp.server.notebook_tools import register_notebook_tools
+from kernel_mcp.server.package_tools import register_package_tools
 from kernel_mcp.server.render import ReplyLimits
 from kernel_mcp.server.resources import register_resources
 from kernel_mcp.server.run_tools import register_run_tools
@@ -135,6 +136,7 @@ def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> 
     register_session_tools(mcp, runner)
     register_notebook_tools(mcp, runner, limits, open_world=open_world, tasks=serve_tasks)
     register_info_tools(mcp, runner)
+    register_package_tools(mcp, runner)
     register_resources(mcp, runner)
     if serve_tasks:
         from fastmcp_tasks import TasksExtension

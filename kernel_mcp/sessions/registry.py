@@ -77,6 +77,8 @@ class SessionRegistry:
             (the recording is made there, and the record names it).
         on_close: runs when a session ends (closed or culled), before its kernel stops.
         on_forget: runs when this process drops a session another process removed.
+        on_kernel: runs when a session gets a new kernel (a restart, a dead one
+            replaced), before the session is used again.
         clock: epoch seconds, for when a session was used and culling (injectable).
     """
 
@@ -90,6 +92,7 @@ class SessionRegistry:
         on_create: Callable[[Session], Awaitable[None]] | None = None,
         on_close: Callable[[Session], Awaitable[None]] | None = None,
         on_forget: Callable[[Session], None] | None = None,
+        on_kernel: Callable[[Session], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
@@ -99,6 +102,7 @@ class SessionRegistry:
         self._on_create = on_create
         self._on_close = on_close
         self._on_forget = on_forget
+        self._on_kernel = on_kernel
         self.clock = clock
         self._sessions: dict[str, Session] = {}
         self._tasks = TaskOwner("sessions")
@@ -432,6 +436,8 @@ class SessionRegistry:
         )
         session.record.kernel_id = session.kernel.process.kernel_id
         session.lost_state = f"{lost}; the session's state was lost" if lost else None
+        if self._on_kernel is not None:
+            await self._on_kernel(session)
 
     async def _end(self, session: Session, *, now: bool = False) -> None:
         """The session is over: tell the owner (its recording), then stop its kernel."""
