@@ -351,7 +351,9 @@ class Kernel:
         values in it). Raises KernelError if it failed.
         """
         await self.settle()
-        msg_id = self.client.execute(code, True, False, expressions or {}, allow_stdin=False)
+        msg_id = self.client.execute(
+            code, silent=True, store_history=False, user_expressions=expressions, allow_stdin=False
+        )
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -103,14 +104,10 @@ def pip_cell(requirements: Sequence[str], text: str) -> NotebookNode:
         cell_type="code",
         metadata=NotebookNode(kernel_mcp={"tool": "install_packages"}),
         execution_count=None,
-        source="%pip install " + " ".join(_shell_word(r) for r in requirements),
+        # Quoted as a shell word: IPython's %pip hands the line to a shell.
+        source="%pip install " + " ".join(shlex.quote(r) for r in requirements),
         outputs=[NotebookNode(output_type="stream", name="stdout", text=text)],
     )
-
-
-def _shell_word(requirement: str) -> str:
-    safe = all(c.isalnum() or c in "._-=<>!~,[]" for c in requirement)
-    return requirement if safe else "'" + requirement.replace("'", "'\"'\"'") + "'"
 
 
 @dataclass(frozen=True)
