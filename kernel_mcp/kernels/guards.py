@@ -33,6 +33,12 @@ The input guard. When a run cannot ask anyone for input, ``input()`` says so in
 words the model can act on, instead of ipykernel's "this frontend does not
 support input requests". The class methods are patched: ipykernel rebinds
 ``builtins.input`` to the kernel's bound method on every execution.
+
+The pip guard. In a kernel whose only network interface is loopback (the
+sandbox's, network off), ``%pip install`` and ``!pip install`` would retry
+against a network that is not there for seconds, then fail while the cell still
+says ``ok``. There they fail at once, and the cell with them, saying what to do
+instead: the server's ``install_packages`` tool (:data:`PIP_MESSAGE`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import sys
 import uuid
 import warnings
@@ -47,7 +55,17 @@ from collections.abc import Callable
 from typing import Any
 
 from IPython import get_ipython
-from IPython.core.error import StdinNotImplementedError
+from IPython.core.error import StdinNotImplementedError, UsageError
+
+#: What ``%pip`` and ``!pip install`` say in a kernel without a network.
+PIP_MESSAGE = (
+    "pip cannot reach a package index from this kernel: kernel-mcp's sandbox gives it no "
+    "network. Ask the server instead: the install_packages tool (session_id, packages=[...]) "
+    "installs wheels into this session, and they import at once without a restart. A run "
+    "without a session_id has no packages: call create_session first."
+)
+#: A shell command that is pip installing something (``!pip install``, ``!python -m pip``).
+PIP_COMMAND = re.compile(r"^\s*(\S*/)?(pip3?(\.\d+)?|python3?(\.\d+)?\s+-m\s+pip)\s+install\b")
 
 
 def _kmcp_setup(config: dict[str, Any], user_ns: dict[str, Any]) -> dict[str, str]:
@@ -275,3 +293,32 @@ def _kmcp_input_guard(config: dict[str, Any]) -> None:
 
         guarded._kmcp = True  # type: ignore[attr-defined]
         setattr(cls, name, guarded)
+    _kmcp_pip_guard()
+
+
+def _offline() -> bool:
+    """Whether this kernel's only network interface is loopback (the sandbox's)."""
+    try:
+        return {name for _, name in socket.if_nameindex()} <= {"lo"}
+    except OSError:
+        return False
+
+
+def _kmcp_pip_guard() -> None:
+    """Offline, make ``%pip`` and ``!pip install`` fail at once with :data:`PIP_MESSAGE`."""
+    shell = get_ipython()
+    if shell is None or not _offline():
+        return
+
+    def pip(line: str = "") -> None:
+        raise UsageError(PIP_MESSAGE)
+
+    shell.register_magic_function(pip, "line", "pip")
+    system = shell.system
+
+    def guarded_system(cmd: str, *args: Any, **kwargs: Any) -> Any:
+        if PIP_COMMAND.match(str(cmd)):
+            raise UsageError(PIP_MESSAGE)
+        return system(cmd, *args, **kwargs)
+
+    shell.system = guarded_system

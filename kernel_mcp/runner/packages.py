@@ -67,6 +67,8 @@ __all__ = ["PackagesOutcome", "SessionPackages", "activation_code", "pip_cell"]
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+#: Copies of a session's tree tried when an install replaces it during the copy.
+PUBLISH_ATTEMPTS = 3
 #: What the kernel runs to see a published tree (``{path!r}`` is its ``current``).
 ACTIVATE = """\
 import importlib as _kmcp_i, site as _kmcp_s, sys as _kmcp_y
@@ -223,7 +225,7 @@ class SessionPackages:
                 return PackagesOutcome(result, notes=(NO_KERNEL,))
             try:
                 imported = await self.publish(held, kernel, probe=True)
-            except KernelError as exc:
+            except (KernelError, OSError) as exc:
                 log.info("session %s: packages not shown to its kernel: %s", session_id, exc)
                 return PackagesOutcome(result, notes=(NO_KERNEL,))
             outcome = PackagesOutcome(
@@ -241,11 +243,19 @@ class SessionPackages:
         target = kernel.packages_dir
         if folder is None or target is None:
             return []
-        async with folder.lock:
+        # Not under the folder's install lock: a restart must not wait for an install.
+        # An install that goes live meanwhile removes the tree being copied; the copy
+        # is then made again, of the new one (and the install publishes it anyway).
+        for attempt in range(PUBLISH_ATTEMPTS):
             live = folder.live()
             if live is None:
                 return []
-            await asyncio.to_thread(_publish, live, PackageFolder(target))
+            try:
+                await asyncio.to_thread(_publish, live, PackageFolder(target))
+                break
+            except (OSError, shutil.Error):
+                if attempt + 1 == PUBLISH_ATTEMPTS:
+                    raise
         expressions = {"modules": IMPORTED} if probe else None
         reply = await kernel.run_silently(
             activation_code(PackageFolder(target).path_entry), expressions=expressions

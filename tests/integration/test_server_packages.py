@@ -289,3 +289,20 @@ async def test_spawned_kernels_see_their_packages_too(tmp_path: Path, index: Ind
             other = await new_session(client)
             report = await run(client, other, "import kmcp_app")
             assert report["error"]["ename"] == "ModuleNotFoundError"
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["%pip install kmcp-dep==1.0", "!pip install kmcp-dep", "!python -m pip install -q kmcp-dep"],
+)
+async def test_pip_in_a_kernel_fails_at_once_and_names_install_packages(
+    alice: Any, index: IndexServer, line: str
+) -> None:
+    """In a session and in a fresh run: the kernel has no network, so pip explains what to do
+    instead, and the cell is an error (not an 'ok' after seconds of retries)."""
+    session = await new_session(alice)
+    for where in (session, None):
+        report = await run(alice, where, line)
+        assert report["status"] == "error", report
+        assert "install_packages" in report["error"]["evalue"], report
+    await call(alice, "close_session", session_id=session)
