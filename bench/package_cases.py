@@ -1,7 +1,8 @@
 """Case (p): installing packages for a session, with the installer itself (no server).
 
 Two installs, each into a fresh session folder and from a warm cache (one install
-first fills the cache, and is reported on its own):
+first fills the cache, and is reported on its own), and the small one again into a
+live session over a real server (``install_packages``, then the import in ``run_code``):
 
 * a small pure wheel with one dependency (``kmcp-app``, from ``tests/package_index.py``)
   from an index this case builds and serves on loopback;
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Bench, summary
+from bench.harness import Bench, Calls, client, mcp_url, summary, timed_call, with_errors
 from kernel_mcp.packages import (
     EnvironmentProbe,
     Installer,
@@ -73,6 +74,25 @@ async def _installs(
     }
 
 
+async def _live_installs(server: Any, n: int) -> dict[str, Any]:
+    """install_packages(["kmcp-app"]) into a live session over /mcp, each into a new
+    session, from a warm cache (the first install fills it); the import checked after."""
+    calls, imports = Calls(), Calls()
+    async with client(mcp_url(server)) as c:
+        for i in range(n + 1):
+            made = await timed_call(c, "create_session", {})
+            sid = made.structured_content["session_id"]
+            args = {"session_id": sid, "packages": ["kmcp-app"]}
+            await timed_call(c, "install_packages", args, calls if i else None)
+            code = {"session_id": sid, "code": "import kmcp_app; print(kmcp_app.VERSION)"}
+            await timed_call(c, "run_code", code, imports if i else None, expect="1.0")
+            await timed_call(c, "close_session", {"session_id": sid})
+    return {
+        "install": with_errors(summary(calls.seconds), calls),
+        "first_import": with_errors(summary(imports.seconds), imports),
+    }
+
+
 def case_p(bench: Bench) -> dict[str, Any]:
     """A small pure wheel, and pandas, into fresh session folders from a warm cache."""
     out: dict[str, Any] = {}
@@ -86,8 +106,20 @@ def case_p(bench: Bench) -> dict[str, Any]:
         small = asyncio.run(
             _installs(bench, settings, python, ["kmcp-app"], bench.n(30, 5), "small")
         )
+        live = bench.on_server(
+            "kernel-mcp-p",
+            "(p) install_packages into a live session over /mcp",
+            lambda server: _live_installs(server, bench.n(20, 3)),
+            pool_size=2,
+            extra={
+                "KERNEL_MCP_PACKAGE_INDEX": index.url,
+                "KERNEL_MCP_PACKAGES_CACHE_DIR": str(bench.folder("p-data-live")),
+            },
+        )
     out["p_small_wheel_warm"] = small.pop("warm")
     out["p_small_wheel_detail"] = small
+    out["p_live_session_install"] = live["install"]
+    out["p_live_session_first_import"] = live["first_import"]
 
     index_url = os.environ.get("KERNEL_MCP_PACKAGE_INDEX") or None
     where = display_index(index_url)

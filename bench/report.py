@@ -347,6 +347,8 @@ def sandbox_rows(r: dict[str, Any], row: Any, rows: list[Row], checks: list[Chec
                 )
             )
     row("(p) install a small pure wheel + dependency, warm cache", r.get("p_small_wheel_warm"))
+    row("(p) install_packages, same wheels, live session", r.get("p_live_session_install"))
+    row("(p) then run_code importing them", r.get("p_live_session_first_import"))
     pandas_install = r.get("p_pandas_warm")
     row("(p) install pandas (+3 dependencies), warm cache", pandas_install)
     if pandas_install:

@@ -306,3 +306,23 @@ async def test_pip_in_a_kernel_fails_at_once_and_names_install_packages(
         assert report["status"] == "error", report
         assert "install_packages" in report["error"]["evalue"], report
     await call(alice, "close_session", session_id=session)
+
+
+async def test_an_install_reports_its_progress(alice: Any) -> None:
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    session = await new_session(alice)
+    result = await alice.call_tool(
+        "install_packages",
+        {"session_id": session, "packages": ["kmcp-extras[fast]"]},
+        progress_handler=on_progress,
+    )
+    assert [p["name"] for p in result.structured_content["installed"]] == [
+        "kmcp-dep",
+        "kmcp-extras",
+    ]
+    assert any("Installed" in m or "Resolved" in m for m in messages), messages
+    await call(alice, "close_session", session_id=session)
