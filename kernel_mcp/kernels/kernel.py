@@ -344,11 +344,12 @@ class Kernel:
         output = guard_config(self.limits, local=self.process.backend == "local")
         return setup_cell(output, {"message": NO_STDIN_MESSAGE})
 
-    async def run_silently(self, code: str, *, timeout: float = 60, expressions: Any = None) -> Any:
+    async def run_silently(
+        self, code: str, *, timeout: float = 60.0, expressions: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Run set-up code that records nothing and shows nothing.
 
-        Returns the execute_reply content (``expressions``: user_expressions, their
-        values in it). Raises KernelError if it failed.
+        Returns the execute_reply content (with ``expressions``' values). Raises KernelError.
         """
         await self.settle()
         msg_id = self.client.execute(
