@@ -231,6 +231,10 @@ class InstallFailed(RequestError):
         self.status: InstallStatus = status
         self.detail = detail
 
+    def described(self) -> str:
+        """What a caller reads: the message, its status, and uv's words on a line below."""
+        return f"{self} (status: {self.status})" + (f"\n{self.detail}" if self.detail else "")
+
 
 class RunFailed(KernelMCPError):
     """A run the call waited on ended without an outcome: it could not run (the message

@@ -32,6 +32,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shlex
@@ -46,9 +47,11 @@ from nbformat import NotebookNode
 from nbformat.v4.nbbase import random_cell_id
 
 from kernel_mcp.config import Settings
-from kernel_mcp.errors import KernelError, PackagesDisabled
+from kernel_mcp.errors import InstallFailed, KernelError, KernelMCPError, PackagesDisabled
+from kernel_mcp.kernels.execution import StdinHandler
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.kernels.kernelspecs import KernelCatalog
+from kernel_mcp.kernels.setup import SERVER_REQUEST
 from kernel_mcp.packages import (
     EnvironmentProbe,
     Installer,
@@ -56,6 +59,7 @@ from kernel_mcp.packages import (
     InstallResult,
     PackageFolder,
     ProgressCallback,
+    parse_pip_install,
     parse_requirements,
 )
 from kernel_mcp.runner.recordings import SessionRecordings
@@ -125,7 +129,7 @@ class PackagesOutcome:
         """What the install did, in a few lines (the notebook cell's output)."""
         lines = [f"Installed {d}" for d in self.result.installed]
         lines += [f"Already there: {s}" for s in self.result.satisfied]
-        lines += list(self.result.notes)
+        lines += [*self.result.notes, *self.notes]
         if self.restart_needed:
             lines.append(
                 "Already imported before this install (restart_session to use the new "
@@ -239,10 +243,20 @@ class SessionPackages:
     async def publish(self, session: Session, kernel: Kernel, *, probe: bool = False) -> list[str]:
         """Show the session's live tree to ``kernel`` (nothing if it has none); returns
         the kernel's imported top-level modules when ``probe``."""
+        target = await self._copy_tree(session, kernel)
+        if target is None:
+            return []
+        expressions = {"modules": IMPORTED} if probe else None
+        reply = await kernel.run_silently(activation_code(target), expressions=expressions)
+        return _listed(reply, "modules") if probe else []
+
+    async def _copy_tree(self, session: Session, kernel: Kernel) -> Path | None:
+        """The session's live tree copied (hard links) into the kernel's folder; what
+        the kernel puts on ``sys.path`` for it (None: no tree, or no folder)."""
         folder = self._folders.get(session.id)
         target = kernel.packages_dir
         if folder is None or target is None:
-            return []
+            return None
         # Not under the folder's install lock: a restart must not wait for an install.
         # An install that goes live meanwhile removes the tree being copied; the copy
         # is then made again, of the new one (and the install publishes it anyway).
@@ -256,14 +270,58 @@ class SessionPackages:
             except (OSError, shutil.Error):
                 if attempt + 1 == PUBLISH_ATTEMPTS:
                     raise
-        expressions = {"modules": IMPORTED} if probe else None
-        reply = await kernel.run_silently(
-            activation_code(PackageFolder(target).path_entry), expressions=expressions
+        return PackageFolder(target).path_entry
+
+    # -- %pip install in a session's kernel -------------------------------------------
+    async def attach(self, session: Session) -> None:
+        """The session has a new kernel: it may ask for ``%pip install`` (its guard sends
+        the request over the stdin channel, :meth:`_answer`), and it sees the session's
+        packages. Run before the kernel's first call in the session."""
+        kernel = session.kernel
+        # Also with installs turned off: %pip then says so, rather than "no session".
+        if kernel is None or kernel.packages_dir is None or not self.local:
+            return
+        kernel.server_requests = self._answer_for(session, kernel)
+        try:
+            await kernel.run_silently("get_ipython().kernel._kmcp_packages = True")
+        except KernelError as exc:  # not a Python kernel, or not answering: no %pip
+            log.info("session %s: %%pip stays off in its kernel: %s", session.id, exc)
+
+    def _answer_for(self, session: Session, kernel: Kernel) -> StdinHandler:
+        async def answer(prompt: str, password: bool) -> str:
+            try:
+                request = json.loads(prompt[len(SERVER_REQUEST) :])
+                line, modules = str(request["line"]), [str(m) for m in request["modules"]]
+            except (ValueError, KeyError, TypeError):
+                return json.dumps({"error": "The kernel's %pip request was not understood"})
+            try:
+                return json.dumps(await self._pip(session, kernel, line, modules))
+            except KernelMCPError as exc:
+                failed = exc.described() if isinstance(exc, InstallFailed) else str(exc)
+                return json.dumps({"error": failed})
+
+        return answer
+
+    async def _pip(
+        self, session: Session, kernel: Kernel, line: str, modules: list[str]
+    ) -> dict[str, Any]:
+        """``%pip install`` from ``kernel``: install, copy the tree into its folder (it
+        activates the tree itself: it is busy running the cell)."""
+        self.check_enabled()
+        asked = parse_pip_install(line)
+        environment = await self.probe.environment(self._interpreter(session))
+        result = await self.installer.install(
+            list(asked.requirements), self.folder(session.id), environment, upgrade=asked.upgrade
         )
-        return _listed(reply, "modules") if probe else []
+        path = await self._copy_tree(session, kernel)
+        restart = tuple(str(d) for d in result.imported(modules))
+        notes = tuple(f"Ignored here: {option}" for option in asked.ignored)
+        text = PackagesOutcome(result, restart, notes).summary()
+        return {"path": str(path) if path is not None else None, "text": text}
 
     async def kernel_replaced(self, session: Session) -> None:
         """The registry's hook: the session has a new kernel, which gets its packages."""
+        await self.attach(session)
         if session.kernel is None or session.id not in self._folders:
             return
         try:

@@ -120,7 +120,7 @@ class Runner:
             store,
             max_sessions=settings.max_sessions,
             idle_timeout=settings.session_idle_timeout,
-            on_create=self.recordings.created,
+            on_create=self._session_created,
             on_close=self._session_closed,
             on_forget=self.recordings.forgotten,
             on_kernel=self.packages.kernel_replaced,
@@ -166,6 +166,10 @@ class Runner:
         if not self.backend.local:
             return None
         return self.workspaces.folder(owner)
+
+    async def _session_created(self, session: Session) -> None:
+        await self.recordings.created(session)
+        await self.packages.attach(session)  # %pip install in its kernel
 
     async def _session_closed(self, session: Session) -> None:
         try:

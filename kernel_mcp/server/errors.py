@@ -48,7 +48,7 @@ def message(exc: KernelMCPError, what: str) -> str:
     if isinstance(exc, RequestError):
         log.info("%s refused: %s", what, exc)
         if isinstance(exc, InstallFailed):  # its status, and uv's own words below
-            return f"{exc} (status: {exc.status})" + (f"\n{exc.detail}" if exc.detail else "")
+            return exc.described()
         return str(exc)
     log.warning("%s failed: %s", what, exc)
     if isinstance(exc, KernelError):

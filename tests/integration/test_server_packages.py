@@ -291,21 +291,65 @@ async def test_spawned_kernels_see_their_packages_too(tmp_path: Path, index: Ind
             assert report["error"]["ename"] == "ModuleNotFoundError"
 
 
-@pytest.mark.parametrize(
-    "line",
-    ["%pip install kmcp-dep==1.0", "!pip install kmcp-dep", "!python -m pip install -q kmcp-dep"],
-)
-async def test_pip_in_a_kernel_fails_at_once_and_names_install_packages(
-    alice: Any, index: IndexServer, line: str
+async def test_pip_install_in_a_session_is_done_by_the_server_and_imports_at_once(
+    alice: Any,
 ) -> None:
-    """In a session and in a fresh run: the kernel has no network, so pip explains what to do
-    instead, and the cell is an error (not an 'ok' after seconds of retries)."""
     session = await new_session(alice)
-    for where in (session, None):
-        report = await run(alice, where, line)
-        assert report["status"] == "error", report
-        assert "install_packages" in report["error"]["evalue"], report
+    report = await run(alice, session, "%pip install -q kmcp-app\n" + IMPORT_APP)
+    assert report["status"] == "ok", report
+    assert "Installed kmcp-app 1.0\nInstalled kmcp-dep 2.0\n" in report["stdout"]
+    assert "Ignored here: -q" in report["stdout"]
+    assert report["stdout"].endswith("1.0 2.0\n")
     await call(alice, "close_session", session_id=session)
+
+
+async def test_pip_install_name_version_in_another_session(alice: Any) -> None:
+    session = await new_session(alice)
+    installed = await run(alice, session, "%pip install kmcp-dep==1.0")
+    assert installed["stdout"] == "Installed kmcp-dep 1.0\n", installed
+    report = await run(alice, session, "import kmcp_dep; print(kmcp_dep.VERSION)")
+    assert report["stdout"] == "1.0\n"
+    await call(alice, "restart_session", session_id=session)
+    assert (await run(alice, session, "import kmcp_dep; print(kmcp_dep.VERSION)"))[
+        "stdout"
+    ] == "1.0\n"
+    await call(alice, "close_session", session_id=session)
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("%pip install kmcp-sdist-only", "needs_build"),
+        ("%pip install kmcp-no-such-project", "not_found"),
+        ("%pip install -e .", "rule: option"),
+        ("%pip install --index-url http://127.0.0.1:1/simple kmcp-dep", "rule: option"),
+        ("%pip uninstall kmcp-dep", "rule: pip_command"),
+        ("!pip install kmcp-dep", "install_packages"),
+        ("!python -m pip install -q kmcp-dep", "install_packages"),
+    ],
+)
+async def test_a_failed_pip_install_raises_in_the_cell(
+    alice: Any, built: tuple[Path, Path], line: str, said: str
+) -> None:
+    session = await new_session(alice)
+    report = await run(alice, session, line + "\nprint('not reached')")
+    assert report["status"] == "error", report
+    assert said in report["error"]["evalue"], report
+    assert "not reached" not in report["stdout"]
+    assert not built[1].exists()
+    await call(alice, "close_session", session_id=session)
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [("%pip install kmcp-dep", "create_session"), ("!pip install kmcp-dep", "install_packages")],
+)
+async def test_pip_in_a_fresh_run_fails_at_once_and_says_what_to_do(
+    alice: Any, line: str, said: str
+) -> None:
+    report = await run(alice, None, line)
+    assert report["status"] == "error", report
+    assert said in report["error"]["evalue"], report
 
 
 async def test_an_install_reports_its_progress(alice: Any) -> None:
@@ -326,3 +370,15 @@ async def test_an_install_reports_its_progress(alice: Any) -> None:
     ]
     assert any("Installed" in m or "Resolved" in m for m in messages), messages
     await call(alice, "close_session", session_id=session)
+
+
+async def test_installs_turned_off_are_refused_by_the_tool_and_by_pip(
+    tmp_path: Path, index: IndexServer
+) -> None:
+    with start(tmp_path, index, KERNEL_MCP_PACKAGES="false") as off:
+        async with client_for("mcp", off, auth=TOKEN_A.split(":", 1)[1]) as client:
+            session = await new_session(client)
+            result = await call(client, "install_packages", session_id=session, packages=["x"])
+            assert result.is_error and "KERNEL_MCP_PACKAGES=false" in text_of(result)
+            report = await run(client, session, "%pip install kmcp-dep")
+            assert "KERNEL_MCP_PACKAGES=false" in report["error"]["evalue"], report

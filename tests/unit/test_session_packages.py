@@ -3,6 +3,7 @@ published to a kernel's folder, what the kernel runs to see it, and the notebook
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from kernel_mcp.config import load_settings
 from kernel_mcp.errors import PackagesDisabled
 from kernel_mcp.kernels.kernelspecs import KernelCatalog
+from kernel_mcp.kernels.setup import KERNEL_SETUP, SERVER_REQUEST
 from kernel_mcp.packages import PackageFolder
 from kernel_mcp.runner.packages import SessionPackages, _publish, activation_code, pip_cell
 
@@ -91,3 +93,15 @@ def test_an_install_is_recorded_as_a_pip_install_cell() -> None:
     )
     assert cell.outputs[0].text == "done\n"
     assert cell.metadata["kernel_mcp"]["tool"] == "install_packages"
+
+
+def test_the_guards_and_the_server_mark_a_server_request_alike() -> None:
+    """The guards run in the kernel and import nothing of kernel_mcp: their copy of the
+    marker is the same literal."""
+    marker = [
+        ast.literal_eval(node.value)
+        for node in ast.parse(KERNEL_SETUP).body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "SERVER_REQUEST" for t in node.targets)
+    ]
+    assert marker == [SERVER_REQUEST]
