@@ -151,3 +151,25 @@ async def test_stdio_client_leaving_ends_every_kernel(tmp_path):
             pids = started | spawned(out["stdout"])
         assert pids
         assert wait_until(lambda: not alive(pids), timeout=15), alive(pids)
+
+
+async def test_a_killed_servers_folder_is_removed_by_the_next_server(tmp_path):
+    # SIGKILL leaves the server no chance to remove its private folder (its kernels die
+    # with it); the next server to start with the same temporary directory removes it.
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    with running_server(tmp_path / "first", KERNEL_MCP_POOL_SIZE="1", TMPDIR=str(scratch)) as first:
+        async with client_for("mcp", first) as client:
+            sid = structured(await call(client, "create_session"))["session_id"]
+            assert not (await call(client, "run_code", code="1", session_id=sid)).is_error
+        left = [p for p in scratch.iterdir() if p.name.startswith(f"kernel-mcp-{first.pid}-")]
+        assert len(left) == 1 and any(left[0].iterdir()), list(scratch.iterdir())
+        assert first.stop(signal.SIGKILL) is not None
+    assert left[0].exists()
+    with running_server(
+        tmp_path / "second", KERNEL_MCP_POOL_SIZE="1", TMPDIR=str(scratch)
+    ) as second:
+        async with client_for("mcp", second) as client:
+            assert not (await call(client, "run_code", code="1")).is_error
+        assert not left[0].exists()
+        assert [p.name.split("-")[2] for p in scratch.glob("kernel-mcp-*")] == [str(second.pid)]
