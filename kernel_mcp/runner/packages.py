@@ -11,11 +11,13 @@ kernel runs; the kernel can neither write there nor see any other kernel's.
 
 A session's packages are kept on the host in a folder of the session's own
 (:class:`~kernel_mcp.packages.PackageFolder`: staged installs, made live in one
-step), below this runner's private folder. After every install, and whenever the
-session gets a new kernel (``restart_session``, a dead kernel replaced), the live
-tree is *published* into the kernel's bound folder: a copy of hard links (no file
-data is copied), switched in with one symlink rename, so that the kernel sees the
-old tree or the new one, never half of one. The kernel then puts
+step), in a private folder of this server's (removed when it stops; if it is
+killed, by the next server, as the backend's own: ``backends/private_folder.py``).
+After every install, and whenever the session gets a new kernel (``restart_session``,
+a dead kernel replaced), the live tree is *published* into the kernel's bound
+folder: a copy of hard links (no file data is copied), switched in with one
+symlink rename, so that the kernel sees the old tree or the new one, never half
+of one. The kernel then puts
 ``<its folder>/current`` in front of ``sys.path`` (and runs the folder's ``.pth``
 files, as ``site`` does) and invalidates the import system's caches: the next
 ``import`` finds the new packages without a restart. Closing the session removes
@@ -37,7 +39,6 @@ import logging
 import os
 import shlex
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from typing import Any
 from nbformat import NotebookNode
 from nbformat.v4.nbbase import random_cell_id
 
+from kernel_mcp.backends.private_folder import make_private_folder
 from kernel_mcp.config import Settings
 from kernel_mcp.errors import InstallFailed, KernelError, KernelMCPError, PackagesDisabled
 from kernel_mcp.kernels.execution import StdinHandler
@@ -172,11 +174,13 @@ class SessionPackages:
             )
 
     def folder(self, session_id: str) -> PackageFolder:
-        """The session's own folder (made on first use, in this runner's private folder)."""
+        """The session's own folder (made on first use, in this server's private folder)."""
         folder = self._folders.get(session_id)
         if folder is None:
             if self._root is None:
-                self._root = Path(tempfile.mkdtemp(prefix="kernel-mcp-packages-"))
+                # Named as the backend's private folder is (this server's pid in it), so
+                # that the next server removes it if this one is killed.
+                self._root = make_private_folder()
             folder = self._folders[session_id] = PackageFolder(self._root / session_id)
         return folder
 

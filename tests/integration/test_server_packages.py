@@ -167,7 +167,7 @@ async def test_the_packages_are_kept_across_restart_and_removed_by_close(
 ) -> None:
     session = await new_session(alice)
     await call(alice, "install_packages", session_id=session, packages=["kmcp-app"])
-    folders = list(server.tmpdir.glob(f"kernel-mcp-packages-*/{session}"))
+    folders = list(server.tmpdir.glob(f"kernel-mcp-*/{session}"))
     assert len(folders) == 1 and folders[0].is_dir()
 
     await call(alice, "restart_session", session_id=session)
