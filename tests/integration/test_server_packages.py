@@ -382,3 +382,35 @@ async def test_installs_turned_off_are_refused_by_the_tool_and_by_pip(
             assert result.is_error and "KERNEL_MCP_PACKAGES=false" in text_of(result)
             report = await run(client, session, "%pip install kmcp-dep")
             assert "KERNEL_MCP_PACKAGES=false" in report["error"]["evalue"], report
+
+
+async def test_a_replaced_kernel_sees_the_session_packages(alice: Any) -> None:
+    """A kernel that died is replaced at the next call; the new one imports them too."""
+    session = await new_session(alice)
+    await call(alice, "install_packages", session_id=session, packages=["kmcp-app"])
+    died = await run(alice, session, "import os; os._exit(1)")
+    assert died["status"] == "kernel_died", died
+    after = await run(alice, session, IMPORT_APP)
+    assert after["status"] == "ok" and after["stdout"] == "1.0 2.0\n", after
+    await call(alice, "close_session", session_id=session)
+
+
+async def test_pip_install_in_a_notebook_run_in_a_session(alice: Any) -> None:
+    cells = [
+        {"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None}
+        for src in ("%pip install kmcp-dep==1.0", "import kmcp_dep\nprint(kmcp_dep.VERSION)")
+    ]
+    notebook = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    written = await call(
+        alice, "write_file", path="pip_cells.ipynb", content=json.dumps(notebook), overwrite=True
+    )
+    assert not written.is_error, text_of(written)
+    session = await new_session(alice)
+    report = structured(
+        await call(alice, "run_notebook", notebook_path="pip_cells.ipynb", session_id=session)
+    )
+    assert report["status"] == "ok", report
+    assert [c["status"] for c in report["cells"]] == ["ok", "ok"]  # the import too
+    after = await run(alice, session, "import kmcp_dep; print(kmcp_dep.VERSION)")
+    assert after["stdout"] == "1.0\n", after
+    await call(alice, "close_session", session_id=session)
