@@ -51,10 +51,15 @@ class Attacher:
             for record in await self._store.records():
                 if record.kernel_id != kernel_id:
                     continue
-                if record.owner == owner:
+                if record.owner == owner and record.attached:
                     raise InvalidArgument(
                         f"your session {record.name!r} ({record.id}) is attached to kernel "
                         f"{kernel_id} already"
+                    )
+                if record.owner == owner:
+                    raise InvalidArgument(
+                        f"kernel {kernel_id} is your session {record.name!r}'s own, which "
+                        f"kernel-mcp started: run code in that session ({record.id})"
                     )
                 raise InvalidArgument(f"kernel {kernel_id} is in use by another session")
             yield
