@@ -25,6 +25,9 @@ import websockets
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session as MessageFactory
 
+from kernel_mcp.config import load_settings
+from kernel_mcp.scale.gateway.backend import BorrowedProcess, GatewayBackend
+from kernel_mcp.scale.gateway.protocol import GatewayClient
 from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
 from tests.launchers import JupyterServer, ServerProcess, wait_until
 
@@ -313,6 +316,33 @@ async def test_the_persons_runs_never_reach_the_agents_replies_and_the_recording
     assert cells[2]["metadata"]["kernel_mcp"]["unrecorded"] == {"after": 2, "before": 4}
     assert "Someone else ran code in this kernel between cells [2] and [4]" in cells[2]["source"]
     assert "PERSON" not in json.dumps(nb)
+
+
+async def test_the_persons_output_is_dropped_on_arrival_on_the_agents_connection(
+    jupyter: JupyterServer, notebook: Notebook, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        projects_dir=tmp_path, gateway_url=jupyter.url, gateway_token=jupyter.token, pool_size=0
+    )
+    backend = GatewayBackend(settings)
+    try:
+        kernel = await backend.attach(notebook.kernel_id)
+        assert isinstance(kernel.process, BorrowedProcess)
+        assert isinstance(kernel.client, GatewayClient)
+        reply, out, _ = await notebook.run("for i in range(100):\n    print('PERSON', i)")
+        assert reply["status"] == "ok" and out.count("PERSON") == 100
+        # The kernel runs requests in order: by our reply, the person's messages have
+        # all reached our connection, and none was kept.
+        ours = await kernel.execute("print('AGENT')", timeout=30, grace=1)
+        assert ours.status == "ok" and ours.outputs[0]["text"] == "AGENT\n"
+        assert len(ours.outputs) == 1
+        assert kernel.client.foreign >= 3  # busy, execute_input, streams, idle
+        await kernel.shutdown(now=True)  # lets go only
+    finally:
+        await backend.close()
+    assert jupyter.has_kernel(notebook.kernel_id)
+    reply, _, _ = await notebook.run("1")
+    assert reply["status"] == "ok"
 
 
 # -- who may attach to what -------------------------------------------------------------------
