@@ -60,6 +60,10 @@ class KernelAttacher(Protocol):
             KernelStartFailed: the server is unreachable or the kernel did not answer.
         """
 
+    def busy(self, kernel: Kernel) -> bool:
+        """Whether an attached kernel runs a request right now (between our own runs:
+        someone else's)."""
+
 
 def kernel_environment(
     environ: Mapping[str, str],

@@ -94,6 +94,7 @@ class Runner:
     ) -> None:
         self.settings = settings
         self.backend = backend
+        self.attacher = attacher
         self.workspaces = Workspaces(
             settings.projects_dir,
             per_principal=settings.per_principal_projects,
@@ -124,7 +125,7 @@ class Runner:
             on_create=self.recordings.created,
             on_close=self.recordings.closed,
             on_forget=self.recordings.forgotten,
-            attach=attacher.attach if attacher is not None else None,
+            attacher=attacher,
         )
         markers = settings.notebooks_dir / RUNS_MARKERS
         if replica is not None:

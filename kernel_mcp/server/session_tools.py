@@ -21,6 +21,10 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         # not when the next call stumbles on it.
         if state == "idle" and kernel is not None and not await kernel.is_alive():
             state = "dead"
+        attacher = runner.attacher
+        if state == "idle" and session.record.attached and attacher and kernel:
+            # Someone else's cell runs in it: a call now would be refused.
+            state = "busy" if attacher.busy(kernel) else state
         rss = kernel.process.rss_bytes() if kernel is not None and state != "dead" else None
         return SessionView(
             session_id=session.id,

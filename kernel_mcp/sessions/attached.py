@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-from kernel_mcp.errors import InvalidArgument, KernelError
+from kernel_mcp.backends.base import KernelAttacher
+from kernel_mcp.errors import InvalidArgument, KernelBusy, KernelError
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.store import SessionStore
@@ -26,13 +27,14 @@ class Attacher:
     """Joins sessions to running kernels by id, one session per kernel.
 
     Args:
-        attach: the backend's join (a gateway's): the kernel, or InvalidArgument
+        backend: joins kernels by id (a gateway's): the kernel, or InvalidArgument
             (no such kernel, a bad id, one kernel-mcp started) or KernelError.
         store: the session records (which kernels sessions hold already).
     """
 
-    def __init__(self, attach: Callable[[str], Awaitable[Kernel]], store: SessionStore) -> None:
-        self._attach = attach
+    def __init__(self, backend: KernelAttacher, store: SessionStore) -> None:
+        self._backend = backend
+        self._attach = backend.attach
         self._store = store
         self._attaching: set[str] = set()
         """Kernel ids a create is attaching to right now."""
@@ -68,6 +70,22 @@ class Attacher:
 
     async def attach(self, kernel_id: str) -> Kernel:
         return await self._attach(kernel_id)
+
+    def refuse_busy(self, session: Session) -> None:
+        """Refuse to queue a call behind someone else's running cell: its time limit, or an
+        interrupt_session, would interrupt their cell, not ours.
+
+        Raises:
+            KernelBusy: the attached kernel runs someone else's code now.
+        """
+        kernel = session.kernel
+        if not session.record.attached or kernel is None or kernel.recovering:
+            return  # (recovering: our own cancelled run is still being stopped)
+        if self._backend.busy(kernel):
+            raise KernelBusy(
+                f"kernel {session.kernel_id} is running someone else's code right now (a "
+                "cell in JupyterLab?); this call did not run. Try again once it is idle."
+            )
 
     async def reattach(self, session: Session, lost: str) -> None:
         """An attached kernel is never replaced: connect to it again, if it still runs.

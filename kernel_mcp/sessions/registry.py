@@ -33,13 +33,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from typing import TypeVar
 
-from kernel_mcp.errors import (
-    ClaimLost,
-    InvalidArgument,
-    KernelError,
-    SessionGone,
-    SessionNotFound,
-)
+from kernel_mcp.backends.base import KernelAttacher
+from kernel_mcp.errors import ClaimLost, InvalidArgument, KernelError, SessionGone, SessionNotFound
 from kernel_mcp.files.names import validate_name
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.sessions.attached import Attacher, refuse_restart
@@ -79,8 +74,7 @@ class SessionRegistry:
             (the recording is made there, and the record names it).
         on_close: runs when a session ends (closed or culled), before its kernel stops.
         on_forget: runs when this process drops a session another process removed.
-        attach: joins a kernel someone else started, by its id (a gateway's); None:
-            sessions cannot attach.
+        attacher: joins kernels someone else started (a gateway's); None: no attaching.
         clock: epoch seconds, for when a session was used and culling (injectable).
     """
 
@@ -94,7 +88,7 @@ class SessionRegistry:
         on_create: Callable[[Session], Awaitable[None]] | None = None,
         on_close: Callable[[Session], Awaitable[None]] | None = None,
         on_forget: Callable[[Session], None] | None = None,
-        attach: Callable[[str], Awaitable[Kernel]] | None = None,
+        attacher: KernelAttacher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
@@ -104,7 +98,7 @@ class SessionRegistry:
         self._on_create = on_create
         self._on_close = on_close
         self._on_forget = on_forget
-        self._attacher = Attacher(attach, store) if attach is not None else None
+        self._attacher = Attacher(attacher, store) if attacher is not None else None
         self.clock = clock
         self._sessions: dict[str, Session] = {}
         self._tasks = TaskOwner("sessions")
@@ -314,6 +308,8 @@ class SessionRegistry:
                 if session.kernel is None or not await session.kernel.is_alive():
                     await self._replace_kernel(session, session.lost_state or "the kernel died")
                 assert session.kernel is not None
+                if self._attacher is not None:
+                    self._attacher.refuse_busy(session)
                 claim.check()  # a replacement may have taken a while
                 session.started = True
                 if session.pending_interrupt:

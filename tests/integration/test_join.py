@@ -76,23 +76,33 @@ class Notebook:
                 self._messages.setdefault(parent, []).append(msg)
                 self._changed.set()
 
-    async def send(self, code: str) -> str:
-        """Send an execute_request as JupyterLab does; returns its msg_id."""
-        msg = self._factory.msg(
-            "execute_request",
-            {
-                "code": code,
-                "silent": False,
-                "store_history": True,
-                "user_expressions": {},
-                "allow_stdin": False,
-                "stop_on_error": True,
-            },
-        )
-        msg["channel"] = "shell"
+    async def send(self, msg_type: str, content: dict[str, Any], *, channel: str = "shell") -> str:
+        """Send a request as JupyterLab does (a JSON frame, unsigned); returns its msg_id."""
+        msg = self._factory.msg(msg_type, content)
+        msg["channel"] = channel
         msg["buffers"] = []
         await self._ws.send(json.dumps(msg, default=json_default))
         return str(msg["header"]["msg_id"])
+
+    async def send_code(self, code: str) -> str:
+        """Send an execute_request for ``code``, as a notebook cell; returns its msg_id."""
+        content = {
+            "code": code,
+            "silent": False,
+            "store_history": True,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        return await self.send("execute_request", content)
+
+    async def heard(self, text: str) -> None:
+        """Wait until any client's request printed ``text`` (IOPub reaches every client)."""
+
+        async def printed() -> bool:
+            return any(text in stdout_of(ms) for ms in list(self._messages.values()))
+
+        assert await wait_for(printed, timeout=60), f"nobody printed {text!r}"
 
     async def wait(self, msg_id: str, until: Any, timeout: float = 60.0) -> list[dict[str, Any]]:
         """The request's messages once ``until(messages)`` holds."""
@@ -105,7 +115,7 @@ class Notebook:
 
     async def run(self, code: str) -> tuple[dict[str, Any], str, str | None]:
         """Run ``code``: (execute_reply content, stdout, the result's text/plain)."""
-        msg_id = await self.send(code)
+        msg_id = await self.send_code(code)
         messages = await self.wait(msg_id, done)
         return reply_of(messages), stdout_of(messages), result_of(messages)
 
@@ -230,6 +240,9 @@ async def test_the_agent_attaches_to_the_persons_kernel_sees_its_variables_and_d
         assert closed["action"] == "detached"
         assert notebook.kernel_id in closed["message"]
 
+    # The recording says what ran before the session attached.
+    cells = [c for c in recording(agent, "joined")["cells"] if c["cell_type"] == "markdown"]
+    assert [c["metadata"]["kernel_mcp"]["unrecorded"] for c in cells] == [{"after": 0, "before": 2}]
     # The person's kernel still runs, with everyone's state.
     assert jupyter.has_kernel(notebook.kernel_id)
     reply, _, result = await notebook.run("who, data, agent_note")
@@ -265,57 +278,87 @@ async def test_the_person_sees_the_agents_variables_in_the_agents_session_kernel
     )
 
 
+def waits_for(flag: Path) -> str:
+    return f"import os, time\nwhile not os.path.exists({str(flag)!r}):\n    time.sleep(0.02)\n"
+
+
 async def test_the_persons_runs_never_reach_the_agents_replies_and_the_recording_notes_them(
     agent: ServerProcess, notebook: Notebook, tmp_path: Path
 ) -> None:
     flag = tmp_path / "go"
-    async with client_for("mcp", agent) as client, client_for("mcp", agent) as watcher:
+    async with client_for("mcp", agent) as client:
         session = await attach(client, notebook.kernel_id, name="interleaved")
         session_id = session["session_id"]
-        # The person's cell runs, printing, while the agent's call waits behind it.
-        person_cell = await notebook.send(
-            "import os, time\nprint('PERSON-BEFORE', flush=True)\n"
-            f"while not os.path.exists({str(flag)!r}):\n    time.sleep(0.02)\n"
-            "print('PERSON-AFTER')\n'PERSON-RESULT'"
-        )
-        await notebook.wait(person_cell, lambda ms: "PERSON-BEFORE" in stdout_of(ms))
         agent_call = asyncio.ensure_future(
-            call(client, "run_code", code="print('AGENT-ONE')", session_id=session_id)
+            call(
+                client,
+                "run_code",
+                code=f"print('AGENT-ONE', flush=True)\n{waits_for(flag)}'agent-done'",
+                session_id=session_id,
+            )
         )
-
-        async def busy() -> bool:
-            listed = structured(await call(watcher, "list_sessions"))["sessions"]
-            return any(s["session_id"] == session_id and s["state"] == "busy" for s in listed)
-
-        assert await wait_for(busy)
+        # While the agent's cell runs, the person asks the kernel for its info on the
+        # control channel (its busy and idle statuses come in the middle of the agent's
+        # run) and queues a cell of their own behind the agent's.
+        await notebook.heard("AGENT-ONE")
+        info = await notebook.send("kernel_info_request", {}, channel="control")
+        await notebook.wait(info, lambda ms: any(m["channel"] == "control" for m in ms))
+        queued = await notebook.send_code("print('PERSON-QUEUED')\nqueued = 1")
         flag.touch()
         first = await agent_call
         assert not first.is_error, text_of(first)
         assert structured(first)["stdout"] == "AGENT-ONE\n"
+        assert structured(first)["result"] == "'agent-done'"
         assert "PERSON" not in text_of(first)
-        await notebook.wait(person_cell, done)
+        assert stdout_of(await notebook.wait(queued, done)) == "PERSON-QUEUED\n"
 
-        # The person runs a cell between the agent's calls; its output waits, unread,
-        # on the agent's connection and must not surface in the next reply.
+        # The person runs a cell between the agent's calls; its output reaches the agent's
+        # connection too, and must not surface in the next reply.
         reply, out, _ = await notebook.run("print('PERSON-BETWEEN')\nbetween = 1")
         assert reply["status"] == "ok" and out == "PERSON-BETWEEN\n"
-        second = await call(
-            client, "run_code", code="print('AGENT-TWO')\nbetween", session_id=session_id
-        )
-        assert structured(second)["stdout"] == "AGENT-TWO\n"
-        assert structured(second)["result"] == "1"
-        assert "PERSON" not in text_of(second)
+        second = await run_code(client, session_id, "print('AGENT-TWO')\nqueued + between")
+        assert second["stdout"] == "AGENT-TWO\n" and second["result"] == "2"
         await call(client, "close_session", session_id=session_id)
 
     nb = recording(agent, "interleaved")
     cells = [c for c in nb["cells"] if not c["metadata"].get("kernel_mcp", {}).get("setup")]
     kinds = [(c["cell_type"], c.get("execution_count")) for c in cells]
-    assert kinds == [("markdown", None), ("code", 2), ("markdown", None), ("code", 4)], kinds
-    assert cells[0]["metadata"]["kernel_mcp"]["unrecorded"] == {"after": 0, "before": 2}
-    assert "before this session attached" in cells[0]["source"]
-    assert cells[2]["metadata"]["kernel_mcp"]["unrecorded"] == {"after": 2, "before": 4}
-    assert "Someone else ran code in this kernel between cells [2] and [4]" in cells[2]["source"]
+    assert kinds == [("code", 1), ("markdown", None), ("code", 4)], kinds
+    assert cells[1]["metadata"]["kernel_mcp"]["unrecorded"] == {"after": 1, "before": 4}
+    assert "Someone else ran code in this kernel between cells [1] and [4]" in cells[1]["source"]
     assert "PERSON" not in json.dumps(nb)
+
+
+async def test_the_agent_never_queues_behind_the_persons_running_cell(
+    agent: ServerProcess, notebook: Notebook, tmp_path: Path
+) -> None:
+    flag = tmp_path / "go"
+    async with client_for("mcp", agent) as client:
+        session = await attach(client, notebook.kernel_id)
+        session_id = session["session_id"]
+        running = await notebook.send_code(f"{waits_for(flag)}long_done = True")
+
+        async def state() -> str:
+            listed = structured(await call(client, "list_sessions"))["sessions"]
+            return str(next(s["state"] for s in listed if s["session_id"] == session_id))
+
+        # list_sessions shows the person's running cell as busy, and a call is refused
+        # at once, not queued behind it (its time limit would interrupt their cell).
+        assert await wait_for(lambda: _is(state(), "busy"))
+        refused = await call(client, "run_code", code="print('AGENT')", session_id=session_id)
+        assert refused.is_error
+        assert "running someone else's code right now" in text_of(refused)
+        flag.touch()
+        reply = reply_of(await notebook.wait(running, done))
+        assert reply["status"] == "ok", reply  # their cell was not interrupted
+        assert await wait_for(lambda: _is(state(), "idle"))
+        after = await run_code(client, session_id, "long_done")
+        assert after["result"] == "True"
+        await call(client, "close_session", session_id=session_id)
+
+
+async def _is(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
 
 
 async def test_the_persons_output_is_dropped_on_arrival_on_the_agents_connection(

@@ -10,6 +10,7 @@ Jupyter server: ``tests/integration/test_join.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from kernel_mcp.config import Settings, load_settings
-from kernel_mcp.errors import InvalidArgument, KernelError
+from kernel_mcp.errors import InvalidArgument, KernelBusy, KernelError
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.kernels.outputs import OutputLimits
 from kernel_mcp.notebooks.model import gap_cell
@@ -74,6 +75,11 @@ class People:
         handle = BorrowedFake(fake, kernel_id)
         self.handles.append(handle)
         return Kernel(handle, fake, limits=OutputLimits(), kernel_info=dict(KERNEL_INFO))
+
+    def busy(self, kernel: Kernel) -> bool:
+        """A person's cell runs in it (a fake's ``_running`` task: any request's)."""
+        fake = kernel.client
+        return isinstance(fake, FakeKernel) and fake._running is not None
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
@@ -163,6 +169,24 @@ async def test_a_lost_connection_is_opened_again_never_replaced_by_a_new_kernel(
     with pytest.raises(KernelError, match="never starts another kernel"):
         await runner.run_code("x", owner=None, session_id=session.id)
     assert runner.backend.asked == 0
+
+
+async def test_a_call_is_refused_not_queued_while_someone_elses_cell_runs(
+    runner: Runner, people: People
+) -> None:
+    release, began = asyncio.Event(), asyncio.Event()
+    theirs = fakes.waits_for(release, started=began)
+    kernel_id, fake = people.start(fakes.scripted({"long_cell()": theirs}))
+    session = await runner.create_session(owner=None, kernel_id=kernel_id)
+    fake.execute("long_cell()")  # the person's cell, from JupyterLab
+    await asyncio.wait_for(began.wait(), timeout=10)
+    with pytest.raises(KernelBusy, match="running someone else's code right now"):
+        await runner.run_code("agent()", owner=None, session_id=session.id)
+    assert "agent()" not in fake.codes and fake.process.interrupts == 0
+    release.set()
+    await asyncio.wait(set(fake._tasks), timeout=10)  # the person's cell ends
+    assert fake._running is None
+    assert result_of(await runner.run_code("1 + 1", owner=None, session_id=session.id)) == "2"
 
 
 # -- who may attach to what -------------------------------------------------------------------

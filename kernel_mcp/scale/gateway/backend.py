@@ -361,7 +361,18 @@ class GatewayBackend:
                 f"the Jupyter server at {self.url} has no kernel {canonical} "
                 "(GET /api/kernels lists the running ones)"
             )
-        return await self._attach(canonical, ready_on="control", process=BorrowedProcess)
+        kernel = await self._attach(canonical, ready_on="control", process=BorrowedProcess)
+        with contextlib.suppress(ValueError, AttributeError):
+            # Until the connection hears a status: the server's, as of the lookup.
+            if isinstance(kernel.client, GatewayClient) and not kernel.client.execution_state:
+                kernel.client.execution_state = response.json().get("execution_state")
+        return kernel
+
+    def busy(self, kernel: Kernel) -> bool:
+        """Whether a kernel runs a request right now (anyone's), as its last IOPub status
+        said; called between our own runs, it means someone else's."""
+        client = kernel.client
+        return isinstance(client, GatewayClient) and client.execution_state == "busy"
 
     async def disconnect(self, kernel: Kernel) -> None:
         """Close this process's connection to a kernel; the kernel keeps running."""

@@ -200,6 +200,9 @@ class GatewayClient:
         self._probe: str | None = None
         self._probe_timer: asyncio.TimerHandle | None = None
         self._dropped: dict[str, int] = {}
+        self.execution_state: str | None = None
+        """The kernel's state as the last IOPub status said, whoever's request it was
+        about (None: none seen yet)."""
         self._own: OrderedDict[str, None] = OrderedDict()
         """Our execute and kernel_info requests, newest last."""
         self.foreign = 0
@@ -401,7 +404,7 @@ class GatewayClient:
         msg_type = msg["header"].get("msg_type")
         parent = msg["parent_header"].get("msg_id")
         if channel == "iopub" and msg_type == "status":
-            state = msg["content"].get("execution_state")
+            state = self.execution_state = msg["content"].get("execution_state")
             if state == "dead":
                 self._saw_death("the gateway reported the kernel dead")
             elif state == "restarting":
