@@ -108,13 +108,17 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         """Interrupt the call running in a session, like Ctrl-C in a notebook.
 
         The running call replies with status "interrupted"; the session's variables are
-        kept. action is "interrupted" if a call was running, else "idle".
+        kept. action is "interrupted" if a call was running, else "idle" (an attached
+        session's kernel is then left alone: the cell running may be the user's).
         """
         running = await runner.sessions.interrupt(owner(), session_id)
+        idle = "Nothing was running; interrupt sent."
+        if not running and (await runner.sessions.find(owner(), session_id)).record.attached:
+            idle = "Nothing of yours was running; the attached kernel was not interrupted."
         return SessionAction(
             session_id=session_id,
             action="interrupted" if running else "idle",
-            message="Interrupt sent." if running else "Nothing was running; interrupt sent.",
+            message="Interrupt sent." if running else idle,
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))

@@ -331,7 +331,8 @@ class SessionRegistry:
         """Interrupt the running call, if any, wherever it runs. Returns whether one was."""
         session = await self.find(owner, session_id)
         busy = session.busy or session_id in await self.store.busy([session_id])
-        await self._interrupt_anywhere(session)
+        if busy or not session.record.attached:  # idle, an attached kernel runs others' cells
+            await self._interrupt_anywhere(session)
         return busy
 
     async def restart(self, owner: str | None, session_id: str) -> Session:

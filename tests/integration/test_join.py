@@ -348,6 +348,8 @@ async def test_the_agent_never_queues_behind_the_persons_running_cell(
         refused = await call(client, "run_code", code="print('AGENT')", session_id=session_id)
         assert refused.is_error
         assert "running someone else's code right now" in text_of(refused)
+        idle = structured(await call(client, "interrupt_session", session_id=session_id))
+        assert idle["action"] == "idle" and "not interrupted" in idle["message"]
         flag.touch()
         reply = reply_of(await notebook.wait(running, done))
         assert reply["status"] == "ok", reply  # their cell was not interrupted

@@ -182,7 +182,10 @@ async def test_a_call_is_refused_not_queued_while_someone_elses_cell_runs(
     await asyncio.wait_for(began.wait(), timeout=10)
     with pytest.raises(KernelBusy, match="running someone else's code right now"):
         await runner.run_code("agent()", owner=None, session_id=session.id)
-    assert "agent()" not in fake.codes and fake.process.interrupts == 0
+    assert "agent()" not in fake.codes
+    # Nothing of the agent's runs: interrupt_session leaves the person's cell alone.
+    assert await runner.sessions.interrupt(None, session.id) is False
+    assert people.handles[0].interrupts == 0 and fake._running is not None
     release.set()
     await asyncio.wait(set(fake._tasks), timeout=10)  # the person's cell ends
     assert fake._running is None
