@@ -217,8 +217,6 @@ class BorrowedProcess(GatewayProcess):
     session attached to: kernel-mcp never stops it. ``kill`` and ``shutdown`` only close
     this process's connection; the kernel, its state and its other clients carry on."""
 
-    borrowed = True
-
     async def kill(self) -> None:
         """Let go of the kernel (it keeps running)."""
         await self._let_go()
