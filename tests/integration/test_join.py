@@ -350,6 +350,12 @@ async def test_the_agent_never_queues_behind_the_persons_running_cell(
         assert "running someone else's code right now" in text_of(refused)
         idle = structured(await call(client, "interrupt_session", session_id=session_id))
         assert idle["action"] == "idle" and "not interrupted" in idle["message"]
+        # Attached while their cell runs: the same (the server said busy at the attach).
+        await call(client, "close_session", session_id=session_id)
+        session_id = (await attach(client, notebook.kernel_id))["session_id"]
+        assert await wait_for(lambda: _is(state(), "busy"))
+        again = await call(client, "run_code", code="print('AGENT')", session_id=session_id)
+        assert again.is_error and "running someone else's code" in text_of(again)
         flag.touch()
         reply = reply_of(await notebook.wait(running, done))
         assert reply["status"] == "ok", reply  # their cell was not interrupted

@@ -201,8 +201,9 @@ class GatewayClient:
         self._probe_timer: asyncio.TimerHandle | None = None
         self._dropped: dict[str, int] = {}
         self.execution_state: str | None = None
-        """The kernel's state as the last IOPub status said, whoever's request it was
-        about (None: none seen yet)."""
+        """The kernel's state as the last IOPub status of an execute request said, whoever's
+        it was (None: none heard yet). Statuses of control requests (our kernel_info) are
+        left out: the kernel answers those while a cell runs."""
         self._own: OrderedDict[str, None] = OrderedDict()
         """Our execute and kernel_info requests, newest last."""
         self.foreign = 0
@@ -404,7 +405,9 @@ class GatewayClient:
         msg_type = msg["header"].get("msg_type")
         parent = msg["parent_header"].get("msg_id")
         if channel == "iopub" and msg_type == "status":
-            state = self.execution_state = msg["content"].get("execution_state")
+            state = msg["content"].get("execution_state")
+            if msg["parent_header"].get("msg_type") == "execute_request":
+                self.execution_state = state
             if state == "dead":
                 self._saw_death("the gateway reported the kernel dead")
             elif state == "restarting":
