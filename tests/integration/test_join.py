@@ -6,8 +6,9 @@ The person is this test, as JupyterLab is: it starts kernels over the server's R
 API and runs code over its kernel WebSocket (JSON frames, no signature). The agent is
 an MCP client of a kernel-mcp server subprocess.
 
-At the end nothing kernel-mcp started may be left on the Jupyter server, and every
-kernel the person started must still be there (kernel-mcp never stops one).
+Every test checks that the person's kernel outlived what the agent did (kernel-mcp
+never stops one); at the end, once the person shut theirs down, nothing kernel-mcp
+started may be left on the Jupyter server.
 """
 
 from __future__ import annotations
