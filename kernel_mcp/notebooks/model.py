@@ -127,9 +127,8 @@ def gap_cell(after: int, before: int) -> NotebookNode:
     else:
         text = (
             f"*Someone else ran code in this kernel between cells [{after}] and [{before}] "
-            f"({missed} execution(s), e.g. from JupyterLab, or a call cancelled before its "
-            "reply); it is not recorded here, but what it defined or changed is visible to "
-            "the cells below.*"
+            f"({missed} execution(s), e.g. from JupyterLab); it is not recorded here, but what "
+            "it defined or changed is visible to the cells below.*"
         )
     return NotebookNode(
         id=random_cell_id(),

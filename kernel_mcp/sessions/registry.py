@@ -213,11 +213,7 @@ class SessionRegistry:
             return await self._create(owner, name, None, kernel_id)
 
     async def _create(
-        self,
-        owner: str | None,
-        name: str | None,
-        kernel_name: str | None,
-        kernel_id: str | None,
+        self, owner: str | None, name: str | None, kernel_name: str | None, kernel_id: str | None
     ) -> Session:
         session_id = secrets.token_urlsafe(16)
         now = self.clock()
@@ -296,10 +292,13 @@ class SessionRegistry:
             record = session.record
             recorded_kernel = record.kernel_id
             await self.store.attach(session, current=True)
-            if record.busy and session.kernel is not None:
-                # Its last holder lost the session mid-call (its claim ended): stop that run.
+            if record.busy:
+                # Its last holder lost the session mid-call (its claim ended): stop that run,
+                # which counted in the kernel unrecorded (so no gap note for it).
+                record.execution_count = None
                 log.warning("session %s: a call was cut off by a lost replica", session_id)
-                await session.kernel.interrupt()
+                if session.kernel is not None:
+                    await session.kernel.interrupt()
             session.busy, session.claim = True, claim
             session.started = session.pending_interrupt = False
             late: asyncio.Task[None] | None = None
@@ -316,6 +315,9 @@ class SessionRegistry:
                     late = asyncio.ensure_future(self._interrupt_soon(session.kernel))
                 try:
                     result = await work(session, session.kernel)
+                except BaseException:
+                    session.record.execution_count = None  # it may have run, unrecorded
+                    raise
                 finally:
                     await stop_task(late)
                 session.record.runs += 1

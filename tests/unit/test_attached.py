@@ -297,6 +297,26 @@ async def test_the_recording_notes_what_ran_before_the_attach_and_in_between(
     assert "between cells [4] and [7] (2 execution(s)" in cells[2]["source"]
 
 
+async def test_a_call_of_the_agents_cut_off_before_its_reply_leaves_no_gap_note(
+    runner: Runner, people: People
+) -> None:
+    release, began = asyncio.Event(), asyncio.Event()
+    kernel_id, _ = people.start(fakes.scripted({"slow()": fakes.waits_for(release, started=began)}))
+    session = await runner.create_session(owner=None, name="cut", kernel_id=kernel_id)
+    await runner.run_code("a = 1", owner=None, session_id=session.id)
+    slow = asyncio.ensure_future(runner.run_code("slow()", owner=None, session_id=session.id))
+    await asyncio.wait_for(began.wait(), timeout=10)
+    slow.cancel()  # the client went away: the run counted in the kernel, unrecorded
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    await runner.run_code("b = 2", owner=None, session_id=session.id)
+    text = await runner.read_notebook(None, "sessions/cut")
+    cells = [c for c in json.loads(text)["cells"] if "setup" not in c["metadata"]["kernel_mcp"]]
+    # The note of what ran before the attach, then the two runs: no note between them.
+    assert [c["cell_type"] for c in cells] == ["markdown", "code", "code"]
+    assert [c.get("execution_count") for c in cells] == [None, 4, 6]
+
+
 def test_a_session_of_its_own_notes_only_gaps_after_its_first_cell() -> None:
     session = Session(SessionRecord(id="s", name="s", owner=None))
 
