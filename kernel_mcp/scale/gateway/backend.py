@@ -232,7 +232,7 @@ class BorrowedProcess(GatewayProcess):
     def exit_description(self) -> str:
         if self.client.death or self._reported_dead or self._gone:
             return super().exit_description()
-        return "kernel-mcp let go of the kernel; it runs on on the Jupyter server"
+        return "kernel-mcp let go of the kernel; it keeps running on the Jupyter server"
 
 
 class GatewayBackend:
