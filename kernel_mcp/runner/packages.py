@@ -14,10 +14,10 @@ A session's packages are kept on the host in a folder of the session's own
 step), in a private folder of this server's (removed when it stops; if it is
 killed, by the next server, as the backend's own: ``backends/private_folder.py``).
 After every install, and whenever the session gets a new kernel (``restart_session``,
-a dead kernel replaced), the live tree is *published* into the kernel's bound
-folder: a copy of hard links (no file data is copied), switched in with one
-symlink rename, so that the kernel sees the old tree or the new one, never half
-of one. The kernel then puts
+a dead kernel replaced: at its next call, before the call's code), the live tree
+is *published* into the kernel's bound folder: a copy of hard links (no file data
+is copied), switched in with one symlink rename, so that the kernel sees the old
+tree or the new one, never half of one. The kernel then puts
 ``<its folder>/current`` in front of ``sys.path`` (and runs the folder's ``.pth``
 files, as ``site`` does) and invalidates the import system's caches: the next
 ``import`` finds the new packages without a restart. Closing the session removes
@@ -26,7 +26,10 @@ its folder; a kernel's bound folder goes with the kernel's connection folder.
 Why not one shared, read-only packages root with a folder per session in it: every
 kernel would then see every session's packages. Why not move the session's tree
 into each new kernel's folder: the old kernel's folder is removed when it stops,
-and a restart stops it before the new kernel is handed out.
+and a restart stops it before the new kernel is handed out. Why at the next call
+and not in the session registry's restart: the registry stays packages-free, and
+one place (:meth:`SessionPackages.ready`) covers the first kernel, a restart and a
+replaced dead kernel alike.
 """
 
 from __future__ import annotations
@@ -232,6 +235,7 @@ class SessionPackages:
             if kernel is None:
                 return PackagesOutcome(result, notes=(NO_KERNEL,))
             try:
+                await self.ready(held, kernel)
                 imported = await self.publish(held, kernel, probe=True)
             except (KernelError, OSError) as exc:
                 log.info("session %s: packages not shown to its kernel: %s", session_id, exc)
@@ -277,19 +281,22 @@ class SessionPackages:
         return PackageFolder(target).path_entry
 
     # -- %pip install in a session's kernel -------------------------------------------
-    async def attach(self, session: Session) -> None:
-        """The session has a new kernel: it may ask for ``%pip install`` (its guard sends
-        the request over the stdin channel, :meth:`_answer`), and it sees the session's
-        packages. Run before the kernel's first call in the session."""
-        kernel = session.kernel
-        # Also with installs turned off: %pip then says so, rather than "no session".
-        if kernel is None or kernel.packages_dir is None or not self.local:
+    async def ready(self, session: Session, kernel: Kernel) -> None:
+        """Before a call in the session: a kernel new to it (the first, or one after a
+        restart or a death) gets the session's packages, and may ask for ``%pip
+        install`` (its guard sends the request over the stdin channel, :meth:`_answer_for`).
+        Once per kernel; local kernels only."""
+        if kernel.server_requests is not None or kernel.packages_dir is None or not self.local:
             return
+        # Set first: a kernel that cannot take the set-up (not Python) is not asked again.
         kernel.server_requests = self._answer_for(session, kernel)
         try:
+            # Also with installs turned off: %pip then says so, rather than "no session".
             await kernel.run_silently("get_ipython().kernel._kmcp_packages = True")
-        except KernelError as exc:  # not a Python kernel, or not answering: no %pip
-            log.info("session %s: %%pip stays off in its kernel: %s", session.id, exc)
+            if session.id in self._folders:
+                await self.publish(session, kernel)
+        except (KernelError, OSError) as exc:
+            log.info("session %s: no packages or %%pip in its kernel: %s", session.id, exc)
 
     def _answer_for(self, session: Session, kernel: Kernel) -> StdinHandler:
         async def answer(prompt: str, password: bool) -> str:
@@ -322,18 +329,6 @@ class SessionPackages:
         notes = tuple(f"Ignored here: {option}" for option in asked.ignored)
         text = PackagesOutcome(result, restart, notes).summary()
         return {"path": str(path) if path is not None else None, "text": text}
-
-    async def kernel_replaced(self, session: Session) -> None:
-        """The registry's hook: the session has a new kernel, which gets its packages."""
-        await self.attach(session)
-        if session.kernel is None or session.id not in self._folders:
-            return
-        try:
-            await self.publish(session, session.kernel)
-        except (KernelError, OSError) as exc:
-            log.warning(
-                "session %s: its packages were not shown to its new kernel: %s", session.id, exc
-            )
 
     async def closed(self, session: Session) -> None:
         """The session ended: its folder goes (an install still running then fails)."""
