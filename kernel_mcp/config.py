@@ -288,24 +288,15 @@ class Settings(BaseSettings):
         3600.0, description="Seconds a session may sit unused before its kernel is culled."
     )
 
-    # --- packages for sessions (install_packages; kernel_mcp/packages) ---------
-    packages: bool = Field(
-        True,
-        description="Let callers install packages (wheels only) into their sessions; "
-        "false turns install_packages off.",
-    )
+    # --- packages for sessions (install_packages, kernel_mcp/packages) -------
+    packages: bool = Field(True, description="Let callers install wheels into their sessions.")
     package_index: str | None = Field(
-        None,
-        description="PEP 503 simple index URL the server installs from; unset: the public index.",
+        None, description="PEP 503 simple index to install from; unset: the public index."
     )
     packages_timeout: Seconds = Field(300.0, description="Time limit of one install, seconds.")
-    packages_max_mb: Positive = Field(
-        2048, description="Cap on one session's installed packages, MiB."
-    )
+    packages_max_mb: Positive = Field(2048, description="Cap on a session's packages, MiB.")
     packages_cache_dir: Path | None = Field(
-        None,
-        description="uv's wheel cache, shared by every session; unset: "
-        "$XDG_CACHE_HOME/kernel-mcp/uv (~/.cache/kernel-mcp/uv).",
+        None, description="uv's cache, shared by all sessions; unset: ~/.cache/kernel-mcp/uv."
     )
 
     # --- reply caps (the notebook keeps more) ------------------------------
@@ -391,7 +382,7 @@ class Settings(BaseSettings):
             raise ValueError(f"folder {value} does not exist")
         return resolved
 
-    @field_validator("gateway_url")
+    @field_validator("gateway_url", "package_index")
     @classmethod
     def _gateway_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -399,15 +390,6 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
-
-    @field_validator("package_index")
-    @classmethod
-    def _package_index(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if not value.strip().startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL (a PEP 503 simple index)")
-        return value.strip()
 
     @field_validator("state_url")
     @classmethod

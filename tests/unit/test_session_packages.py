@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kernel_mcp.config import load_settings
-from kernel_mcp.errors import PackagesDisabled
+from kernel_mcp.errors import ConfigError, PackagesDisabled
 from kernel_mcp.kernels.kernelspecs import KernelCatalog
 from kernel_mcp.kernels.setup import KERNEL_SETUP, SERVER_REQUEST
 from kernel_mcp.packages import PackageFolder
@@ -105,3 +105,10 @@ def test_the_guards_and_the_server_mark_a_server_request_alike() -> None:
         and any(isinstance(t, ast.Name) and t.id == "SERVER_REQUEST" for t in node.targets)
     ]
     assert marker == [SERVER_REQUEST]
+
+
+def test_the_package_index_must_be_an_http_url(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KERNEL_MCP_PACKAGE_INDEX"):
+        load_settings(projects_dir=tmp_path, package_index="file:///srv/wheels")
+    given = load_settings(projects_dir=tmp_path, package_index="http://127.0.0.1:8/simple/")
+    assert given.package_index == "http://127.0.0.1:8/simple"
