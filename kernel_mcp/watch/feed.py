@@ -197,13 +197,16 @@ class SessionFeed:
         self._changed = asyncio.Event()
 
     def _set_state(self, state: State) -> None:
-        if state != self.state:
+        if state != self.state and self.state != "closed":
             self._publish("status", state=state)
             self.state = state
 
     def cell_started(self, source: str, *, tool: str, label: str | None = None) -> int:
         """A cell begins to run; returns its number. A cell still running is ended first
-        (its end was never published: it shows as ``incomplete``)."""
+        (its end was never published: it shows as ``incomplete``). A closed feed
+        publishes nothing more."""
+        if self.state == "closed":
+            return 0
         if self._running is not None:
             self.cell_finished(status="incomplete", outputs=None)
         self._numbered += 1
@@ -244,10 +247,12 @@ class SessionFeed:
             cell.omitted_outputs += 1
             return
         if shown["output_type"] == "update_display_data":
+            # As in Jupyter, an update reaches its display in any cell shown.
             display_id = shown.get("display_id")
-            for i, earlier in enumerate(cell.outputs):
-                if display_id is not None and earlier.get("display_id") == display_id:
-                    cell.outputs[i] = {**shown, "output_type": "display_data"}
+            for shown_cell in (*self._cells, cell):
+                for i, earlier in enumerate(shown_cell.outputs):
+                    if display_id is not None and earlier.get("display_id") == display_id:
+                        shown_cell.outputs[i] = {**shown, "output_type": "display_data"}
         elif len(cell.outputs) < self.limits.view.max_outputs:
             cell.outputs.append(shown)
         else:

@@ -154,11 +154,11 @@ class WatchApp:
         name = request.path_params["name"]
         if name not in ASSETS:
             return Response("Not Found", 404, headers=SECURITY_HEADERS)
-        return Response(
-            self._assets[name],
-            media_type=ASSETS[name],
-            headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"},
-        )
+        headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache"}
+        if name == "output.css":
+            # Asked for by the sandboxed frames, whose origin is opaque (another origin).
+            headers["Cross-Origin-Resource-Policy"] = "cross-origin"
+        return Response(self._assets[name], media_type=ASSETS[name], headers=headers)
 
     async def page(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
