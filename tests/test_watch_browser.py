@@ -502,6 +502,24 @@ async def test_the_view_says_when_the_session_ends(site: Site, watcher: Watcher)
     assert "ended" in await watcher.page.inner_text("#notice")
 
 
+async def test_a_page_whose_stream_was_cut_resumes_from_its_last_event(
+    site: Site, watcher: Watcher
+) -> None:
+    feed = site.session(SID)
+    await watcher.open()
+    cell(feed, "before = 1", [], count=1)
+    await watcher.cell(1)
+    site.watch.end_streams()
+    cell(feed, "meanwhile = 2", [], count=2)  # published while no stream is open
+    await watcher.cell(2)
+    cell(feed, "after = 3", [], count=3)
+    await watcher.cell(3)
+    assert site.resumes == [None, feed.epoch + ".4"]  # cell 1 ended with event 4
+    snapshots = [u for u in watcher.requests if u.endswith("/snapshot")]
+    assert len(snapshots) == 1  # resumed, not reloaded
+    assert await watcher.page.locator("[data-cell]").count() == 3
+
+
 async def test_every_request_stays_on_the_servers_origin(site: Site, watcher: Watcher) -> None:
     feed = site.session(SID)
     await watcher.open()

@@ -175,6 +175,21 @@ async def test_a_closed_session_ends_its_streams_and_revokes_its_grants(
     assert response.status_code == 403  # the grant went with the session
 
 
+async def test_ending_the_streams_ends_every_open_stream_and_no_feed(
+    site: Site, http: httpx2.AsyncClient
+) -> None:
+    feed = site.session(SID)
+    cookie = await exchange(http, site)
+    headers = {"cookie": f"{COOKIE}={cookie}"}
+    async with http.stream("GET", f"/watch/{SID}/events?after={feed.cursor}", headers=headers) as r:
+        lines = r.aiter_lines()
+        assert await asyncio.wait_for(anext(lines), 20) == "retry: 2000"
+        site.watch.end_streams()
+        rest = [line async for line in lines]  # the stream ends by itself
+    assert [line for line in rest if line] == []
+    assert feed.state == "idle" and site.feeds.get(SID) is feed
+
+
 async def test_a_grant_for_a_session_that_ended_says_it_is_gone(
     site: Site, http: httpx2.AsyncClient
 ) -> None:

@@ -79,6 +79,8 @@ class Site:
     pwned: list[str] = field(default_factory=list)
     host_config: dict[str, Any] = field(default_factory=dict)
     link: str = ""
+    resumes: list[str | None] = field(default_factory=list)
+    """The Last-Event-ID of every event stream asked for (None: a first one)."""
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -135,7 +137,18 @@ class Site:
         link = html.escape(self.link, quote=True)
         return HTMLResponse(f'<!doctype html><a id="go" href="{link}">watch</a>')
 
-    def app(self) -> Starlette:
+    def app(self) -> Any:
+        routes = self._routes()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"].endswith("/events"):
+                headers = dict(scope["headers"])
+                self.resumes.append((headers.get(b"last-event-id") or b"").decode() or None)
+            await routes(scope, receive, send)
+
+        return app
+
+    def _routes(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/pwned/{rest:path}", self._pwned),

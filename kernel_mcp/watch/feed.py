@@ -42,7 +42,7 @@ import contextlib
 import json
 import secrets
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -193,8 +193,7 @@ class SessionFeed:
         ):
             self._event_chars -= len(self._events.popleft().json)
         # Wake every watcher waiting now; later waiters wait on the new event.
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.wake()
 
     def _set_state(self, state: State) -> None:
         if state != self.state and self.state != "closed":
@@ -311,6 +310,11 @@ class SessionFeed:
             self._cell_chars -= self._cells.popleft().size
             self._omitted_cells += 1
 
+    def wake(self) -> None:
+        """Wake every watcher waiting now, with nothing new (they look again)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     def died(self) -> None:
         """The session's kernel died (a new one starts with the next run)."""
         self._set_state("dead")
@@ -425,6 +429,9 @@ class Feeds:
         feed = self._feeds.pop(session_id, None)
         if feed is not None:
             feed.close()
+
+    def __iter__(self) -> Iterator[SessionFeed]:
+        return iter(list(self._feeds.values()))
 
     def close_all(self) -> None:
         """The server stops: every watcher is told, so that no stream stays open."""

@@ -122,6 +122,8 @@ class WatchApp:
         self.tickets = tickets
         self.grants = grants
         self.keepalive = keepalive
+        self._generation = 0
+        """Streams of an earlier generation end (see :meth:`end_streams`)."""
         self._page = asset("viewer.html")
         self._assets = {name: asset(name) for name in ASSETS}
         self._app = Starlette(
@@ -140,6 +142,14 @@ class WatchApp:
     def path_of(self, session_id: str) -> str:
         """The page of a session (and the path its grant cookie is scoped to)."""
         return f"{PREFIX}/{session_id}"
+
+    def end_streams(self) -> None:
+        """End every open event stream now (the server stops: an open stream would keep
+        it waiting). A page that is still there reconnects and resumes from its last
+        event, if the server is."""
+        self._generation += 1
+        for feed in self.feeds:
+            feed.wake()
 
     def close_session(self, session_id: str) -> None:
         """The session ended: its watchers are told, and its grants are revoked."""
@@ -223,8 +233,9 @@ class WatchApp:
         Each wake-up sends every event published since, in one write. A cursor that
         cannot be resumed from gets a ``reset`` carrying a new snapshot.
         """
+        generation = self._generation
         yield b"retry: 2000\n\n"
-        while True:
+        while generation == self._generation:
             events = feed.events_after(cursor)
             if events is None:
                 snapshot = feed.snapshot()
