@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kernel_mcp.watch.feed import SessionFeed
+from kernel_mcp.watch.feed import FeedLimits, SessionFeed
 from tests.watch_site import Site, cell, chromium, display, error, host_result, serving, stream
 
 pytestmark = pytest.mark.browser
@@ -518,6 +518,52 @@ async def test_a_page_whose_stream_was_cut_resumes_from_its_last_event(
     snapshots = [u for u in watcher.requests if u.endswith("/snapshot")]
     assert len(snapshots) == 1  # resumed, not reloaded
     assert await watcher.page.locator("[data-cell]").count() == 3
+
+
+async def test_a_page_that_fell_behind_the_buffer_gets_a_new_snapshot(
+    site: Site, watcher: Watcher
+) -> None:
+    site.feeds.limits = FeedLimits(max_events=5)
+    feed = site.session(SID)
+    await watcher.open()
+    cell(feed, "first = 1", [], count=1)
+    await watcher.cell(1)
+    site.watch.end_streams()
+    for i in range(2, 8):  # more events than the buffer keeps, while no stream is open
+        cell(feed, f"n = {i}", [stream("stdout", f"{i}\n")], count=i)
+    await watcher.cell(7)
+    assert await watcher.page.locator("[data-cell]").count() == 7
+    assert "7" in await (await watcher.cell(7)).inner_text()
+
+
+async def test_a_page_whose_grant_is_gone_says_it_has_no_access(
+    site: Site, watcher: Watcher
+) -> None:
+    """As after a server restart: grants live in the server's memory."""
+    site.session(SID)
+    await watcher.open()
+    site.grants.revoke(SID)
+    site.watch.end_streams()
+    await watcher.page.wait_for_selector("#state[data-state='no access']")
+    assert "new link" in await watcher.page.inner_text("#notice")
+
+
+async def test_a_flood_of_output_stops_at_its_cap_and_the_page_keeps_up(
+    site: Site, watcher: Watcher
+) -> None:
+    feed = site.session(SID)
+    await watcher.open()
+    feed.cell_started("while True: print('x' * 1000)", tool="run_code")
+    for _ in range(3000):  # 3 MB, over the 1 MiB the view shows of a running cell
+        feed.stream("stdout", "x" * 999 + "\n")
+    await watcher.page.wait_for_function(
+        "() => document.querySelector('[data-cell=\"1\"] .outputs')?.textContent"
+        ".includes('shows no more of the cell')"
+    )
+    feed.cell_finished(status="interrupted", outputs=[stream("stdout", "x\n" * 10)])
+    done = await watcher.cell(1, "interrupted")
+    shown = await (await done.query_selector(".outputs")).inner_text()
+    assert shown.split() == ["x"] * 10  # the canonical outputs replace the live ones
 
 
 async def test_every_request_stays_on_the_servers_origin(site: Site, watcher: Watcher) -> None:
