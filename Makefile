@@ -1,11 +1,11 @@
 # Two commands on a machine with only Python >= 3.11 and pip:
 #   make serve   set up .venv and start the server on http://127.0.0.1:8000 (/mcp and /sse)
-#   make test    set up .venv and run the whole test suite (lint included)
+#   make test    set up .venv and run the whole test suite: lint, the unit tier, the integration tier
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test lint bench clean chromium
+.PHONY: serve test unit integration lint bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.serve
 
-# The browser tests (tests/test_watch_browser.py) drive Debian's chromium through
+# The browser tests (tests/integration/watch/) drive Debian's chromium through
 # playwright: playwright's own browser download cannot reach its servers from every
 # machine, and the distribution's build is kept up to date by apt.
 CHROMIUM := /usr/bin/chromium
@@ -39,7 +39,16 @@ serve: $(VENV)/.serve
 
 test: $(VENV)/.test $(CHROMIUM)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/integration
+
+# The unit tier alone: no kernel process, under a minute.
+unit: $(VENV)/.test
+	$(BIN)/python -m pytest tests/unit
+
+# The integration tier alone: real kernels, transports, the gateway, Redis.
+integration: $(VENV)/.test $(CHROMIUM)
+	$(BIN)/python -m pytest tests/integration
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .

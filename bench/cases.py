@@ -609,7 +609,7 @@ def case_k(bench: Bench) -> dict[str, Any]:
 # -- what explains (b) and (f): in this process, one cost off at a time --------------------------
 def _timed_kernel(timers: dict[str, list[float]]) -> Callable[[], None]:
     """Wrap Kernel.run_silently and Kernel.execute with timers; returns the undo."""
-    from kernel_mcp.kernel import Kernel
+    from kernel_mcp.kernels.kernel import Kernel
 
     originals = {name: getattr(Kernel, name) for name in ("run_silently", "execute")}
 
@@ -671,17 +671,18 @@ async def inprocess_fresh(projects: Path, notebooks: Path, n: int) -> dict[str, 
     """
     from fastmcp import Client
 
-    from kernel_mcp.runner import Runner
+    from kernel_mcp.deployment import runner_for
     from kernel_mcp.server import build_server
 
     timers: dict[str, list[float]] = {}
     out: dict[str, Any] = {}
     undo = _timed_kernel(timers)
     try:
-        async with Runner(_runner_settings(projects, notebooks)) as runner:
+        async with runner_for(_runner_settings(projects, notebooks)) as runner:
             pool = runner.pool
             wanted = getattr(pool, "_wanted", None)
-            spawn = getattr(runner, "_spawn", None)
+            owner = getattr(runner, "tasks", None)
+            spawn = getattr(owner, "spawn", None)
             mcp = build_server(runner.settings, runner)
             variants = ["as_shipped"]
             if wanted is not None and spawn is not None:
@@ -689,12 +690,12 @@ async def inprocess_fresh(projects: Path, notebooks: Path, n: int) -> dict[str, 
             else:
                 out["fresh_deferred"] = "skipped: Runner/KernelPool internals changed"
 
-            def later(coro: Any) -> None:
+            def later(coro: Any, **named: Any) -> Any:
                 async def delayed() -> None:
                     await asyncio.sleep(0.5)
                     await coro
 
-                spawn(delayed())
+                return spawn(delayed(), **named)
 
             fresh: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
             async with Client(mcp) as c:
@@ -705,7 +706,7 @@ async def inprocess_fresh(projects: Path, notebooks: Path, n: int) -> dict[str, 
                         if variant != "as_shipped":
                             pool.size = 0  # the refill loop starts nothing during this call
                         if variant == "refill_and_stop_deferred":
-                            runner._spawn = later  # type: ignore[method-assign]
+                            owner.spawn = later  # type: ignore[method-assign]
                         timers.clear()
                         start = time.perf_counter()
                         try:
@@ -714,7 +715,8 @@ async def inprocess_fresh(projects: Path, notebooks: Path, n: int) -> dict[str, 
                             assert not result.is_error, result
                         finally:
                             elapsed = time.perf_counter() - start
-                            runner._spawn = spawn  # type: ignore[method-assign]
+                            if owner is not None:
+                                owner.spawn = spawn  # type: ignore[method-assign]
                             if variant != "as_shipped":
                                 pool.size = 2
                                 wanted.set()
@@ -734,14 +736,14 @@ async def inprocess_session(projects: Path, notebooks: Path, n: int) -> dict[str
     sessions taking turns, one with the journal append switched off."""
     from fastmcp import Client
 
-    from kernel_mcp.runner import Runner
+    from kernel_mcp.deployment import runner_for
     from kernel_mcp.server import build_server
 
     timers: dict[str, list[float]] = {}
     out: dict[str, Any] = {}
     undo = _timed_kernel(timers)
     try:
-        async with Runner(_runner_settings(projects, notebooks)) as runner:
+        async with runner_for(_runner_settings(projects, notebooks)) as runner:
             mcp = build_server(runner.settings, runner)
             sessions = {
                 "no_journal": await runner.create_session(owner=None),
@@ -790,7 +792,7 @@ def _finished_run(outputs: list[Any]) -> Any:
     """An ok run of one millisecond with ``outputs``, as a recorded cell holds it."""
     from datetime import datetime, timezone
 
-    from kernel_mcp.kernel import Execution
+    from kernel_mcp.kernels.execution import Execution
 
     now = datetime.now(timezone.utc)
     return Execution(
@@ -811,7 +813,7 @@ def notebook_rebuild_cost(folder: Path) -> dict[str, Any]:
     Since the journal, a session run appends one line; the notebook is rebuilt off
     the reply path (at most once a second while it grows, and on read or export).
     """
-    from kernel_mcp.notebook import code_cell, notebook_for, write_atomically
+    from kernel_mcp.notebooks.model import code_cell, notebook_for, write_notebook
 
     execution = _finished_run([])
     out = {}
@@ -822,7 +824,7 @@ def notebook_rebuild_cost(folder: Path) -> dict[str, Any]:
         times = []
         for _ in range(30 if cells < 1000 else 10):
             start = time.perf_counter()
-            write_atomically(path, nb)
+            write_notebook(path, nb)
             times.append(time.perf_counter() - start)
         out[f"{cells}_cells"] = summary(times)
     return out
@@ -837,9 +839,9 @@ def recording_cost(folder: Path, sizes: tuple[int, ...], samples: int) -> dict[s
     """
     from nbformat.v4 import new_output
 
-    from kernel_mcp.notebook import code_cell
-    from kernel_mcp.notebook_store import NotebookStore
-    from kernel_mcp.recording import Recorder
+    from kernel_mcp.notebooks.model import code_cell
+    from kernel_mcp.notebooks.recording import Recorder
+    from kernel_mcp.notebooks.store import NotebookStore
 
     execution = _finished_run([new_output("stream", name="stdout", text="x" * 1000 + "\n")])
     store = NotebookStore(folder, private_recordings=False)

@@ -243,7 +243,7 @@ DIAGNOSTICS = {
 @contextlib.contextmanager
 def journal_off() -> Iterator[None]:
     """Diagnostic only: session runs append nothing to their journal while inside."""
-    from kernel_mcp.recording import Recorder
+    from kernel_mcp.notebooks.recording import Recorder
 
     saved = Recorder.append, Recorder.append_async
 
@@ -569,13 +569,13 @@ class RawKernel:
 
 
 def file_preamble(path: Path) -> str:
-    """The set-up the product runs silently before a file (kernel_mcp.runner)."""
+    """The set-up the product runs silently before a file (kernel_mcp.runner.runner)."""
     try:
-        from kernel_mcp.paths import ProjectFile
-        from kernel_mcp.runner import _file_preamble
+        from kernel_mcp.files.guard import ProjectFile
+        from kernel_mcp.runner.requests import file_preamble as product_preamble
 
         project = ProjectFile(path=path, relative=path.name, source="")  # type: ignore[call-arg]
-        return _file_preamble(project, path.parent)
+        return product_preamble(project, path.parent)
     except Exception:  # the private helper moved: use a copy of what it produced
         folder = str(path.parent)
         return (

@@ -77,7 +77,7 @@ async def kernel_starts(
     this process and its kernels were calm. Ready means ready for the user's code, as
     the pool hands kernels out: its set-up (``Kernel.prepare``: the output and input
     guards) is included, whether it ran as cells (spawned) or in the kernel (forked)."""
-    from kernel_mcp.backend import LocalBackend
+    from kernel_mcp.backends.local import LocalBackend
 
     backends = {
         name: LocalBackend(_settings(bench, f"starts-{name}", **settings))
@@ -280,7 +280,7 @@ async def pooled_memory(server: ServerProcess, pool: int) -> dict[str, Any]:
 
 async def spawned_rss(bench: Bench) -> dict[str, Any]:
     """One idle spawned (sandboxed) kernel: its RSS and PSS."""
-    from kernel_mcp.backend import LocalBackend
+    from kernel_mcp.backends.local import LocalBackend
 
     backend = LocalBackend(_settings(bench, "t-spawned-rss", fork_kernels=False))
     try:

@@ -110,10 +110,10 @@ class MemoryAdmission:
         )
 
 
-def admission_for(settings: Settings) -> MemoryAdmission | None:
-    """The admission of this server's kernels: local ones only (a gateway's kernels use
-    the gateway's memory, which it limits itself)."""
-    if settings.gateway_url:
+def admission_for(settings: Settings, *, local: bool) -> MemoryAdmission | None:
+    """The admission of this server's kernels: ``local`` ones only (a remote backend's
+    kernels use its own machine's memory, which it limits itself)."""
+    if not local:
         return None
     if settings.admission_mb is None:
         return MemoryAdmission(default_need(settings.memory_limit_mb, machine_memory()))

@@ -22,16 +22,17 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel_mcp import __version__, clients, folders
 from kernel_mcp.config import Settings, load_settings, setting_name
-from kernel_mcp.errors import ConfigError
-from kernel_mcp.info import banner
+from kernel_mcp.errors import CannotServe, ConfigError
+
+if TYPE_CHECKING:  # the backend is the deployment's; only its banner phrase is read
+    from kernel_mcp.backends.base import KernelBackend
 
 __all__ = ["main", "main_entry"]
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 EXIT_OK, EXIT_FAILED_RUN, EXIT_BAD_SETTING, EXIT_CANNOT_SERVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
 
@@ -155,8 +156,20 @@ def main_entry() -> None:  # pragma: no cover - console script
 
 
 # -- serve ----------------------------------------------------------------------
-class CannotServe(Exception):
-    """The server cannot start serving (one line for the user)."""
+def banner(settings: Settings, backend: KernelBackend, *, serving: str) -> str:
+    """The start-up banner: what serves where, the folders and why, the sandbox.
+
+    Args:
+        backend: where kernels come from (it says how they are isolated).
+        serving: the transport, e.g. ``stdio`` or the HTTP URLs.
+    """
+    where = folders.describe(settings)
+    return (
+        f"kernel-mcp {__version__}: {serving}\n"
+        f"  projects:  {where['projects']}\n"
+        f"  notebooks: {where['notebooks']}\n"
+        f"  sandbox:   {backend.isolation()}"
+    )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -227,17 +240,14 @@ def _serve(args: argparse.Namespace) -> int:
     # The gateway backend's HTTP client would log every liveness check at INFO.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     from kernel_mcp import server
+    from kernel_mcp.deployment import runner_for
 
     if args.stdio:
+        runner = runner_for(settings)
         # stderr: stdout is the protocol. A stdio client shows it as the server's log.
-        print(banner(settings, serving="stdio"), file=sys.stderr, flush=True)
-        asyncio.run(server.run_stdio(settings))
+        print(banner(settings, runner.backend, serving="stdio"), file=sys.stderr, flush=True)
+        asyncio.run(server.run_stdio(settings, runner))
         return 0
-    if settings.host not in LOOPBACK and not settings.tokens and not settings.insecure:
-        raise ConfigError(
-            f"KERNEL_MCP_HOST: {settings.host} is not loopback; set KERNEL_MCP_TOKEN "
-            "or pass --insecure"
-        )
     import uvicorn
 
     from kernel_mcp.server.connections import http_protocol
@@ -249,12 +259,13 @@ def _serve(args: argparse.Namespace) -> int:
         )
     sock = _listen(settings.host, settings.port)
     port = sock.getsockname()[1]
-    app = server.build_http_app(settings)
+    runner = runner_for(settings)
+    app = server.build_http_app(settings, runner)
     serving = (
         f"http://{settings.host}:{port}/mcp (streamable HTTP) and /sse (SSE); "
         f"auth: {'bearer token' if settings.tokens else 'none'}"
     )
-    print(banner(settings, serving=serving), file=sys.stderr, flush=True)
+    print(banner(settings, runner.backend, serving=serving), file=sys.stderr, flush=True)
     instance = uvicorn.Server(
         uvicorn.Config(
             app,

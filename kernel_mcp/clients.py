@@ -2,7 +2,7 @@
 
 ``kernel-mcp config CLIENT`` prints the snippet in that client's own format and,
 with ``--write``, merges it into the client's configuration file. Each format is
-the one its client documents (tests/test_clients.py cites the pages):
+the one its client documents (tests/unit/test_clients.py cites the pages):
 
 ==============  ==========================================  =====================
 client          where (``--write``; ``--config-path`` wins)  servers under

@@ -8,9 +8,13 @@ never a setting. Values may also come from a ``.env`` file in the working
 directory (same names) and from CLI flags, which win. ``.env.example``
 documents each one.
 
-Constraints live on the fields (``gt=0``, ``le=65535``, ``allow_inf_nan``);
-the text that follows them in ``Annotated[...]`` is what a bad value's
-one-line error says.
+Constraints live on the model, so a ``Settings(...)`` built in Python is held
+to every one of them, as the environment is: a field's own (``gt=0``,
+``le=65535``, ``allow_inf_nan``; the text that follows them in
+``Annotated[...]`` is what a bad value's one-line error says), and the rules
+between fields (:meth:`Settings._agree`: the time limits, the tokens' names,
+what shared state needs, an exposed bind). :func:`load_settings` turns the first
+broken one into a one-line ``ConfigError`` that names the variable.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kernel_mcp.errors import ConfigError, InvalidArgument
@@ -32,6 +43,7 @@ from kernel_mcp.folders import default_notebooks_dir, default_projects_dir
 __all__ = [
     "DEFAULT_SECRET_PATTERNS",
     "ENV_PREFIX",
+    "LOOPBACK",
     "Settings",
     "load_settings",
     "principal_of",
@@ -39,6 +51,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "KERNEL_MCP_"
+#: Bind addresses that need no token: only this machine can connect to them.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 #: Environment variables whose names match these (fnmatch, case-insensitive)
 #: never reach a kernel, unless named in KERNEL_MCP_ENV_ALLOW.
@@ -360,6 +374,32 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value.strip()
 
+    @model_validator(mode="after")
+    def _agree(self) -> Settings:
+        """The rules between fields. Each error starts with the variable it names (the
+        message ``load_settings`` shows as it is)."""
+        if self.max_timeout < self.timeout:
+            raise ValueError("PYTHON_MAX_TIMEOUT: must not be smaller than PYTHON_TIMEOUT")
+        names = [name for name, _ in self.principals]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"KERNEL_MCP_TOKEN: two tokens name the principal {twice[0]!r}")
+        if self.state_url and not self.gateway_url:
+            raise ValueError(
+                "KERNEL_MCP_STATE_URL: needs KERNEL_MCP_GATEWAY_URL too "
+                "(replicas share sessions only on gateway kernels; local ones are unreachable)"
+            )
+        if self.state_url and importlib.util.find_spec("redis") is None:
+            raise ValueError(
+                "KERNEL_MCP_STATE_URL: needs the redis package: pip install 'kernel-mcp[scale]'"
+            )
+        if self.host not in LOOPBACK and not self.tokens and not self.insecure:
+            raise ValueError(
+                f"KERNEL_MCP_HOST: {self.host} is not loopback; set KERNEL_MCP_TOKEN "
+                "or pass --insecure"
+            )
+        return self
+
     @field_validator("notebooks_dir")
     @classmethod
     def _absolute_notebooks_dir(cls, value: Path) -> Path:
@@ -396,6 +436,11 @@ class Settings(BaseSettings):
     def per_principal_projects(self) -> bool:
         """Each principal has a projects folder of its own (several tokens, not shared)."""
         return len(self.principals) > 1 and not self.projects_shared
+
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable that feeds ``field`` (for messages)."""
+        return setting_name(field)
 
     def clamp_timeout(self, requested: float | None, *, background: bool = False) -> float:
         """The time limit for one call: the default, or the caller's, capped at max_timeout.
@@ -466,25 +511,11 @@ def load_settings(**overrides: Any) -> Settings:
     """
     clean = {k: v for k, v in overrides.items() if v is not None}
     try:
-        settings = Settings(**clean)
+        return Settings(**clean)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "settings"
-        message = _rule(field) or first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{setting_name(field)}: {message}") from None
-    if settings.max_timeout < settings.timeout:
-        raise ConfigError("PYTHON_MAX_TIMEOUT: must not be smaller than PYTHON_TIMEOUT")
-    names = [name for name, _ in settings.principals]
-    if len(set(names)) != len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"KERNEL_MCP_TOKEN: two tokens name the principal {twice[0]!r}")
-    if settings.state_url and not settings.gateway_url:
-        raise ConfigError(
-            "KERNEL_MCP_STATE_URL: needs KERNEL_MCP_GATEWAY_URL too "
-            "(replicas share sessions only on gateway kernels; local ones are unreachable)"
-        )
-    if settings.state_url and importlib.util.find_spec("redis") is None:
-        raise ConfigError(
-            "KERNEL_MCP_STATE_URL: needs the redis package: pip install 'kernel-mcp[scale]'"
-        )
-    return settings
+        message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule between fields (Settings._agree): named already
+            raise ConfigError(message) from None
+        field = str(first["loc"][0])
+        raise ConfigError(f"{setting_name(field)}: {_rule(field) or message}") from None

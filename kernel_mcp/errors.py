@@ -1,10 +1,16 @@
-"""The domain's exceptions. The MCP layer translates them once, at the edge.
+"""The domain's exceptions: one tree, every error this package raises on purpose.
+
+The MCP layer translates them once, at the edge (``server/errors.py``, a fastmcp
+middleware for every tool and resource): a ``RequestError`` becomes a tool error
+with its message, a ``KernelError`` one that starts "Kernel failure:", any other one
+its message; the CLI turns ``ConfigError`` and ``CannotServe`` into its exit codes.
 
 ::
 
     KernelMCPError
     ├── ConfigError              a setting is invalid; start-up stops
     │   └── ClientConfigError    a client's config file cannot be merged (left as it was)
+    ├── CannotServe              the server cannot start serving (port in use, start-up failed)
     ├── RequestError             the caller asked for something we refuse
     │   ├── PathRefused          a path guard rule was broken (names the rule)
     │   ├── FileNotFound         no such file inside the allowed folder
@@ -15,23 +21,35 @@
     │   ├── SessionNotFound      unknown id, or one owned by another principal
     │   ├── SessionGone          the session was culled or closed (says when)
     │   ├── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
-    │   └── QuotaExceeded        the principal's projects folder is at its disk cap
-    │   └── NotEnoughMemory      the machine's available memory would not cover a new
-    │                            kernel (KERNEL_MCP_ADMISSION_MB)
+    │   ├── QuotaExceeded        the principal's projects folder is at its disk cap
+    │   ├── NotEnoughMemory      the machine's available memory would not cover a new
+    │   │                        kernel (KERNEL_MCP_ADMISSION_MB)
+    │   ├── RunNotFound          unknown run id, or one owned by another principal
+    │   └── RunGone              the run's result was dropped, or lost to a restart
+    ├── RunFailed                a run the call waited on could not run, or was cancelled
     ├── KernelError              the kernel machinery failed
     │   ├── KernelStartFailed    a kernel could not be started
+    │   │   └── ForkFailed       the fork template could not make one (one is spawned)
+    │   │       └── TemplateStuck  the template did not answer in time (it is replaced)
+    │   ├── SeccompUnavailable   the kernels' seccomp filter cannot be built here
     │   └── StateUnavailable     shared session state (Redis) cannot be reached
-    │       └── LeaseLost        this replica no longer holds the session it was serving
+    │       └── ClaimLost        a call's hold on a session ended before the call did
+    │           └── LeaseLost    (shared sessions) its Redis lease lapsed
     └── RecordingError           a run could not be written to its notebook (yet);
                                  the run itself succeeded and keeps its reply
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 __all__ = [
+    "CannotServe",
+    "ClaimLost",
     "ClientConfigError",
     "ConfigError",
     "FileNotFound",
+    "ForkFailed",
     "InvalidArgument",
     "InvalidNotebook",
     "KernelError",
@@ -45,9 +63,14 @@ __all__ = [
     "QuotaExceeded",
     "RecordingError",
     "RequestError",
+    "RunFailed",
+    "RunGone",
+    "RunNotFound",
+    "SeccompUnavailable",
     "SessionGone",
     "SessionNotFound",
     "StateUnavailable",
+    "TemplateStuck",
     "TooManySessions",
 ]
 
@@ -63,6 +86,11 @@ class ConfigError(KernelMCPError):
 class ClientConfigError(ConfigError):
     """``kernel-mcp config --write`` cannot merge into a client's configuration file
     (not JSON, not the expected shape, not writable). The file is left as it was."""
+
+
+class CannotServe(KernelMCPError):
+    """The server cannot start serving (one line for the user: a port in use, a bind
+    address that does not resolve, a start-up that failed)."""
 
 
 class RequestError(KernelMCPError):
@@ -124,6 +152,34 @@ class NotEnoughMemory(RequestError):
     """
 
 
+class RunNotFound(RequestError):
+    """Unknown run id (another principal's ids get exactly this error too)."""
+
+    def __init__(self, run_id: str, replica: str | None = None) -> None:
+        where = (
+            f" Runs live on the replica that started them (this is {replica})."
+            if replica is not None
+            else ""
+        )
+        super().__init__(f"Unknown run {run_id!r}. list_runs shows your runs.{where}")
+
+
+class RunGone(RequestError):
+    """The run existed, but its result was dropped or the server restarted under it.
+
+    ``kind`` is ``"dropped"`` (past KERNEL_MCP_RUN_RETENTION) or ``"lost"`` (a restart).
+    """
+
+    def __init__(self, message: str, kind: Literal["lost", "dropped"]) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class RunFailed(KernelMCPError):
+    """A run the call waited on ended without an outcome: it could not run (the message
+    is why, as the run recorded it), or it was cancelled."""
+
+
 class KernelError(KernelMCPError):
     """The kernel machinery failed (not the user's code)."""
 
@@ -132,16 +188,34 @@ class KernelStartFailed(KernelError):
     """A kernel could not be started."""
 
 
+class ForkFailed(KernelStartFailed):
+    """The fork template could not start, or could not make this kernel; the backend
+    spawns one instead (``launch.forkserver``)."""
+
+
+class TemplateStuck(ForkFailed):
+    """The fork template (or its namespace maker) did not answer a fork request in
+    time; it is replaced."""
+
+
+class SeccompUnavailable(KernelError):
+    """The kernels' seccomp filter cannot be built here (libseccomp or pyseccomp is
+    missing, or refused a rule); the sandbox runs without it unless it must not."""
+
+
 class StateUnavailable(KernelError):
     """The shared state (Redis) could not be reached or answered an error."""
 
 
-class LeaseLost(StateUnavailable):
-    """A call's hold on a shared session ended before the call did.
+class ClaimLost(StateUnavailable):
+    """A call's hold on a session ended before the call did: another process may be
+    serving the session now, so nothing may be written for it. (Never in process: an
+    in-process claim always holds.)"""
 
-    A stalled event loop or a Redis outage outlasted KERNEL_MCP_LEASE_TTL: another
-    replica may be serving the session now, so nothing may be written for it.
-    """
+
+class LeaseLost(ClaimLost):
+    """A shared session's Redis lease lapsed under a call: a stalled event loop or a
+    Redis outage outlasted KERNEL_MCP_LEASE_TTL."""
 
 
 class RecordingError(KernelMCPError):

@@ -116,14 +116,12 @@ def origin(settings: Settings, field: Literal["projects_dir", "notebooks_dir"]) 
 
 def describe(settings: Settings) -> dict[str, str]:
     """Each folder with why it is used, one phrase each (the start-up banner)."""
-    from kernel_mcp.config import setting_name
-
     phrases = {}
     for field, label in (("projects_dir", "projects"), ("notebooks_dir", "notebooks")):
         folder = getattr(settings, field)
         why = origin(settings, field)  # type: ignore[arg-type]
         if why == "setting":
-            reason = f"set by {setting_name(field)} or --{label}-dir"
+            reason = f"set by {settings.variable(field)} or --{label}-dir"
         elif why == "working directory":
             reason = f"the working directory has {PROJECTS}/"
         else:
@@ -150,9 +148,9 @@ def prepare(settings: Settings) -> list[Path]:
         base = folder.parent
         if base.parent == Path(base.anchor):
             raise ConfigError(
-                f"{_setting(field)}: not set, and there is no home folder to keep "
-                f"{USER_FOLDER}/ in (it would be {base}); set {_setting('projects_dir')} "
-                f"and {_setting('notebooks_dir')}"
+                f"{settings.variable(field)}: not set, and there is no home folder to keep "
+                f"{USER_FOLDER}/ in (it would be {base}); set {settings.variable('projects_dir')} "
+                f"and {settings.variable('notebooks_dir')}"
             )
         if not base.is_dir():
             base.mkdir(parents=True, exist_ok=True)
@@ -162,9 +160,3 @@ def prepare(settings: Settings) -> list[Path]:
             folder.mkdir(exist_ok=True)
             made.append(folder)
     return made
-
-
-def _setting(field: str) -> str:
-    from kernel_mcp.config import setting_name
-
-    return setting_name(field)

@@ -3,13 +3,13 @@
 A kernel taken from the pool is never returned to it: fresh means fresh. The
 pool refills in a background task that it owns and stops on ``close``.
 
-How it refills depends on what a start costs (``KernelBackend.cheap_starts``). A
-spawned kernel is half a second of CPU: one start at a time, begun 50 ms after a
-run so that the run's reply goes out first. A forked kernel is ready in tens of
-milliseconds, mostly in its own process: two starts at once, begun as soon as a
-run took a kernel, and a caller that finds the pool empty waits for a start
-already under way rather than beginning another, so back-to-back fresh runs
-keep finding a kernel.
+How it refills depends on what a start costs (``KernelBackend.cheap_starts``; the
+figures are in docs/benchmarks.md). A spawned kernel is costly in CPU: one start
+at a time, begun 50 ms after a run so that the run's reply goes out first. A
+forked kernel is cheap, and mostly its own process's work: two starts at once,
+begun as soon as a run took a kernel, and a caller that finds the pool empty
+waits for a start already under way rather than beginning another, so
+back-to-back fresh runs keep finding a kernel.
 
 Every kernel handed out, and every start, first passes memory admission
 (``kernel_mcp.admission``): while the machine's available memory would not
@@ -23,15 +23,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from kernel_mcp.admission import MemoryAdmission
-from kernel_mcp.backend import KernelBackend
+from kernel_mcp.backends.base import KernelBackend
 from kernel_mcp.errors import KernelError, NotEnoughMemory
-from kernel_mcp.kernel import Kernel
-from kernel_mcp.tasks import stop_task, stop_tasks, wait_within
+from kernel_mcp.kernels.kernel import Kernel
+from kernel_mcp.tasks import TaskOwner, stop_task, stop_tasks, wait_within
 
 __all__ = ["KernelPool", "KernelPools"]
 
@@ -55,8 +55,10 @@ class KernelPool:
         size: how many idle kernels to keep; 0 starts one per request.
         preload: modules each pooled kernel imports before it is handed out.
         workspace: the projects folder its kernels are started for (None: the
-            backend's default); see ``kernel_mcp.workspaces``.
+            backend's default); see ``kernel_mcp.files.workspaces``.
         admission: checked before a kernel is handed out or started (None: never).
+        backoff: how the refiller waits after a failed start, seconds (injectable:
+            tests step it instead of sleeping).
     """
 
     def __init__(
@@ -67,17 +69,20 @@ class KernelPool:
         preload: list[str],
         workspace: Path | None = None,
         admission: MemoryAdmission | None = None,
+        backoff: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.backend = backend
         self.size = size
         self.preload = preload
         self.workspace = workspace
         self.admission = admission
+        self.backoff = backoff
         self._ready: asyncio.Queue[Kernel] = asyncio.Queue()
         self._starting = 0
         self._wanted = asyncio.Event()
         self._filled = asyncio.Event()
         self._refill_timer: asyncio.TimerHandle | None = None
+        self._tasks = TaskOwner("kernel pool")
         self._refiller: asyncio.Task[None] | None = None
         self._closed = False
         self._live: set[Kernel] = set()
@@ -87,8 +92,8 @@ class KernelPool:
 
     async def start(self) -> None:
         """Begin filling the pool in the background."""
-        if self._refiller is None:
-            self._refiller = asyncio.create_task(self._refill_forever(), name="kernel-pool-refill")
+        if self._refiller is None and not self._closed:
+            self._refiller = self._tasks.spawn(self._refill_forever(), name="refill")
             self._wanted.set()
 
     @property
@@ -179,7 +184,7 @@ class KernelPool:
         self._closed = True
         if self._refill_timer is not None:
             self._refill_timer.cancel()
-        await stop_task(self._refiller)
+        await self._tasks.close()
         self._refiller = None
         kernels = list(self._live)
         while not self._ready.empty():
@@ -245,7 +250,7 @@ class KernelPool:
                             log.warning("the warm pool waits for memory: %s", exc)
                 self._start_ended.set()
                 if failures:
-                    await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                    await self.backoff(min(30.0, 0.5 * 2**failures))
         finally:
             self._in_flight = 0
             self._start_ended.set()
@@ -297,7 +302,8 @@ class KernelPools:
         self.clock = clock
         self._pools: dict[Path | None, KernelPool] = {}
         self._used: dict[Path | None, float] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner("kernel pools")
+        """Pools starting and closing, and the culler."""
         self._culler: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -339,12 +345,10 @@ class KernelPools:
         for pool in self._pools.values():
             self._begin(pool)
         if self._culler is None:
-            self._culler = asyncio.create_task(self._cull_forever(), name="kernel-pools-cull")
+            self._culler = self._tasks.spawn(self._cull_forever(), name="cull")
 
     def _begin(self, pool: KernelPool) -> None:
-        task = asyncio.ensure_future(pool.start())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._tasks.spawn(pool.start(), name="start a pool")
 
     async def acquire(
         self, *, owner: str | None = None, refill_now: bool = True, kernel_name: str | None = None
@@ -363,8 +367,7 @@ class KernelPools:
         self._culler = None
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
-        while self._closing:
-            await asyncio.gather(*list(self._closing), return_exceptions=True)
+        await self._tasks.close(grace=None)
 
     def cull_idle(self) -> int:
         """Close the pools (but the default one) nobody used for ``idle_after`` seconds;
@@ -379,9 +382,7 @@ class KernelPools:
             self._used.pop(workspace, None)
             pool = self._pools.pop(workspace, None)
             if pool is not None:
-                task = asyncio.ensure_future(pool.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                self._tasks.spawn(pool.close(), name="close an idle pool")
         return len(idle)
 
     async def _cull_forever(self) -> None:

@@ -1,37 +1,15 @@
-"""Shared fixtures: a real server subprocess on a free port, and real MCP clients.
+"""What both tiers share: hypothesis never times an example (the machine is shared, and
+speed is the benchmark's to measure, never a test's).
 
-The helpers the test modules import are in ``tests/helpers.py`` (clients, the test
-projects folder, ``running_server``) and ``tests/launchers.py`` (the server, gateway
-and Redis launchers, and the process helpers).
+``tests/unit`` holds the specifications that run on a scripted fake backend (no kernel
+process, no server; under a minute); ``tests/integration`` those that need real kernels,
+transports, a gateway, Redis or a browser. The helpers both use are here beside this file
+(``helpers``, ``launchers``, ``kernels``, ``corpus``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
+from hypothesis import settings
 
-import pytest
-
-from tests.helpers import TRANSPORTS, client_for, running_server
-from tests.launchers import ServerProcess
-
-
-@pytest.fixture(scope="session")
-def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("shared")
-
-
-@pytest.fixture(scope="session")
-def server(shared_tmp: Path) -> Iterator[ServerProcess]:
-    """The default server every transport test shares."""
-    with running_server(shared_tmp, PYTHON_TIMEOUT="20") as srv:
-        yield srv
-
-
-@pytest.fixture(scope="session", params=TRANSPORTS)
-async def client(request: pytest.FixtureRequest, server: ServerProcess) -> AsyncIterator[Any]:
-    """One long-lived client per transport; tests using it run once per transport."""
-    async with client_for(request.param, server) as connected:
-        connected.kind = request.param
-        yield connected
+settings.register_profile("kernel-mcp", deadline=None)
+settings.load_profile("kernel-mcp")

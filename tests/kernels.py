@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kernel_mcp.kernel import Execution, Kernel
+from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.kernels.kernel import Kernel
 
 #: Touches a marker file, then loops: lets a test act once the code is surely running.
 LOOP_AFTER_MARKER = (

@@ -1,6 +1,6 @@
 """How a local kernel ended, in the words a ``kernel_died`` report uses.
 
-Shared by spawned kernels (``kernel_mcp.backend``) and forked ones
+Shared by spawned kernels (``kernel_mcp.backends.local``) and forked ones
 (``kernel_mcp.launch.forkserver``): both see a Popen-style exit status, both
 may sit below a PID namespace's init that turns "killed by signal n" into
 exit code 128 + n, and both may have a cgroup whose memory limit was the

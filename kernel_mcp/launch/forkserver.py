@@ -12,9 +12,8 @@ capabilities inside its own user namespace (``--cap-add ALL``), and gives each
 child new mount, PID, IPC, UTS and (unless the network is shared) network
 namespaces, the private mounts, and no capability at all. So a forked kernel
 sees and may do what a spawned one may, and two kernels cannot see each
-other's files, processes or loopback. Measured here: a sandboxed kernel from
-the template is ready in about 40 ms, against about 600 ms spawned
-(docs/benchmarks.md).
+other's files, processes or loopback. A sandboxed kernel from the template is
+ready an order of magnitude sooner than a spawned one (docs/benchmarks.md).
 
 Channels. The template's stdout is /dev/null and its stderr a private file;
 the server and the template talk over a Unix SEQPACKET socket pair (fork
@@ -24,7 +23,7 @@ it, its namespace's init hands the server a pidfd (``hello``), the kernel hands
 its own (``kernel``) and initializes while the server moves it into its cgroup,
 waits for ``go``, runs kernel-mcp's set-up (``kernel.KERNEL_SETUP``: the
 output and input guards and the preload's names, which a spawned kernel gets
-as three or four cells costing about 30 ms of its CPU), and says ``ready``
+as three or four cells), and says ``ready``
 once its sockets are bound. Both close their end before any user code runs.
 (Memory the kernel touched while it initialized, before the move, stays charged
 to the server's cgroup: a few MB.)
@@ -53,7 +52,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import shutil
 import signal
 import socket
@@ -62,24 +60,21 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import zmq
-from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.connect import write_connection_file
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-from jupyter_client.session import Session, new_id_bytes
-
-from kernel_mcp.kernel import KERNEL_SETUP, Kernel, setup_config
+from kernel_mcp.errors import ForkFailed, TemplateStuck
+from kernel_mcp.kernels.kernel import Kernel
+from kernel_mcp.kernels.outputs import OutputLimits
+from kernel_mcp.kernels.setup import KERNEL_SETUP
+from kernel_mcp.launch import sockets, wire
 from kernel_mcp.launch.cgroups import KernelCgroup
-from kernel_mcp.launch.exits import describe_exit
-from kernel_mcp.launch.ready import wait_ready
-from kernel_mcp.launch.sandbox import Sandbox, through_root
-from kernel_mcp.launch.stderr import StderrPipe, stderr_tail
-from kernel_mcp.outputs import OutputLimits
-from kernel_mcp.tasks import wait_within
+from kernel_mcp.launch.flavour import Flavour, file_mtime
+from kernel_mcp.launch.fork import Fork
+from kernel_mcp.launch.forked import ForkedProcess
+from kernel_mcp.launch.sandbox import Sandbox
+from kernel_mcp.launch.stderr import stderr_tail
+from kernel_mcp.tasks import TaskOwner, wait_within
 
 __all__ = ["Flavour", "ForkServer", "ForkedProcess", "forking_possible"]
 
@@ -88,18 +83,13 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 1 << 20
 #: How long the template may take to import and warm up, seconds.
 TEMPLATE_TIMEOUT = 120.0
-#: How long one forked kernel may take from request to ready, seconds.
-FORK_TIMEOUT = 60.0
-#: How long the template (and its namespace maker) may take to answer a fork request
-#: with the kernel's first two messages (milliseconds when well; a stopped or stuck
-#: template never answers): past it the template is replaced, and the kernel spawned.
-ANSWER_TIMEOUT = 5.0
 SHUTDOWN_WAIT = 5.0
 #: Pauses before trying a failed template again, seconds (then the last, forever).
 RETRY_PAUSES = (5.0, 15.0, 60.0)
 # Read, not imported: the template is a Linux-only script (resource, fcntl) run by
 # the kernel's interpreter; importing it here would make this module Linux-only.
 _TEMPLATE_SOURCE = Path(__file__).with_name("template.py").read_text(encoding="utf-8")
+_WIRE_SOURCE = Path(wire.__file__).read_text(encoding="utf-8")
 #: What the template's (and so every forked kernel's) command line shows.
 TEMPLATE_NAME = "kernel-mcp-fork-template.py"
 #: The kernels' set-up code, which the template compiles once (a file, not an argument:
@@ -117,341 +107,7 @@ def forking_possible() -> bool:
     )
 
 
-# -- the flavour ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class Flavour:
-    """What a template is made for; a change in any of it means a new template."""
-
-    python: str
-    flags: tuple[str, ...]
-    """Interpreter options before ``-m`` (``-Xfrozen_modules=off``, as ``python -m
-    ipykernel install`` writes): the template starts with them, and its children
-    inherit their effect."""
-    arguments: tuple[str, ...]
-    """The kernel's arguments after ``-f {connection_file}``."""
-    env: tuple[tuple[str, str], ...]
-    preload: tuple[str, ...]
-    resource_dir: str
-    stamps: tuple[tuple[str, float], ...]
-    """(path, mtime) of the kernelspec file and the interpreter."""
-
-    @classmethod
-    def of(cls, kernel_name: str, preload: list[str], extra: list[str]) -> Flavour | None:
-        """The flavour of a kernelspec, or None when it is not an ipykernel we can fork."""
-        try:
-            spec = KernelSpecManager().get_kernel_spec(kernel_name)
-        except (NoSuchKernel, OSError, ValueError):
-            return None
-        argv = list(spec.argv)
-        flags = _interpreter_flags(argv)
-        if flags is None:
-            return None
-        argv = [argv[0], *argv[1 + len(flags) :]]
-        if len(argv) < 5 or argv[1:3] not in (["-m", "ipykernel_launcher"], ["-m", "ipykernel"]):
-            return None
-        if argv[0] in {
-            "python",
-            f"python{sys.version_info[0]}",
-            "python{}.{}".format(*sys.version_info[:2]),
-        }:
-            argv[0] = sys.executable  # as jupyter_client's format_kernel_cmd does
-        rest = argv[3:]
-        try:
-            at = rest.index("{connection_file}")
-        except ValueError:
-            return None
-        if at == 0 or rest[at - 1] not in ("-f", "--f"):
-            return None
-        arguments = [*rest[: at - 1], *rest[at + 1 :], *extra]
-        if any("{" in arg for arg in arguments):
-            return None  # another template field we would have to fill
-        spec_file = os.path.join(spec.resource_dir, "kernel.json")
-        stamps = tuple((path, _mtime(path)) for path in (spec_file, os.path.realpath(argv[0])))
-        return cls(
-            python=argv[0],
-            flags=flags,
-            arguments=tuple(arguments),
-            env=tuple(sorted((spec.env or {}).items())),
-            preload=tuple(preload),
-            resource_dir=spec.resource_dir,
-            stamps=stamps,
-        )
-
-
-#: Interpreter options whose effect is set at start-up and kept across fork (so the
-#: template starting with them gives each kernel what the option would): -X and -W
-#: (with their value, attached or next), and these single letters. -I, -P, -E, -s and
-#: -S change what sys.path and the environment give the template's own set-up: such
-#: kernelspecs are spawned.
-_VALUED_FLAGS = ("-X", "-W")
-_PLAIN_FLAGS = frozenset({"-u", "-B", "-O", "-OO", "-b", "-bb", "-d", "-q", "-v", "-R"})
-
-
-def _interpreter_flags(argv: list[str]) -> tuple[str, ...] | None:
-    """The interpreter options between ``argv[0]`` and ``-m``, or None when one of them
-    is not one the template can apply (see :data:`_PLAIN_FLAGS`)."""
-    flags: list[str] = []
-    index = 1
-    while index < len(argv) and argv[index] != "-m":
-        arg = argv[index]
-        if arg in _VALUED_FLAGS and index + 1 < len(argv):
-            flags += [arg, argv[index + 1]]
-            index += 2
-            continue
-        if arg.startswith(_VALUED_FLAGS) or arg in _PLAIN_FLAGS:
-            flags.append(arg)
-            index += 1
-            continue
-        return None
-    return tuple(flags)
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return -1.0
-
-
-# -- async socket helpers ----------------------------------------------------------------
-def _decode(data: bytes, fds: list[int]) -> tuple[dict[str, Any] | None, list[int]]:
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None, []
-    try:
-        return json.loads(data), fds
-    except ValueError:
-        for fd in fds:
-            os.close(fd)
-        return {"op": "garbled"}, []
-
-
-async def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message (and the fds it carried); (None, []) at end of stream."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 4)
-        except BlockingIOError:
-            await _readable(loop, sock.fileno())
-            continue
-        except (ConnectionResetError, OSError):
-            return None, []
-        return _decode(data, fds)
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    ready = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-
-
-def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(message).encode()
-    # Small messages on a socket nobody else writes to: a full buffer means the peer
-    # is stuck, and a short blocking wait is the honest answer.
-    sock.settimeout(5.0)
-    try:
-        if fds:
-            socket.send_fds(sock, [data], fds)
-        else:
-            sock.send(data)
-    finally:
-        sock.setblocking(False)
-
-
-def _host_pid(pidfd: int) -> int:
-    """The pid a pidfd names, as this process's PID namespace numbers it."""
-    with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as info:
-        for line in info:
-            if line.startswith("Pid:"):
-                pid = int(line.split()[1])
-                if pid > 0:
-                    return pid
-    raise OSError("the process has already ended")
-
-
-def _ended(pidfd: int) -> bool:
-    """A pidfd turns readable when its process ends (it never reaps). poll, not select:
-    a busy server's descriptors go past select's 1024."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-# -- one forked kernel ------------------------------------------------------------------
-class ForkedProcess:
-    """A kernel forked from a template: the :class:`~kernel_mcp.kernel.KernelProcess` seam.
-
-    ``pid`` is the process that ends the kernel: its PID namespace's init (or the
-    kernel itself without namespaces). Killing it through its pidfd ends every
-    process in the namespace.
-    """
-
-    backend = "local"
-
-    def __init__(
-        self,
-        *,
-        template: _Template,
-        kernel_id: str,
-        pidfd: int,
-        folder: Path,
-        stderr: StderrPipe,
-        cgroup: KernelCgroup | None,
-        connection: dict[str, Any],
-        namespaced: bool,
-    ) -> None:
-        self.template = template
-        self.kernel_id = kernel_id
-        self._pidfd = pidfd
-        self.pid: int | None = _host_pid(pidfd)
-        self.kernel_pid: int | None = None
-        """The kernel's own pid as this server sees it (inside its namespace it is 2)."""
-        self._kernel_fd: int | None = None
-        """A pidfd of the kernel itself (not its namespace's init): is ``kernel_pid``
-        still that kernel."""
-        self.folder = folder
-        self.connection_file = folder / "kernel.json"
-        self.stderr = stderr
-        self.cgroup = cgroup
-        self.sandboxed = namespaced
-        """The kernel runs in the sandbox (list_sessions shows this)."""
-        self.forked = True
-        self.prepared: tuple[str, ...] | None = None
-        """The kernel ran kernel-mcp's set-up itself (``kernel.KERNEL_SETUP``), with
-        these preload modules."""
-        self._connection = through_root(connection, self.pid) if namespaced else connection
-        self._namespaced = namespaced
-        self._control: Any = None
-        self._released = False
-        self._code: int | None = None
-
-    @property
-    def client_info(self) -> dict[str, Any]:
-        """The connection info a client uses (the sockets, reached from this server)."""
-        return dict(self._connection)
-
-    async def is_alive(self) -> bool:
-        return not self._released and not _ended(self._pidfd)
-
-    async def interrupt(self) -> None:
-        # SIGINT to the kernel's process group, sent now, as jupyter_client does for a
-        # spawned kernel: the kernel called setsid, so what it started is interrupted
-        # too, and an idle kernel ignores it. Not an interrupt_request on the control
-        # channel: the kernel's control thread handles that whenever it gets to it,
-        # which can be after the next execution has begun (and it is that one that
-        # ends interrupted).
-        fd, pid = self._kernel_fd, self.kernel_pid
-        if self._released or fd is None or pid is None or _ended(fd):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGINT)
-
-    async def kill(self) -> None:
-        if not self._released and not _ended(self._pidfd):
-            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-                if not self._namespaced and self.pid is not None:
-                    # Unnamespaced, the kernel leads its group: end what it started too.
-                    os.killpg(self.pid, signal.SIGKILL)
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-        await self._release()
-
-    async def shutdown(self) -> None:
-        try:
-            if await self.is_alive():
-                await self.interrupt()
-                self._send_control("shutdown_request", {"restart": False})
-                await self._wait_ended(SHUTDOWN_WAIT)
-        except Exception as exc:
-            log.debug("polite shutdown of a forked kernel failed: %s", exc)
-        finally:
-            await self.kill()
-
-    def exit_description(self) -> str:
-        code = (
-            self._code if self._code is not None else self.template.exit_codes.get(self.kernel_id)
-        )
-        if code is None:
-            if _ended(self._pidfd) and self.template.ended():
-                return "killed (its fork template ended)"
-            return "the kernel stopped responding"
-        return describe_exit(code, namespaced=self._namespaced, cgroup=self.cgroup)
-
-    def rss_bytes(self) -> int | None:
-        """Proportional set size: pages shared with the template and siblings count in part."""
-        if self.kernel_pid is None or self._released or _ended(self._pidfd):
-            return None
-        try:
-            with open(f"/proc/{self.kernel_pid}/smaps_rollup", encoding="ascii") as rollup:
-                for line in rollup:
-                    if line.startswith("Pss:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            return None
-        return None
-
-    def stderr_tail(self) -> str:
-        return self.stderr.tail()
-
-    # -- internals ----------------------------------------------------------------------
-    def _send_control(self, msg_type: str, content: dict[str, Any]) -> None:
-        import zmq
-
-        if self._control is None:
-            info = self._connection
-            session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
-            sock = zmq.Context.instance().socket(zmq.DEALER)
-            sock.linger = 0
-            sock.connect(f"ipc://{info['ip']}-{info['control_port']}")
-            self._control = (session, sock)
-        session, sock = self._control
-        session.send(sock, msg_type, content)
-
-    async def _wait_ended(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        ended = loop.create_future()
-        loop.add_reader(self._pidfd, lambda: ended.done() or ended.set_result(None))
-        try:
-            await wait_within(ended, timeout)
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            loop.remove_reader(self._pidfd)
-
-    async def _release(self) -> None:
-        if self._released:
-            return
-        await self._wait_ended(5.0)
-        if not _ended(self._pidfd):
-            return  # not gone yet: a later kill() tries again
-        self._released = True
-        # The exit code comes from the template; give its notice a moment.
-        await self.template.exit_notice(self.kernel_id, 1.0)
-        self._code = self.template.exit_codes.get(self.kernel_id)
-        if self._control is not None:
-            self._control[1].close()
-            self._control = None
-        if self.cgroup is not None:
-            await self.cgroup.remove()
-        self.stderr.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
-        os.close(self._pidfd)
-        if self._kernel_fd is not None:
-            os.close(self._kernel_fd)
-            self._kernel_fd = None
-        self.template.released(self.kernel_id)
-
-
 # -- one template process -------------------------------------------------------------------
-class _Unanswered(Exception):
-    """The template (or its namespace maker) did not answer a fork request in time."""
-
-
 class _Template:
     """One running template process and its control channel."""
 
@@ -475,6 +131,19 @@ class _Template:
         self.helpers: list[int] = []
         """pidfds of the template process and of its namespace maker (sandboxed)."""
         self.end_code: int | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What its kernelspec adds to the kernels' environment."""
+        return dict(self.flavour.env)
+
+    @property
+    def arguments(self) -> list[str]:
+        return list(self.flavour.arguments)
+
+    @property
+    def preload(self) -> list[str]:
+        return list(self.flavour.preload)
 
     def ended(self) -> bool:
         """The template process is gone (noticed or not yet by its reader)."""
@@ -505,7 +174,7 @@ class _Template:
     async def read_forever(self) -> None:
         assert self.sock is not None
         while True:
-            message, fds = await _recv(self.sock)
+            message, fds = await sockets.recv(self.sock)
             for fd in fds:
                 os.close(fd)
             if message is None:
@@ -611,6 +280,8 @@ class ForkServer:
         self.max_file_bytes = max_file_bytes
         self.template: _Template | None = None
         self._retired: list[_Template] = []
+        self._tasks = TaskOwner("fork server")
+        """The template's start (shared by the callers that wait for it), its channels' readers."""
         self._starting: asyncio.Task[_Template | None] | None = None
         self._failures = 0
         self._next_try = 0.0
@@ -637,10 +308,10 @@ class ForkServer:
             self.fallbacks += 1
             return None
         try:
-            kernel = await self._fork(template, workspace or self.projects)
+            kernel = await Fork(self, template, workspace or self.projects).run()
         except asyncio.CancelledError:
             raise
-        except _Unanswered as exc:
+        except TemplateStuck as exc:
             self.fallbacks += 1
             log.warning("%s; replacing the template, and spawning this kernel", exc)
             template.end_helpers()
@@ -657,10 +328,7 @@ class ForkServer:
 
     async def close(self) -> None:
         self._closed = True
-        if self._starting is not None:
-            self._starting.cancel()
-            # Its own end, cancelled or failed, is not ours; a cancel of close() is.
-            await asyncio.gather(self._starting, return_exceptions=True)
+        await self._tasks.close()  # a start under way, and the templates' readers
         for template in [*self._retired, *([self.template] if self.template else [])]:
             template.stop()
         self._retired.clear()
@@ -672,7 +340,7 @@ class ForkServer:
         if self._unforkable:
             return None
         cached = self._flavour_cache
-        if cached is not None and all(_mtime(path) == mtime for path, mtime in cached.stamps):
+        if cached is not None and all(file_mtime(path) == mtime for path, mtime in cached.stamps):
             return cached
         self._flavour_cache = Flavour.of(self.kernel_name, self.preload, self.arguments)
         if self._flavour_cache is None:
@@ -701,7 +369,10 @@ class ForkServer:
         if time.monotonic() < self._next_try:
             return None
         if self._starting is None:
-            self._starting = asyncio.ensure_future(self._launch(flavour))
+            # Its callers read the outcome; _launch logs why a start failed.
+            self._starting = self._tasks.spawn(
+                self._launch(flavour), name="start the template", report=False
+            )
         starting = self._starting
         try:
             # Waited for, not awaited: a caller's cancel must not kill the start others
@@ -716,7 +387,7 @@ class ForkServer:
         if template.flavour != flavour:
             return False
         stamps = template.ready.get("site_stamps", {})
-        return all(_mtime(path) == mtime for path, mtime in stamps.items())
+        return all(file_mtime(path) == mtime for path, mtime in stamps.items())
 
     def _retire(self, template: _Template, *, broken: bool) -> None:
         if self.template is template:
@@ -783,6 +454,10 @@ class ForkServer:
         script = self.folder / TEMPLATE_NAME
         if not script.exists():
             script.write_text(_TEMPLATE_SOURCE, encoding="utf-8")
+        # Beside it, the one codec and fork request it shares with this server.
+        codec = self.folder / f"{wire.MODULE}.py"
+        if not codec.exists():
+            codec.write_text(_WIRE_SOURCE, encoding="utf-8")
         setup = self.folder / SETUP_NAME
         if not setup.exists():
             setup.write_text(KERNEL_SETUP, encoding="utf-8")
@@ -815,16 +490,16 @@ class ForkServer:
             theirs.close()
         template.sock = ours
         try:
-            message, fds = await wait_within(_recv(ours), TEMPLATE_TIMEOUT)
+            message, fds = await wait_within(sockets.recv(ours), TEMPLATE_TIMEOUT)
         except asyncio.TimeoutError:
-            raise RuntimeError(f"no answer in {TEMPLATE_TIMEOUT:g} s") from None
+            raise ForkFailed(f"no answer in {TEMPLATE_TIMEOUT:g} s") from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         template.helpers = fds
         if message is None or message.get("op") != "ready":
             said = (message or {}).get("error") or template.describe_end()
-            raise RuntimeError(said)
-        message["site_stamps"] = {path: _mtime(path) for path in message.get("site", [])}
+            raise ForkFailed(said)
+        message["site_stamps"] = {path: file_mtime(path) for path in message.get("site", [])}
         if message.get("threads", 1) > 1:
             log.info(
                 "the fork template runs %d threads after its imports (a preloaded library "
@@ -832,195 +507,7 @@ class ForkServer:
                 message["threads"],
             )
         template.ready = message
-        template._reader = asyncio.ensure_future(template.read_forever())
-
-    # -- one fork ---------------------------------------------------------------------------
-    async def _fork(self, template: _Template, workspace: Path) -> Kernel:
-        kernel_id = uuid.uuid4().hex
-        name = kernel_id[:12]
-        folder = self.folder / name
-        folder.mkdir(mode=0o700)
-        connection_file = folder / "kernel.json"
-        _, info = write_connection_file(
-            str(connection_file),
-            ip=str(folder / "ipc"),
-            key=new_id_bytes(),
-            transport="ipc",
-            signature_scheme="hmac-sha256",
-            kernel_name=self.kernel_name,
-        )
-        info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
-        cgroup = self.new_cgroup()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        stderr = StderrPipe()
-        sandbox = self.sandbox
-        env = {**self.env, **dict(template.flavour.env)}
-        if sandbox is not None:
-            env = sandbox.kernel_env(env)
-        request = {
-            "op": "fork",
-            "id": kernel_id,
-            "connection_file": str(connection_file),
-            "folder": str(folder),
-            "cwd": str(workspace),
-            # A principal's own folder below the projects folder: the rest is hidden.
-            "projects": str(self.projects),
-            "workspace": str(workspace) if workspace != self.projects else None,
-            "projects_readonly": bool(sandbox and not sandbox.policy.projects_writable),
-            "env": env,
-            "arguments": list(template.flavour.arguments),
-            "namespaces": sandbox is not None,
-            "network": bool(sandbox and sandbox.policy.network),
-            "userns": template.userns,
-            "home": sandbox.policy.home if sandbox else "",
-            "keep": template.keep,
-            "tmp_bytes": sandbox.policy.tmp_bytes if sandbox else 0,
-            "memory_bytes": self.memory_bytes,
-            "max_file_bytes": self.max_file_bytes,
-            "max_tasks": sandbox.policy.max_tasks if sandbox else 0,
-            "setup": setup_config(self.limits, list(template.flavour.preload)),
-        }
-        assert template.sock is not None
-        try:
-            _send(template.sock, request, [theirs.fileno(), stderr.write_fd])
-        finally:
-            theirs.close()
-            stderr.handed()
-        stderr.start()
-        template.live.add(kernel_id)
-        holder: list[ForkedProcess] = []
-        early: dict[str, Any] = {}
-
-        def connect(process: ForkedProcess) -> None:
-            """Connect (and ask kernel_info) while the kernel initializes: a client's
-            sockets connect before the kernel binds its own, retrying every 2 ms
-            (zmq's default is 100), and the request waits in its queue."""
-            client = AsyncKernelClient()
-            client.load_connection_info(process.client_info)
-            client.context.setsockopt(zmq.RECONNECT_IVL, 2)
-            client.start_channels()
-            early["client"] = client
-            early["ready"] = asyncio.ensure_future(
-                wait_ready(client, process.is_alive, timeout=FORK_TIMEOUT)
-            )
-
-        try:
-            try:
-                process = await wait_within(
-                    self._handshake(
-                        template,
-                        ours,
-                        kernel_id,
-                        folder,
-                        stderr,
-                        cgroup,
-                        info,
-                        holder,
-                        connect,
-                    ),
-                    FORK_TIMEOUT,
-                )
-            finally:
-                ours.close()
-            kernel = Kernel(process, early["client"], limits=self.limits)
-            try:
-                kernel.kernel_info = await early.pop("ready")
-            except BaseException:
-                await kernel.shutdown(now=True)
-                raise
-            return kernel
-        except BaseException as exc:
-            waiting = early.pop("ready", None)
-            if waiting is not None:
-                waiting.cancel()
-                await asyncio.gather(waiting, return_exceptions=True)
-            if "client" in early:
-                with contextlib.suppress(Exception):
-                    early["client"].stop_channels()
-            said = _tail(stderr)
-            if holder:
-                await holder[0].kill()
-            else:
-                template.live.discard(kernel_id)
-                if cgroup is not None:
-                    await cgroup.remove()
-                shutil.rmtree(folder, ignore_errors=True)
-                stderr.close()
-            if isinstance(exc, asyncio.TimeoutError):
-                raise RuntimeError(f"no kernel in {FORK_TIMEOUT:g} s{said}") from None
-            raise
-
-    async def _handshake(
-        self,
-        template: _Template,
-        channel: socket.socket,
-        kernel_id: str,
-        folder: Path,
-        stderr: StderrPipe,
-        cgroup: KernelCgroup | None,
-        info: dict[str, Any],
-        holder: list[ForkedProcess],
-        connect: Callable[[ForkedProcess], None],
-    ) -> ForkedProcess:
-        """hello (the process that ends the kernel, a pidfd), kernel (its pidfd; moved
-        into its cgroup meanwhile), go, ready (its sockets are bound)."""
-        hello, fds = await _answer(channel, "the fork template")
-        if hello is None or hello.get("op") != "hello" or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise RuntimeError(f"no hello from the forked kernel{_tail(stderr)}")
-        process = ForkedProcess(
-            template=template,
-            kernel_id=kernel_id,
-            pidfd=fds[0],
-            folder=folder,
-            stderr=stderr,
-            cgroup=cgroup,
-            connection=info,
-            namespaced=self.sandbox is not None,
-        )
-        holder.append(process)
-        message, fds = await _answer(channel, "the forked kernel's first step")
-        if message is None or message.get("op") != "kernel" or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise RuntimeError(f"the forked kernel did not start{_tail(stderr)}")
-        process._kernel_fd = fds[0]
-        process.kernel_pid = _host_pid(fds[0])
-        connect(process)
-        if cgroup is not None:
-            # While the kernel initializes: a move between cgroups waits for an RCU grace
-            # period (about 15 ms here). No user code runs before "go".
-            await asyncio.to_thread(cgroup.add, process.kernel_pid)
-        _send(channel, {"op": "go"})
-        ready, fds = await _recv(channel)
-        for fd in fds:
-            os.close(fd)
-        if ready is not None and ready.get("op") == "broken":
-            raise RuntimeError(f"the forked kernel failed to start: {ready.get('error')}")
-        if ready is None or ready.get("op") != "ready":
-            raise RuntimeError(f"the forked kernel did not start{_tail(stderr)}")
-        if ready.get("prepared"):
-            process.prepared = tuple(template.flavour.preload)
-        failed = ready.get("preload_failed") or {}
-        if failed:  # as Kernel.prepare says it of a spawned kernel
-            log.warning(
-                "preloading %s failed: %s", ", ".join(failed), "; ".join(map(str, failed.values()))
-            )
-        return process
-
-
-async def _answer(channel: socket.socket, who: str) -> tuple[dict[str, Any] | None, list[int]]:
-    """The next message of a fork's handshake, due within :data:`ANSWER_TIMEOUT`.
-
-    Raises:
-        _Unanswered: it did not come in time.
-    """
-    try:
-        return await wait_within(_recv(channel), ANSWER_TIMEOUT)
-    except asyncio.TimeoutError:
-        raise _Unanswered(f"{who} did not answer in {ANSWER_TIMEOUT:g} s") from None
+        template._reader = self._tasks.spawn(template.read_forever(), name="template channel")
 
 
 def userns_per_kernel() -> bool:
@@ -1050,8 +537,3 @@ def _popen(
         # Its own group: stopping it ends bwrap, and with it the whole sandbox.
         start_new_session=True,
     )
-
-
-def _tail(stderr: StderrPipe) -> str:
-    tail = stderr.tail()
-    return f"; its stderr ended with:\n{tail}" if tail else ""

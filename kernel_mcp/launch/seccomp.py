@@ -47,6 +47,9 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Any
+
+from kernel_mcp.errors import SeccompUnavailable
 
 __all__ = ["DENIED", "SeccompFilter", "build", "compiled", "seccomp_filter"]
 
@@ -158,13 +161,21 @@ def build() -> bytes:
     """The filter as a compiled BPF program.
 
     Raises:
-        RuntimeError: libseccomp (or pyseccomp) is missing, or refused a rule.
+        SeccompUnavailable: libseccomp (or pyseccomp) is missing, or refused a rule.
     """
     try:
         import pyseccomp as sc
     except Exception as exc:  # ImportError, or pyseccomp's own "Unable to find libseccomp"
-        raise RuntimeError(f"libseccomp is unavailable ({exc})") from exc
+        raise SeccompUnavailable(f"libseccomp is unavailable ({exc})") from exc
 
+    try:
+        return _program(sc)
+    except (RuntimeError, ValueError) as exc:  # pyseccomp's own errors
+        raise SeccompUnavailable(f"libseccomp refused the filter ({exc})") from exc
+
+
+def _program(sc: Any) -> bytes:
+    """The rules, compiled with pyseccomp (``sc``)."""
     arch = sc.system_arch()
     rules = sc.SyscallFilter(sc.ERRNO(errno.ENOSYS))
     rules.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
@@ -226,7 +237,7 @@ def seccomp_filter(folder: str) -> SeccompFilter:
     """The filter, compiled and written to ``folder/seccomp.bpf`` (mode 0644).
 
     Raises:
-        RuntimeError: as :func:`build`.
+        SeccompUnavailable: as :func:`build`.
     """
     program = compiled()
     path = os.path.join(folder, "seccomp.bpf")
@@ -239,5 +250,5 @@ def seccomp_filter(folder: str) -> SeccompFilter:
 @functools.lru_cache(maxsize=1)
 def compiled() -> bytes:
     if not sys.platform.startswith("linux"):
-        raise RuntimeError(f"seccomp is Linux only (this is {sys.platform})")
+        raise SeccompUnavailable(f"seccomp is Linux only (this is {sys.platform})")
     return build()

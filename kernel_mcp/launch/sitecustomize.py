@@ -13,8 +13,8 @@ of ``x.py``, while ``read_file`` shows the harmless source. Here every folder
 inside the projects folder is imported from source only: Python neither reads
 nor writes bytecode there (nor imports a bare ``.pyc`` from it). Libraries keep
 their own bytecode, read-only: a private ``sys.pycache_prefix`` would have
-compiled every library from source in every kernel (ipykernel's imports went from
-0.3 to 1.6 s, matplotlib's from 0.7 to 2.9 s, measured here). Then the
+compiled every library from source in every kernel, making its imports several
+times slower (docs/benchmarks.md). Then the
 environment's own ``sitecustomize``, if it has one, runs as it would have.
 
 Not covered: a Python started with ``-S``, ``-I`` or ``-E`` (no site, or no

@@ -41,11 +41,10 @@ Per kernel, with namespaces (the sandboxed case, the server root)::
           output and input guards, the preload's names: what a spawned kernel gets
           as cells), then ipykernel's start
 
-The two forks run side by side, and B's costs a tenth of C's: from the request
-to C's hello took 8.5 ms when B, forked from the template, forked C itself, and
-takes about 6 now. B is the namespace's init: killing it (the server holds its
-pidfd) ends every process in the namespace, daemons included; it exits when C
-does, and the template, C's parent, reports C's status on the control channel.
+The two forks run side by side (what that saves: docs/benchmarks.md). B is the
+namespace's init: killing it (the server holds its pidfd) ends every process in
+the namespace, daemons included; it exits when C does, and the template, C's
+parent, reports C's status on the control channel.
 
 Unprivileged (the server is not root), each kernel also gets a user namespace
 of its own, which must own its PID namespace, and the template cannot enter a
@@ -78,6 +77,11 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
+
+try:  # as the fork server runs it: launch/wire.py is written beside this script
+    import kmcp_fork_wire as wire  # type: ignore[import-not-found]
+except ImportError:  # imported as part of kernel_mcp (the tests read its constants)
+    from kernel_mcp.launch import wire
 
 # -- libc --------------------------------------------------------------------------
 CLONE_NEWNS = 0x00020000
@@ -124,7 +128,6 @@ PTRACE_DETACH = 17
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-MAX_MESSAGE = 1 << 20
 _LAUNCHER = "ipykernel_launcher"
 #: A kernel's connection folder: its sockets and its connection file need a few inodes
 #: and no data.
@@ -329,24 +332,6 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
 
 
-# -- messages ----------------------------------------------------------------------
-def _send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:  # type: ignore[assignment]
-    data = json.dumps(message).encode()
-    if fds:
-        socket.send_fds(sock, [data], list(fds))
-    else:
-        sock.send(data)
-
-
-def _recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
-    data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 8)
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None, []
-    return json.loads(data), fds
-
-
 # -- warming up ----------------------------------------------------------------------
 def _warm(config: dict) -> dict:
     """Import and exercise everything a kernel's start touches; returns what happened."""
@@ -356,7 +341,7 @@ def _warm(config: dict) -> dict:
     import ipykernel.kernelapp
     import ipykernel.zmqshell
 
-    # What a kernel's initialize() still imports (measured: its pdb patch, the store
+    # What a kernel's initialize() still imports (its pdb patch, the store
     # magic extension, tornado's asyncio loop, faulthandler).
     for name in (
         "pdb",
@@ -501,12 +486,12 @@ def _in_child(body: Callable[..., object]) -> Callable[..., NoReturn]:
 
 
 @_in_child
-def _child(request: dict, channel: int, stderr: int) -> None:
+def _child(request: wire.ForkRequest, channel: int, stderr: int) -> None:
     """In the forked child: become a kernel (through A, B and C when it needs a user
     namespace of its own). Never returns."""
-    handoff = request["handoff"]
+    handoff = request.handoff
     sock = _adopt(channel, stderr, *([handoff] if handoff is not None else []))
-    if request["namespaces"]:
+    if request.namespaces:
         _namespaced(request, sock)
     else:
         os.setsid()
@@ -520,34 +505,34 @@ def _hello(sock: socket.socket, op: str) -> None:
     """Hand the server a pidfd of this process (``op``: "hello" from the process that
     ends the kernel, "kernel" from the kernel itself)."""
     pidfd = os.pidfd_open(os.getpid())
-    _send(sock, {"op": op}, [pidfd])
+    wire.send(sock, {"op": op}, [pidfd])
     os.close(pidfd)
 
 
 def _wait_go(sock: socket.socket) -> None:
     """Block until the server says go: it has moved this kernel into its cgroup."""
-    answer, fds = _recv(sock)
+    answer, fds = wire.recv(sock)
     for fd in fds:
         os.close(fd)
     if not answer or answer.get("op") != "go":
         raise SystemExit(71)
 
 
-def _enter_namespaces(request: dict, *, pid: bool) -> None:
+def _enter_namespaces(request: wire.ForkRequest, *, pid: bool) -> None:
     """B (or A): unshare the kernel's namespaces (its PID namespace too with ``pid``),
     and map its user namespace when it has one of its own. _private_mounts follows."""
     flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
     if pid:
         flags |= CLONE_NEWPID
-    if not request["network"]:
+    if not request.network:
         flags |= CLONE_NEWNET
     uid, gid = os.getuid(), os.getgid()
-    if request["userns"]:
+    if request.userns:
         # Unprivileged: a user namespace per kernel makes RLIMIT_NPROC count this
         # kernel's processes only (the count is per user per namespace).
         flags |= CLONE_NEWUSER
     _unshare(flags)
-    if request["userns"]:
+    if request.userns:
         with open("/proc/self/setgroups", "w") as file:
             file.write("deny")
         with open("/proc/self/uid_map", "w") as file:
@@ -556,7 +541,7 @@ def _enter_namespaces(request: dict, *, pid: bool) -> None:
             file.write(f"{gid} {gid} 1")
 
 
-def _private_mounts(request: dict) -> None:
+def _private_mounts(request: wire.ForkRequest) -> None:
     """B, PID 1 of the kernel's namespaces: its /proc, /tmp, $HOME, /dev/shm and
     /dev/pts, its own connection folder, nothing writable that another kernel shares
     (the template's root and /dev made read-only here); lo up when it has a network
@@ -566,29 +551,29 @@ def _private_mounts(request: dict) -> None:
     # shared folders below /tmp or $HOME: a venv in ~/project, the projects folder)
     # stays reachable by fd once a tmpfs hides its path. Opened in this mount
     # namespace: a bind's source must be one of its own mounts.
-    connection = os.path.join(request["folder"], "kernel.json")
-    kept = [*request["keep"], (connection, True)]
-    workspace = request.get("workspace")
+    connection = os.path.join(request.folder, "kernel.json")
+    kept = [*request.keep, (connection, True)]
+    workspace = request.workspace
     if workspace:
         # A principal's own folder: nothing else of the projects folder stays in sight.
-        projects = request["projects"]
+        projects = request.projects
         kept = [(path, ro) for path, ro in kept if not _below(path, projects)]
-        kept.append((workspace, request["projects_readonly"]))
+        kept.append((workspace, request.projects_readonly))
     keep = [
         (path, readonly, os.open(path, os.O_PATH | os.O_CLOEXEC))
         for path, readonly in kept
         if os.path.exists(path)
     ]
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    if request["userns"]:
+    if request.userns:
         with open("/proc/sys/user/max_user_namespaces", "w") as file:
             file.write("0")  # as bwrap's --disable-userns: no namespaces of its own
     _cover_proc()
-    size = request["tmp_bytes"]
+    size = request.tmp_bytes
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
     # A $HOME below /tmp (HOME=/tmp in many containers) is gone under the new /tmp.
-    os.makedirs(request["home"], exist_ok=True)
-    _mount("tmpfs", request["home"], "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0700")
+    os.makedirs(request.home, exist_ok=True)
+    _mount("tmpfs", request.home, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0700")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
     # Its own pseudo-terminals: the template's devpts is every kernel's.
     _mount(
@@ -598,11 +583,11 @@ def _private_mounts(request: dict) -> None:
     # is; below /tmp it is gone already) holding its connection file, read-only, and
     # the kernel's sockets. Nothing of it is on the host's disk; the server connects
     # through /proc/<this process>/root.
-    root = os.path.dirname(request["folder"])
+    root = os.path.dirname(request.folder)
     os.makedirs(root, exist_ok=True)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, CONNECTION_TMPFS)
-    if workspace and os.path.isdir(request["projects"]):
-        _mount("tmpfs", request["projects"], "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    if workspace and os.path.isdir(request.projects):
+        _mount("tmpfs", request.projects, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
     for path, readonly, fd in sorted(keep, key=lambda item: item[0].count("/")):
         if os.path.isdir(f"/proc/self/fd/{fd}"):
             os.makedirs(path, exist_ok=True)
@@ -619,7 +604,7 @@ def _private_mounts(request: dict) -> None:
     # kernel writes there reaches another, or outlives it.
     _remount_readonly("/dev")
     _remount_readonly("/")
-    if not request["network"]:
+    if not request.network:
         _loopback_up()
 
 
@@ -627,10 +612,10 @@ def _below(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def _namespaced(request: dict, sock: socket.socket) -> None:
+def _namespaced(request: wire.ForkRequest, sock: socket.socket) -> None:
     """A, then B, unprivileged: A unshares every namespace, its user namespace too,
     forks B (PID 1 of the new PID namespace) and exits; B forks the kernel and reaps."""
-    handoff = request["handoff"]
+    handoff = request.handoff
     _enter_namespaces(request, pid=True)
     init = os.fork()
     if init:
@@ -680,12 +665,12 @@ def _maker(sock: socket.socket) -> None:
         try:
             link, ns = _spare(own)
         except OSError as exc:
-            _send(sock, {"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            wire.send(sock, {"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
         else:
-            _send(sock, {"op": "spare"}, [ns, link.fileno()])
+            wire.send(sock, {"op": "spare"}, [ns, link.fileno()])
             os.close(ns)
             link.close()
-        request, fds = _recv(sock)
+        request, fds = wire.recv(sock)
         for fd in fds:
             os.close(fd)
         if request is None:
@@ -726,10 +711,11 @@ def _init(link: int) -> None:
     _close_others(link)
     _name("spare")
     template = socket.socket(fileno=link)
-    request, fds = _recv(template)
+    message, fds = wire.recv(template)
     template.close()
-    if request is None or len(fds) != 3:
+    if message is None or message.get("op") != "fork" or len(fds) != 3:
         return  # the template is gone, or it had no kernel for us
+    request = wire.ForkRequest.from_message(message)
     channel, stderr, peer = fds
     sock = _stdio(channel, stderr)
     _name("init")
@@ -740,12 +726,12 @@ def _init(link: int) -> None:
     _drop_capabilities()
     _load_seccomp()
     link_to_kernel = socket.socket(fileno=peer)
-    joined = [(name, flag) for name, flag in JOINED if name != "net" or not request["network"]]
+    joined = [(name, flag) for name, flag in JOINED if name != "net" or not request.network]
     fds = [os.open(f"/proc/self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name, _ in joined]
-    _send(link_to_kernel, {"op": "namespaces", "flags": [flag for _, flag in joined]}, fds)
+    wire.send(link_to_kernel, {"op": "namespaces", "flags": [flag for _, flag in joined]}, fds)
     for fd in fds:
         os.close(fd)
-    answer, pidfds = _recv(link_to_kernel)
+    answer, pidfds = wire.recv(link_to_kernel)
     link_to_kernel.close()
     if answer and answer.get("op") == "joined" and len(pidfds) == 1:
         with selectors.DefaultSelector() as selector:
@@ -755,12 +741,12 @@ def _init(link: int) -> None:
 
 
 @_in_child
-def _joined(request: dict, channel: int, stderr: int, peer: int) -> None:
+def _joined(request: wire.ForkRequest, channel: int, stderr: int, peer: int) -> None:
     """C, forked by the template into B's PID namespace: joins B's other namespaces,
     drops every capability, hands B its pidfd and becomes the kernel. Never returns."""
     sock = _adopt(channel, stderr, peer)
     link = socket.socket(fileno=peer)
-    message, fds = _recv(link)
+    message, fds = wire.recv(link)
     if not message or message.get("op") != "namespaces" or len(fds) != len(message["flags"]):
         raise SystemExit(71)  # B failed: it said why on the kernel's stderr
     for fd, flag in zip(fds, message["flags"], strict=True):
@@ -768,36 +754,36 @@ def _joined(request: dict, channel: int, stderr: int, peer: int) -> None:
         os.close(fd)
     _drop_capabilities()
     pidfd = os.pidfd_open(os.getpid())
-    _send(link, {"op": "joined"}, [pidfd])
+    wire.send(link, {"op": "joined"}, [pidfd])
     os.close(pidfd)
     link.close()
     _kernel(request, sock)
 
 
-def _kernel(request: dict, sock: socket.socket) -> None:
+def _kernel(request: wire.ForkRequest, sock: socket.socket) -> None:
     """C (or A, unnamespaced): become an ordinary ipykernel. Never returns.
 
     The server moves this process into the kernel's cgroup while it initializes
-    (moving a process between cgroups waits for an RCU grace period: about 15 ms
-    here, as long as the rest of a fork); no user code runs before "go".
+    (moving a process between cgroups waits for an RCU grace period, about as long
+    as the rest of a fork: docs/benchmarks.md); no user code runs before "go".
     """
     _name("kernel")
-    if request["namespaces"]:
+    if request.namespaces:
         _load_seccomp()  # before anything of the user's, after the last mount or setns
     _hello(sock, "kernel")
-    if request["namespaces"]:
+    if request.namespaces:
         os.setsid()  # lead its own group, so an interrupt reaches its children too
-    memory, tasks = request["memory_bytes"], request["max_tasks"]
+    memory, tasks = request.memory_bytes, request.max_tasks
     if memory:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    if tasks and request["namespaces"]:
+    if tasks and request.namespaces:
         resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
-    size = request.get("max_file_bytes") or 0
+    size = request.max_file_bytes or 0
     if size:
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-    os.chdir(request["cwd"])
+    os.chdir(request.cwd)
     os.environ.clear()
-    os.environ.update(request["env"])
+    os.environ.update(request.env)
     import random
 
     random.seed()
@@ -806,31 +792,31 @@ def _kernel(request: dict, sock: socket.socket) -> None:
         numpy.random.seed()
     from ipykernel.kernelapp import IPKernelApp
 
-    arguments = ["-f", request["connection_file"], *request["arguments"]]
+    arguments = ["-f", request.connection_file, *request.arguments]
     # As `python -m ipykernel_launcher` started in the working directory has them: the
     # launcher drops the working directory from sys.path (the app adds it back).
     sys.argv = [_LAUNCHER, *arguments]
-    if sys.path and sys.path[0] in ("", os.getcwd(), request["cwd"]):
+    if sys.path and sys.path[0] in ("", os.getcwd(), request.cwd):
         del sys.path[0]
     app = IPKernelApp.instance()
     if _PARSED:
-        app.config.IPKernelApp.connection_file = request["connection_file"]
-        app.connection_file = request["connection_file"]
+        app.config.IPKernelApp.connection_file = request.connection_file
+        app.connection_file = request.connection_file
         app.parse_command_line = lambda argv=None: None  # parsed in the template
     try:
         app.initialize(arguments)
         _wait_go(sock)
         failed = {}
-        prepared = _SETUP is not None and request.get("setup") is not None
+        prepared = _SETUP is not None and request.setup is not None
         if prepared:
             namespace = {"__name__": "kernel_mcp_setup"}
             exec(_SETUP, namespace)
-            failed = namespace["_kmcp_setup"](request["setup"], app.kernel.shell.user_ns)
+            failed = namespace["_kmcp_setup"](request.setup, app.kernel.shell.user_ns)
     except Exception as exc:
         # Said on the channel: past initialize, stderr is ipykernel's (the notebook's).
-        _send(sock, {"op": "broken", "error": f"{type(exc).__name__}: {exc}"})
+        wire.send(sock, {"op": "broken", "error": f"{type(exc).__name__}: {exc}"})
         raise
-    _send(sock, {"op": "ready", "prepared": prepared, "preload_failed": failed})
+    wire.send(sock, {"op": "ready", "prepared": prepared, "preload_failed": failed})
     sock.close()
     app.start()
     os._exit(0)
@@ -838,27 +824,26 @@ def _kernel(request: dict, sock: socket.socket) -> None:
 
 # -- the loop -----------------------------------------------------------------------------
 def _fork(
-    request: dict, fds: list[int], maker: socket.socket | None, own_pid_ns: int | None
+    request: wire.ForkRequest, fds: list[int], maker: socket.socket | None, own_pid_ns: int | None
 ) -> tuple[int, int | None]:
     """Fork the process that becomes a kernel (in the child, never returns).
 
     Returns its pid and, when it is A (see the module's docstring), the pipe on
     which A hands over B's pid. With the ``maker`` (see main), the template asks
     it for B and forks the kernel, C, into B's PID namespace at the same time as
-    B makes the kernel's mounts: the two forks no longer run one after the other
-    (before, B forked C: 8.5 ms from the request to C's first message, now about 6).
+    B makes the kernel's mounts: the two forks run side by side.
 
     Raises:
         OSError: no kernel could be forked (the channel's end tells the server).
     """
-    if not request["namespaces"]:
+    if not request.namespaces:
         pid = _fork_child()
         if pid == 0:
-            request["handoff"] = None
+            request.handoff = None
             _child(request, fds[0], fds[1])
         return pid, None
-    if maker is not None and own_pid_ns is not None and not request["userns"]:
-        spare, got = _recv(maker)  # sent ahead: its PID namespace and its link
+    if maker is not None and own_pid_ns is not None and not request.userns:
+        spare, got = wire.recv(maker)  # sent ahead: its PID namespace and its link
         if spare is None:
             raise _MakerGone("the namespace maker is gone")
         try:
@@ -869,25 +854,27 @@ def _fork(
             return _fork_into_spare(request, fds, got[0], got[1], own_pid_ns), None
         finally:  # the child never gets here
             with contextlib.suppress(OSError):  # gone: the next request says so
-                _send(maker, {"op": "next"})  # after the fork: the next spare waits its turn
+                wire.send(maker, {"op": "next"})  # after the fork: the next spare waits its turn
     handoff_read, handoff_write = os.pipe2(os.O_CLOEXEC)
     pid = _fork_child()
     if pid == 0:
         os.close(handoff_read)
-        request["handoff"] = handoff_write
+        request.handoff = handoff_write
         _child(request, fds[0], fds[1])
     os.close(handoff_write)
     return pid, handoff_read
 
 
-def _fork_into_spare(request: dict, fds: list[int], ns: int, link: int, own_pid_ns: int) -> int:
+def _fork_into_spare(
+    request: wire.ForkRequest, fds: list[int], ns: int, link: int, own_pid_ns: int
+) -> int:
     """Hand the spare init (``link``) its request and fork the kernel into its PID
     namespace (``ns``); returns the kernel's pid. Closes ``ns`` and ``link``."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         # A spare that died takes them along: the kernel's end of the link tells it.
         with socket.socket(fileno=link) as spare, theirs, contextlib.suppress(OSError):
-            _send(spare, request, [*fds, theirs.fileno()])
+            wire.send(spare, request.message(), [*fds, theirs.fileno()])
         _setns(ns, CLONE_NEWPID)
         try:
             pid = _fork_child()
@@ -954,12 +941,12 @@ class _Children:
                 self.early[pid] = code
 
     def _ended(self, kid: str, code: int) -> None:
-        _send(self.control, {"op": "exited", "id": kid, "code": code})
+        wire.send(self.control, {"op": "exited", "id": kid, "code": code})
 
     def _tell_keeper(self, message: dict) -> None:
         if self.keeper is not None:
             with contextlib.suppress(OSError):
-                _send(self.keeper, message)
+                wire.send(self.keeper, message)
 
 
 def _keep(control: socket.socket, link: socket.socket, template: int) -> NoReturn:
@@ -988,7 +975,7 @@ def _keep(control: socket.socket, link: socket.socket, template: int) -> NoRetur
         while template_alive or kernels:
             for key, _ in selector.select():
                 if key.fileobj is link:
-                    message, fds = _recv(link)
+                    message, fds = wire.recv(link)
                     for fd in fds:
                         os.close(fd)
                     if message is None:
@@ -1013,9 +1000,9 @@ def _keep(control: socket.socket, link: socket.socket, template: int) -> NoRetur
                         continue
                     if pid == template:
                         template_alive = False
-                        _send(control, {"op": "template_ended", "code": code})
+                        wire.send(control, {"op": "template_ended", "code": code})
                     elif pid in kernels:
-                        _send(control, {"op": "exited", "id": kernels.pop(pid), "code": code})
+                        wire.send(control, {"op": "exited", "id": kernels.pop(pid), "code": code})
     except OSError:
         pass  # the server is gone: so is everything here, with bwrap
     os._exit(0)
@@ -1028,50 +1015,21 @@ def main(argv: list[str]) -> int:
     if not config.get("plain"):
         # Sandboxed, this process is bwrap's child: it stays, as the keeper, and the
         # template is its child (see _keep). First, while this process is small.
-        keeper, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        template = os.fork()
-        if template:
-            keeper.close()
-            _keep(control, theirs, template)
-        theirs.close()
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the keeper ends only with bwrap
+        keeper = _hand_over_to_the_keeper(control)
     if config.get("seccomp"):
         _read_seccomp(config["seccomp"])
     _name("template")
     # As a spawned kernel's `python -m ipykernel_launcher` from the projects folder: the
     # preload (and later the kernels) import from there, not from this script's folder.
     sys.path[0] = os.getcwd()
-    maker = None
-    helpers = []
-    if config.get("plain"):
-        # Unsandboxed, nothing else ends the template with the server.
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    else:
-        _uncover_proc()
-        if config.get("no_userns"):
-            # Children share this user namespace (as root, where bwrap's own
-            # --disable-userns would leave the template unable to mount): none of
-            # them, and not the template, may make another one.
-            with open("/proc/sys/user/max_user_namespaces", "w") as file:
-                file.write("0")
-            # Before the imports, while this process is small: see _maker.
-            maker, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            maker_pid = os.fork()
-            if maker_pid == 0:
-                control.close()
-                maker.close()
-                if keeper is not None:
-                    keeper.close()
-                _maker(theirs)
-            theirs.close()
-            helpers.append(os.pidfd_open(maker_pid))
+    maker, helpers = _set_up_forking(config, control, keeper)
     helpers.insert(0, os.pidfd_open(os.getpid()))
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     try:
         ready = _warm(config)
     except BaseException as exc:
         traceback.print_exc()
-        _send(control, {"op": "broken", "error": f"{type(exc).__name__}: {exc}"})
+        wire.send(control, {"op": "broken", "error": f"{type(exc).__name__}: {exc}"})
         return 1
     # Where this process may put a kernel in a PID namespace (root of its user
     # namespace, no user namespace per kernel): its own, to come back to after each.
@@ -1080,18 +1038,74 @@ def main(argv: list[str]) -> int:
         if config.get("no_userns")
         else None
     )
+    children = _Children(control, keeper)
+    # With pidfds of this process and of the maker: the server ends them itself when
+    # they stop answering (a stopped template would otherwise stall every start).
+    wire.send(control, ready, helpers)
+    for fd in helpers:
+        os.close(fd)
+    return _serve(control, children, maker, own_pid_ns)
+
+
+def _hand_over_to_the_keeper(control: socket.socket) -> socket.socket:
+    """Fork: the parent stays as the keeper (never returns); the child, the template,
+    returns its end of the keeper's socket."""
+    keeper, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    template = os.fork()
+    if template:
+        keeper.close()
+        _keep(control, theirs, template)
+    theirs.close()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the keeper ends only with bwrap
+    return keeper
+
+
+def _set_up_forking(
+    config: dict[str, Any], control: socket.socket, keeper: socket.socket | None
+) -> tuple[socket.socket | None, list[int]]:
+    """What this template forks kernels with: its namespace maker (as root in the
+    sandbox), and the pidfds of its helpers (the maker's) for the server."""
+    maker = None
+    helpers = []
+    if config.get("plain"):
+        # Unsandboxed, nothing else ends the template with the server.
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        return maker, helpers
+    _uncover_proc()
+    if config.get("no_userns"):
+        # Children share this user namespace (as root, where bwrap's own
+        # --disable-userns would leave the template unable to mount): none of
+        # them, and not the template, may make another one.
+        with open("/proc/sys/user/max_user_namespaces", "w") as file:
+            file.write("0")
+        # Before the imports, while this process is small: see _maker.
+        maker, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        maker_pid = os.fork()
+        if maker_pid == 0:
+            control.close()
+            maker.close()
+            if keeper is not None:
+                keeper.close()
+            _maker(theirs)
+        theirs.close()
+        helpers.append(os.pidfd_open(maker_pid))
+    return maker, helpers
+
+
+def _serve(
+    control: socket.socket,
+    children: _Children,
+    maker: socket.socket | None,
+    own_pid_ns: int | None,
+) -> int:
+    """Fork a kernel for each request, and report the ends of the kernels, until the
+    server closes the control channel."""
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ)
     selector.register(wake_read, selectors.EVENT_READ)
-    children = _Children(control, keeper)
-    # With pidfds of this process and of the maker: the server ends them itself when
-    # they stop answering (a stopped template would otherwise stall every start).
-    _send(control, ready, helpers)
-    for fd in helpers:
-        os.close(fd)
     while True:
         for key, _ in selector.select():
             if key.fileobj is not control:
@@ -1103,10 +1117,14 @@ def main(argv: list[str]) -> int:
                         break
                 children.reap()
                 continue
-            request, fds = _recv(control)
-            if request is None:
+            message, fds = wire.recv(control)
+            if message is None:
                 return 0  # the server is gone or closing (it ends the kernels)
-            if request.get("op") != "fork" or len(fds) != 2:
+            try:
+                request = wire.ForkRequest.from_message(message)
+            except (ValueError, TypeError):
+                request = None
+            if request is None or len(fds) != 2:
                 for fd in fds:
                     os.close(fd)
                 continue
@@ -1123,9 +1141,9 @@ def main(argv: list[str]) -> int:
                 for fd in fds:
                     os.close(fd)
             if handoff is not None:
-                children.handing[pid] = (request["id"], handoff)
+                children.handing[pid] = (request.id, handoff)
             else:
-                children.add(pid, request["id"])
+                children.add(pid, request.id)
 
 
 if __name__ == "__main__":

@@ -4,24 +4,66 @@ Records, tombstones and name claims are ``SharedState``'s; a call's claim on a
 session is a lease (renewed while held, fenced writes) together with a
 subscription to the session's interrupt channel, so an ``interrupt_session``
 sent to any replica reaches the one running the call.
+
+A session's kernel runs on a gateway (:class:`RemoteKernels`), and any replica
+attaches to it by id. Each record says which replica served its last call
+(``served_by``, in the record's ``extra``): a replica whose connection dates from
+before another one served the session drops it, and what it buffered, before a
+call (``attach(current=True)``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 
-from kernel_mcp.errors import InvalidArgument, StateUnavailable, TooManySessions
+from kernel_mcp.errors import (
+    InvalidArgument,
+    KernelError,
+    KernelStartFailed,
+    StateUnavailable,
+    TooManySessions,
+)
+from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.scale.state import Lease, SharedState
-from kernel_mcp.sessions import Claim, InterruptHandler, SessionRecord
+from kernel_mcp.sessions.records import Session, SessionRecord
+from kernel_mcp.sessions.store import Claim, InterruptHandler
 
-__all__ = ["INTERRUPT_RELAY_WAIT", "LeaseClaim", "RedisStore"]
+__all__ = ["INTERRUPT_RELAY_WAIT", "LeaseClaim", "RedisStore", "RemoteKernels", "served_by"]
+
+log = logging.getLogger(__name__)
 
 #: How long an interrupt waits for the lease holder to be listening, seconds.
 INTERRUPT_RELAY_WAIT = 1.0
+#: The key of the record's ``extra`` that names the replica that served the last call.
+SERVED_BY = "served_by"
+
+
+def served_by(record: SessionRecord) -> str | None:
+    """The replica (its store's random token) that served the session's last call."""
+    return record.extra.get(SERVED_BY)
+
+
+class RemoteKernels(Protocol):
+    """Kernels any replica can reach by id (a gateway's)."""
+
+    async def connect(self, kernel_id: str) -> Kernel:
+        """Attach to a running kernel.
+
+        Raises:
+            KernelStartFailed: the gateway is unreachable.
+            KernelError: it no longer has the kernel.
+        """
+
+    async def disconnect(self, kernel: Kernel) -> None:
+        """Close this process's connection to a kernel; the kernel keeps running."""
+
+    async def delete_kernel(self, kernel_id: str) -> None: ...
 
 
 class LeaseClaim:
@@ -34,7 +76,7 @@ class LeaseClaim:
     def valid(self) -> bool:
         return self.lease.valid
 
-    def fence(self) -> None:
+    def check(self) -> None:
         self.lease.fence()
 
     async def release(self) -> None:
@@ -42,13 +84,20 @@ class LeaseClaim:
 
 
 class RedisStore:
-    """``SessionStore`` over ``SharedState``: sessions outlive any one replica."""
+    """``SessionStore`` over ``SharedState``: sessions outlive any one replica.
+
+    Args:
+        state: the Redis primitives.
+        lease_ttl: how long a dead replica's hold on a session lasts, seconds.
+        kernels: where the sessions' kernels run, reachable by id from any replica.
+    """
 
     durable = True
 
-    def __init__(self, state: SharedState, *, lease_ttl: float) -> None:
+    def __init__(self, state: SharedState, *, lease_ttl: float, kernels: RemoteKernels) -> None:
         self.state = state
         self.lease_ttl = lease_ttl
+        self.kernels = kernels
         self._token = secrets.token_hex(16)
 
     async def start(self) -> None:
@@ -75,6 +124,7 @@ class RedisStore:
         await self.state.unreserve(record.id)
 
     async def save(self, record: SessionRecord, claim: Claim | None = None) -> bool:
+        record.extra[SERVED_BY] = self._token  # only a call served here saves
         if isinstance(claim, LeaseClaim):
             return await self.state.save(record, lease=claim.lease)
         return await self.state.save(record)
@@ -129,3 +179,33 @@ class RedisStore:
 
     async def resign(self, role: str) -> None:
         await self.state.resign(role, self._token)
+
+    # -- this replica's handle of a session's kernel ----------------------------------
+    async def attach(self, session: Session, *, current: bool = False) -> None:
+        if current and served_by(session.record) != self._token:
+            # Served elsewhere since: drop our connection and what it buffered.
+            await self.detach(session)
+        kernel = session.kernel
+        wanted = session.record.kernel_id
+        if (kernel is not None and kernel.process.kernel_id == wanted) or not wanted:
+            return
+        await self.detach(session)
+        try:
+            session.kernel = await self.kernels.connect(wanted)
+        except KernelStartFailed:
+            raise
+        except KernelError as exc:
+            log.info("session %s: %s", session.id, exc)
+            session.lost_state = session.lost_state or (
+                "the kernel gateway no longer has the session's kernel (culled or lost)"
+            )
+
+    async def detach(self, session: Session) -> None:
+        kernel, session.kernel = session.kernel, None
+        if kernel is not None:
+            await self.kernels.disconnect(kernel)
+
+    async def delete_kernel(self, kernel_id: str) -> None:
+        if kernel_id:
+            with contextlib.suppress(KernelError):
+                await self.kernels.delete_kernel(kernel_id)

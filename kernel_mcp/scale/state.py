@@ -48,8 +48,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from kernel_mcp.errors import ConfigError, LeaseLost, StateUnavailable
-from kernel_mcp.sessions import SessionRecord
-from kernel_mcp.tasks import shielded_to_end, stop_task
+from kernel_mcp.sessions.records import SessionRecord
+from kernel_mcp.tasks import TaskOwner, shielded_to_end, stop_task
 
 __all__ = ["Lease", "LeaseLost", "SharedState", "StateUnavailable", "redacted_url"]
 
@@ -175,6 +175,7 @@ class Lease:
         self.lost = False
         self.confirmed_at = confirmed_at
         """Monotonic time (taken before the request) of the last successful take or renewal."""
+        self._tasks = TaskOwner(f"lease {key}")
         self._renewer: asyncio.Task[None] | None = None
         self._released = False
 
@@ -203,7 +204,7 @@ class Lease:
             log.warning("lease %s lost: %s; another replica may take it", self.key, why)
 
     def start_renewing(self) -> None:
-        self._renewer = asyncio.ensure_future(self._renew_forever())
+        self._renewer = self._tasks.spawn(self._renew_forever(), name="renew")
 
     async def release(self) -> None:
         """Stop renewing and give the lease back (compare-and-delete).
@@ -215,9 +216,9 @@ class Lease:
 
     async def _release(self) -> None:
         # Runs in a task of its own (shielded_to_end): a cancel aimed at the
-        # caller cannot reach stop_task here and be taken for the renewer's.
-        renewer, self._renewer = self._renewer, None
-        await stop_task(renewer)
+        # caller cannot reach the renewer's stop here and be taken for the renewer's.
+        self._renewer = None
+        await self._tasks.close()
         if self._released or self.lost:
             return
         self._released = True  # from here on it is not this holder's to act on

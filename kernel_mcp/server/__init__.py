@@ -2,14 +2,15 @@
 
 The only package that imports fastmcp. Tools translate arguments into
 ``Runner`` calls and results into MCP content; domain exceptions become tool
-errors once, in ``edge``. Session ids are minted by the domain and passed as
-tool arguments; they never depend on the MCP transport session, which the
-2026-07-28 protocol does not have.
+errors once, in the ``errors`` middleware. Session ids are minted by the domain
+and passed as tool arguments; they never depend on the MCP transport session,
+which the 2026-07-28 protocol does not have.
 
 ::
 
     app.py            build_server: the FastMCP app, its tools registered by area
-    edge.py           the one translation of domain errors and replies into MCP
+    errors.py         DomainErrors: the one translation of domain errors, a middleware
+    replies.py        finished runs -> MCP content; progress
     auth.py           bearer tokens; the caller's principal
     run_tools.py      run_python, run_code, get_run, cancel_run, list_runs
     run_flow.py       a run call: foreground, background, MCP task, input() asked
@@ -21,6 +22,11 @@ tool arguments; they never depend on the MCP transport session, which the
     http.py           /mcp + /sse + /healthz in one ASGI app, Host/Origin guards
     stdio.py          one client on stdin/stdout
     client.py         the CLI's MCP client (``kernel-mcp run`` and ``tools``)
+    connections.py    HTTP connections: header and body timeouts, the token-less cap
+    limits.py         per-principal limits: requests in flight, tool calls per minute
+    render.py         outputs -> reply text, images and reports; the only place that cuts
+    views.py          the replies' pydantic models
+    info.py           the facts server_info returns
 """
 
 from kernel_mcp.server.app import build_server

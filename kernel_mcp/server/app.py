@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from fastmcp import FastMCP
+from fastmcp.tools.function_tool import FunctionTool
+from fastmcp.utilities.components import FastMCPComponent
 from mcp.server.request_state import RequestStateSecurity
 
 from kernel_mcp import __version__
 from kernel_mcp.config import Settings
-from kernel_mcp.render import ReplyLimits
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import BearerTokens
+from kernel_mcp.server.errors import DomainErrors, quiet_fastmcp, raising_tool_errors
 from kernel_mcp.server.file_tools import register_file_tools
 from kernel_mcp.server.info_tools import register_info_tools
 from kernel_mcp.server.limits import ConcurrentRequests, ToolCallsPerMinute
 from kernel_mcp.server.notebook_tools import register_notebook_tools
+from kernel_mcp.server.render import ReplyLimits
 from kernel_mcp.server.resources import register_resources
 from kernel_mcp.server.run_tools import register_run_tools
 from kernel_mcp.server.session_tools import register_session_tools
@@ -57,11 +61,12 @@ def request_state_security(settings: Settings) -> RequestStateSecurity:
 
 
 class KernelMCP(FastMCP):
-    """FastMCP, with tool look-ups by name resolved once.
+    """FastMCP, with tool look-ups by name resolved once, and MCP tasks' bodies translating
+    domain errors as the ``DomainErrors`` middleware does for every other call.
 
     Why: fastmcp resolves the tool of every call by asking each provider
     concurrently (an anyio task per provider), and the tasks extension resolves it
-    again: about a tenth of the server's CPU per warm call (docs/benchmarks.md).
+    again: a share of the server's CPU on every warm call (docs/benchmarks.md).
     kernel-mcp's tools are fixed once the server is built, and none has a version,
     a transform or an ``auth`` check of its own (bearer tokens are checked by the
     transport, per request), so the first answer stays right. ``_get_tool`` is
@@ -72,6 +77,18 @@ class KernelMCP(FastMCP):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._resolved_tools: dict[str, Any] = {}
+
+    async def get_tasks(self) -> Sequence[FastMCPComponent]:
+        """The task-capable components, as fastmcp_tasks' Docket worker runs them: it calls a
+        tool's body outside the middleware chain, so the body it is given translates domain
+        errors itself (``server.errors.raising_tool_errors``)."""
+        translated: list[FastMCPComponent] = []
+        for component in await super().get_tasks():
+            if isinstance(component, FunctionTool):
+                body = raising_tool_errors(component.fn, component.name)
+                component = component.model_copy(update={"fn": body})
+            translated.append(component)
+        return translated
 
     async def _get_tool(self, name: str, version: Any = None) -> Any:
         if version is not None:
@@ -105,6 +122,9 @@ def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> 
         mcp.add_middleware(ConcurrentRequests(settings.max_concurrent_requests))
     if settings.max_calls_per_minute:
         mcp.add_middleware(ToolCallsPerMinute(settings.max_calls_per_minute))
+    # Innermost: the one translation of the domain's errors, for every tool and resource.
+    mcp.add_middleware(DomainErrors())
+    quiet_fastmcp()
     limits = reply_limits(settings)
     # Code the kernels run may reach the network (and whatever else the server's
     # user can) unless the sandbox has cut it off.
@@ -136,7 +156,7 @@ async def answer_input_schema_lookups(mcp: FastMCP) -> None:
 
     On the 2026-07-28 streamable-HTTP path the MCP SDK validates Mcp-Param-*
     headers on every tools/call by running a whole tools/list unless the server
-    sets ``get_tool_input_schema`` (4-7 ms a call here, docs/benchmarks.md).
+    sets ``get_tool_input_schema`` (its cost per call: docs/benchmarks.md).
     The tools are fixed once built, so their schemas are read once.
     """
     schemas = {tool.name: tool.parameters for tool in await mcp.list_tools()}

@@ -9,7 +9,7 @@ from typing import Any
 from fastmcp import Client
 
 from kernel_mcp.config import Settings
-from kernel_mcp.runner import Runner
+from kernel_mcp.deployment import runner_for
 from kernel_mcp.server.app import build_server
 
 __all__ = ["connected"]
@@ -26,5 +26,5 @@ async def connected(
             yield client
         return
     assert settings is not None, "a server in this process needs its settings"
-    async with Runner(settings) as runner, Client(build_server(settings, runner)) as client:
+    async with runner_for(settings) as runner, Client(build_server(settings, runner)) as client:
         yield client

@@ -7,11 +7,10 @@ import asyncio
 from fastmcp import FastMCP
 from mcp_types import ToolAnnotations
 
-from kernel_mcp.render import ReplyLimits, render_file_list, render_file_text
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import owner
-from kernel_mcp.server.edge import translated
-from kernel_mcp.views import FileList, FileText, FileWritten
+from kernel_mcp.server.render import ReplyLimits, render_file_list, render_file_text
+from kernel_mcp.server.views import FileList, FileText, FileWritten
 
 __all__ = ["register_file_tools"]
 
@@ -20,7 +19,6 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
     read_only = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
 
     @mcp.tool(annotations=read_only)
-    @translated
     async def list_files(pattern: str = "**/*.py") -> FileList:
         """List files under the projects folder that match a glob.
 
@@ -33,14 +31,13 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
         (with a note) counts matching names left out because they are not UTF-8 text.
         Pass a path to run_python (or run_notebook for .ipynb), or to read_file.
         """
-        return render_file_list(await runner.list_files(pattern, owner=owner()), limits)
+        return render_file_list(await runner.files.list(pattern, owner=owner()), limits)
 
     @mcp.tool(
         annotations=ToolAnnotations(
             readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False
         )
     )
-    @translated
     async def write_file(path: str, content: str, overwrite: bool = False) -> FileWritten:
         """Write a text file in the projects folder, for run_python to run.
 
@@ -56,12 +53,11 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
         run_python(path) → read the traceback → write_file again (overwrite=true).
         """
         written = await asyncio.to_thread(
-            runner.write_file, path, content, owner=owner(), overwrite=overwrite
+            runner.files.write, path, content, owner=owner(), overwrite=overwrite
         )
         return FileWritten(path=written.relative, bytes=written.bytes, created=written.created)
 
     @mcp.tool(annotations=read_only)
-    @translated
     async def read_file(path: str, offset: int = 1, limit: int = 2000) -> FileText:
         """Read a text file from the projects folder, with line numbers.
 
@@ -73,5 +69,5 @@ def register_file_tools(mcp: FastMCP, runner: Runner, limits: ReplyLimits) -> No
         Returns text as "<line number>\\t<line>" lines, first_line, last_line,
         total_lines and truncated (read on from last_line + 1). Edit with write_file.
         """
-        text = await asyncio.to_thread(runner.read_text, path, owner=owner())
+        text = await asyncio.to_thread(runner.files.read_text, path, owner=owner())
         return render_file_text(text.relative, text.source, offset, limit, limits)

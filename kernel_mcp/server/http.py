@@ -78,9 +78,12 @@ class Dispatcher:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def build_http_app(settings: Settings, runner: Runner | None = None) -> Dispatcher:
-    """The ASGI app for ``kernel-mcp serve``: /mcp, /sse, /healthz, with guards on."""
-    runner = runner or Runner(settings)
+def build_http_app(settings: Settings, runner: Runner) -> Dispatcher:
+    """The ASGI app for ``kernel-mcp serve``: /mcp, /sse, /healthz, with guards on.
+
+    ``runner`` (on the deployment the composition root picked) is started and closed
+    with the app's lifespan.
+    """
     mcp = build_server(settings, runner, tasks=True)
     guard: dict[str, Any] = {
         "host_origin_protection": True,

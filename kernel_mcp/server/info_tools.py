@@ -5,11 +5,10 @@ from __future__ import annotations
 from fastmcp import FastMCP
 from mcp_types import ToolAnnotations
 
-from kernel_mcp.info import server_info as facts
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import owner
-from kernel_mcp.server.edge import translated
-from kernel_mcp.views import ServerInfo
+from kernel_mcp.server.info import server_info as facts
+from kernel_mcp.server.views import ServerInfo
 
 __all__ = ["register_info_tools"]
 
@@ -22,7 +21,6 @@ def register_info_tools(mcp: FastMCP, runner: Runner) -> None:
     @mcp.tool(
         annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
     )
-    @translated
     async def server_info() -> ServerInfo:
         """Describe this server: its folders, the limits in force, the sandbox, the version.
 
@@ -39,8 +37,6 @@ def register_info_tools(mcp: FastMCP, runner: Runner) -> None:
         caller = owner()
         if caller not in infos:
             infos[caller] = facts(
-                runner.settings,
-                sandboxed=runner.backend.sandboxed,
-                projects=runner.workspaces.folder(caller),
+                runner.settings, runner.backend, projects=runner.workspaces.folder(caller)
             )
         return infos[caller]

@@ -9,14 +9,15 @@ from fastmcp import Context, FastMCP
 from fastmcp.tools import ToolResult
 from mcp_types import ToolAnnotations
 
-from kernel_mcp.render import ReplyLimits
-from kernel_mcp.runner import NotebookOutcome, Runner
-from kernel_mcp.runs import Run
+from kernel_mcp.runner import Runner
+from kernel_mcp.runner.requests import NotebookOutcome
+from kernel_mcp.runner.runs import Run
 from kernel_mcp.server.auth import owner
-from kernel_mcp.server.edge import rendered, tool_result, translated
+from kernel_mcp.server.render import ReplyLimits
+from kernel_mcp.server.replies import rendered, tool_result
 from kernel_mcp.server.run_flow import run_call
 from kernel_mcp.server.run_tools import run_annotations, task_config
-from kernel_mcp.views import ExportResult, NotebookReport
+from kernel_mcp.server.views import ExportResult, NotebookReport
 
 __all__ = ["register_notebook_tools"]
 
@@ -44,7 +45,6 @@ def register_notebook_tools(
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))
-    @translated
     async def export_notebook(
         session_id: str, name: str | None = None, overwrite: bool = False
     ) -> ExportResult:
@@ -69,7 +69,6 @@ def register_notebook_tools(
         annotations=run_annotations(open_world=open_world),
         task=task_config(tasks),
     )
-    @translated
     async def run_notebook(
         notebook_path: str,
         parameters: dict[str, Any] | None = None,

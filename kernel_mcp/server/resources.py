@@ -6,11 +6,9 @@ import functools
 
 import anyio
 from fastmcp import FastMCP
-from fastmcp.exceptions import ResourceError
 from fastmcp.resources import FunctionResource
 from fastmcp.server.providers.base import Provider
 
-from kernel_mcp.errors import KernelMCPError
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import owner
 
@@ -30,7 +28,7 @@ class NotebookResources(Provider):
         runner, caller = self._runner, owner()
         mine = await runner.owned_notebooks(caller)
         resources = []
-        for name in await anyio.to_thread.run_sync(runner.notebook_names, mine):
+        for name in await anyio.to_thread.run_sync(runner.recordings.readable, mine):
             resources.append(
                 FunctionResource.from_function(
                     # Who owns what is looked up again when read.
@@ -45,10 +43,9 @@ class NotebookResources(Provider):
 
 
 async def _read(runner: Runner, caller: str | None, name: str) -> str:
-    try:
-        return await runner.read_notebook(caller, name)
-    except KernelMCPError as exc:
-        raise ResourceError(str(exc)) from None
+    # A refusal (no such notebook, not the caller's) is translated by the DomainErrors
+    # middleware, as every resource's and tool's.
+    return await runner.read_notebook(caller, name)
 
 
 def register_resources(mcp: FastMCP, runner: Runner) -> None:

@@ -12,7 +12,7 @@
 * Otherwise ``input()`` raises at once (StdinNotImplementedError, with a message
   that says why: the client cannot elicit, or background runs cannot ask).
 
-Each question's text is ``kernel_mcp.questions.Question.message``: who asks (the
+Each question's text is ``kernel_mcp.runner.questions.Question.message``: who asks (the
 session, or a fresh run), through which tool and file, then the program's prompt,
 cleaned and cut. A declined or cancelled elicitation makes ``input()`` raise
 EOFError in the kernel; after two in one run, it raises without asking.
@@ -27,19 +27,19 @@ from typing import Any, cast
 
 import mcp_types
 from fastmcp import Context
-from fastmcp.exceptions import ToolError
 from fastmcp.server.elicitation import AcceptedElicitation
 from fastmcp.tools import ToolResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
-from kernel_mcp.errors import InvalidArgument
-from kernel_mcp.kernel import NO_STDIN_BACKGROUND
-from kernel_mcp.questions import Question, QuestionHandler
-from kernel_mcp.runner import NotebookOutcome, NotebookRequest, Runner, RunOutcome, RunRequest
-from kernel_mcp.runs import Run
+from kernel_mcp.errors import InvalidArgument, RunFailed
+from kernel_mcp.kernels.setup import NO_STDIN_BACKGROUND
+from kernel_mcp.runner import Runner
+from kernel_mcp.runner.questions import Question, QuestionHandler
+from kernel_mcp.runner.requests import NotebookOutcome, NotebookRequest, RunOutcome, RunRequest
+from kernel_mcp.runner.runs import Run
 from kernel_mcp.server.auth import owner
-from kernel_mcp.views import RunStatus, RunView
+from kernel_mcp.server.views import RunStatus, RunView
 
 __all__ = ["INPUT_KEY", "accepts_input", "final", "run_call", "run_view", "started"]
 
@@ -194,11 +194,15 @@ async def _until_done_or_asked(
 
 
 def final(run: Run, reply: Reply) -> ToolResult:
-    """A finished run's reply, as its tool gives it; a failure is the tool's error."""
+    """A finished run's reply, as its tool gives it.
+
+    Raises:
+        RunFailed: the run could not run (its failure says why), or was cancelled.
+    """
     if run.failure is not None:
-        raise ToolError(run.failure)
+        raise RunFailed(run.failure)
     if run.outcome is None:
-        raise ToolError(f"Run {run.id} was cancelled.")
+        raise RunFailed(f"Run {run.id} was cancelled.")
     return reply(run.outcome)
 
 

@@ -13,13 +13,15 @@ from fastmcp.tools import ToolResult
 from fastmcp.utilities.tasks import TaskConfig
 from mcp_types import TextContent, ToolAnnotations
 
-from kernel_mcp.render import ReplyLimits
-from kernel_mcp.runner import Runner, RunOptions, RunOutcome
-from kernel_mcp.runs import Run, RunGone
+from kernel_mcp.errors import RunGone
+from kernel_mcp.runner import Runner
+from kernel_mcp.runner.requests import RunOptions, RunOutcome
+from kernel_mcp.runner.runs import Run
 from kernel_mcp.server.auth import owner
-from kernel_mcp.server.edge import progress_reporter, rendered, tool_result, translated
+from kernel_mcp.server.render import ReplyLimits
+from kernel_mcp.server.replies import progress_reporter, rendered, tool_result
 from kernel_mcp.server.run_flow import run_call, run_view
-from kernel_mcp.views import RunList, RunReport, RunSummary, RunView
+from kernel_mcp.server.views import RunList, RunReport, RunSummary, RunView
 
 __all__ = ["register_run_tools", "run_annotations", "task_config"]
 
@@ -75,7 +77,6 @@ def register_run_tools(
         )
 
     @mcp.tool(output_schema=schema, annotations=annotations, task=task_config(tasks))
-    @translated
     async def run_python(
         file_name: str,
         timeout: float | None = None,
@@ -121,7 +122,6 @@ def register_run_tools(
         return await run_call(ctx, runner, request, reply, started_report=running)
 
     @mcp.tool(output_schema=schema, annotations=annotations, task=task_config(tasks))
-    @translated
     async def run_code(
         code: str,
         timeout: float | None = None,
@@ -200,7 +200,6 @@ def register_run_tools(
     read_only = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
 
     @mcp.tool(output_schema=RunView.model_json_schema(), annotations=read_only)
-    @translated
     async def get_run(run_id: str, wait_s: float = 0.0, since: int = 0) -> ToolResult:
         """The status and output of a run started with background=true.
 
@@ -236,7 +235,6 @@ def register_run_tools(
         output_schema=RunView.model_json_schema(),
         annotations=ToolAnnotations(destructiveHint=True, idempotentHint=True, openWorldHint=False),
     )
-    @translated
     async def cancel_run(run_id: str) -> ToolResult:
         """Stop a background run: its kernel is interrupted, then killed after the grace.
 
@@ -255,7 +253,6 @@ def register_run_tools(
         )
 
     @mcp.tool(annotations=read_only)
-    @translated
     async def list_runs() -> RunList:
         """List your background runs, running and recently finished.
 

@@ -7,9 +7,8 @@ from mcp_types import ToolAnnotations
 
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.auth import owner
-from kernel_mcp.server.edge import translated
-from kernel_mcp.sessions import Session
-from kernel_mcp.views import KernelList, KernelView, SessionAction, SessionList, SessionView
+from kernel_mcp.server.views import KernelList, KernelView, SessionAction, SessionList, SessionView
+from kernel_mcp.sessions.records import Session
 
 __all__ = ["register_session_tools"]
 
@@ -33,15 +32,14 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
             kernel_memory_mb=round(rss / 2**20, 1) if rss else None,
             backend=kernel.process.backend if kernel else runner.backend.name,
             kernel_id=kernel.process.kernel_id if kernel else session.kernel_id,
-            notebook=runner.session_notebook_uri(session.id, session.notebook),
+            notebook=runner.recordings.uri(session.id, session.notebook),
             kernel=session.record.kernel_name,
             sandboxed=kernel.process.sandboxed if kernel else runner.backend.sandboxed,
             run_id=run.id if (run := runner.runs.running_in(session.id)) else None,
-            notes=runner.recording_notes(session.id),
+            notes=runner.recordings.notes(session.id),
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=False, openWorldHint=False))
-    @translated
     async def create_session(name: str | None = None, kernel: str | None = None) -> SessionView:
         """Start a session: a kernel whose variables and imports persist across calls.
 
@@ -55,7 +53,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         return await view(await runner.create_session(owner=owner(), name=name, kernel=kernel))
 
     @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
-    @translated
     async def list_kernels() -> KernelList:
         """List the kernel environments (kernelspecs) you may choose.
 
@@ -78,7 +75,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         )
 
     @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
-    @translated
     async def list_sessions() -> SessionList:
         """List your open sessions.
 
@@ -94,7 +90,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=False, idempotentHint=True))
-    @translated
     async def interrupt_session(session_id: str) -> SessionAction:
         """Interrupt the call running in a session, like Ctrl-C in a notebook.
 
@@ -109,7 +104,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))
-    @translated
     async def restart_session(session_id: str) -> SessionAction:
         """Restart a session's kernel: every variable and import is cleared; the id stays."""
         await runner.sessions.restart(owner(), session_id)
@@ -118,7 +112,6 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))
-    @translated
     async def close_session(session_id: str) -> SessionAction:
         """Close a session and shut its kernel down. Its notebook stays on disk."""
         await runner.sessions.close_session(owner(), session_id)

@@ -13,9 +13,12 @@ from kernel_mcp.server.app import build_server
 __all__ = ["run_stdio"]
 
 
-async def run_stdio(settings: Settings) -> None:
-    """Serve one client over stdin/stdout until it closes its end or we get SIGTERM."""
-    async with Runner(settings) as runner:
+async def run_stdio(settings: Settings, runner: Runner) -> None:
+    """Serve one client over stdin/stdout until it closes its end or we get SIGTERM.
+
+    ``runner`` is started here and closed when the client goes.
+    """
+    async with runner:
         mcp = build_server(settings, runner, tasks=True)
         async with anyio.create_task_group() as tg:
 

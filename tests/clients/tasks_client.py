@@ -2,7 +2,7 @@
 
 Importing ``fastmcp_tasks`` makes every fastmcp ``Client`` in a process run its
 calls as tasks, so this lives apart from the test process. It prints one JSON
-object with what it saw; tests/test_server_tasks.py reads it.
+object with what it saw; tests/integration/test_server_tasks.py reads it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Hostile programs: what a caller may run, and the status the server owes each.
 
 Every program runs in a fresh kernel and in a session on a server with its
-default settings (``tests/test_hostile.py``). Whatever it does, the call gets a
+default settings (``tests/integration/test_hostile.py``). Whatever it does, the call gets a
 reply with the expected status, the reply never carries a raw control sequence
 or an absolute server path it did not print itself, and the server keeps
 serving: in a session, the next call works (in the same kernel, or in a new one
@@ -125,7 +125,7 @@ PROGRAMS: list[Program] = [
         "ok",
         truncated=True,
     ),
-    # -- escapes the sandbox stops (tests/test_escape.py tries more, with the server's
+    # -- escapes the sandbox stops (tests/integration/test_escape.py tries more, with the server's
     # -- own pid, port, token and files) -------------------------------------------------
     P(
         "read_the_server_s_source",
@@ -164,7 +164,7 @@ PROGRAMS: list[Program] = [
         "error",
         contains=("BlockingIOError",),
     ),
-    # -- tenants: what would reach other kernels (tests/test_isolation.py tries each
+    # -- tenants: what would reach other kernels (tests/integration/test_isolation.py tries each
     # -- across two principals) ---------------------------------------------------------
     P(
         "write_under_etc",

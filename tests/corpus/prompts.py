@@ -1,12 +1,12 @@
 """Hostile input() prompts: what a program may pass to ``input()``, and what the person is
-shown of it (``kernel_mcp.questions.clean_text``).
+shown of it (``kernel_mcp.runner.questions.clean_text``).
 
 A prompt is the program's output and may try to pass for the server's own words (a
 fake "[kernel-mcp server]" line after a line break), hide what it says (escape
 sequences, bidirectional overrides, zero-width characters) or be huge. The person
 sees it as one plain line of at most 500 characters, after the server's own words.
-Used by ``tests/test_questions.py`` (unit) and ``tests/test_server_input.py`` (asked
-through a real server, both eras).
+Used by ``tests/unit/test_questions.py`` and
+``tests/integration/test_server_input.py`` (asked through a real server, both eras).
 """
 
 from __future__ import annotations

@@ -1,0 +1,229 @@
+"""Workspaces: which projects folder a principal's files and kernels use, and its cap.
+
+With one principal (no token, or one token) the workspace is the projects folder
+itself. With several, each principal gets a folder of its own below it, named after
+the principal, unless the operator opts into one shared folder
+(``KERNEL_MCP_PROJECTS_SHARED``): then everyone's code can read and change
+everyone's files, which is what a shared folder means.
+
+A workspace is also what a kernel is started for: its working directory, and the
+only projects folder its sandbox shows. So one principal's code can neither read
+nor change what another principal's code runs.
+
+The disk cap (``KERNEL_MCP_PROJECTS_QUOTA_MB``) is counted per workspace, in
+allocated blocks. Why not file-system quotas: they need root and a file system
+mounted with quotas, which a server started from a desktop client has neither
+of. So the cap is enforced where the server can see writes coming:
+``write_file`` checks it before writing, each kernel gets ``RLIMIT_FSIZE`` (no
+single file past the cap), and :class:`QuotaWatch` measures a workspace while a
+run writes to it and stops the run that grows it past the cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kernel_mcp.errors import QuotaExceeded
+from kernel_mcp.tasks import TaskOwner
+
+__all__ = ["QuotaWatch", "Usage", "Workspaces", "measure"]
+
+log = logging.getLogger(__name__)
+
+MIB = 2**20
+#: A measurement stops after this many entries (a huge tree is "at least" that big).
+MAX_MEASURED_ENTRIES = 200_000
+#: How often a run's workspace is measured while the run lasts, seconds.
+WATCH_INTERVAL = 1.0
+
+README = """\
+This folder holds the files of one kernel-mcp principal (one bearer token).
+Its kernels see only this folder; other principals' kernels cannot see it.
+"""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a workspace holds on disk."""
+
+    bytes: int
+    """Allocated bytes (blocks), hard links counted once."""
+    complete: bool = True
+    """False: the walk stopped at MAX_MEASURED_ENTRIES; the folder holds at least this."""
+
+
+def measure(folder: Path, *, max_entries: int = MAX_MEASURED_ENTRIES) -> Usage:
+    """Bytes allocated below ``folder``, never following a symlink. Blocking.
+
+    Names that are not text, and entries that vanish meanwhile, are counted or
+    skipped quietly: a measurement never fails on what a kernel left behind.
+    """
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    entries = 0
+    stack = [os.fsencode(folder)]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as listing:
+                for entry in listing:
+                    entries += 1
+                    if entries > max_entries:
+                        return Usage(total, complete=False)
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if (info.st_dev, info.st_ino) in seen:
+                        continue
+                    seen.add((info.st_dev, info.st_ino))
+                    total += getattr(info, "st_blocks", 0) * 512 or info.st_size
+                    if stat.S_ISDIR(info.st_mode):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return Usage(total)
+
+
+@dataclass
+class Workspaces:
+    """Maps principals to their projects folders.
+
+    Args:
+        root: the configured projects folder (real, absolute).
+        per_principal: each principal has a folder of its own below ``root``.
+        quota_bytes: the cap per workspace; 0: none.
+    """
+
+    root: Path
+    per_principal: bool = False
+    quota_bytes: int = 0
+    _made: set[Path] = field(default_factory=set, repr=False)
+
+    def folder(self, owner: str | None) -> Path:
+        """The workspace of ``owner`` (None: the only principal), made if missing.
+
+        Principal names are made by the server from its settings (letters, digits,
+        ``-``, ``_``, ``.``), never by a caller, so they are safe folder names.
+        """
+        if not self.per_principal or owner is None:
+            return self.root
+        folder = self.root / owner
+        if folder not in self._made:
+            if not folder.is_dir():
+                folder.mkdir(mode=0o700, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    (folder / "README.md").write_text(README, encoding="utf-8")
+            self._made.add(folder)
+        return folder
+
+    def all_folders(self) -> list[Path]:
+        """Every workspace made so far (the root alone when folders are shared)."""
+        return sorted(self._made) if self.per_principal else [self.root]
+
+    def check_room(self, owner: str | None, adding: int, replacing: int = 0) -> None:
+        """Raise unless ``adding`` bytes (in place of ``replacing``) fit under the cap.
+
+        Blocking (it measures the folder): call it in a thread.
+
+        Raises:
+            QuotaExceeded: the workspace would go over KERNEL_MCP_PROJECTS_QUOTA_MB.
+        """
+        if not self.quota_bytes:
+            return
+        usage = measure(self.folder(owner))
+        after = usage.bytes + max(0, adding - replacing)
+        if after > self.quota_bytes:
+            raise QuotaExceeded(self.over_message(usage.bytes))
+
+    def over_message(self, used: int) -> str:
+        return (
+            f"The projects folder is at {used / MIB:.1f} MiB of its "
+            f"{self.quota_bytes / MIB:.0f} MiB cap (KERNEL_MCP_PROJECTS_QUOTA_MB). "
+            "Delete files with run_code first (os.remove, shutil.rmtree)."
+        )
+
+
+class QuotaWatch:
+    """Measures one workspace while a run lasts; calls ``stop`` once if the run grows it
+    past its cap (or past what it held at the start, when it was over the cap already:
+    a run over the cap may delete files, not add them).
+
+    Use as ``async with QuotaWatch(...) as watch``; ``watch.tripped`` says whether it
+    stopped the run. The measuring task is owned here and ends with the block.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        quota_bytes: int,
+        stop: Callable[[], Awaitable[None]],
+        interval: float = WATCH_INTERVAL,
+        measure_with: Callable[[Path], Usage] = measure,
+    ) -> None:
+        self.folder = folder
+        self.quota_bytes = quota_bytes
+        self._stop = stop
+        self.interval = interval
+        self._measure = measure_with
+        self.start_bytes = 0
+        self.peak_bytes = 0
+        self.tripped = False
+        self._tasks = TaskOwner("quota watch")
+
+    @property
+    def limit(self) -> int:
+        return max(self.quota_bytes, self.start_bytes)
+
+    @property
+    def over_at_start(self) -> bool:
+        return self.start_bytes > self.quota_bytes
+
+    async def __aenter__(self) -> QuotaWatch:
+        if self.quota_bytes:
+            usage = await asyncio.to_thread(self._measure, self.folder)
+            self.start_bytes = self.peak_bytes = usage.bytes
+            self._tasks.spawn(self._watch(), name="measure")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._tasks.close()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            started = time.monotonic()
+            usage = await asyncio.to_thread(self._measure, self.folder)
+            self.peak_bytes = max(self.peak_bytes, usage.bytes)
+            if usage.bytes > self.limit:
+                self.tripped = True
+                log.info("a run grew %s past its cap; stopping it", self.folder.name)
+                await self._stop()
+                return
+            # A slow walk (a huge tree) is not repeated back to back.
+            await asyncio.sleep(min(5.0, time.monotonic() - started))
+
+    def notes(self) -> list[str]:
+        """What the reply says about the cap."""
+        notes = []
+        cap = f"{self.quota_bytes / MIB:.0f} MiB (KERNEL_MCP_PROJECTS_QUOTA_MB)"
+        if self.over_at_start:
+            notes.append(
+                f"The projects folder was over its cap of {cap} when the run began "
+                f"({self.start_bytes / MIB:.1f} MiB): a run may delete files, not add any."
+            )
+        if self.tripped:
+            notes.append(
+                f"The run was stopped: it grew the projects folder past {cap} "
+                f"(at least {self.peak_bytes / MIB:.1f} MiB). Delete files to make room."
+            )
+        return notes
