@@ -24,6 +24,7 @@ import importlib.util
 import math
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -298,6 +299,18 @@ class Settings(BaseSettings):
         10 * 1024 * 1024, description="Per-output cap kept in memory and in recorded notebooks."
     )
 
+    # --- watching sessions (view_session, /watch) ------------------------------
+    public_url: str | None = Field(
+        None,
+        description="This server's origin as a person's browser reaches it (behind a tunnel "
+        "or a proxy; e.g. https://kernels.example.org): view_session's links start with it. "
+        "Unset: the origin the calling client reached. Its host must pass the Host check "
+        "(loopback, or KERNEL_MCP_ALLOWED_HOSTS).",
+    )
+    watch_ticket_ttl: Seconds = Field(
+        60.0, description="Seconds a view_session link works (once) before it expires."
+    )
+
     # --- notebooks ----------------------------------------------------------
     notebooks_dir: Path = Field(
         default_factory=default_notebooks_dir,
@@ -364,6 +377,18 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.path.strip("/") or parts.query or parts.fragment or parts.username:
+            raise ValueError("must be an origin only (scheme, host and port; no path)")
+        return f"{parts.scheme}://{parts.netloc}"
 
     @field_validator("state_url")
     @classmethod

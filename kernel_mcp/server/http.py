@@ -7,12 +7,14 @@ import logging
 from typing import Any
 
 from fastmcp import FastMCP
+from fastmcp.server.http import HostOriginGuardMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from kernel_mcp.config import Settings
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.app import answer_input_schema_lookups, build_server
+from kernel_mcp.server.watch_tools import build_watch_app
 
 __all__ = ["build_http_app"]
 
@@ -21,13 +23,17 @@ log = logging.getLogger("kernel_mcp.server")
 
 class Dispatcher:
     """Routes each request to its transport's app; each keeps its own middleware
-    (Host/Origin guard, bearer auth). /healthz answers without auth, for probes."""
+    (Host/Origin guard, bearer auth). /healthz answers without auth, for probes; /watch
+    (a session's live page) has the same Host/Origin guard, and its own tickets."""
 
-    def __init__(self, mcp: FastMCP, http_app: Any, sse_app: Any, runner: Runner) -> None:
+    def __init__(
+        self, mcp: FastMCP, http_app: Any, sse_app: Any, runner: Runner, watch_app: Any = None
+    ) -> None:
         self.mcp = mcp
         self.http_app = http_app
         self.sse_app = sse_app
         self.runner = runner
+        self.watch_app = watch_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -40,6 +46,8 @@ class Dispatcher:
             await self.http_app(scope, receive, send)
         elif path.startswith(("/sse", "/messages")):
             await self.sse_app(scope, receive, send)
+        elif self.watch_app is not None and (path == "/watch" or path.startswith("/watch/")):
+            await self.watch_app(scope, receive, send)
         else:
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
 
@@ -84,7 +92,8 @@ def build_http_app(settings: Settings, runner: Runner) -> Dispatcher:
     ``runner`` (on the deployment the composition root picked) is started and closed
     with the app's lifespan.
     """
-    mcp = build_server(settings, runner, tasks=True)
+    watch = build_watch_app(settings, runner)
+    mcp = build_server(settings, runner, tasks=True, watch=watch)
     guard: dict[str, Any] = {
         "host_origin_protection": True,
         "allowed_hosts": settings.allowed_hosts or None,
@@ -92,4 +101,11 @@ def build_http_app(settings: Settings, runner: Runner) -> Dispatcher:
     }
     http_app = mcp.http_app(path="/mcp", transport="http", **guard)
     sse_app = mcp.http_app(path="/sse", transport="sse", **guard)
-    return Dispatcher(mcp, http_app, sse_app, runner)
+    # The same guard as the MCP transports' (fastmcp's, in strict mode).
+    watch_app = HostOriginGuardMiddleware(
+        watch,
+        allowed_hosts=guard["allowed_hosts"],
+        allowed_origins=guard["allowed_origins"],
+        mode="strict",
+    )
+    return Dispatcher(mcp, http_app, sse_app, runner, watch_app)
