@@ -13,6 +13,11 @@ machine's wall clock.
   then ``cell_finished`` with its outputs), to the finished cell in the page. The
   target is p50 <= 100 ms.
 * **stream**: one chunk of a running cell's stdout, to its text in the page.
+* **server**: end to end on a real ``kernel-mcp serve``: ``run_code`` in a session, the
+  page opened from ``view_session``'s link; from the moment the client has the run's
+  reply to its cell in the page (negative: the page showed it first, since the runner
+  publishes a cell before it records it and replies), and from the call to the page.
+  This is the issue's figure (target p50 <= 100 ms).
 
 Each sample waits for the previous one to be shown, so that none queues behind another.
 ``python -m bench.watch_cases [--quick]`` runs it alone and prints its figures.
@@ -26,7 +31,8 @@ import sys
 import time
 from typing import Any
 
-from bench.harness import Bench, summary
+from bench.harness import Bench, client, create_session, mcp_url, summary, wait_quiet
+from tests.launchers import ServerProcess
 from tests.watch_site import Site, chromium, serving, stream
 
 __all__ = ["case_w", "measure"]
@@ -105,9 +111,56 @@ async def measure(n: int) -> dict[str, Any]:
     }
 
 
+async def measure_server(server: ServerProcess, n: int) -> dict[str, Any]:
+    """``n`` run_code calls in one session of ``server``, each to its cell in the page
+    opened from view_session's link; each shown before the next call."""
+    async with client(mcp_url(server)) as c, chromium() as browser:
+        sid = await create_session(c, "bench-w")
+        view = await c.call_tool_mcp("view_session", {"session_id": sid})
+        context = await browser.new_context()
+        try:
+            page = await context.new_page()
+            await page.goto(view.structured_content["url"])
+            await page.wait_for_selector("#link[data-link='on']")
+            await page.evaluate(OBSERVER)
+            await wait_quiet(server.pid, 2, timeout=60)  # the session's, and the pool's
+            after_reply: list[float] = []
+            after_call: list[float] = []
+            calls: list[float] = []
+            for i in range(1, n + 1):
+                await page.evaluate(EXPECT_CELL, i)
+                sent = time.time()
+                reply = await c.call_tool_mcp("run_code", {"code": f"{i}", "session_id": sid})
+                replied = time.time()
+                if reply.is_error:
+                    raise RuntimeError(f"run_code failed: {reply.content}")
+                await page.wait_for_function("n => window.__stamps.length >= n", arg=i)
+                _, dom, _ = (await page.evaluate("window.__stamps"))[i - 1]
+                after_reply.append(dom / 1000 - replied)
+                after_call.append(dom / 1000 - sent)
+                calls.append(replied - sent)
+        finally:
+            await context.close()
+            await c.call_tool_mcp("close_session", {"session_id": sid})
+    return {
+        "w_reply_to_page": summary(after_reply),
+        "w_call_to_page": summary(after_call),
+        "w_call_to_reply": summary(calls),
+    }
+
+
 def case_w(bench: Bench) -> dict[str, Any]:
-    """A published cell, and a stream chunk, to the watcher's page (see the module)."""
-    return asyncio.run(measure(bench.n(200, 20)))
+    """A run's reply to its cell on the watcher's page, end to end; then a published cell
+    and a stream chunk alone (see the module)."""
+    n = bench.n(200, 20)
+    figures = bench.on_server(
+        "kernel-mcp-w",
+        "(w) run_code in a session, to its cell on view_session's page…",
+        lambda server: measure_server(server, n),
+        pool_size=1,
+    )
+    print("(w) published cells and stream chunks, to the page…", flush=True)
+    return {**figures, **asyncio.run(measure(n))}
 
 
 if __name__ == "__main__":
