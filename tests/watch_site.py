@@ -78,6 +78,8 @@ class Site:
     clock: Clock = field(default_factory=Clock)
     pwned: list[str] = field(default_factory=list)
     host_config: dict[str, Any] = field(default_factory=dict)
+    reading: int = 0
+    """read_session calls of the fake host's view being answered now."""
     link: str = ""
     resumes: list[str | None] = field(default_factory=list)
     """The Last-Event-ID of every event stream asked for (None: a first one)."""
@@ -122,9 +124,13 @@ class Site:
         if params.get("name") != "read_session" or feed is None:
             text = f"Unknown session {arguments.get('session_id')!r}."
             return JSONResponse({"content": [{"type": "text", "text": text}], "isError": True})
-        page = await feed.read(
-            arguments.get("since") or None, wait_s=min(arguments.get("wait_s", 0), 5)
-        )
+        self.reading += 1
+        try:
+            page = await feed.read(
+                arguments.get("since") or None, wait_s=min(arguments.get("wait_s", 0), 5)
+            )
+        finally:
+            self.reading -= 1
         return JSONResponse(
             {
                 "content": [{"type": "text", "text": f"{len(page.get('events', []))} events"}],

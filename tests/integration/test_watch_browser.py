@@ -603,9 +603,10 @@ async def open_host(watcher: Watcher) -> Any:
 async def test_the_app_follows_a_session_through_read_session(site: Site, watcher: Watcher) -> None:
     feed = site.session(SID, name="in-the-chat")
     cell(feed, "a = 1", [stream("stdout", "first\n")], count=1)
+    # Opened for view_session: it follows the session until the session ends.
     site.host_config = {
-        "arguments": {"session_id": SID, "code": "a = 1"},
-        "result": host_result({"status": "ok", "session_id": SID, "stdout": "first\n"}),
+        "arguments": {"session_id": SID},
+        "result": host_result({"session_id": SID, "url": "http://127.0.0.1/watch/x?ticket=t"}),
     }
     app = await open_host(watcher)
     await app.wait_for_selector('[data-cell="1"][data-status="ok"]')
@@ -621,6 +622,36 @@ async def test_the_app_follows_a_session_through_read_session(site: Site, watche
     assert "tools/call" in log
     site.feeds.close(SID)
     await app.wait_for_selector("#state[data-state='closed']")
+    assert watcher.foreign() == [] and watcher.errors == []
+
+
+async def test_the_app_of_a_run_follows_that_run_then_stops_reading(
+    site: Site, watcher: Watcher
+) -> None:
+    feed = site.session(SID, name="in-the-chat")
+    cell(feed, "a = 1", [stream("stdout", "first\n")], count=1)
+    feed.cell_started("slow()", tool="run_code")
+    # Opened while the call runs: its result comes later.
+    site.host_config = {"arguments": {"session_id": SID, "code": "slow()"}}
+    app = await open_host(watcher)
+    running = await app.wait_for_selector('[data-cell="2"][data-status="running"]')
+    assert await app.is_visible('[data-cell="1"][data-status="ok"]')
+    feed.stream("stdout", "tick\n")
+    await app.wait_for_function("el => el.textContent.includes('tick')", arg=running)
+    assert await app.get_attribute("#link", "data-link") == "on"
+    feed.cell_finished(status="ok", outputs=[stream("stdout", "tick\n")], execution_count=2)
+    await watcher.page.evaluate(
+        "r => window.sendResult(r)", host_result({"status": "ok", "session_id": SID})
+    )
+    await app.wait_for_selector('[data-cell="2"][data-status="ok"]')
+    # The run is over: the view stops reading, and no read of it is left waiting.
+    await app.wait_for_selector("#link[data-link='off']", state="attached")
+    assert site.reading == 0
+    reads = (await watcher.page.evaluate("window.hostLog")).count("tools/call")
+    cell(feed, "later()", [], count=3)  # another call's run: not this view's
+    assert site.reading == 0
+    assert (await watcher.page.evaluate("window.hostLog")).count("tools/call") == reads
+    assert await app.query_selector('[data-cell="3"]') is None
     assert watcher.foreign() == [] and watcher.errors == []
 
 

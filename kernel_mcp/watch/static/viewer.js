@@ -7,7 +7,11 @@
  *  - "app": the MCP App (the ui:// resource) inside a host such as Claude or VS Code. It
  *    talks to the host over postMessage (JSON-RPC 2.0, the MCP Apps extension), shows the
  *    tool result it was opened for, and follows a session with the read_session tool
- *    (a long poll: each call waits on the server for the next events).
+ *    (a long poll: each call waits on the server for the next events). Opened for a run
+ *    (run_code, run_python, run_notebook) it follows that run until the session is idle
+ *    again, then stops reading; opened for view_session it follows the session until it
+ *    ends. A chat holds many views, each a waiting call while it follows: they must not
+ *    pile up against the server's per-principal limit on calls in flight.
  *
  * Kernel output is untrusted: code an AI wrote printed it. Text only ever enters this
  * page through textContent. HTML and SVG go only into <iframe sandbox=""> srcdoc frames:
@@ -477,6 +481,11 @@
     let following = null;
     let stopped = false;
     let toolArguments = {};
+    let resultSeen = false;
+    let runFollowed = false;
+    const RUN_ARGUMENTS = ["code", "file_name", "notebook_path"];
+    /** Opened for a run (not for view_session): it follows that run only. */
+    const forRun = () => RUN_ARGUMENTS.some((name) => typeof toolArguments[name] === "string");
 
     const send = (message) => window.parent.postMessage(message, "*");
     const notify = (method, params) => send({ jsonrpc: "2.0", method, params });
@@ -549,9 +558,10 @@
     }
 
     async function followSession(sessionId) {
-      if (following === sessionId) return;
+      if (following === sessionId || runFollowed) return;
       following = sessionId;
       let cursor = "";
+      let sawStart = false;
       setLink("live");
       while (!stopped && following === sessionId) {
         let result;
@@ -572,10 +582,21 @@
         }
         const page = result.structuredContent || {};
         if (page.snapshot) mutate(() => renderSnapshot(page.snapshot));
-        for (const event of Array.isArray(page.events) ? page.events : []) handle(event);
+        for (const event of Array.isArray(page.events) ? page.events : []) {
+          if (event && event.kind === "cell_started") sawStart = true;
+          handle(event);
+        }
         cursor = str(page.cursor);
         if (page.state === "closed" || ended) {
           if (!ended) mutate(sessionEnded);
+          return;
+        }
+        // A run's view is done once the session is no longer busy after that run began
+        // (a cell started while it followed, or the run's result arrived).
+        if (forRun() && page.state !== "busy" && (sawStart || resultSeen)) {
+          following = null;
+          runFollowed = true;
+          setLink("");
           return;
         }
       }
@@ -591,6 +612,7 @@
     function onResult(result) {
       if (!result || typeof result !== "object") return;
       const report = result.structuredContent || {};
+      resultSeen = true;
       if (typeof report.session_id === "string" && report.session_id) {
         followSession(report.session_id);
         return;
