@@ -37,7 +37,8 @@ from create_session, in which case variables and imports persist between calls.
 Replies carry stdout, stderr, the last expression's value, tracebacks and images.
 Long runs: pass background=true and follow them with get_run. Session runs are
 recorded as notebooks (resources notebook://...). server_info tells where the
-folders are, the limits in force and whether the kernels are sandboxed."""
+folders are, the limits in force and whether the kernels are sandboxed.
+view_session gives a link for the person you work for to watch a session live."""
 
 
 def reply_limits(settings: Settings) -> ReplyLimits:

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 
 from kernel_mcp.config import load_settings
@@ -151,6 +152,27 @@ async def test_closing_a_session_tells_its_watchers_and_drops_its_feed(runner: R
     await runner.sessions.close_session(None, session.id)
     assert feed.state == "closed" and kinds(feed)[-2:] == ["status", "closed"]
     assert runner.watch.feeds.get(session.id) is None
+
+
+async def test_a_notebook_run_in_a_session_is_one_cell_with_every_cells_outputs(
+    runner: Runner,
+) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("print('loaded')"),
+        nbformat.v4.new_markdown_cell("# a heading"),
+        nbformat.v4.new_code_cell("6 * 7"),
+    ]
+    (runner.settings.projects_dir / "steps.ipynb").write_text(nbformat.writes(nb))
+    session = await runner.create_session(owner=None)
+    await runner.run_notebook("steps.ipynb", owner=None, session_id=session.id)
+    feed = runner.watch.feeds.get(session.id)
+    assert feed is not None
+    [cell] = feed.snapshot()["cells"]
+    assert cell["tool"] == "run_notebook" and cell["label"] == "steps.ipynb"
+    assert cell["status"] == "ok"
+    assert cell["outputs"][0]["text"] == "loaded\n"
+    assert cell["outputs"][1]["data"]["text/plain"] == "42"
 
 
 async def test_fresh_runs_publish_nothing(runner: Runner) -> None:
