@@ -1,11 +1,14 @@
-"""HTTP: /mcp (streamable HTTP), /sse + /messages/ (legacy SSE) and /healthz in one ASGI app."""
+"""HTTP: /mcp, /sse + /messages/ (legacy SSE), /healthz and /watch in one ASGI app."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from types import FrameType
 from typing import Any
 
+import uvicorn
 from fastmcp import FastMCP
 from fastmcp.server.http import HostOriginGuardMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -15,8 +18,9 @@ from kernel_mcp.config import Settings
 from kernel_mcp.runner import Runner
 from kernel_mcp.server.app import answer_input_schema_lookups, build_server
 from kernel_mcp.server.watch_tools import build_watch_app
+from kernel_mcp.watch import WatchApp
 
-__all__ = ["build_http_app"]
+__all__ = ["HTTPServer", "build_http_app"]
 
 log = logging.getLogger("kernel_mcp.server")
 
@@ -27,13 +31,27 @@ class Dispatcher:
     (a session's live page) has the same Host/Origin guard, and its own tickets."""
 
     def __init__(
-        self, mcp: FastMCP, http_app: Any, sse_app: Any, runner: Runner, watch_app: Any = None
+        self,
+        mcp: FastMCP,
+        http_app: Any,
+        sse_app: Any,
+        runner: Runner,
+        watch: WatchApp | None = None,
+        watch_app: Any = None,
     ) -> None:
         self.mcp = mcp
         self.http_app = http_app
         self.sse_app = sse_app
         self.runner = runner
+        self.watch = watch
         self.watch_app = watch_app
+
+    def stopping(self) -> None:
+        """The server was asked to stop: end the watchers' event streams now (they would
+        hold the shutdown for its whole grace; a page that is still open reconnects to
+        whatever serves next)."""
+        if self.watch is not None:
+            self.watch.end_streams()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -108,4 +126,25 @@ def build_http_app(settings: Settings, runner: Runner) -> Dispatcher:
         allowed_origins=guard["allowed_origins"],
         mode="strict",
     )
-    return Dispatcher(mcp, http_app, sse_app, runner, watch_app)
+    return Dispatcher(mcp, http_app, sse_app, runner, watch, watch_app)
+
+
+class HTTPServer(uvicorn.Server):
+    """uvicorn's server, telling the app (``Dispatcher.stopping``) as soon as a signal asks
+    it to stop: uvicorn waits for open responses before the app's lifespan hears of the
+    shutdown, and a watcher's event stream never ends by itself."""
+
+    def __init__(self, config: uvicorn.Config, app: Dispatcher) -> None:
+        super().__init__(config)
+        self._app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: hand the work to the loop rather than run it in between.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._app.stopping)
+        super().handle_exit(sig, frame)

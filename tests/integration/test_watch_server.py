@@ -10,6 +10,7 @@ chromium (``make test`` installs it). The page itself is specified in
 from __future__ import annotations
 
 import asyncio
+import signal
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -256,3 +257,22 @@ async def test_view_session_over_stdio_says_why_there_is_no_page(
             assert page["snapshot"]["cells"][0]["outputs"][0]["text"] == "seen\n"
         finally:
             await call(client, "close_session", session_id=sid)
+
+
+async def test_an_open_page_does_not_hold_the_servers_stop(tmp_path: Path) -> None:
+    """On SIGTERM a watcher's event stream ends cleanly at once: uvicorn would otherwise
+    wait for it for its whole grace, then cut it."""
+    with running_server(tmp_path, KERNEL_MCP_POOL_SIZE="0") as server:
+        async with Client(f"{server.base}/mcp", timeout=120) as client:
+            sid = structured(await call(client, "create_session"))["session_id"]
+            url = await view_url(client, sid)
+        async with httpx2.AsyncClient(timeout=60) as web:
+            assert (await web.get(url)).status_code == 303
+            async with web.stream("GET", f"{server.base}/watch/{sid}/events") as events:
+                chunks = events.aiter_bytes()
+                assert (await anext(chunks)).startswith(b"retry:")
+                assert server.proc is not None
+                server.proc.send_signal(signal.SIGTERM)
+                # A cut stream raises here (an incomplete chunked body).
+                b"".join([chunk async for chunk in chunks])
+        await asyncio.to_thread(server.proc.wait, 60)
