@@ -185,6 +185,30 @@ async def test_a_link_works_once_and_a_bearer_token_is_no_grant(
             assert snapshot.status_code == 403
 
 
+async def test_without_tokens_the_same_ticket_rules_hold(server: ServerProcess) -> None:
+    """One principal (no KERNEL_MCP_TOKEN, loopback): a link still works once, and only
+    for the session it names."""
+    async with Client(f"{server.base}/mcp", timeout=120) as client:
+        sid = structured(await call(client, "create_session"))["session_id"]
+        other = structured(await call(client, "create_session"))["session_id"]
+        try:
+            url = await view_url(client, sid)
+            assert url.startswith(f"{server.base}/watch/{sid}?ticket=")
+            query = urllib.parse.urlsplit(url).query
+            async with httpx2.AsyncClient(base_url=server.base) as web:
+                # A ticket names its session: it opens no other one (and is used up).
+                assert (await web.get(f"/watch/{other}?{query}")).status_code == 403
+                assert (await web.get(url)).status_code == 403
+                fresh = await view_url(client, sid)
+                assert (await web.get(fresh)).status_code == 303
+                snapshot = await web.get(f"/watch/{sid}/snapshot")
+                assert snapshot.status_code == 200
+                assert (await web.get(f"/watch/{other}/snapshot")).status_code == 403
+        finally:
+            for session_id in (sid, other):
+                await call(client, "close_session", session_id=session_id)
+
+
 async def test_the_watch_routes_keep_the_servers_host_and_origin_guard(
     served: ServerProcess, alice: Client[Any], session: str
 ) -> None:
