@@ -57,7 +57,6 @@ from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.registry import SessionRegistry
 from kernel_mcp.sessions.store import SessionStore
 from kernel_mcp.tasks import TaskOwner, wait_within
-from kernel_mcp.watch.feed import Feeds
 from kernel_mcp.watch.publisher import FeedPublisher
 
 __all__ = ["Runner"]
@@ -114,7 +113,7 @@ class Runner:
         self.recordings = SessionRecordings(
             self.notebooks, self.recorder, kernels=self.kernels, workspaces=self.workspaces
         )
-        self.watch = FeedPublisher(Feeds())
+        self.watch = FeedPublisher()
         """Each session's runs, published for its watchers (``kernel_mcp.watch``)."""
         self.sessions = SessionRegistry(
             self.pools,

@@ -18,9 +18,16 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from kernel_mcp.watch.feed import Feeds, SessionFeed
+from kernel_mcp.watch.feed import FeedLimits, Feeds, SessionFeed
 
-__all__ = ["CellHook", "FeedPublisher"]
+__all__ = ["SESSION_FEED_LIMITS", "CellHook", "FeedPublisher"]
+
+_MIB = 1024 * 1024
+#: What each session's feed keeps: every session has one for as long as it lives, watched
+#: or not, so together they are bounded by KERNEL_MCP_MAX_SESSIONS times about 7 MiB
+#: (events for resuming watchers, finished cells for a late page, one cell's live output);
+#: the session's notebook keeps everything.
+SESSION_FEED_LIMITS = FeedLimits(max_event_chars=2 * _MIB, max_cell_chars=4 * _MIB)
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +133,8 @@ class CellHook:
 class FeedPublisher:
     """Publishes sessions' runs into :class:`Feeds` (one feed per session, made on first use)."""
 
-    def __init__(self, feeds: Feeds) -> None:
-        self.feeds = feeds
+    def __init__(self, feeds: Feeds | None = None) -> None:
+        self.feeds = feeds if feeds is not None else Feeds(SESSION_FEED_LIMITS)
 
     def feed_of(self, session: _Session) -> SessionFeed:
         """The session's feed (made now if this process has not published for it yet)."""
