@@ -42,12 +42,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from kernel_mcp.backends.base import kernel_environment
+from kernel_mcp.backends.private_folder import make_private_folder
 from kernel_mcp.backends.process import START_TIMEOUT, LocalProcess, WrappedKernelManager
 from kernel_mcp.config import Settings
 from kernel_mcp.errors import KernelStartFailed
@@ -85,9 +85,7 @@ class LocalBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limits = OutputLimits(max_output_bytes=settings.max_output_bytes)
-        # Resolved: a kernel's connection file is named by its real path, and the
-        # sandbox shares the folder at that same path.
-        self._dir = Path(tempfile.mkdtemp(prefix="kernel-mcp-")).resolve()  # mode 0700
+        self._dir = make_private_folder()
         self._env = kernel_environment(os.environ, allow=settings.env_allow)
         # The server's own python must run the kernel even when the venv is not
         # activated, so "python3" means this interpreter's ipykernel.

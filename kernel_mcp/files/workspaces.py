@@ -16,7 +16,9 @@ mounted with quotas, which a server started from a desktop client has neither
 of. So the cap is enforced where the server can see writes coming:
 ``write_file`` checks it before writing, each kernel gets ``RLIMIT_FSIZE`` (no
 single file past the cap), and :class:`QuotaWatch` measures a workspace while a
-run writes to it and stops the run that grows it past the cap.
+run writes to it and stops the run that grows it past the cap. A run starts from
+the size a :class:`UsageLedger` measured when the workspace's previous run ended,
+so the walk happens after a reply rather than before a run.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 from kernel_mcp.errors import QuotaExceeded
 from kernel_mcp.tasks import TaskOwner
 
-__all__ = ["QuotaWatch", "Usage", "Workspaces", "measure"]
+__all__ = ["QuotaWatch", "Usage", "UsageLedger", "Workspaces", "measure"]
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +154,66 @@ class Workspaces:
         )
 
 
+class UsageLedger:
+    """The last measured size of each workspace, so that a run begins without a walk.
+
+    Walking a folder of thousands of files takes tens of milliseconds, as long as a
+    whole run in a forked kernel; measuring before every run would double it. So
+    the ledger measures a workspace when a run in it ends, after the reply has gone,
+    and the next run starts from that figure; only a workspace's first run after the
+    server starts waits for a walk. A measurement still under way when the next run
+    begins is waited for, so a run that wrote past the cap just before it ended
+    leaves the next one "over the cap at start" exactly as a walk would.
+
+    What this gives up: files copied into the folder from outside the server
+    between two runs are not in the figure; the next run is then stopped at its
+    first measurement, and the one after starts from the true size.
+    """
+
+    def __init__(self, tasks: TaskOwner, *, measure_with: Callable[[Path], Usage] = measure):
+        self._tasks = tasks
+        self._measure = measure_with
+        self._known: dict[Path, int] = {}
+        self._pending: dict[Path, asyncio.Task[None]] = {}
+
+    async def size(self, folder: Path) -> int:
+        """The bytes ``folder`` held at its last measurement (walked now if never)."""
+        pending = self._pending.get(folder)
+        if pending is not None:
+            # Not wait_for or shield: a caller that gives up must not cancel the shared
+            # measurement, and a measurement stopped by shut-down is not the caller's cancel.
+            await asyncio.wait({pending})
+        if folder not in self._known:
+            self.record(folder, (await asyncio.to_thread(self._measure, folder)).bytes)
+        return self._known[folder]
+
+    def record(self, folder: Path, size: int) -> None:
+        """Keep ``size`` bytes as ``folder``'s latest measurement."""
+        self._known[folder] = size
+
+    def remeasure(self, folder: Path) -> None:
+        """Measure ``folder`` again in the background (a run in it has ended)."""
+        if folder in self._pending or self._tasks.closed:
+            return
+
+        async def walk() -> None:
+            try:
+                self.record(folder, (await asyncio.to_thread(self._measure, folder)).bytes)
+            finally:
+                self._pending.pop(folder, None)
+
+        self._pending[folder] = self._tasks.spawn(walk(), name="measure a workspace")
+
+
 class QuotaWatch:
     """Measures one workspace while a run lasts; calls ``stop`` once if the run grows it
     past its cap (or past what it held at the start, when it was over the cap already:
     a run over the cap may delete files, not add them).
 
     Use as ``async with QuotaWatch(...) as watch``; ``watch.tripped`` says whether it
-    stopped the run. The measuring task is owned here and ends with the block.
+    stopped the run. The measuring task is owned here and ends with the block; the
+    block's end asks ``ledger`` to measure the workspace once more, off the reply's
+    path, for the next run's start.
     """
 
     def __init__(
@@ -167,6 +222,7 @@ class QuotaWatch:
         *,
         quota_bytes: int,
         stop: Callable[[], Awaitable[None]],
+        ledger: UsageLedger,
         interval: float = WATCH_INTERVAL,
         measure_with: Callable[[Path], Usage] = measure,
     ) -> None:
@@ -175,6 +231,7 @@ class QuotaWatch:
         self._stop = stop
         self.interval = interval
         self._measure = measure_with
+        self._ledger = ledger
         self.start_bytes = 0
         self.peak_bytes = 0
         self.tripped = False
@@ -190,19 +247,21 @@ class QuotaWatch:
 
     async def __aenter__(self) -> QuotaWatch:
         if self.quota_bytes:
-            usage = await asyncio.to_thread(self._measure, self.folder)
-            self.start_bytes = self.peak_bytes = usage.bytes
+            self.start_bytes = self.peak_bytes = await self._ledger.size(self.folder)
             self._tasks.spawn(self._watch(), name="measure")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._tasks.close()
+        if self.quota_bytes:
+            self._ledger.remeasure(self.folder)
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             started = time.monotonic()
             usage = await asyncio.to_thread(self._measure, self.folder)
+            self._ledger.record(self.folder, usage.bytes)
             self.peak_bytes = max(self.peak_bytes, usage.bytes)
             if usage.bytes > self.limit:
                 self.tripped = True

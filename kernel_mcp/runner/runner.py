@@ -24,7 +24,7 @@ from kernel_mcp.admission import admission_for
 from kernel_mcp.backends.base import KernelBackend
 from kernel_mcp.config import Settings
 from kernel_mcp.errors import InvalidArgument, StateUnavailable
-from kernel_mcp.files.workspaces import MIB, QuotaWatch, Workspaces
+from kernel_mcp.files.workspaces import MIB, QuotaWatch, UsageLedger, Workspaces
 from kernel_mcp.kernels.execution import Execution, OutputCallback
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.kernels.kernelspecs import KernelCatalog
@@ -130,7 +130,9 @@ class Runner:
             markers = markers / replica
         self.runs = RunRegistry(retention=settings.run_retention, markers=markers, replica=replica)
         self.tasks = TaskOwner("runner")
-        """What outlives a run's reply: a fresh kernel's shut-down, a stop after the quota."""
+        """What outlives a run's reply: a fresh kernel's shut-down, a stop after the quota,
+        a workspace measured for the next run."""
+        self.usage = UsageLedger(self.tasks)
         # Each fresh run is a kernel process: bound how many run at once.
         self._fresh = asyncio.Semaphore(settings.max_fresh_runs)
 
@@ -310,7 +312,10 @@ class Runner:
             self.tasks.spawn(kill_if_still_running(), name="kill after the quota")
 
         watch = QuotaWatch(
-            self.workspaces.folder(owner), quota_bytes=self.workspaces.quota_bytes, stop=stop
+            self.workspaces.folder(owner),
+            quota_bytes=self.workspaces.quota_bytes,
+            stop=stop,
+            ledger=self.usage,
         )
         try:
             async with watch:

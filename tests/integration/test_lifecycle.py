@@ -50,7 +50,9 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     tmp: Path = tmp_path_factory.mktemp("limited")
     with running_server(
         tmp,
-        KERNEL_MCP_SESSION_IDLE_TIMEOUT="1.5",
+        # Long enough that a loaded machine's gap between two calls of one test is not
+        # taken for idleness; the culling test waits for it.
+        KERNEL_MCP_SESSION_IDLE_TIMEOUT="5",
         KERNEL_MCP_MAX_SESSIONS="2",
         KERNEL_MCP_MEMORY_LIMIT_MB="1024",
         KERNEL_MCP_POOL_SIZE="1",
@@ -71,7 +73,7 @@ async def test_idle_sessions_are_culled_and_say_when(limited, kind):
             listed = structured(await call(client, "list_sessions"))["sessions"]
             return sid not in {s["session_id"] for s in listed}
 
-        assert await wait_for(culled, timeout=20, interval=0.25)
+        assert await wait_for(culled, timeout=40, interval=0.25)
         result = await call(client, "run_code", code="1", session_id=sid)
         assert result.is_error
         assert "was culled at" in text_of(result)
@@ -151,3 +153,25 @@ async def test_stdio_client_leaving_ends_every_kernel(tmp_path):
             pids = started | spawned(out["stdout"])
         assert pids
         assert wait_until(lambda: not alive(pids), timeout=15), alive(pids)
+
+
+async def test_a_killed_servers_folder_is_removed_by_the_next_server(tmp_path):
+    # SIGKILL leaves the server no chance to remove its private folder (its kernels die
+    # with it); the next server to start with the same temporary directory removes it.
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    with running_server(tmp_path / "first", KERNEL_MCP_POOL_SIZE="1", TMPDIR=str(scratch)) as first:
+        async with client_for("mcp", first) as client:
+            sid = structured(await call(client, "create_session"))["session_id"]
+            assert not (await call(client, "run_code", code="1", session_id=sid)).is_error
+        left = [p for p in scratch.iterdir() if p.name.startswith(f"kernel-mcp-{first.pid}-")]
+        assert len(left) == 1 and any(left[0].iterdir()), list(scratch.iterdir())
+        assert first.stop(signal.SIGKILL) is not None
+    assert left[0].exists()
+    with running_server(
+        tmp_path / "second", KERNEL_MCP_POOL_SIZE="1", TMPDIR=str(scratch)
+    ) as second:
+        async with client_for("mcp", second) as client:
+            assert not (await call(client, "run_code", code="1")).is_error
+        assert not left[0].exists()
+        assert [p.name.split("-")[2] for p in scratch.glob("kernel-mcp-*")] == [str(second.pid)]

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from kernel_mcp.config import load_settings, principal_of
 from kernel_mcp.errors import ConfigError, QuotaExceeded
-from kernel_mcp.files.workspaces import MIB, QuotaWatch, Usage, Workspaces, measure
+from kernel_mcp.files.workspaces import (
+    MIB,
+    QuotaWatch,
+    Usage,
+    UsageLedger,
+    Workspaces,
+    measure,
+)
+from kernel_mcp.tasks import TaskOwner
 
 
 # -- principals ------------------------------------------------------------------------
@@ -151,6 +161,13 @@ def test_no_cap_means_no_measuring(tmp_path: Path) -> None:
 
 
 # -- watching a run ---------------------------------------------------------------------
+@pytest.fixture
+async def tasks() -> AsyncIterator[TaskOwner]:
+    owner = TaskOwner("test")
+    yield owner
+    await owner.close(grace=None)
+
+
 class Growing:
     """Stands in for a folder a run writes to: each measurement returns the next size."""
 
@@ -167,7 +184,9 @@ class Growing:
         return Usage(size)
 
 
-async def test_a_run_that_grows_the_folder_past_its_cap_is_stopped_once(tmp_path: Path) -> None:
+async def test_a_run_that_grows_the_folder_past_its_cap_is_stopped_once(
+    tmp_path: Path, tasks: TaskOwner
+) -> None:
     stopped = asyncio.Event()
     calls = []
 
@@ -175,12 +194,14 @@ async def test_a_run_that_grows_the_folder_past_its_cap_is_stopped_once(tmp_path
         calls.append(1)
         stopped.set()
 
+    sizes = Growing(2 * MIB, 5 * MIB, 11 * MIB)
     watch = QuotaWatch(
         tmp_path,
         quota_bytes=10 * MIB,
         stop=stop,
+        ledger=UsageLedger(tasks, measure_with=sizes),
         interval=0,
-        measure_with=Growing(2 * MIB, 5 * MIB, 11 * MIB),
+        measure_with=sizes,
     )
     async with watch:
         await asyncio.wait_for(stopped.wait(), 10)
@@ -189,18 +210,29 @@ async def test_a_run_that_grows_the_folder_past_its_cap_is_stopped_once(tmp_path
     assert any("was stopped" in note and "10 MiB" in note for note in watch.notes())
 
 
-async def test_a_run_that_stays_under_the_cap_is_left_alone(tmp_path: Path) -> None:
+async def test_a_run_that_stays_under_the_cap_is_left_alone(
+    tmp_path: Path, tasks: TaskOwner
+) -> None:
     async def stop() -> None:
         raise AssertionError("stopped a run under its cap")
 
     sizes = Growing(1 * MIB, 2 * MIB, 3 * MIB)
-    watch = QuotaWatch(tmp_path, quota_bytes=10 * MIB, stop=stop, interval=0, measure_with=sizes)
+    watch = QuotaWatch(
+        tmp_path,
+        quota_bytes=10 * MIB,
+        stop=stop,
+        ledger=UsageLedger(tasks, measure_with=sizes),
+        interval=0,
+        measure_with=sizes,
+    )
     async with watch:
         await asyncio.wait_for(sizes.all_measured.wait(), 10)
     assert not watch.tripped and watch.notes() == []
 
 
-async def test_over_the_cap_a_run_may_delete_files_but_not_add_any(tmp_path: Path) -> None:
+async def test_over_the_cap_a_run_may_delete_files_but_not_add_any(
+    tmp_path: Path, tasks: TaskOwner
+) -> None:
     stopped = asyncio.Event()
 
     async def stop() -> None:
@@ -208,7 +240,12 @@ async def test_over_the_cap_a_run_may_delete_files_but_not_add_any(tmp_path: Pat
 
     shrinking = Growing(20 * MIB, 15 * MIB, 12 * MIB)
     watch = QuotaWatch(
-        tmp_path, quota_bytes=10 * MIB, stop=stop, interval=0, measure_with=shrinking
+        tmp_path,
+        quota_bytes=10 * MIB,
+        stop=stop,
+        ledger=UsageLedger(tasks, measure_with=shrinking),
+        interval=0,
+        measure_with=shrinking,
     )
     async with watch:
         await asyncio.wait_for(shrinking.all_measured.wait(), 10)
@@ -216,19 +253,108 @@ async def test_over_the_cap_a_run_may_delete_files_but_not_add_any(tmp_path: Pat
     assert any("may delete files, not add any" in note for note in watch.notes())
 
     growing = Growing(20 * MIB, 21 * MIB)
-    watch = QuotaWatch(tmp_path, quota_bytes=10 * MIB, stop=stop, interval=0, measure_with=growing)
+    watch = QuotaWatch(
+        tmp_path,
+        quota_bytes=10 * MIB,
+        stop=stop,
+        ledger=UsageLedger(tasks, measure_with=growing),
+        interval=0,
+        measure_with=growing,
+    )
     async with watch:
         await asyncio.wait_for(stopped.wait(), 10)
     assert watch.tripped
 
 
-async def test_without_a_cap_nothing_is_measured(tmp_path: Path) -> None:
+async def test_without_a_cap_nothing_is_measured(tmp_path: Path, tasks: TaskOwner) -> None:
     def never(folder: Path) -> Usage:
         raise AssertionError("measured without a cap")
 
     async def stop() -> None:
         raise AssertionError("stopped without a cap")
 
-    async with QuotaWatch(tmp_path, quota_bytes=0, stop=stop, measure_with=never) as watch:
+    ledger = UsageLedger(tasks, measure_with=never)
+    async with QuotaWatch(
+        tmp_path, quota_bytes=0, stop=stop, ledger=ledger, measure_with=never
+    ) as watch:
         pass
     assert watch.notes() == []
+
+
+# -- the ledger: a run starts from the last measurement -----------------------------------
+class Counting:
+    """A measuring function that counts its walks and returns ``size`` (changeable)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.walks = 0
+
+    def __call__(self, folder: Path) -> Usage:
+        self.walks += 1
+        return Usage(self.size)
+
+
+async def never_stop() -> None:
+    raise AssertionError("stopped a run under its cap")
+
+
+async def test_only_a_workspaces_first_run_walks_the_folder_before_it_begins(
+    tmp_path: Path, tasks: TaskOwner
+) -> None:
+    walk = Counting(3 * MIB)
+    ledger = UsageLedger(tasks, measure_with=walk)
+
+    def watch() -> QuotaWatch:
+        quota = 10 * MIB
+        return QuotaWatch(
+            tmp_path, quota_bytes=quota, stop=never_stop, ledger=ledger, interval=3600
+        )
+
+    async with watch() as first:
+        assert walk.walks == 1 and first.start_bytes == 3 * MIB
+    # The run's end asks for a measurement; it runs after the block, not inside it.
+    walk.size = 4 * MIB
+    async with watch() as second:
+        # Begun from the measurement taken after the first run ended.
+        assert second.start_bytes == 4 * MIB
+    assert walk.walks == 2
+
+
+async def test_a_run_that_ended_over_the_cap_leaves_the_next_run_over_at_start(
+    tmp_path: Path, tasks: TaskOwner
+) -> None:
+    walk = Counting(1 * MIB)
+    ledger = UsageLedger(tasks, measure_with=walk)
+    quota = 10 * MIB
+    async with QuotaWatch(
+        tmp_path, quota_bytes=quota, stop=never_stop, ledger=ledger, interval=3600
+    ):
+        walk.size = 12 * MIB  # written just before the run ended, between measurements
+    async with QuotaWatch(
+        tmp_path, quota_bytes=quota, stop=never_stop, ledger=ledger, interval=3600
+    ) as after:
+        assert after.over_at_start and after.start_bytes == 12 * MIB
+
+
+async def test_a_run_waiting_on_a_measurement_stopped_at_shut_down_walks_itself(
+    tmp_path: Path,
+) -> None:
+    first_walk = threading.Event()
+    release = threading.Event()
+
+    def walk(folder: Path) -> Usage:
+        if not first_walk.is_set():
+            first_walk.set()
+            release.wait(10)
+            return Usage(5 * MIB)
+        return Usage(6 * MIB)
+
+    owner = TaskOwner("shutting down")
+    ledger = UsageLedger(owner, measure_with=walk)
+    ledger.remeasure(tmp_path)
+    await asyncio.to_thread(first_walk.wait, 10)
+    waiting = asyncio.create_task(ledger.size(tmp_path))
+    await owner.close()  # cancels the measurement the run is waiting on
+    release.set()
+    # Not a CancelledError: the run was not cancelled, its measurement was; it walks.
+    assert await asyncio.wait_for(waiting, 10) == 6 * MIB

@@ -1,0 +1,87 @@
+"""The local backend's private folder, and the sweep of those left by servers that died.
+
+Each server keeps its kernels' connection folders, the sandbox's generated files and
+the fork template's script in one ``0700`` folder under the temporary directory,
+removed when the server stops. A server that is killed (SIGKILL, a power cut, an
+out-of-memory kill) cannot remove its own, and its sandboxed kernels die with it, so
+nothing uses the folder after that. The folder's name carries the server's pid; the
+next server to start removes the folders of pids that no longer run, as the cgroup
+root does with its groups (``launch/cgroups.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["PREFIX", "make_private_folder", "sweep_dead_servers"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "kernel-mcp-"
+
+
+def make_private_folder(parent: Path | None = None) -> Path:
+    """A new ``0700`` folder named after this server's pid, with the dead servers' swept.
+
+    ``parent``: where (default: the temporary directory, ``TMPDIR``).
+    """
+    parent = Path(parent if parent is not None else tempfile.gettempdir())
+    sweep_dead_servers(parent)
+    # Resolved: a kernel's connection file is named by its real path, and the
+    # sandbox shares the folder at that same path.
+    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)).resolve()
+
+
+def sweep_dead_servers(parent: Path) -> list[Path]:
+    """Remove the private folders in ``parent`` whose server no longer runs.
+
+    Only this user's folders named ``kernel-mcp-<pid>-…`` whose pid is not running
+    are removed: a folder of an older version (no pid in its name), another user's,
+    or a live server's is left alone. A pid reused by an unrelated process keeps its
+    folder until that process ends too, which errs on the side of keeping files.
+
+    Returns:
+        The folders removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = _pid_of(entry.name)
+        if pid is None or pid == os.getpid():
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.getuid():
+            continue
+        if _running(pid):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        log.info("removed %s, left by server pid %d, which no longer runs", entry.path, pid)
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _pid_of(name: str) -> int | None:
+    if not name.startswith(PREFIX):
+        return None
+    pid, dash, _ = name.removeprefix(PREFIX).partition("-")
+    return int(pid) if dash and pid.isdigit() else None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: running
+        return True
+    return True
