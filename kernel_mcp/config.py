@@ -270,6 +270,12 @@ class Settings(BaseSettings):
         None, description="Token the gateway expects (sent as 'Authorization: token ...')."
     )
     gateway_kernel_name: str = Field("python3", description="Kernel spec name the gateway starts.")
+    allow_attach: CommaList = Field(
+        default_factory=lambda: ["true"],
+        description="create_session(kernel_id=...) may attach to a kernel already running on "
+        "the gateway (a person's notebook kernel): true (with several principals: none), "
+        "false, or the principals that may. Needs KERNEL_MCP_GATEWAY_URL.",
+    )
     state_url: str | None = Field(
         None, description="Redis URL for sessions shared by server replicas; unset = in process."
     )
@@ -302,14 +308,10 @@ class Settings(BaseSettings):
     # --- watching sessions (view_session, /watch) ------------------------------
     public_url: str | None = Field(
         None,
-        description="This server's origin as a person's browser reaches it (behind a tunnel "
-        "or a proxy; e.g. https://kernels.example.org): view_session's links start with it. "
-        "Unset: the origin the calling client reached. Its host must pass the Host check "
-        "(loopback, or KERNEL_MCP_ALLOWED_HOSTS).",
+        description="This server's origin as people's browsers reach it (behind a tunnel or a "
+        "proxy): view_session's links start with it. Unset: the origin the client reached.",
     )
-    watch_ticket_ttl: Seconds = Field(
-        60.0, description="Seconds a view_session link works (once) before it expires."
-    )
+    watch_ticket_ttl: Seconds = Field(60.0, description="Seconds a view_session link works (once).")
 
     # --- notebooks ----------------------------------------------------------
     notebooks_dir: Path = Field(
@@ -330,12 +332,21 @@ class Settings(BaseSettings):
         "sandbox_read_paths",
         "kernels",
         "write_suffixes",
+        "allow_attach",
         mode="before",
     )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allow_attach")
+    @classmethod
+    def _attach_switch(cls, value: list[str]) -> list[str]:
+        """A single true/false word is the switch; anything else names principals."""
+        if len(value) == 1 and value[0].lower() in _SWITCH:
+            return ["true"] if _SWITCH[value[0].lower()] else []
         return value
 
     @field_validator("sandbox_bwrap")
@@ -369,7 +380,7 @@ class Settings(BaseSettings):
             raise ValueError(f"folder {value} does not exist")
         return resolved
 
-    @field_validator("gateway_url")
+    @field_validator("gateway_url", "public_url")
     @classmethod
     def _gateway_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -377,18 +388,6 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
-
-    @field_validator("public_url")
-    @classmethod
-    def _public_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        parts = urllib.parse.urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        if parts.path.strip("/") or parts.query or parts.fragment or parts.username:
-            raise ValueError("must be an origin only (scheme, host and port; no path)")
-        return f"{parts.scheme}://{parts.netloc}"
 
     @field_validator("state_url")
     @classmethod
@@ -418,12 +417,61 @@ class Settings(BaseSettings):
             raise ValueError(
                 "KERNEL_MCP_STATE_URL: needs the redis package: pip install 'kernel-mcp[scale]'"
             )
+        self._attach_agrees(names)
+        origin = urllib.parse.urlsplit(self.public_url or "")
+        if origin.path.strip("/") or origin.query or origin.fragment:
+            raise ValueError("KERNEL_MCP_PUBLIC_URL: must be an origin only (no path or query)")
         if self.host not in LOOPBACK and not self.tokens and not self.insecure:
             raise ValueError(
                 f"KERNEL_MCP_HOST: {self.host} is not loopback; set KERNEL_MCP_TOKEN "
                 "or pass --insecure"
             )
         return self
+
+    def _attach_agrees(self, principals: list[str]) -> None:
+        """Attaching, asked for explicitly, needs a gateway and no shared state; the
+        principals it names must exist."""
+        if "allow_attach" not in self.model_fields_set or not self.allow_attach:
+            return
+        if not self.gateway_url:
+            raise ValueError(
+                "KERNEL_MCP_ALLOW_ATTACH: needs KERNEL_MCP_GATEWAY_URL (attaching joins a "
+                "kernel running on a Jupyter server; this server's kernels are local)"
+            )
+        if self.state_url:
+            raise ValueError(
+                "KERNEL_MCP_ALLOW_ATTACH: not with KERNEL_MCP_STATE_URL (replicas do not "
+                "attach to kernels they did not start)"
+            )
+        unknown = [n for n in self.allow_attach if n != "true" and n not in principals]
+        if unknown:
+            raise ValueError(
+                f"KERNEL_MCP_ALLOW_ATTACH: {unknown[0]!r} is not a principal of "
+                "KERNEL_MCP_TOKEN (name them as NAME:TOKEN)"
+            )
+
+    def attach_refusal(self, principal: str | None) -> str | None:
+        """Why ``principal`` may not attach a session to a running kernel; None if it may."""
+        if not self.gateway_url:
+            return (
+                "attaching needs a gateway: this server runs local kernels. Point "
+                "KERNEL_MCP_GATEWAY_URL (and KERNEL_MCP_GATEWAY_TOKEN) at the Jupyter server "
+                "whose kernel you want to join."
+            )
+        if self.state_url:
+            return "attaching is off with shared sessions (KERNEL_MCP_STATE_URL)."
+        if not self.allow_attach:
+            return "attaching is turned off on this server (KERNEL_MCP_ALLOW_ATTACH=false)."
+        if self.allow_attach == ["true"]:
+            if len(self.principals) > 1:
+                return (
+                    "with several principals, only those KERNEL_MCP_ALLOW_ATTACH names may "
+                    "attach to a running kernel."
+                )
+            return None
+        if principal not in self.allow_attach:
+            return "your principal may not attach to running kernels (KERNEL_MCP_ALLOW_ATTACH)."
+        return None
 
     @field_validator("notebooks_dir")
     @classmethod
@@ -482,6 +530,10 @@ class Settings(BaseSettings):
             raise InvalidArgument("timeout must be a positive number of seconds")
         return min(float(requested), cap)
 
+
+#: The words KERNEL_MCP_ALLOW_ATTACH takes as a switch.
+_SWITCH = {"true": True, "1": True, "yes": True, "on": True}
+_SWITCH.update({"false": False, "0": False, "no": False, "off": False})
 
 _PRINCIPAL = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,31}):(.+)$")
 

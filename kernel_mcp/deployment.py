@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from kernel_mcp.backends.base import KernelBackend
+from kernel_mcp.backends.base import KernelAttacher, KernelBackend
 from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.config import Settings
 from kernel_mcp.runner import Runner
@@ -31,6 +31,8 @@ class Deployment:
     replica: str | None = None
     """This replica's name among those sharing sessions and a notebooks folder (host and
     port): what is its own there, such as its background runs' markers."""
+    attacher: KernelAttacher | None = None
+    """Joins kernels someone else started (a gateway without shared sessions)."""
 
     def runner(self, settings: Settings) -> Runner:
         """The Runner on these parts (its ``close`` closes the backend too)."""
@@ -39,6 +41,7 @@ class Deployment:
             backend=self.backend,
             store=self.store,
             replica=self.replica,
+            attacher=self.attacher,
         )
 
 
@@ -55,7 +58,7 @@ def deployment_for(settings: Settings) -> Deployment:
 
     gateway = GatewayBackend(settings)
     if not settings.state_url:
-        return Deployment(gateway, InProcessStore())
+        return Deployment(gateway, InProcessStore(), attacher=gateway)
     from kernel_mcp.scale.redis_store import RedisStore
     from kernel_mcp.scale.state import SharedState
 

@@ -20,6 +20,7 @@ its message; the CLI turns ``ConfigError`` and ``CannotServe`` into its exit cod
     │   ├── NotebookUnwritable   the notebooks folder refused an export (says why)
     │   ├── SessionNotFound      unknown id, or one owned by another principal
     │   ├── SessionGone          the session was culled or closed (says when)
+    │   ├── KernelBusy           an attached kernel runs someone else's code right now
     │   ├── TooManySessions      KERNEL_MCP_MAX_SESSIONS reached
     │   ├── QuotaExceeded        the principal's projects folder is at its disk cap
     │   ├── NotEnoughMemory      the machine's available memory would not cover a new
@@ -53,6 +54,7 @@ __all__ = [
     "ForkFailed",
     "InvalidArgument",
     "InvalidNotebook",
+    "KernelBusy",
     "KernelError",
     "KernelMCPError",
     "KernelStartFailed",
@@ -137,6 +139,10 @@ class SessionNotFound(RequestError):
 
 class SessionGone(RequestError):
     """The session existed but was culled or closed."""
+
+
+class KernelBusy(RequestError):
+    """An attached kernel runs someone else's code (a person's cell) right now."""
 
 
 class TooManySessions(RequestError):

@@ -35,6 +35,7 @@ __all__ = [
     "PID_NAMESPACE",
     "ROOT",
     "Gateway",
+    "JupyterServer",
     "RedisServer",
     "ServerProcess",
     "alive",
@@ -445,6 +446,36 @@ class Gateway(_Launched):
                 proc = self.proc
             if proc is not None and proc.poll() is None:
                 self._sample(proc)
+
+
+# -- a person's Jupyter Server ----------------------------------------------------------------
+class JupyterServer(Gateway):
+    """``jupyter server`` (what JupyterLab runs on) in a subprocess, token-protected, on
+    loopback: a person's notebook server, used as kernel-mcp's gateway.
+
+    The same REST API and kernel WebSocket as the Kernel Gateway; the flags are the
+    Gateway's (a dead kernel noticed in half a second, no IOPub rate limit).
+    """
+
+    what = "jupyter server"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "server",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            "--ServerApp.open_browser=False",
+            "--ServerApp.allow_root=True",  # the test machine may run as root
+            f"--ServerApp.root_dir={self.base}",
+            f"--IdentityProvider.token={self.token}",
+            "--JupyterApp.answer_yes=True",
+            "--KernelRestarter.time_to_dead=0.5",
+            "--ZMQChannelsWebsocketConnection.limit_rate=False",
+        ]
 
 
 # -- Redis ----------------------------------------------------------------------------------

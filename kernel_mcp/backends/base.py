@@ -15,7 +15,7 @@ from typing import Protocol
 from kernel_mcp.config import DEFAULT_SECRET_PATTERNS
 from kernel_mcp.kernels.kernel import Kernel
 
-__all__ = ["KernelBackend", "kernel_environment"]
+__all__ = ["KernelAttacher", "KernelBackend", "kernel_environment"]
 
 
 class KernelBackend(Protocol):
@@ -46,6 +46,23 @@ class KernelBackend(Protocol):
         """How its kernels are isolated, in one phrase (the banner's and server_info's)."""
 
     async def close(self) -> None: ...
+
+
+class KernelAttacher(Protocol):
+    """Joins kernels someone else started (a gateway's: a person's notebook kernel)."""
+
+    async def attach(self, kernel_id: str) -> Kernel:
+        """The running kernel ``kernel_id``, which kernel-mcp must never stop: the
+        returned kernel's ``shutdown`` and ``kill`` only let go of it.
+
+        Raises:
+            InvalidArgument: not a kernel id, no such kernel, or one kernel-mcp started.
+            KernelStartFailed: the server is unreachable or the kernel did not answer.
+        """
+
+    def busy(self, kernel: Kernel) -> bool:
+        """Whether an attached kernel runs a request right now (between our own runs:
+        someone else's)."""
 
 
 def kernel_environment(

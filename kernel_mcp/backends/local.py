@@ -85,7 +85,8 @@ class LocalBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limits = OutputLimits(max_output_bytes=settings.max_output_bytes)
-        self._dir = make_private_folder()
+        on_linux = sys.platform.startswith("linux")
+        self._dir = make_private_folder(sockets=on_linux)
         self._env = kernel_environment(os.environ, allow=settings.env_allow)
         # The server's own python must run the kernel even when the venv is not
         # activated, so "python3" means this interpreter's ipykernel.
@@ -112,7 +113,7 @@ class LocalBackend:
         )
         self.forks: dict[str, ForkServer] = {}
         # IPC sockets in private folders on Linux; TCP on loopback elsewhere.
-        self.transport = "ipc" if sys.platform.startswith("linux") else "tcp"
+        self.transport = "ipc" if on_linux else "tcp"
 
     @property
     def sandboxed(self) -> bool:

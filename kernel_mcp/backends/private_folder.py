@@ -17,19 +17,46 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["PREFIX", "make_private_folder", "sweep_dead_servers"]
+from kernel_mcp.errors import ConfigError
+
+__all__ = ["MAX_PARENT_CHARS", "PREFIX", "make_private_folder", "sweep_dead_servers"]
 
 log = logging.getLogger(__name__)
 
 PREFIX = "kernel-mcp-"
+#: The longest parent folder whose kernels' IPC socket paths still fit a Unix socket
+#: address (107 bytes). The server reaches a sandboxed kernel's socket at
+#: ``/proc/<pid>/root<parent>/kernel-mcp-<pid>-<8>/<12>/ipc-<n>``: 65 bytes besides
+#: the parent with 7-digit pids and a two-digit n.
+MAX_PARENT_CHARS = 42
+#: Where the folder goes when the temporary directory's path is too long for sockets.
+SHORT_PARENT = Path("/tmp")
 
 
-def make_private_folder(parent: Path | None = None) -> Path:
+def make_private_folder(parent: Path | None = None, *, sockets: bool = True) -> Path:
     """A new ``0700`` folder named after this server's pid, with the dead servers' swept.
 
-    ``parent``: where (default: the temporary directory, ``TMPDIR``).
+    ``parent``: where (default: the temporary directory, ``TMPDIR``). ``sockets``: the
+    kernels' IPC sockets go in it, so a parent whose path is too long for a socket
+    address is replaced by ``/tmp``, with a log line.
+
+    Raises:
+        ConfigError: the path is too long for sockets and ``/tmp`` is not usable.
     """
-    parent = Path(parent if parent is not None else tempfile.gettempdir())
+    parent = Path(parent if parent is not None else tempfile.gettempdir()).resolve()
+    if sockets and len(os.fsencode(parent)) > MAX_PARENT_CHARS:
+        if not (SHORT_PARENT.is_dir() and os.access(SHORT_PARENT, os.W_OK | os.X_OK)):
+            raise ConfigError(
+                f"The temporary directory {parent} is too long a path for the kernels' "
+                f"sockets (at most {MAX_PARENT_CHARS} characters) and /tmp is not "
+                "writable: set TMPDIR to a shorter folder."
+            )
+        log.info(
+            "the temporary directory %s is too long a path for kernel sockets; using %s",
+            parent,
+            SHORT_PARENT,
+        )
+        parent = SHORT_PARENT
     sweep_dead_servers(parent)
     # Resolved: a kernel's connection file is named by its real path, and the
     # sandbox shares the folder at that same path.

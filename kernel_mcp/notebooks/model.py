@@ -41,6 +41,7 @@ __all__ = [
     "SETUP_TAG",
     "code_cell",
     "file_cell_source",
+    "gap_cell",
     "inject_parameters",
     "notebook_for",
     "notebook_text",
@@ -110,6 +111,31 @@ def code_cell(source: str, execution: Execution, tool: str) -> NotebookNode:
         "duration_s": execution.duration_s,
     }
     return cell
+
+
+def gap_cell(after: int, before: int) -> NotebookNode:
+    """A note that the kernel ran code between the recorded cells ``[after]`` and ``[before]``
+    (by their execution counts) that the recording does not have: a person's cells in
+    JupyterLab, or, with ``after`` 0, what ran before the session attached to the kernel."""
+    missed = before - after - 1
+    if after == 0:
+        text = (
+            f"*{missed} execution(s) ran in this kernel before this session attached to it "
+            f"(execution counts 1 to {before - 1}); they are not recorded here, but what they "
+            "defined is visible to the cells below.*"
+        )
+    else:
+        text = (
+            f"*Someone else ran code in this kernel between cells [{after}] and [{before}] "
+            f"({missed} execution(s), e.g. from JupyterLab); it is not recorded here, but what "
+            "it defined or changed is visible to the cells below.*"
+        )
+    return NotebookNode(
+        id=random_cell_id(),
+        cell_type="markdown",
+        metadata=NotebookNode(kernel_mcp={"unrecorded": {"after": after, "before": before}}),
+        source=text,
+    )
 
 
 def notebook_text(nb: dict[str, Any]) -> str:

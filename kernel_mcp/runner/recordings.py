@@ -25,11 +25,12 @@ from kernel_mcp.errors import (
 from kernel_mcp.files.workspaces import Workspaces
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.kernels.kernelspecs import KernelCatalog
+from kernel_mcp.notebooks.model import gap_cell
 from kernel_mcp.notebooks.recording import Recorder, Recording, describe_os_error
 from kernel_mcp.notebooks.store import NotebookStore
 from kernel_mcp.sessions.records import Session
 
-__all__ = ["SessionRecordings"]
+__all__ = ["SessionRecordings", "noting_gaps"]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,12 @@ class SessionRecordings:
     async def record(
         self, session: Session, recording: Recording, cells: list[dict[str, Any]]
     ) -> list[str]:
-        """Append a run's cells to the session's recording; what went wrong, as notes."""
+        """Append a run's cells to the session's recording; what went wrong, as notes.
+
+        Where a cell's execution count is past the one after the last recorded cell's,
+        someone else ran code in the kernel between them: a note cell says so.
+        """
+        cells = noting_gaps(session, cells)
         try:
             # A call that lost its claim (another replica serves the session) must not write.
             session.check_held()
@@ -209,3 +215,19 @@ class SessionRecordings:
         if recording.journal is None or not recording.journal.exists():
             return await asyncio.to_thread(self.store.read, name)
         return await asyncio.to_thread(recording.text)
+
+
+def noting_gaps(session: Session, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``cells`` with a note before each whose execution count skips some (``gap_cell``);
+    the session's record keeps the last count (None when a cell has none)."""
+    noted: list[dict[str, Any]] = []
+    last = session.record.execution_count
+    for cell in cells:
+        if cell.get("cell_type") == "code":
+            count = cell.get("execution_count")
+            if isinstance(count, int) and last is not None and count > last + 1:
+                noted.append(gap_cell(last, count))
+            last = count if isinstance(count, int) else None
+        noted.append(cell)
+    session.record.execution_count = last
+    return noted

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kernel_mcp.admission import admission_for
-from kernel_mcp.backends.base import KernelBackend
+from kernel_mcp.backends.base import KernelAttacher, KernelBackend
 from kernel_mcp.config import Settings
 from kernel_mcp.errors import InvalidArgument, StateUnavailable
 from kernel_mcp.files.workspaces import MIB, QuotaWatch, UsageLedger, Workspaces
@@ -53,6 +53,7 @@ from kernel_mcp.runner.requests import (
     file_preamble,
 )
 from kernel_mcp.runner.runs import RUNS_MARKERS, Run, RunHooks, RunRegistry
+from kernel_mcp.sessions.attached import kernel_id_of
 from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.registry import SessionRegistry
 from kernel_mcp.sessions.store import SessionStore
@@ -79,6 +80,8 @@ class Runner:
             kernel).
         replica: this replica's name among those sharing sessions and a notebooks
             folder (its background runs' markers are its own).
+        attacher: joins kernels someone else started (``create_session(kernel_id=...)``);
+            None: sessions cannot attach.
     """
 
     def __init__(
@@ -88,9 +91,11 @@ class Runner:
         backend: KernelBackend,
         store: SessionStore,
         replica: str | None = None,
+        attacher: KernelAttacher | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
+        self.attacher = attacher
         self.workspaces = Workspaces(
             settings.projects_dir,
             per_principal=settings.per_principal_projects,
@@ -123,6 +128,7 @@ class Runner:
             on_create=self.recordings.created,
             on_close=self._session_closed,
             on_forget=self._session_forgotten,
+            attacher=attacher,
         )
         markers = settings.notebooks_dir / RUNS_MARKERS
         if replica is not None:
@@ -412,15 +418,29 @@ class Runner:
 
     # -- sessions ----------------------------------------------------------------
     async def create_session(
-        self, *, owner: str | None, name: str | None = None, kernel: str | None = None
+        self,
+        *,
+        owner: str | None,
+        name: str | None = None,
+        kernel: str | None = None,
+        kernel_id: str | None = None,
     ) -> Session:
-        """A new session; ``kernel`` chooses one of the allowed kernelspecs.
+        """A new session; ``kernel`` chooses one of the allowed kernelspecs, ``kernel_id``
+        attaches it to a kernel already running on the gateway instead.
 
         Raises:
-            InvalidArgument: a bad name, or a kernel that is not allowed.
+            InvalidArgument: a bad name, a kernel that is not allowed, or an attach that
+                is refused (the message says why).
             TooManySessions: at KERNEL_MCP_MAX_SESSIONS.
         """
-        return await self.sessions.create(owner, name, kernel_name=self.kernels.choose(kernel))
+        if kernel_id is None:
+            return await self.sessions.create(owner, name, kernel_name=self.kernels.choose(kernel))
+        refusal = self.settings.attach_refusal(owner)
+        if refusal is not None:
+            raise InvalidArgument(f"Cannot attach to kernel {str(kernel_id)[:60]!r}: {refusal}")
+        if kernel is not None:
+            raise InvalidArgument("Pass kernel or kernel_id, not both.")
+        return await self.sessions.create(owner, name, kernel_id=kernel_id_of(kernel_id))
 
     async def export_notebook(
         self, *, owner: str | None, session_id: str, name: str | None, overwrite: bool

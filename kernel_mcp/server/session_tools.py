@@ -21,6 +21,10 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         # not when the next call stumbles on it.
         if state == "idle" and kernel is not None and not await kernel.is_alive():
             state = "dead"
+        attacher = runner.attacher
+        if state == "idle" and session.record.attached and attacher and kernel:
+            # Someone else's cell runs in it: a call now would be refused.
+            state = "busy" if attacher.busy(kernel) else state
         rss = kernel.process.rss_bytes() if kernel is not None and state != "dead" else None
         return SessionView(
             session_id=session.id,
@@ -36,21 +40,31 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
             kernel=session.record.kernel_name,
             sandboxed=kernel.process.sandboxed if kernel else runner.backend.sandboxed,
             run_id=run.id if (run := runner.runs.running_in(session.id)) else None,
+            attached=session.record.attached,
             notes=runner.recordings.notes(session.id),
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=False, openWorldHint=False))
-    async def create_session(name: str | None = None, kernel: str | None = None) -> SessionView:
+    async def create_session(
+        name: str | None = None, kernel: str | None = None, kernel_id: str | None = None
+    ) -> SessionView:
         """Start a session: a kernel whose variables and imports persist across calls.
 
         Args:
             name: optional label (letters, digits, -, _, .); names the session's notebook.
             kernel: a kernelspec from list_kernels; omit for the default.
+            kernel_id: attach to this kernel, already running on the Jupyter server the
+                server is configured with (e.g. the user's notebook kernel, as its
+                /api/kernels lists it), instead of starting one: you see and change its
+                variables, and it keeps running after close_session.
 
         Returns session_id: pass it to run_python / run_code / run_notebook. Close the
         session with close_session when done; idle sessions are culled.
         """
-        return await view(await runner.create_session(owner=owner(), name=name, kernel=kernel))
+        session = await runner.create_session(
+            owner=owner(), name=name, kernel=kernel, kernel_id=kernel_id
+        )
+        return await view(session)
 
     @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
     async def list_kernels() -> KernelList:
@@ -94,18 +108,25 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
         """Interrupt the call running in a session, like Ctrl-C in a notebook.
 
         The running call replies with status "interrupted"; the session's variables are
-        kept. action is "interrupted" if a call was running, else "idle".
+        kept. action is "interrupted" if a call was running, else "idle" (an attached
+        session's kernel is then left alone: the cell running may be the user's).
         """
         running = await runner.sessions.interrupt(owner(), session_id)
+        idle = "Nothing was running; interrupt sent."
+        if not running and (await runner.sessions.find(owner(), session_id)).record.attached:
+            idle = "Nothing of yours was running; the attached kernel was not interrupted."
         return SessionAction(
             session_id=session_id,
             action="interrupted" if running else "idle",
-            message="Interrupt sent." if running else "Nothing was running; interrupt sent.",
+            message="Interrupt sent." if running else idle,
         )
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))
     async def restart_session(session_id: str) -> SessionAction:
-        """Restart a session's kernel: every variable and import is cleared; the id stays."""
+        """Restart a session's kernel: every variable and import is cleared; the id stays.
+
+        Refused for a session attached to someone else's kernel (create_session(kernel_id)).
+        """
         await runner.sessions.restart(owner(), session_id)
         return SessionAction(
             session_id=session_id, action="restarted", message="New kernel; state cleared."
@@ -113,6 +134,16 @@ def register_session_tools(mcp: FastMCP, runner: Runner) -> None:
 
     @mcp.tool(annotations=ToolAnnotations(destructiveHint=True, openWorldHint=False))
     async def close_session(session_id: str) -> SessionAction:
-        """Close a session and shut its kernel down. Its notebook stays on disk."""
-        await runner.sessions.close_session(owner(), session_id)
+        """Close a session and shut its kernel down. Its notebook stays on disk.
+
+        A session attached to a running kernel (create_session(kernel_id=...)) only
+        detaches: that kernel keeps running with its state (action "detached").
+        """
+        session = await runner.sessions.close_session(owner(), session_id)
+        if session.record.attached:
+            return SessionAction(
+                session_id=session_id,
+                action="detached",
+                message=f"Detached; kernel {session.record.kernel_id} keeps running.",
+            )
         return SessionAction(session_id=session_id, action="closed", message="Kernel shut down.")

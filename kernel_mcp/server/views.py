@@ -96,6 +96,11 @@ class SessionView(BaseModel):
         "the gateway decides their isolation)",
     )
     run_id: str | None = Field(None, description="The background run it is busy with")
+    attached: bool = Field(
+        False,
+        description="Its kernel is one someone else started on the Jupyter server "
+        "(create_session(kernel_id=...)): closing the session only detaches",
+    )
     notes: list[str] = Field(default_factory=list)
 
 
@@ -106,7 +111,7 @@ class SessionList(BaseModel):
 
 class SessionAction(BaseModel):
     session_id: str
-    action: Literal["interrupted", "restarted", "closed", "idle"]
+    action: Literal["interrupted", "restarted", "closed", "detached", "idle"]
     message: str
 
 

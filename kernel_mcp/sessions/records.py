@@ -40,6 +40,12 @@ class SessionRecord:
     process served the last call)."""
     kernel_name: str | None = None
     """The kernelspec the session chose (None: the default); replacements keep it."""
+    attached: bool = False
+    """The kernel is one someone else started on the Jupyter server, which the session
+    attached to (``create_session(kernel_id=...)``): never restarted, replaced or stopped."""
+    execution_count: int | None = None
+    """The execution_count of the last recorded cell in the current kernel (None:
+    unknown); a later cell's count past the next one means others ran code between."""
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

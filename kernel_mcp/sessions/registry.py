@@ -33,14 +33,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from typing import TypeVar
 
-from kernel_mcp.errors import (
-    ClaimLost,
-    KernelError,
-    SessionGone,
-    SessionNotFound,
-)
+from kernel_mcp.backends.base import KernelAttacher
+from kernel_mcp.errors import ClaimLost, InvalidArgument, KernelError, SessionGone, SessionNotFound
 from kernel_mcp.files.names import validate_name
 from kernel_mcp.kernels.kernel import Kernel
+from kernel_mcp.sessions.attached import Attacher, refuse_restart
 from kernel_mcp.sessions.records import Session, SessionRecord
 from kernel_mcp.sessions.store import Claim, KernelSource, SessionStore
 from kernel_mcp.tasks import TaskOwner, shielded_to_end, stop_task
@@ -77,6 +74,7 @@ class SessionRegistry:
             (the recording is made there, and the record names it).
         on_close: runs when a session ends (closed or culled), before its kernel stops.
         on_forget: runs when this process drops a session another process removed.
+        attacher: joins kernels someone else started (a gateway's); None: no attaching.
         clock: epoch seconds, for when a session was used and culling (injectable).
     """
 
@@ -90,6 +88,7 @@ class SessionRegistry:
         on_create: Callable[[Session], Awaitable[None]] | None = None,
         on_close: Callable[[Session], Awaitable[None]] | None = None,
         on_forget: Callable[[Session], None] | None = None,
+        attacher: KernelAttacher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
@@ -99,6 +98,7 @@ class SessionRegistry:
         self._on_create = on_create
         self._on_close = on_close
         self._on_forget = on_forget
+        self._attacher = Attacher(attacher, store) if attacher is not None else None
         self.clock = clock
         self._sessions: dict[str, Session] = {}
         self._tasks = TaskOwner("sessions")
@@ -188,16 +188,33 @@ class SessionRegistry:
 
     # -- the public operations -----------------------------------------------------------
     async def create(
-        self, owner: str | None, name: str | None = None, *, kernel_name: str | None = None
+        self,
+        owner: str | None,
+        name: str | None = None,
+        *,
+        kernel_name: str | None = None,
+        kernel_id: str | None = None,
     ) -> Session:
-        """Start a session with a kernel from the warm pool (or of ``kernel_name``).
+        """Start a session with a kernel from the warm pool (or of ``kernel_name``), or
+        attached to the running kernel ``kernel_id`` (someone else's, never stopped).
 
         Raises:
             TooManySessions: at KERNEL_MCP_MAX_SESSIONS.
-            InvalidArgument: a bad or already used name.
+            InvalidArgument: a bad or already used name; a kernel that cannot be
+                attached to (or another session's).
         """
         if name is not None:
             validate_name(name)
+        if kernel_id is None:
+            return await self._create(owner, name, kernel_name, None)
+        if self._attacher is None:
+            raise InvalidArgument("this server cannot attach sessions to running kernels")
+        async with self._attacher.claiming(owner, kernel_id):
+            return await self._create(owner, name, None, kernel_id)
+
+    async def _create(
+        self, owner: str | None, name: str | None, kernel_name: str | None, kernel_id: str | None
+    ) -> Session:
         session_id = secrets.token_urlsafe(16)
         now = self.clock()
         record = SessionRecord(
@@ -207,12 +224,19 @@ class SessionRegistry:
             kernel_name=kernel_name,
             created_at=now,
             last_used=now,
+            attached=kernel_id is not None,
+            # An attached kernel's earlier cells ran before the session: its recording
+            # says so at the first cell.
+            execution_count=0 if kernel_id is not None else None,
         )
         # Counted and named before the kernel is acquired (that may wait): two creates
         # with one name, in any process, make one session.
         await self.store.reserve(record, self.max_sessions)
         try:
-            kernel = await self.pool.acquire(kernel_name=kernel_name, owner=owner)
+            if kernel_id is not None and self._attacher is not None:
+                kernel = await self._attacher.attach(kernel_id)
+            else:
+                kernel = await self.pool.acquire(kernel_name=kernel_name, owner=owner)
         except BaseException:
             await shielded_to_end(self.store.unreserve(record))
             raise
@@ -268,10 +292,13 @@ class SessionRegistry:
             record = session.record
             recorded_kernel = record.kernel_id
             await self.store.attach(session, current=True)
-            if record.busy and session.kernel is not None:
-                # Its last holder lost the session mid-call (its claim ended): stop that run.
+            if record.busy:
+                # Its last holder lost the session mid-call (its claim ended): stop that run,
+                # which counted in the kernel unrecorded (so no gap note for it).
+                record.execution_count = None
                 log.warning("session %s: a call was cut off by a lost replica", session_id)
-                await session.kernel.interrupt()
+                if session.kernel is not None:
+                    await session.kernel.interrupt()
             session.busy, session.claim = True, claim
             session.started = session.pending_interrupt = False
             late: asyncio.Task[None] | None = None
@@ -280,12 +307,17 @@ class SessionRegistry:
                 if session.kernel is None or not await session.kernel.is_alive():
                     await self._replace_kernel(session, session.lost_state or "the kernel died")
                 assert session.kernel is not None
+                if self._attacher is not None:
+                    self._attacher.refuse_busy(session)
                 claim.check()  # a replacement may have taken a while
                 session.started = True
                 if session.pending_interrupt:
                     late = asyncio.ensure_future(self._interrupt_soon(session.kernel))
                 try:
                     result = await work(session, session.kernel)
+                except BaseException:
+                    session.record.execution_count = None  # it may have run, unrecorded
+                    raise
                 finally:
                     await stop_task(late)
                 session.record.runs += 1
@@ -301,12 +333,18 @@ class SessionRegistry:
         """Interrupt the running call, if any, wherever it runs. Returns whether one was."""
         session = await self.find(owner, session_id)
         busy = session.busy or session_id in await self.store.busy([session_id])
-        await self._interrupt_anywhere(session)
+        if busy or not session.record.attached:  # idle, an attached kernel runs others' cells
+            await self._interrupt_anywhere(session)
         return busy
 
     async def restart(self, owner: str | None, session_id: str) -> Session:
-        """Give the session a fresh kernel; its state is cleared."""
+        """Give the session a fresh kernel; its state is cleared.
+
+        Raises:
+            InvalidArgument: the session is attached to someone else's kernel.
+        """
         session = await self.find(owner, session_id)
+        refuse_restart(session)
         if session.busy or session_id in await self.store.busy([session_id]):
             await self._interrupt_anywhere(session)
         async with session.lock, self.store.claim(session_id, self._ignore) as claim:
@@ -422,6 +460,10 @@ class SessionRegistry:
 
     # -- kernels ----------------------------------------------------------------------------
     async def _replace_kernel(self, session: Session, lost: str | None) -> None:
+        session.record.execution_count = None
+        if session.record.attached and self._attacher is not None:
+            await self._attacher.reattach(session, lost or "the connection was closed")
+            return
         old, session.kernel = session.kernel, None
         if old is not None:
             await old.shutdown(now=True)
@@ -441,8 +483,8 @@ class SessionRegistry:
                 await self._on_close(session)
         finally:
             if kernel is not None:
-                await kernel.shutdown(now=now)
-            elif session.record.kernel_id:
+                await kernel.shutdown(now=now)  # an attached kernel: only let go of
+            elif session.record.kernel_id and not session.record.attached:
                 await self.store.delete_kernel(session.record.kernel_id)
 
     async def _finish(self, session: Session) -> None:

@@ -3,7 +3,9 @@ and no process left behind after close, SIGTERM, SIGINT or a stdio client leavin
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,11 +157,12 @@ async def test_stdio_client_leaving_ends_every_kernel(tmp_path):
         assert wait_until(lambda: not alive(pids), timeout=15), alive(pids)
 
 
-async def test_a_killed_servers_folder_is_removed_by_the_next_server(tmp_path):
+async def test_a_killed_servers_folder_is_removed_by_the_next_server(tmp_path, request):
     # SIGKILL leaves the server no chance to remove its private folder (its kernels die
     # with it); the next server to start with the same temporary directory removes it.
-    scratch = tmp_path / "tmpdir"
-    scratch.mkdir()
+    # Short: kernels' socket paths must fit (a longer TMPDIR is replaced by /tmp).
+    scratch = Path(tempfile.mkdtemp(prefix="kmcp-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
     with running_server(tmp_path / "first", KERNEL_MCP_POOL_SIZE="1", TMPDIR=str(scratch)) as first:
         async with client_for("mcp", first) as client:
             sid = structured(await call(client, "create_session"))["session_id"]
@@ -175,3 +178,15 @@ async def test_a_killed_servers_folder_is_removed_by_the_next_server(tmp_path):
             assert not (await call(client, "run_code", code="1")).is_error
         assert not left[0].exists()
         assert [p.name.split("-")[2] for p in scratch.glob("kernel-mcp-*")] == [str(second.pid)]
+
+
+async def test_a_temporary_directory_too_long_for_sockets_still_runs_kernels(tmp_path):
+    deep = tmp_path / ("long-temporary-directory-" * 3)
+    deep.mkdir()
+    with running_server(tmp_path, KERNEL_MCP_POOL_SIZE="1", TMPDIR=str(deep)) as server:
+        async with client_for("mcp", server) as client:
+            sid = structured(await call(client, "create_session"))["session_id"]
+            report = structured(await call(client, "run_code", code="1 + 1", session_id=sid))
+            assert report["result"] == "2", report
+            fresh = structured(await call(client, "run_code", code="print('fresh')"))
+            assert fresh["stdout"] == "fresh\n", fresh

@@ -376,3 +376,48 @@ def test_prefixed_names_are_read(projects: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("KERNEL_MCP_ALLOW_HARDLINKS", "true")
     settings = load_settings()
     assert (settings.host, settings.tokens, settings.allow_hardlinks) == ("0.0.0.0", ["abc"], True)
+
+
+# -- attaching to running kernels (KERNEL_MCP_ALLOW_ATTACH) ---------------------------------
+def test_attaching_is_on_by_default_with_a_gateway_and_needs_one(
+    projects: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings(gateway_url="http://127.0.0.1:8888").attach_refusal(None) is None
+    local = load_settings()
+    assert local.allow_attach == ["true"]  # the default asks for nothing: no error
+    assert "attaching needs a gateway" in str(local.attach_refusal(None))
+    monkeypatch.setenv("KERNEL_MCP_ALLOW_ATTACH", "true")
+    with pytest.raises(
+        ConfigError, match=r"^KERNEL_MCP_ALLOW_ATTACH: needs KERNEL_MCP_GATEWAY_URL"
+    ):
+        load_settings()
+
+
+@pytest.mark.parametrize("word", ["false", "FALSE", "0", "no", "off"])
+def test_allow_attach_false_turns_it_off(projects: Path, word: str) -> None:
+    settings = load_settings(gateway_url="http://127.0.0.1:8888", allow_attach=word)
+    assert settings.allow_attach == []
+    assert "KERNEL_MCP_ALLOW_ATTACH=false" in str(settings.attach_refusal(None))
+
+
+def test_with_several_principals_only_the_named_ones_may_attach(projects: Path) -> None:
+    gateway = {"gateway_url": "http://127.0.0.1:8888", "token": "ana:t1,ben:t2"}
+    nobody = load_settings(**gateway)
+    assert "only those KERNEL_MCP_ALLOW_ATTACH names" in str(nobody.attach_refusal("ana"))
+    named = load_settings(**gateway, allow_attach="ana")
+    assert named.attach_refusal("ana") is None
+    assert "may not attach" in str(named.attach_refusal("ben"))
+    with pytest.raises(ConfigError, match="'eve' is not a principal of KERNEL_MCP_TOKEN"):
+        load_settings(**gateway, allow_attach="ana,eve")
+    assert load_settings(gateway_url="http://x", token="one-token").attach_refusal("x") is None
+
+
+def test_attaching_is_not_offered_with_shared_sessions(projects: Path) -> None:
+    shared = {"gateway_url": "http://127.0.0.1:8888", "state_url": "redis://127.0.0.1:1"}
+    try:
+        settings = load_settings(**shared)
+    except ConfigError as exc:  # no redis package in this environment
+        pytest.skip(str(exc))
+    assert "shared sessions" in str(settings.attach_refusal(None))
+    with pytest.raises(ConfigError, match="not with KERNEL_MCP_STATE_URL"):
+        load_settings(**shared, allow_attach="true")

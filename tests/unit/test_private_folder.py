@@ -19,7 +19,7 @@ def dead_pid() -> int:
 
 
 def test_the_folder_is_private_and_named_after_this_server(tmp_path: Path) -> None:
-    folder = make_private_folder(tmp_path)
+    folder = make_private_folder(tmp_path, sockets=False)
     assert folder.parent == tmp_path.resolve()
     assert folder.name.startswith(f"kernel-mcp-{os.getpid()}-")
     assert folder.stat().st_mode & 0o777 == 0o700
@@ -29,7 +29,7 @@ def test_a_dead_servers_folder_is_removed_when_the_next_server_starts(tmp_path: 
     left = tmp_path / f"kernel-mcp-{dead_pid()}-abc123"
     (left / "kernel-1").mkdir(parents=True)
     (left / "kernel-1" / "connection.json").write_text("{}")
-    mine = make_private_folder(tmp_path)
+    mine = make_private_folder(tmp_path, sockets=False)
     assert not left.exists()
     assert mine.is_dir()
 
@@ -56,3 +56,16 @@ def test_live_servers_old_names_files_and_links_are_left_alone(tmp_path: Path) -
 
 def test_a_missing_parent_sweeps_nothing(tmp_path: Path) -> None:
     assert sweep_dead_servers(tmp_path / "missing") == []
+
+
+def test_a_parent_too_long_for_kernel_sockets_is_replaced_by_tmp(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    folder = make_private_folder(deep)
+    try:
+        assert folder.parent == Path("/tmp")
+    finally:
+        folder.rmdir()
+    # Without sockets (kernels over TCP), any parent will do.
+    folder = make_private_folder(deep, sockets=False)
+    assert folder.parent == deep

@@ -57,6 +57,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -65,11 +66,11 @@ import httpx2
 
 from kernel_mcp.backends.base import kernel_environment
 from kernel_mcp.config import Settings
-from kernel_mcp.errors import KernelError, KernelStartFailed
+from kernel_mcp.errors import InvalidArgument, KernelError, KernelStartFailed
 from kernel_mcp.kernels.kernel import Kernel, kernel_info_reply
 from kernel_mcp.kernels.outputs import OutputLimits
 
-__all__ = ["GatewayBackend", "GatewayProcess"]
+__all__ = ["BorrowedProcess", "GatewayBackend", "GatewayProcess"]
 
 from kernel_mcp.scale.gateway.protocol import (
     CONNECT_TIMEOUT,
@@ -211,6 +212,29 @@ class GatewayProcess:
             await self.client.aclose()
 
 
+class BorrowedProcess(GatewayProcess):
+    """A kernel someone else started on the server (a person's notebook kernel), which a
+    session attached to: kernel-mcp never stops it. ``kill`` and ``shutdown`` only close
+    this process's connection; the kernel, its state and its other clients carry on."""
+
+    async def kill(self) -> None:
+        """Let go of the kernel (it keeps running)."""
+        await self._let_go()
+
+    async def shutdown(self) -> None:
+        """Let go of the kernel (it keeps running)."""
+        await self._let_go()
+
+    async def _let_go(self) -> None:
+        self._ended = True
+        await self.client.aclose()
+
+    def exit_description(self) -> str:
+        if self.client.death or self._reported_dead or self._gone:
+            return super().exit_description()
+        return "kernel-mcp let go of the kernel; it keeps running on the Jupyter server"
+
+
 class GatewayBackend:
     """Starts (and attaches to) kernels on a Jupyter Kernel / Enterprise Gateway.
 
@@ -249,6 +273,8 @@ class GatewayBackend:
         }
         self.tasks = TaskOwner("gateway backend")
         """Kernel starts and deletions, which a cancelled caller must not cut short."""
+        self.started: set[str] = set()
+        """Kernels this backend started and has not deleted (which attach refuses)."""
 
     # -- KernelBackend -------------------------------------------------------
     def isolation(self) -> str:
@@ -301,6 +327,51 @@ class GatewayBackend:
         # kernel_info on control: a busy kernel still answers there at once.
         return await self._attach(kernel_id, ready_on="control")
 
+    async def attach(self, kernel_id: str) -> Kernel:
+        """Join a kernel someone else started on the server (a person's notebook kernel).
+
+        The kernel is used as it is: kernel-mcp's in-kernel guards are not installed, and
+        stopping the returned kernel only closes the connection (``BorrowedProcess``).
+
+        Raises:
+            InvalidArgument: ``kernel_id`` is not a kernel id (a UUID), the server has no
+                such kernel, or it is one kernel-mcp started itself.
+            KernelStartFailed: the server is unreachable, refused the token, or the
+                kernel did not answer.
+        """
+        try:
+            canonical = str(uuid.UUID(kernel_id))
+        except (ValueError, TypeError, AttributeError):
+            raise InvalidArgument(
+                f"kernel_id {str(kernel_id)[:60]!r} is not a Jupyter kernel id (a UUID such "
+                "as 5f0c1b2e-...; JupyterLab's Running panel and GET /api/kernels list them)"
+            ) from None
+        if canonical in self.started:
+            raise InvalidArgument(
+                f"kernel {canonical} is one kernel-mcp started itself (a session's or the warm "
+                "pool's); attach only to a kernel started on the Jupyter server by someone else"
+            )
+        response = await self._request(
+            "GET", self._kernel_path(canonical), what="looking up the kernel", allow=(404,)
+        )
+        if response.status_code == 404:
+            raise InvalidArgument(
+                f"the Jupyter server at {self.url} has no kernel {canonical} "
+                "(GET /api/kernels lists the running ones)"
+            )
+        kernel = await self._attach(canonical, ready_on="control", process=BorrowedProcess)
+        with contextlib.suppress(ValueError, AttributeError):
+            # Until the connection hears a status: the server's, as of the lookup.
+            if isinstance(kernel.client, GatewayClient) and not kernel.client.execution_state:
+                kernel.client.execution_state = response.json().get("execution_state")
+        return kernel
+
+    def busy(self, kernel: Kernel) -> bool:
+        """Whether a kernel runs a request right now (anyone's), as its last IOPub status
+        said; called between our own runs, it means someone else's."""
+        client = kernel.client
+        return isinstance(client, GatewayClient) and client.execution_state == "busy"
+
     async def disconnect(self, kernel: Kernel) -> None:
         """Close this process's connection to a kernel; the kernel keeps running."""
         client = kernel.client
@@ -334,6 +405,7 @@ class GatewayBackend:
                 return
             status = response.status_code
             if status < 400 or status == 404:
+                self.started.discard(kernel_id)
                 return
             # A kernel in the middle of an autorestart answers 500; try again.
             if status < 500 or time.monotonic() > deadline:
@@ -371,6 +443,7 @@ class GatewayBackend:
                 f"kernel gateway at {self.url} answered the kernel start without a kernel id"
             ) from None
         log.info("kernel %s started on the kernel gateway at %s", kernel_id, self.url)
+        self.started.add(str(kernel_id))
         return str(kernel_id)
 
     async def _delete_once_created(self, creating: asyncio.Task[str]) -> None:
@@ -386,7 +459,13 @@ class GatewayBackend:
         with contextlib.suppress(Exception):
             await asyncio.shield(task)
 
-    async def _attach(self, kernel_id: str, *, ready_on: str) -> Kernel:
+    async def _attach(
+        self,
+        kernel_id: str,
+        *,
+        ready_on: str,
+        process: type[GatewayProcess] = GatewayProcess,
+    ) -> Kernel:
         client = GatewayClient(
             _ws_url(self.url) + self._kernel_path(kernel_id) + "/channels",
             headers=dict(self._headers),
@@ -399,12 +478,12 @@ class GatewayBackend:
         except KernelError as exc:
             raise type(exc)(self.scrub(str(exc))) from None
         try:
-            process = GatewayProcess(self, kernel_id, client)
+            handle = process(self, kernel_id, client)
             info = await self._kernel_info(client, ready_on)
         except BaseException:
             await client.aclose()
             raise
-        return Kernel(process, client, limits=self.limits, kernel_info=info)
+        return Kernel(handle, client, limits=self.limits, kernel_info=info)
 
     async def _kernel_info(self, client: GatewayClient, channel: str) -> dict[str, Any]:
         """Send kernel_info_request until one is answered (a starting kernel may drop some)."""

@@ -37,6 +37,7 @@ import logging
 import queue
 import socket
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,9 @@ WS_ENVELOPE = 64 * 1024
 PROBE_SETTLE = 0.5
 #: At most this many requests are tracked for a reconnect (the rest are old).
 MAX_FLIGHTS = 256
+#: Requests of ours whose IOPub messages are kept (the kernel runs them in order, so
+#: older ones ended long ago).
+MAX_OWN_REQUESTS = 1024
 #: The note a run gets when a message of it was over the bound.
 OVERSIZED_NOTICE = (
     "\n{marker} a message from the kernel of over {limit} bytes was dropped unread (an output "
@@ -196,6 +200,16 @@ class GatewayClient:
         self._probe: str | None = None
         self._probe_timer: asyncio.TimerHandle | None = None
         self._dropped: dict[str, int] = {}
+        self.execution_state: str | None = None
+        """The kernel's state as the last IOPub status of an execute request said, whoever's
+        it was (None: none heard yet). Statuses of control requests (our kernel_info) are
+        left out: the kernel answers those while a cell runs."""
+        self._own: OrderedDict[str, None] = OrderedDict()
+        """Our execute and kernel_info requests, newest last."""
+        self.foreign = 0
+        """IOPub messages dropped on arrival: they answer another client's request on the
+        same kernel (a person's cell in JupyterLab, another replica's run). Kept, they
+        would pile up until our next run skipped them."""
 
     def take_dropped(self, msg_id: str) -> int:
         """How many messages of request ``msg_id`` were dropped unread (and forget them).
@@ -339,6 +353,10 @@ class GatewayClient:
     def _send(self, msg_type: str, content: dict[str, Any], channel: str) -> str:
         msg = frames.message(msg_type, content, channel, session=self.session_id)
         msg_id = str(msg["header"]["msg_id"])
+        if msg_type in ("execute_request", "kernel_info_request"):
+            self._own[msg_id] = None
+            while len(self._own) > MAX_OWN_REQUESTS:
+                self._own.popitem(last=False)
         self._outgoing.put_nowait((json.dumps(msg), msg_id, msg_type))
         return msg_id
 
@@ -388,6 +406,8 @@ class GatewayClient:
         parent = msg["parent_header"].get("msg_id")
         if channel == "iopub" and msg_type == "status":
             state = msg["content"].get("execution_state")
+            if msg["parent_header"].get("msg_type") == "execute_request":
+                self.execution_state = state
             if state == "dead":
                 self._saw_death("the gateway reported the kernel dead")
             elif state == "restarting":
@@ -402,6 +422,9 @@ class GatewayClient:
                 self._probe_timer = asyncio.get_running_loop().call_later(
                     PROBE_SETTLE, self._settle_orphans
                 )
+            return
+        if channel == "iopub" and parent is not None and parent not in self._own:
+            self.foreign += 1
             return
         target = self._queues.get(channel)
         if target is None:
