@@ -24,6 +24,7 @@ import importlib.util
 import math
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -304,6 +305,14 @@ class Settings(BaseSettings):
         10 * 1024 * 1024, description="Per-output cap kept in memory and in recorded notebooks."
     )
 
+    # --- watching sessions (view_session, /watch) ------------------------------
+    public_url: str | None = Field(
+        None,
+        description="This server's origin as people's browsers reach it (behind a tunnel or a "
+        "proxy): view_session's links start with it. Unset: the origin the client reached.",
+    )
+    watch_ticket_ttl: Seconds = Field(60.0, description="Seconds a view_session link works (once).")
+
     # --- notebooks ----------------------------------------------------------
     notebooks_dir: Path = Field(
         default_factory=default_notebooks_dir,
@@ -371,7 +380,7 @@ class Settings(BaseSettings):
             raise ValueError(f"folder {value} does not exist")
         return resolved
 
-    @field_validator("gateway_url")
+    @field_validator("gateway_url", "public_url")
     @classmethod
     def _gateway_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -409,6 +418,9 @@ class Settings(BaseSettings):
                 "KERNEL_MCP_STATE_URL: needs the redis package: pip install 'kernel-mcp[scale]'"
             )
         self._attach_agrees(names)
+        origin = urllib.parse.urlsplit(self.public_url or "")
+        if origin.path.strip("/") or origin.query or origin.fragment:
+            raise ValueError("KERNEL_MCP_PUBLIC_URL: must be an origin only (no path or query)")
         if self.host not in LOOPBACK and not self.tokens and not self.insecure:
             raise ValueError(
                 f"KERNEL_MCP_HOST: {self.host} is not loopback; set KERNEL_MCP_TOKEN "

@@ -26,7 +26,8 @@ its message; the CLI turns ``ConfigError`` and ``CannotServe`` into its exit cod
     │   ├── NotEnoughMemory      the machine's available memory would not cover a new
     │   │                        kernel (KERNEL_MCP_ADMISSION_MB)
     │   ├── RunNotFound          unknown run id, or one owned by another principal
-    │   └── RunGone              the run's result was dropped, or lost to a restart
+    │   ├── RunGone              the run's result was dropped, or lost to a restart
+    │   └── ViewUnavailable      no web page to watch a session from (stdio mode)
     ├── RunFailed                a run the call waited on could not run, or was cancelled
     ├── KernelError              the kernel machinery failed
     │   ├── KernelStartFailed    a kernel could not be started
@@ -74,6 +75,7 @@ __all__ = [
     "StateUnavailable",
     "TemplateStuck",
     "TooManySessions",
+    "ViewUnavailable",
 ]
 
 
@@ -229,3 +231,7 @@ class RecordingError(KernelMCPError):
 
     The message says why in words a caller may see: no absolute paths.
     """
+
+
+class ViewUnavailable(RequestError):
+    """view_session was asked of a server with no HTTP listener to serve the page from."""

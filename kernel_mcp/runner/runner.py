@@ -25,7 +25,7 @@ from kernel_mcp.backends.base import KernelAttacher, KernelBackend
 from kernel_mcp.config import Settings
 from kernel_mcp.errors import InvalidArgument, StateUnavailable
 from kernel_mcp.files.workspaces import MIB, QuotaWatch, UsageLedger, Workspaces
-from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.kernels.execution import Execution, OutputCallback
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.kernels.kernelspecs import KernelCatalog
 from kernel_mcp.notebooks.execute import NotebookRun, execute_notebook
@@ -58,6 +58,7 @@ from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.registry import SessionRegistry
 from kernel_mcp.sessions.store import SessionStore
 from kernel_mcp.tasks import TaskOwner, wait_within
+from kernel_mcp.watch.publisher import FeedPublisher
 
 __all__ = ["Runner"]
 
@@ -117,14 +118,16 @@ class Runner:
         self.recordings = SessionRecordings(
             self.notebooks, self.recorder, kernels=self.kernels, workspaces=self.workspaces
         )
+        self.watch = FeedPublisher()
+        """Each session's runs, published for its watchers (``kernel_mcp.watch``)."""
         self.sessions = SessionRegistry(
             self.pools,
             store,
             max_sessions=settings.max_sessions,
             idle_timeout=settings.session_idle_timeout,
             on_create=self.recordings.created,
-            on_close=self.recordings.closed,
-            on_forget=self.recordings.forgotten,
+            on_close=self._session_closed,
+            on_forget=self._session_forgotten,
             attacher=attacher,
         )
         markers = settings.notebooks_dir / RUNS_MARKERS
@@ -171,8 +174,17 @@ class Runner:
             return None
         return self.workspaces.folder(owner)
 
+    async def _session_closed(self, session: Session) -> None:
+        self.watch.session_closed(session.id)
+        await self.recordings.closed(session)
+
+    def _session_forgotten(self, session: Session) -> None:
+        self.watch.session_closed(session.id)
+        self.recordings.forgotten(session)
+
     async def close(self) -> None:
         """Stop every run, shut every kernel down, write every recording, wait for every task."""
+        self.watch.close()
         await self.runs.close()
         await self.sessions.close()
         await self.pools.close()
@@ -325,7 +337,11 @@ class Runner:
         limit = self._time_limit(request.timeout, notes, background=request.background)
         grace = self.settings.interrupt_grace
 
-        async def execute(kernel: Kernel, session_name: str | None = None) -> Execution:
+        async def execute(
+            kernel: Kernel,
+            session_name: str | None = None,
+            on_output: OutputCallback | None = request.on_output,
+        ) -> Execution:
             if request.preamble:
                 await kernel.run_silently(request.preamble)
             asking = Asking.of_run(request.stdin, session_name, request.tool, request.file)
@@ -334,7 +350,7 @@ class Runner:
                 timeout=limit,
                 grace=grace,
                 progress=request.progress,
-                on_output=request.on_output,
+                on_output=on_output,
                 stdin=asking,
                 no_stdin=request.no_input,
             )
@@ -356,11 +372,16 @@ class Runner:
             if session.lost_state:
                 notes.append(f"New kernel: {session.lost_state}.")
                 session.lost_state = None
-            execution = await self._watched(
-                request.owner, kernel, lambda k: execute(k, session.name), notes
-            )
-            if request.file is not None:
-                execution = as_program_exit(execution)
+            with self.watch.cell(
+                session, source=request.record_as, tool=request.tool, label=request.label
+            ) as cell:
+                streams = cell.stream_to(request.on_output)
+                execution = await self._watched(
+                    request.owner, kernel, lambda k: execute(k, session.name, streams), notes
+                )
+                if request.file is not None:
+                    execution = as_program_exit(execution)
+                cell.finished(execution, [*execution.notes, *notes])
             recording = await self.recordings.recording(session, kernel)
             notes.extend(
                 await self.recordings.record(
@@ -506,7 +527,11 @@ class Runner:
         grace = self.settings.interrupt_grace
         stem = Path(request.source).stem
 
-        async def execute(kernel: Kernel, session_name: str | None = None) -> NotebookRun:
+        async def execute(
+            kernel: Kernel,
+            session_name: str | None = None,
+            on_output: OutputCallback | None = request.on_output,
+        ) -> NotebookRun:
             if not request.session_id:
                 spec = self.kernels.notebook_metadata(request.kernel)
                 nb.metadata.update(notebook_for(kernel.kernel_info, spec).metadata)
@@ -518,7 +543,7 @@ class Runner:
                 total_timeout=total,
                 grace=grace,
                 allow_errors=request.allow_errors,
-                on_output=request.on_output,
+                on_output=on_output,
                 stdin=asking,
                 no_stdin=request.no_input,
             )
@@ -535,12 +560,19 @@ class Runner:
                 if session.lost_state:
                     notes.append(f"New kernel: {session.lost_state}.")
                     session.lost_state = None
-                run = await self._watched(
-                    request.owner, kernel, lambda k: execute(k, session.name), notes
-                )
+                source = f"# run_notebook {request.source}"
+                with self.watch.cell(
+                    session, source=source, tool="run_notebook", label=request.source
+                ) as cell:
+                    streams = cell.stream_to(request.on_output)
+                    run = await self._watched(
+                        request.owner, kernel, lambda k: execute(k, session.name, streams), notes
+                    )
+                    ran = [c.index for c in run.cells if c.status not in ("skipped", "not_run")]
+                    outputs = [o for i in ran for o in nb.cells[i].get("outputs", [])]
+                    cell.finish(status=run.status, outputs=outputs, duration_s=run.duration_s)
                 # The session's own notebook records what ran in its kernel.
                 recording = await self.recordings.recording(session, kernel)
-                ran = [c.index for c in run.cells if c.status not in ("skipped", "not_run")]
                 notes.extend(
                     await self.recordings.record(session, recording, [nb.cells[i] for i in ran])
                 )

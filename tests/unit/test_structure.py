@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, ...]] = [
         "kernel_mcp.files",
         "kernel_mcp.notebooks",
         "kernel_mcp.sessions",
+        "kernel_mcp.watch",
     ),
     ("kernel_mcp.runner",),
     ("kernel_mcp.scale", "kernel_mcp.deployment"),
