@@ -21,7 +21,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.serve
 
-# The browser tests (tests/integration/watch/) drive Debian's chromium through
+# The browser tests (tests/integration/test_watch_*.py) drive Debian's chromium through
 # playwright: playwright's own browser download cannot reach its servers from every
 # machine, and the distribution's build is kept up to date by apt.
 CHROMIUM := /usr/bin/chromium
