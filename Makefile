@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test unit integration lint bench clean
+.PHONY: serve test unit integration lint bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,23 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.serve
 
+# The browser tests (tests/integration/test_watch_*.py) drive Debian's chromium through
+# playwright: playwright's own browser download cannot reach its servers from every
+# machine, and the distribution's build is kept up to date by apt.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make: $(CHROMIUM) is missing; as root: apt-get install -y chromium" >&2; exit 1; fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+chromium: $(CHROMIUM)
+
 serve: $(VENV)/.serve
 	$(BIN)/kernel-mcp serve
 
-test: $(VENV)/.test
+test: $(VENV)/.test $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests/unit
 	$(BIN)/python -m pytest tests/integration
@@ -34,7 +47,7 @@ unit: $(VENV)/.test
 	$(BIN)/python -m pytest tests/unit
 
 # The integration tier alone: real kernels, transports, the gateway, Redis.
-integration: $(VENV)/.test
+integration: $(VENV)/.test $(CHROMIUM)
 	$(BIN)/python -m pytest tests/integration
 
 lint: $(VENV)/.test

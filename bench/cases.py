@@ -53,6 +53,7 @@ from bench.harness import (
 )
 from bench.package_cases import case_p
 from bench.sandbox_cases import case_s, case_t
+from bench.watch_cases import case_w
 from tests.launchers import Gateway, ServerProcess
 
 CaseFunction = Callable[[Bench], dict[str, Any]]
@@ -983,6 +984,12 @@ CASES: dict[str, Case] = {
             "script with KERNEL_MCP_PRELOAD=pandas against python, 16 pooled kernels' PSS",
             case_t,
             target="start <= 50 ms p50; pandas <= 0.2x python; PSS <= 4x one spawned RSS",
+        ),
+        Case(
+            "w",
+            "a session's run_code reply to its cell on view_session's page (Debian's chromium)",
+            case_w,
+            target="p50 <= 100 ms",
         ),
     )
 }

@@ -315,6 +315,10 @@ def derive(r: dict[str, Any]) -> tuple[list[Row], list[Check]]:
             note += f"; replicas/local = {k['calls_per_s'] / kl['calls_per_s']:.2f}x throughput"
         row(f"(k) 1 local server, {kl['sessions']} x {kl['calls_per_session']}", kl, note)
     sandbox_rows(r, row, rows, checks)
+    w = p("w_reply_to_page")
+    if w is not None:
+        row("(w) run_code reply -> its cell on the page", r.get("w_reply_to_page"), "end to end")
+        checks.append(("(w) reply to page p50 <= 100 ms", w <= 100, f"{w:+.1f} ms (p50)"))
     # Figures no label above knows (a new case, say): a row each, under their key.
     for key, entry in r.items():
         if is_summary(entry) and id(entry) not in shown:

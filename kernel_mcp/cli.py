@@ -266,7 +266,8 @@ def _serve(args: argparse.Namespace) -> int:
         f"auth: {'bearer token' if settings.tokens else 'none'}"
     )
     print(banner(settings, runner.backend, serving=serving), file=sys.stderr, flush=True)
-    instance = uvicorn.Server(
+    # HTTPServer: uvicorn's, ending the watchers' event streams as soon as it is told to stop.
+    instance = server.HTTPServer(
         uvicorn.Config(
             app,
             host=settings.host,
@@ -279,7 +280,8 @@ def _serve(args: argparse.Namespace) -> int:
             # A line per request costs CPU on the hot path; --log-level debug has them.
             access_log=args.log_level == "debug",
             timeout_graceful_shutdown=5,
-        )
+        ),
+        app,
     )
     try:
         instance.run(sockets=[sock])

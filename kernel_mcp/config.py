@@ -19,11 +19,10 @@ broken one into a one-line ``ConfigError`` that names the variable.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
-import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,6 +38,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kernel_mcp.errors import ConfigError, InvalidArgument
 from kernel_mcp.folders import default_notebooks_dir, default_projects_dir
+from kernel_mcp.principals import principal_of
 
 __all__ = [
     "DEFAULT_SECRET_PATTERNS",
@@ -46,7 +46,6 @@ __all__ = [
     "LOOPBACK",
     "Settings",
     "load_settings",
-    "principal_of",
     "setting_name",
 ]
 
@@ -315,6 +314,14 @@ class Settings(BaseSettings):
         10 * 1024 * 1024, description="Per-output cap kept in memory and in recorded notebooks."
     )
 
+    # --- watching sessions (view_session, /watch) ------------------------------
+    public_url: str | None = Field(
+        None,
+        description="This server's origin as people's browsers reach it (behind a tunnel or a "
+        "proxy): view_session's links start with it. Unset: the origin the client reached.",
+    )
+    watch_ticket_ttl: Seconds = Field(60.0, description="Seconds a view_session link works (once).")
+
     # --- notebooks ----------------------------------------------------------
     notebooks_dir: Path = Field(
         default_factory=default_notebooks_dir,
@@ -382,7 +389,7 @@ class Settings(BaseSettings):
             raise ValueError(f"folder {value} does not exist")
         return resolved
 
-    @field_validator("gateway_url", "package_index")
+    @field_validator("gateway_url", "package_index", "public_url")
     @classmethod
     def _gateway_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -420,6 +427,9 @@ class Settings(BaseSettings):
                 "KERNEL_MCP_STATE_URL: needs the redis package: pip install 'kernel-mcp[scale]'"
             )
         self._attach_agrees(names)
+        origin = urllib.parse.urlsplit(self.public_url or "")
+        if origin.path.strip("/") or origin.query or origin.fragment:
+            raise ValueError("KERNEL_MCP_PUBLIC_URL: must be an origin only (no path or query)")
         if self.host not in LOOPBACK and not self.tokens and not self.insecure:
             raise ValueError(
                 f"KERNEL_MCP_HOST: {self.host} is not loopback; set KERNEL_MCP_TOKEN "
@@ -533,23 +543,6 @@ class Settings(BaseSettings):
 #: The words KERNEL_MCP_ALLOW_ATTACH takes as a switch.
 _SWITCH = {"true": True, "1": True, "yes": True, "on": True}
 _SWITCH.update({"false": False, "0": False, "no": False, "off": False})
-
-_PRINCIPAL = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,31}):(.+)$")
-
-
-def principal_of(entry: str) -> tuple[str, str]:
-    """(principal, token) for one KERNEL_MCP_TOKEN entry.
-
-    ``NAME:TOKEN`` names the principal; a bare token is named after a hash of itself,
-    ``token-<10 hex digits>``. Either way the name stays the same when the list is
-    reordered or another token is added, which matters because a principal's
-    sessions and projects folder are found by it.
-    """
-    named = _PRINCIPAL.match(entry)
-    if named:
-        return named.group(1), named.group(2)
-    digest = hashlib.sha256(b"kernel-mcp principal\0" + entry.encode()).hexdigest()
-    return f"token-{digest[:10]}", entry
 
 
 def _field(name: str) -> str:

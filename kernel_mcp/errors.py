@@ -29,7 +29,8 @@ its message; the CLI turns ``ConfigError`` and ``CannotServe`` into its exit cod
     │   ├── RunGone              the run's result was dropped, or lost to a restart
     │   ├── PackageRefused       a package requirement is not a plain specifier (names the rule)
     │   ├── PackagesDisabled     installing packages is off, or the kernels are not local
-    │   └── InstallFailed        an install did not happen (names the status; nothing changed)
+    │   ├── InstallFailed        an install did not happen (names the status; nothing changed)
+    │   └── ViewUnavailable      no web page to watch a session from (stdio mode)
     ├── RunFailed                a run the call waited on could not run, or was cancelled
     ├── KernelError              the kernel machinery failed
     │   ├── KernelStartFailed    a kernel could not be started
@@ -81,6 +82,7 @@ __all__ = [
     "StateUnavailable",
     "TemplateStuck",
     "TooManySessions",
+    "ViewUnavailable",
 ]
 
 
@@ -290,3 +292,7 @@ class RecordingError(KernelMCPError):
 
     The message says why in words a caller may see: no absolute paths.
     """
+
+
+class ViewUnavailable(RequestError):
+    """view_session was asked of a server with no HTTP listener to serve the page from."""

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,8 +24,8 @@ from kernel_mcp.admission import admission_for
 from kernel_mcp.backends.base import KernelAttacher, KernelBackend
 from kernel_mcp.config import Settings
 from kernel_mcp.errors import InvalidArgument, StateUnavailable
-from kernel_mcp.files.workspaces import MIB, QuotaWatch, UsageLedger, Workspaces
-from kernel_mcp.kernels.execution import Execution
+from kernel_mcp.files.workspaces import MIB, Workspaces
+from kernel_mcp.kernels.execution import Execution, OutputCallback
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.kernels.kernelspecs import KernelCatalog
 from kernel_mcp.notebooks.execute import NotebookRun, execute_notebook
@@ -40,6 +40,7 @@ from kernel_mcp.notebooks.model import (
 from kernel_mcp.notebooks.recording import Recorder, describe_os_error
 from kernel_mcp.notebooks.store import RUNS, NotebookStore
 from kernel_mcp.pool import KernelPool, KernelPools
+from kernel_mcp.runner.cap import WorkspaceCap
 from kernel_mcp.runner.files import ProjectFiles
 from kernel_mcp.runner.packages import SessionPackages
 from kernel_mcp.runner.questions import Asking
@@ -58,7 +59,8 @@ from kernel_mcp.sessions.attached import kernel_id_of
 from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.registry import SessionRegistry
 from kernel_mcp.sessions.store import SessionStore
-from kernel_mcp.tasks import TaskOwner, wait_within
+from kernel_mcp.tasks import TaskOwner
+from kernel_mcp.watch.publisher import FeedPublisher
 
 __all__ = ["Runner"]
 
@@ -120,6 +122,8 @@ class Runner:
         )
         # Packages for sessions (install_packages): see runner/packages.py.
         self.packages = SessionPackages(settings, local=backend.local, kernels=self.kernels)
+        self.watch = FeedPublisher()
+        """Each session's runs, published for its watchers (``kernel_mcp.watch``)."""
         self.sessions = SessionRegistry(
             self.pools,
             store,
@@ -127,7 +131,7 @@ class Runner:
             idle_timeout=settings.session_idle_timeout,
             on_create=self.recordings.created,
             on_close=self._session_closed,
-            on_forget=self.recordings.forgotten,
+            on_forget=self._session_forgotten,
             attacher=attacher,
         )
         markers = settings.notebooks_dir / RUNS_MARKERS
@@ -138,7 +142,9 @@ class Runner:
         self.tasks = TaskOwner("runner")
         """What outlives a run's reply: a fresh kernel's shut-down, a stop after the quota,
         a workspace measured for the next run."""
-        self.usage = UsageLedger(self.tasks)
+        self.cap = WorkspaceCap(
+            self.workspaces, self.tasks, grace=settings.interrupt_grace, local=backend.local
+        )
         # Each fresh run is a kernel process: bound how many run at once.
         self._fresh = asyncio.Semaphore(settings.max_fresh_runs)
 
@@ -175,13 +181,19 @@ class Runner:
         return self.workspaces.folder(owner)
 
     async def _session_closed(self, session: Session) -> None:
+        self.watch.session_closed(session.id)
         try:
             await self.recordings.closed(session)
         finally:
             await self.packages.closed(session)
 
+    def _session_forgotten(self, session: Session) -> None:
+        self.watch.session_closed(session.id)
+        self.recordings.forgotten(session)
+
     async def close(self) -> None:
         """Stop every run, shut every kernel down, write every recording, wait for every task."""
+        self.watch.close()
         await self.runs.close()
         await self.sessions.close()
         await self.packages.close()
@@ -288,54 +300,17 @@ class Runner:
             notes.append(f"timeout {requested:g} s is above {name}; {limit:g} s applies.")
         return limit
 
-    async def _watched(
-        self,
-        owner: str | None,
-        kernel: Kernel,
-        execute: Callable[[Kernel], Awaitable[T]],
-        notes: list[str],
-    ) -> T:
-        """``execute(kernel)``, stopped if it grows the owner's projects folder past its cap.
-
-        Only local kernels write to the folder; a remote kernel's is its own.
-        """
-        if not self.workspaces.quota_bytes or not self.backend.local:
-            return await execute(kernel)
-        grace = self.settings.interrupt_grace
-        finished = asyncio.Event()
-
-        async def kill_if_still_running() -> None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await wait_within(finished.wait(), grace)
-            if not finished.is_set():
-                await kernel.kill()
-
-        async def stop() -> None:
-            # As for a timeout: interrupt, and kill what ignores it for the grace.
-            await kernel.interrupt()
-            self.tasks.spawn(kill_if_still_running(), name="kill after the quota")
-
-        watch = QuotaWatch(
-            self.workspaces.folder(owner),
-            quota_bytes=self.workspaces.quota_bytes,
-            stop=stop,
-            ledger=self.usage,
-        )
-        try:
-            async with watch:
-                result = await execute(kernel)
-        finally:
-            finished.set()
-        notes.extend(watch.notes())
-        return result
-
     async def run(self, request: RunRequest) -> RunOutcome:
         """Run one request: fresh, or in its session (recorded there)."""
         notes: list[str] = []
         limit = self._time_limit(request.timeout, notes, background=request.background)
         grace = self.settings.interrupt_grace
 
-        async def execute(kernel: Kernel, session_name: str | None = None) -> Execution:
+        async def execute(
+            kernel: Kernel,
+            session_name: str | None = None,
+            on_output: OutputCallback | None = request.on_output,
+        ) -> Execution:
             if request.preamble:
                 await kernel.run_silently(request.preamble)
             asking = Asking.of_run(request.stdin, session_name, request.tool, request.file)
@@ -344,7 +319,7 @@ class Runner:
                 timeout=limit,
                 grace=grace,
                 progress=request.progress,
-                on_output=request.on_output,
+                on_output=on_output,
                 stdin=asking,
                 no_stdin=request.no_input,
             )
@@ -354,7 +329,7 @@ class Runner:
 
         if request.session_id is None:
             async with self._fresh_kernel(request.kernel, request.owner) as kernel:
-                execution = await self._watched(request.owner, kernel, execute, notes)
+                execution = await self.cap.watched(request.owner, kernel, execute, notes)
             if request.file is not None:
                 execution = as_program_exit(execution)
             outcome = RunOutcome(execution, file=request.file, notes=notes)
@@ -367,11 +342,16 @@ class Runner:
             if session.lost_state:
                 notes.append(f"New kernel: {session.lost_state}.")
                 session.lost_state = None
-            execution = await self._watched(
-                request.owner, kernel, lambda k: execute(k, session.name), notes
-            )
-            if request.file is not None:
-                execution = as_program_exit(execution)
+            with self.watch.cell(
+                session, source=request.record_as, tool=request.tool, label=request.label
+            ) as cell:
+                streams = cell.stream_to(request.on_output)
+                execution = await self.cap.watched(
+                    request.owner, kernel, lambda k: execute(k, session.name, streams), notes
+                )
+                if request.file is not None:
+                    execution = as_program_exit(execution)
+                cell.finished(execution, [*execution.notes, *notes])
             recording = await self.recordings.recording(session, kernel)
             notes.extend(
                 await self.recordings.record(
@@ -517,7 +497,11 @@ class Runner:
         grace = self.settings.interrupt_grace
         stem = Path(request.source).stem
 
-        async def execute(kernel: Kernel, session_name: str | None = None) -> NotebookRun:
+        async def execute(
+            kernel: Kernel,
+            session_name: str | None = None,
+            on_output: OutputCallback | None = request.on_output,
+        ) -> NotebookRun:
             if not request.session_id:
                 spec = self.kernels.notebook_metadata(request.kernel)
                 nb.metadata.update(notebook_for(kernel.kernel_info, spec).metadata)
@@ -529,7 +513,7 @@ class Runner:
                 total_timeout=total,
                 grace=grace,
                 allow_errors=request.allow_errors,
-                on_output=request.on_output,
+                on_output=on_output,
                 stdin=asking,
                 no_stdin=request.no_input,
             )
@@ -539,7 +523,7 @@ class Runner:
 
         if request.session_id is None:
             async with self._fresh_kernel(request.kernel, request.owner) as kernel:
-                run = await self._watched(request.owner, kernel, execute, notes)
+                run = await self.cap.watched(request.owner, kernel, execute, notes)
         else:
 
             async def in_session(session: Session, kernel: Kernel) -> NotebookRun:
@@ -547,12 +531,19 @@ class Runner:
                 if session.lost_state:
                     notes.append(f"New kernel: {session.lost_state}.")
                     session.lost_state = None
-                run = await self._watched(
-                    request.owner, kernel, lambda k: execute(k, session.name), notes
-                )
+                source = f"# run_notebook {request.source}"
+                with self.watch.cell(
+                    session, source=source, tool="run_notebook", label=request.source
+                ) as cell:
+                    streams = cell.stream_to(request.on_output)
+                    run = await self.cap.watched(
+                        request.owner, kernel, lambda k: execute(k, session.name, streams), notes
+                    )
+                    ran = [c.index for c in run.cells if c.status not in ("skipped", "not_run")]
+                    outputs = [o for i in ran for o in nb.cells[i].get("outputs", [])]
+                    cell.finish(status=run.status, outputs=outputs, duration_s=run.duration_s)
                 # The session's own notebook records what ran in its kernel.
                 recording = await self.recordings.recording(session, kernel)
-                ran = [c.index for c in run.cells if c.status not in ("skipped", "not_run")]
                 notes.extend(
                     await self.recordings.record(session, recording, [nb.cells[i] for i in ran])
                 )

@@ -19,7 +19,8 @@ which the 2026-07-28 protocol does not have.
     file_tools.py     list_files, read_file, write_file
     info_tools.py     server_info
     resources.py      notebook://… resources
-    http.py           /mcp + /sse + /healthz in one ASGI app, Host/Origin guards
+    http.py           /mcp + /sse + /healthz + /watch in one ASGI app, Host/Origin guards
+    watch_tools.py    view_session, read_session, the session view as an MCP App (ui://)
     stdio.py          one client on stdin/stdout
     client.py         the CLI's MCP client (``kernel-mcp run`` and ``tools``)
     connections.py    HTTP connections: header and body timeouts, the token-less cap
@@ -30,7 +31,7 @@ which the 2026-07-28 protocol does not have.
 """
 
 from kernel_mcp.server.app import build_server
-from kernel_mcp.server.http import build_http_app
+from kernel_mcp.server.http import HTTPServer, build_http_app
 from kernel_mcp.server.stdio import run_stdio
 
-__all__ = ["build_http_app", "build_server", "run_stdio"]
+__all__ = ["HTTPServer", "build_http_app", "build_server", "run_stdio"]

@@ -25,6 +25,8 @@ from kernel_mcp.server.render import ReplyLimits
 from kernel_mcp.server.resources import register_resources
 from kernel_mcp.server.run_tools import register_run_tools
 from kernel_mcp.server.session_tools import register_session_tools
+from kernel_mcp.server.watch_tools import register_watch_tools
+from kernel_mcp.watch import WatchApp
 
 __all__ = ["INSTRUCTIONS", "KernelMCP", "build_server"]
 
@@ -36,7 +38,8 @@ from create_session, in which case variables and imports persist between calls.
 Replies carry stdout, stderr, the last expression's value, tracebacks and images.
 Long runs: pass background=true and follow them with get_run. Session runs are
 recorded as notebooks (resources notebook://...). server_info tells where the
-folders are, the limits in force and whether the kernels are sandboxed."""
+folders are, the limits in force and whether the kernels are sandboxed.
+view_session gives a link for the person you work for to watch a session live."""
 
 
 def reply_limits(settings: Settings) -> ReplyLimits:
@@ -102,8 +105,13 @@ class KernelMCP(FastMCP):
         return tool
 
 
-def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> FastMCP:
+def build_server(
+    settings: Settings, runner: Runner, *, tasks: bool = False, watch: WatchApp | None = None
+) -> FastMCP:
     """The FastMCP app with every tool and resource bound to ``runner``.
+
+    ``watch``: the /watch routes the HTTP app serves beside it (view_session links to
+    them); None where there is no page (stdio, in-process clients).
 
     ``tasks`` serves the MCP tasks extension (``io.modelcontextprotocol/tasks``) to
     clients that negotiate it (when KERNEL_MCP_TASKS allows). Only a serving process
@@ -138,6 +146,7 @@ def build_server(settings: Settings, runner: Runner, *, tasks: bool = False) -> 
     register_info_tools(mcp, runner)
     register_package_tools(mcp, runner)
     register_resources(mcp, runner)
+    register_watch_tools(mcp, runner, settings, watch)
     if serve_tasks:
         from fastmcp_tasks import TasksExtension
 

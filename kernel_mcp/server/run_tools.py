@@ -22,6 +22,7 @@ from kernel_mcp.server.render import ReplyLimits
 from kernel_mcp.server.replies import progress_reporter, rendered, tool_result
 from kernel_mcp.server.run_flow import run_call, run_view
 from kernel_mcp.server.views import RunList, RunReport, RunSummary, RunView
+from kernel_mcp.server.watch_tools import SESSION_VIEW
 
 __all__ = ["register_run_tools", "run_annotations", "task_config"]
 
@@ -76,7 +77,9 @@ def register_run_tools(
             notes=["Started in the background: follow it with get_run(run_id)."],
         )
 
-    @mcp.tool(output_schema=schema, annotations=annotations, task=task_config(tasks))
+    @mcp.tool(
+        output_schema=schema, annotations=annotations, task=task_config(tasks), app=SESSION_VIEW
+    )
     async def run_python(
         file_name: str,
         timeout: float | None = None,
@@ -121,7 +124,9 @@ def register_run_tools(
         request = runner.file_request(file_name, asked)
         return await run_call(ctx, runner, request, reply, started_report=running)
 
-    @mcp.tool(output_schema=schema, annotations=annotations, task=task_config(tasks))
+    @mcp.tool(
+        output_schema=schema, annotations=annotations, task=task_config(tasks), app=SESSION_VIEW
+    )
     async def run_code(
         code: str,
         timeout: float | None = None,

@@ -8,7 +8,7 @@ layer hands them to fastmcp, and clients read their JSON schemas.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -307,3 +307,28 @@ class ServerInfo(BaseModel):
     limits: LimitsInfo
     kernels: list[str] = Field(description="Kernelspecs you may choose, the default first")
     platform: str = Field(description="The server's operating system (sys.platform)")
+
+
+# -- watching a session (watch_tools.py) -------------------------------------------------
+class ViewLink(BaseModel):
+    """What view_session returns: a link a person opens to watch the session live."""
+
+    session_id: str
+    url: str = Field(
+        description="The session's live page on this server; works once, within expires_in_s"
+    )
+    expires_in_s: float = Field(description="Seconds the link may still be opened")
+    message: str
+
+
+class FeedPage(BaseModel):
+    """What read_session returns: the events after `since`, or a snapshot of the cells."""
+
+    cursor: str = Field(description="Pass it as `since` to the next read_session")
+    state: str = Field(description="idle | busy | dead | closed")
+    events: list[dict[str, Any]] | None = Field(
+        None, description="The events after `since`, oldest first"
+    )
+    snapshot: dict[str, Any] | None = Field(
+        None, description="The cells so far, when `since` cannot be resumed from"
+    )

@@ -36,6 +36,7 @@ from tests.launchers import ROOT
 pytestmark = [pytest.mark.install, pytest.mark.timeout(600)]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+VIEWER_FILES = ("viewer.html", "viewer.js", "viewer.css", "output.css")
 #: What a desktop client gives a server it starts, besides the entry's env.
 BARE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -74,9 +75,13 @@ def test_the_sdist_and_wheel_carry_the_metadata(dist: Path) -> None:
     assert {"LICENSE", "README.md", "pyproject.toml", "server.json"} <= names
     assert "kernel_mcp/launch/template.py" in names
     assert not [name for name in names if name.startswith("tests/")]
+    # The session viewer's page, script and style sheets are package data.
+    viewer = {f"kernel_mcp/watch/static/{n}" for n in VIEWER_FILES}
+    assert viewer <= names
     with zipfile.ZipFile(wheel) as archive:
         metadata = archive.read(f"kernel_mcp-{__version__}.dist-info/METADATA").decode()
         assert f"kernel_mcp-{__version__}.dist-info/licenses/LICENSE" in archive.namelist()
+        assert viewer <= set(archive.namelist())
     headers = metadata.partition("\n\n")[0].splitlines()
     assert f"Version: {__version__}" in headers
     assert "License-Expression: BSD-3-Clause" in headers

@@ -37,7 +37,7 @@ PENDING_SIZES: set[str] = set()
 #: Lowest first. A module may import modules of its own layer and of lower ones.
 LAYERS: list[tuple[str, ...]] = [
     ("kernel_mcp", "kernel_mcp.errors", "kernel_mcp.tasks"),
-    ("kernel_mcp.folders", "kernel_mcp.config"),
+    ("kernel_mcp.folders", "kernel_mcp.principals", "kernel_mcp.config"),
     ("kernel_mcp.kernels",),
     ("kernel_mcp.launch",),
     ("kernel_mcp.backends",),
@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
         "kernel_mcp.notebooks",
         "kernel_mcp.sessions",
         "kernel_mcp.packages",
+        "kernel_mcp.watch",
     ),
     ("kernel_mcp.runner",),
     ("kernel_mcp.scale", "kernel_mcp.deployment"),

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from kernel_mcp.config import load_settings, principal_of
+from kernel_mcp.config import load_settings
 from kernel_mcp.errors import ConfigError, QuotaExceeded
 from kernel_mcp.files.workspaces import (
     MIB,
@@ -24,6 +24,7 @@ from kernel_mcp.files.workspaces import (
     Workspaces,
     measure,
 )
+from kernel_mcp.principals import principal_of
 from kernel_mcp.tasks import TaskOwner
 
 
@@ -184,6 +185,17 @@ class Growing:
         return Usage(size)
 
 
+def watching(
+    folder: Path, sizes: Growing, stop: Callable[[], Awaitable[None]], tasks: TaskOwner
+) -> QuotaWatch:
+    """A watch over ``folder`` with a 10 MiB cap whose every measurement is ``sizes``'
+    next one, the first (the run's start) included."""
+    ledger = UsageLedger(tasks, measure_with=sizes)
+    return QuotaWatch(
+        folder, quota_bytes=10 * MIB, stop=stop, ledger=ledger, interval=0, measure_with=sizes
+    )
+
+
 async def test_a_run_that_grows_the_folder_past_its_cap_is_stopped_once(
     tmp_path: Path, tasks: TaskOwner
 ) -> None:
@@ -195,14 +207,7 @@ async def test_a_run_that_grows_the_folder_past_its_cap_is_stopped_once(
         stopped.set()
 
     sizes = Growing(2 * MIB, 5 * MIB, 11 * MIB)
-    watch = QuotaWatch(
-        tmp_path,
-        quota_bytes=10 * MIB,
-        stop=stop,
-        ledger=UsageLedger(tasks, measure_with=sizes),
-        interval=0,
-        measure_with=sizes,
-    )
+    watch = watching(tmp_path, sizes, stop, tasks)
     async with watch:
         await asyncio.wait_for(stopped.wait(), 10)
     assert watch.tripped and calls == [1]
@@ -217,14 +222,7 @@ async def test_a_run_that_stays_under_the_cap_is_left_alone(
         raise AssertionError("stopped a run under its cap")
 
     sizes = Growing(1 * MIB, 2 * MIB, 3 * MIB)
-    watch = QuotaWatch(
-        tmp_path,
-        quota_bytes=10 * MIB,
-        stop=stop,
-        ledger=UsageLedger(tasks, measure_with=sizes),
-        interval=0,
-        measure_with=sizes,
-    )
+    watch = watching(tmp_path, sizes, stop, tasks)
     async with watch:
         await asyncio.wait_for(sizes.all_measured.wait(), 10)
     assert not watch.tripped and watch.notes() == []
@@ -239,28 +237,14 @@ async def test_over_the_cap_a_run_may_delete_files_but_not_add_any(
         stopped.set()
 
     shrinking = Growing(20 * MIB, 15 * MIB, 12 * MIB)
-    watch = QuotaWatch(
-        tmp_path,
-        quota_bytes=10 * MIB,
-        stop=stop,
-        ledger=UsageLedger(tasks, measure_with=shrinking),
-        interval=0,
-        measure_with=shrinking,
-    )
+    watch = watching(tmp_path, shrinking, stop, tasks)
     async with watch:
         await asyncio.wait_for(shrinking.all_measured.wait(), 10)
     assert watch.over_at_start and not watch.tripped
     assert any("may delete files, not add any" in note for note in watch.notes())
 
     growing = Growing(20 * MIB, 21 * MIB)
-    watch = QuotaWatch(
-        tmp_path,
-        quota_bytes=10 * MIB,
-        stop=stop,
-        ledger=UsageLedger(tasks, measure_with=growing),
-        interval=0,
-        measure_with=growing,
-    )
+    watch = watching(tmp_path, growing, stop, tasks)
     async with watch:
         await asyncio.wait_for(stopped.wait(), 10)
     assert watch.tripped
