@@ -51,6 +51,7 @@ from bench.harness import (
     wait_quiet,
     with_errors,
 )
+from bench.package_cases import case_p
 from bench.sandbox_cases import case_s, case_t
 from bench.watch_cases import case_w
 from tests.launchers import Gateway, ServerProcess
@@ -957,6 +958,13 @@ CASES: dict[str, Case] = {
         ),
         Case("j", "run_code('pass'): gateway backend against local, interleaved", case_j),
         Case("k", "two replicas sharing redis and a gateway, 16 sessions hopping", case_k),
+        Case(
+            "p",
+            "installing packages into a fresh session folder from a warm cache: a small "
+            "pure wheel (loopback index), and pandas (the package index)",
+            case_p,
+            target="pandas from a warm cache < 2 s p50",
+        ),
         Case(
             "r",
             "recording cost per run (journal append) at 1, 100, 1,000, 10,000 cells",

@@ -350,6 +350,19 @@ def sandbox_rows(r: dict[str, Any], row: Any, rows: list[Row], checks: list[Chec
                     f"{ratio['p50_on_over_off']:.2f}x",
                 )
             )
+    row("(p) install a small pure wheel + dependency, warm cache", r.get("p_small_wheel_warm"))
+    row("(p) install_packages, same wheels, live session", r.get("p_live_session_install"))
+    row("(p) then run_code importing them", r.get("p_live_session_first_import"))
+    pandas_install = r.get("p_pandas_warm")
+    row("(p) install pandas (+3 dependencies), warm cache", pandas_install)
+    if pandas_install:
+        checks.append(
+            (
+                "(p) pandas from a warm cache < 2 s p50",
+                pandas_install["p50_ms"] < 2000,
+                f"{pandas_install['p50_ms']:.0f} ms",
+            )
+        )
     forked, spawned = r.get("t_start_forked"), r.get("t_start_spawned")
     if forked and spawned:
         speed = spawned["p50_ms"] / forked["p50_ms"]

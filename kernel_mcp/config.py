@@ -19,11 +19,9 @@ broken one into a one-line ``ConfigError`` that names the variable.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
-import re
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +38,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kernel_mcp.errors import ConfigError, InvalidArgument
 from kernel_mcp.folders import default_notebooks_dir, default_projects_dir
+from kernel_mcp.principals import principal_of
 
 __all__ = [
     "DEFAULT_SECRET_PATTERNS",
@@ -47,7 +46,6 @@ __all__ = [
     "LOOPBACK",
     "Settings",
     "load_settings",
-    "principal_of",
     "setting_name",
 ]
 
@@ -289,6 +287,17 @@ class Settings(BaseSettings):
         3600.0, description="Seconds a session may sit unused before its kernel is culled."
     )
 
+    # --- packages for sessions (install_packages, kernel_mcp/packages) -------
+    packages: bool = Field(True, description="Let callers install wheels into their sessions.")
+    package_index: str | None = Field(
+        None, description="PEP 503 simple index to install from; unset: the public index."
+    )
+    packages_timeout: Seconds = Field(300.0, description="Time limit of one install, seconds.")
+    packages_max_mb: Positive = Field(2048, description="Cap on a session's packages, MiB.")
+    packages_cache_dir: Path | None = Field(
+        None, description="uv's cache, shared by all sessions; unset: ~/.cache/kernel-mcp/uv."
+    )
+
     # --- reply caps (the notebook keeps more) ------------------------------
     max_stream_chars: Positive = Field(
         64 * 1024, description="stdout and stderr each keep at most this many characters."
@@ -380,7 +389,7 @@ class Settings(BaseSettings):
             raise ValueError(f"folder {value} does not exist")
         return resolved
 
-    @field_validator("gateway_url", "public_url")
+    @field_validator("gateway_url", "package_index", "public_url")
     @classmethod
     def _gateway_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -534,23 +543,6 @@ class Settings(BaseSettings):
 #: The words KERNEL_MCP_ALLOW_ATTACH takes as a switch.
 _SWITCH = {"true": True, "1": True, "yes": True, "on": True}
 _SWITCH.update({"false": False, "0": False, "no": False, "off": False})
-
-_PRINCIPAL = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,31}):(.+)$")
-
-
-def principal_of(entry: str) -> tuple[str, str]:
-    """(principal, token) for one KERNEL_MCP_TOKEN entry.
-
-    ``NAME:TOKEN`` names the principal; a bare token is named after a hash of itself,
-    ``token-<10 hex digits>``. Either way the name stays the same when the list is
-    reordered or another token is added, which matters because a principal's
-    sessions and projects folder are found by it.
-    """
-    named = _PRINCIPAL.match(entry)
-    if named:
-        return named.group(1), named.group(2)
-    digest = hashlib.sha256(b"kernel-mcp principal\0" + entry.encode()).hexdigest()
-    return f"token-{digest[:10]}", entry
 
 
 def _field(name: str) -> str:

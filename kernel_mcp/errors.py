@@ -27,6 +27,9 @@ its message; the CLI turns ``ConfigError`` and ``CannotServe`` into its exit cod
     │   │                        kernel (KERNEL_MCP_ADMISSION_MB)
     │   ├── RunNotFound          unknown run id, or one owned by another principal
     │   ├── RunGone              the run's result was dropped, or lost to a restart
+    │   ├── PackageRefused       a package requirement is not a plain specifier (names the rule)
+    │   ├── PackagesDisabled     installing packages is off, or the kernels are not local
+    │   ├── InstallFailed        an install did not happen (names the status; nothing changed)
     │   └── ViewUnavailable      no web page to watch a session from (stdio mode)
     ├── RunFailed                a run the call waited on could not run, or was cancelled
     ├── KernelError              the kernel machinery failed
@@ -52,6 +55,8 @@ __all__ = [
     "ConfigError",
     "FileNotFound",
     "ForkFailed",
+    "InstallFailed",
+    "InstallStatus",
     "InvalidArgument",
     "InvalidNotebook",
     "KernelBusy",
@@ -62,6 +67,8 @@ __all__ = [
     "NotEnoughMemory",
     "NotebookExists",
     "NotebookUnwritable",
+    "PackageRefused",
+    "PackagesDisabled",
     "PathRefused",
     "QuotaExceeded",
     "RecordingError",
@@ -181,6 +188,60 @@ class RunGone(RequestError):
     def __init__(self, message: str, kind: Literal["lost", "dropped"]) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+#: Why an install failed, for a caller to act on:
+#:
+#: * ``not_found``: no such project on the index, or no version matches;
+#: * ``no_wheel``: wheels exist, none for this platform or Python;
+#: * ``needs_build``: only a source distribution, and builds are refused;
+#: * ``conflict``: the requirements contradict each other (or the installed ones);
+#: * ``cap_reached``: the session's packages would pass their size cap (undone);
+#: * ``index_unreachable``: the index did not answer, or answered an error;
+#: * ``timeout``: the install ran past its time limit (undone);
+#: * ``failed``: anything else uv reported (its words are in ``detail``).
+InstallStatus = Literal[
+    "not_found",
+    "no_wheel",
+    "needs_build",
+    "conflict",
+    "cap_reached",
+    "index_unreachable",
+    "timeout",
+    "failed",
+]
+
+
+class PackageRefused(RequestError):
+    """A requirement is refused before anything runs. ``rule`` names why, briefly
+    (``option``, ``url``, ``vcs``, ``path``, ``direct_reference``, ``character``,
+    ``invalid``, ``empty``, ``too_many``, ``too_long``, ``pip_command``)."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(f"{message} (rule: {rule})")
+        self.rule = rule
+
+
+class PackagesDisabled(RequestError):
+    """Installing packages is turned off by the server's settings, or its kernels are
+    not local (a gateway's)."""
+
+
+class InstallFailed(RequestError):
+    """An install did not happen; the session's packages are as they were.
+
+    ``status`` is one of :data:`InstallStatus`; ``detail`` is uv's own message, if it
+    gave one.
+    """
+
+    def __init__(self, status: InstallStatus, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.status: InstallStatus = status
+        self.detail = detail
+
+    def described(self) -> str:
+        """What a caller reads: the message, its status, and uv's words on a line below."""
+        return f"{self} (status: {self.status})" + (f"\n{self.detail}" if self.detail else "")
 
 
 class RunFailed(KernelMCPError):

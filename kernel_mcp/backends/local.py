@@ -55,7 +55,7 @@ from kernel_mcp.kernels.kernel import Kernel, wait_ready
 from kernel_mcp.kernels.outputs import OutputLimits
 from kernel_mcp.launch.cgroups import CgroupRoot, KernelCgroup, cgroup_root
 from kernel_mcp.launch.forkserver import ForkServer, forking_possible
-from kernel_mcp.launch.sandbox import Sandbox, sandbox_for
+from kernel_mcp.launch.sandbox import PACKAGES, Sandbox, sandbox_for
 from kernel_mcp.launch.sandbox import describe as describe_sandbox
 from kernel_mcp.launch.stderr import StderrPipe, scrub_paths
 
@@ -195,6 +195,7 @@ class LocalBackend:
         name = uuid.uuid4().hex[:12]
         folder = self._dir / name
         folder.mkdir(mode=0o700)
+        (folder / PACKAGES).mkdir(mode=0o700)  # its session's packages, read-only to it
         manager = WrappedKernelManager(
             kernel_name=spec,
             transport=self.transport,
@@ -256,6 +257,7 @@ class LocalBackend:
         client = manager.client()
         client.start_channels()
         kernel = Kernel(process, client, limits=self.limits)
+        kernel.packages_dir = folder / PACKAGES
         try:
             kernel.kernel_info = await wait_ready(client, process.is_alive, timeout=START_TIMEOUT)
         except BaseException as exc:

@@ -33,6 +33,17 @@ The input guard. When a run cannot ask anyone for input, ``input()`` says so in
 words the model can act on, instead of ipykernel's "this frontend does not
 support input requests". The class methods are patched: ipykernel rebinds
 ``builtins.input`` to the kernel's bound method on every execution.
+
+The pip guard. In a kernel whose only network interface is loopback (the
+sandbox's, network off), ``%pip install`` and ``!pip install`` would retry
+against a network that is not there for seconds, then fail while the cell still
+says ``ok``. There ``%pip install`` in a session's kernel asks the server, which
+installs wheels into the session's folder: the request is an input request on
+the stdin channel whose prompt starts with :data:`SERVER_REQUEST` (the shell
+channel is busy with the cell; the kernel has no other way out), answered by the
+server, never shown to a person. Elsewhere (a run without a session) ``%pip``,
+and ``!pip install`` everywhere, fail at once, and the cell with them, saying
+what to do instead (:data:`PIP_MESSAGE`, :data:`PIP_NO_SESSION`).
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import sys
 import uuid
 import warnings
@@ -47,7 +60,26 @@ from collections.abc import Callable
 from typing import Any
 
 from IPython import get_ipython
-from IPython.core.error import StdinNotImplementedError
+from IPython.core.error import StdinNotImplementedError, UsageError
+
+#: What ``%pip`` and ``!pip install`` say in a kernel without a network.
+PIP_MESSAGE = (
+    "pip cannot reach a package index from this kernel: kernel-mcp's sandbox gives it no "
+    "network. Ask the server instead: in a session, `%pip install NAME ...` or the "
+    "install_packages tool (session_id, packages=[...]) installs wheels into the session, "
+    "and they import at once without a restart. A run without a session_id has no "
+    "packages: call create_session first."
+)
+#: Starts a request to the server over the stdin channel (``kernels.setup.SERVER_REQUEST``).
+SERVER_REQUEST = "\x1dkernel-mcp:request\x1d"
+#: What ``%pip`` says in a kernel the server does not answer (a run without a session).
+PIP_NO_SESSION = (
+    "%pip install needs a session: this run has none, so there is no folder to install "
+    "into. Call create_session, then run %pip install (or the install_packages tool) with "
+    "its session_id."
+)
+#: A shell command that is pip installing something (``!pip install``, ``!python -m pip``).
+PIP_COMMAND = re.compile(r"^\s*(\S*/)?(pip3?(\.\d+)?|python3?(\.\d+)?\s+-m\s+pip)\s+install\b")
 
 
 def _kmcp_setup(config: dict[str, Any], user_ns: dict[str, Any]) -> dict[str, str]:
@@ -275,3 +307,62 @@ def _kmcp_input_guard(config: dict[str, Any]) -> None:
 
         guarded._kmcp = True  # type: ignore[attr-defined]
         setattr(cls, name, guarded)
+    _kmcp_pip_guard()
+
+
+def _offline() -> bool:
+    """Whether this kernel's only network interface is loopback (the sandbox's)."""
+    try:
+        return {name for _, name in socket.if_nameindex()} <= {"lo"}
+    except OSError:
+        return False
+
+
+def _pip_by_the_server(shell: Any, line: str) -> None:
+    """``%pip install …`` in a session's kernel: the server installs (the kernel has no
+    network), answering over the stdin channel; then the session's folder goes in front
+    of ``sys.path``. Prints what was installed; a failure raises in the cell."""
+    kernel = shell.kernel
+    if not getattr(kernel, "_kmcp_packages", False):
+        raise UsageError(PIP_NO_SESSION)
+    modules = sorted({name.partition(".")[0] for name in sys.modules})
+    request = SERVER_REQUEST + json.dumps({"op": "pip", "line": line, "modules": modules})
+    try:  # ipykernel 7; 6 keeps the shell's identity in a dict
+        ident = kernel._get_shell_context_var(kernel._shell_parent_ident)
+    except AttributeError:
+        ident = kernel._parent_ident["shell"]
+    answer = json.loads(kernel._input_request(request, ident, kernel.get_parent("shell")))
+    if answer.get("error"):
+        raise UsageError(answer["error"])
+    if answer.get("path"):
+        import importlib
+        import site
+
+        path = answer["path"]
+        if path in sys.path:
+            sys.path.remove(path)
+        site.addsitedir(path)
+        sys.path.remove(path)
+        sys.path.insert(0, path)
+        importlib.invalidate_caches()
+    print(answer.get("text", ""), end="")
+
+
+def _kmcp_pip_guard() -> None:
+    """Offline, make ``%pip`` and ``!pip install`` fail at once with :data:`PIP_MESSAGE`."""
+    shell = get_ipython()
+    if shell is None or not _offline():
+        return
+
+    def pip(line: str = "") -> None:
+        _pip_by_the_server(shell, line)
+
+    shell.register_magic_function(pip, "line", "pip")
+    system = shell.system
+
+    def guarded_system(cmd: str, *args: Any, **kwargs: Any) -> Any:
+        if PIP_COMMAND.match(str(cmd)):
+            raise UsageError(PIP_MESSAGE)
+        return system(cmd, *args, **kwargs)
+
+    shell.system = guarded_system

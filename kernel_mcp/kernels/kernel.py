@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from kernel_mcp.errors import KernelError, KernelStartFailed
@@ -32,7 +33,7 @@ from kernel_mcp.kernels.execution import (
 )
 from kernel_mcp.kernels.outputs import OutputCollector, OutputLimits, error_from_reply
 from kernel_mcp.kernels.process import KernelClient, KernelProcess
-from kernel_mcp.kernels.setup import NO_STDIN_MESSAGE, guard_config, setup_cell
+from kernel_mcp.kernels.setup import NO_STDIN_MESSAGE, SERVER_REQUEST, guard_config, setup_cell
 from kernel_mcp.tasks import TaskOwner
 
 __all__ = ["Kernel", "kernel_info_reply", "wait_ready"]
@@ -178,6 +179,8 @@ class Kernel:
         """kernel-mcp's input guard is installed (a Python kernel, once prepared)."""
         self._no_stdin = NO_STDIN_MESSAGE
         """What the guard says now when a run cannot ask (changed per run as needed)."""
+        self.packages_dir: Path | None = None  # read-only to it, at this path (local only)
+        self.server_requests: StdinHandler | None = None  # answers SERVER_REQUEST prompts
 
     @property
     def language_info(self) -> dict[str, Any]:
@@ -234,7 +237,7 @@ class Kernel:
         waiters.start(
             asyncio.ensure_future(self._shell_reply(msg_id)),
             asyncio.ensure_future(self._iopub_until_idle(msg_id, collector, waiters, on_output)),
-            asyncio.ensure_future(self._answer_input(msg_id, stdin, collector)) if stdin else None,
+            asyncio.ensure_future(self._answer_input(msg_id, stdin, collector)),
         )
         try:
             outcome = await self._wait(waiters, collector, start + timeout, progress, start)
@@ -342,13 +345,14 @@ class Kernel:
         output = guard_config(self.limits, local=self.process.backend == "local")
         return setup_cell(output, {"message": NO_STDIN_MESSAGE})
 
-    async def run_silently(self, code: str, *, timeout: float = 60.0) -> dict[str, Any]:
-        """Run set-up code that records nothing and shows nothing.
-
-        Returns the execute_reply content. Raises KernelError if it failed.
-        """
+    async def run_silently(
+        self, code: str, *, timeout: float = 60.0, expressions: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Run set-up code that records and shows nothing: its reply (KernelError if it failed)."""
         await self.settle()
-        msg_id = self.client.execute(code, silent=True, store_history=False, allow_stdin=False)
+        msg_id = self.client.execute(
+            code, silent=True, store_history=False, user_expressions=expressions, allow_stdin=False
+        )
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -434,10 +438,10 @@ class Kernel:
         self._no_stdin = message
 
     async def _answer_input(
-        self, msg_id: str, stdin: StdinHandler, collector: OutputCollector
+        self, msg_id: str, stdin: StdinHandler | None, collector: OutputCollector
     ) -> None:
         """Answer the run's input requests (the stdin channel) until the run ends."""
-        while True:
+        while stdin or self.server_requests:
             try:
                 msg = await self.client.get_stdin_msg(timeout=None)
             except ValueError:
@@ -449,9 +453,11 @@ class Kernel:
                 continue
             content = msg.get("content", {})
             prompt, password = str(content.get("prompt", "")), bool(content.get("password"))
-            answer = await stdin(prompt, password)
+            serving = bool(self.server_requests and prompt.startswith(SERVER_REQUEST))
+            handler = self.server_requests if serving else stdin
+            answer = await handler(prompt, password) if handler is not None else None
             self.client.input(NO_ANSWER if answer is None else answer)
-            if answer is not None:
+            if answer is not None and not serving:
                 collector.echo_input(prompt, answer, password=password)
 
     async def _iopub_until_idle(

@@ -17,6 +17,7 @@ __all__ = [
     "NO_STDIN_BACKGROUND",
     "NO_STDIN_MESSAGE",
     "OUTPUT_GUARD_MARKER",
+    "SERVER_REQUEST",
     "guard_config",
     "setup_cell",
     "setup_config",
@@ -33,6 +34,10 @@ NO_STDIN_BACKGROUND = (
     "to pass the question on. Put the value in the code or in a file, or run it without "
     "background=true from a client that supports elicitation."
 )
+
+#: Starts an input request a guard sends to the server itself (``%pip install``), not to
+#: the person: ``Kernel.server_requests`` answers it. The same literal is in the guards.
+SERVER_REQUEST = "\x1dkernel-mcp:request\x1d"
 
 #: The source of ``kernels.guards``, read, never imported, for the kernels: it defines
 #: ``_kmcp_setup(config, user_ns)`` (config: :func:`setup_config`), which installs the

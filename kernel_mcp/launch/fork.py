@@ -33,7 +33,7 @@ from kernel_mcp.kernels.setup import setup_config
 from kernel_mcp.launch import sockets, wire
 from kernel_mcp.launch.cgroups import KernelCgroup
 from kernel_mcp.launch.forked import ForkedProcess, Template
-from kernel_mcp.launch.sandbox import Sandbox
+from kernel_mcp.launch.sandbox import PACKAGES, Sandbox
 from kernel_mcp.launch.stderr import StderrPipe
 from kernel_mcp.tasks import wait_within
 
@@ -92,6 +92,7 @@ class Fork:
         self.id = uuid.uuid4().hex
         self.folder = server.folder / self.id[:12]
         self.folder.mkdir(mode=0o700)
+        (self.folder / PACKAGES).mkdir(mode=0o700)  # bound read-only in its sandbox
         self.connection_file = self.folder / "kernel.json"
         _, info = write_connection_file(
             str(self.connection_file),
@@ -154,6 +155,7 @@ class Fork:
                 self.channel.close()
             assert self.process is not None and self.client is not None and self.ready
             kernel = Kernel(self.process, self.client, limits=self.server.limits)
+            kernel.packages_dir = self.folder / PACKAGES
             try:
                 kernel.kernel_info = await self.ready
             except BaseException:

@@ -19,7 +19,8 @@ namespace that bubblewrap sets up before the kernel's first instruction):
   nothing is writable but its own mounts and the projects folder;
 * its connection folder: a 64 KiB tmpfs of its own with its connection file
   bound read-only, where it binds its sockets (nothing on the host's disk; the
-  server connects through ``/proc/<pid>/root``: :func:`through_root`);
+  server connects through ``/proc/<pid>/root``: :func:`through_root`); and in it,
+  its packages folder (:data:`PACKAGES`), bound read-only: what its session installs;
 * the seccomp filter (``kernel_mcp.launch.seccomp``), loaded by bwrap;
 * ``sitecustomize`` first on PYTHONPATH: no bytecode from the projects folder;
 * nothing else: not the server's working folder or .env, not the notebooks
@@ -71,6 +72,7 @@ from kernel_mcp.launch.seccomp import SeccompFilter, compiled, seccomp_filter
 
 __all__ = [
     "LAUNCHER",
+    "PACKAGES",
     "Sandbox",
     "SandboxPolicy",
     "describe",
@@ -122,6 +124,8 @@ UNSET_VARIABLES = (
 SITECUSTOMIZE = (Path(__file__).parent / "sitecustomize.py").read_text(encoding="utf-8")
 #: Where kernels see that sitecustomize's folder (outside every folder they share).
 SITE_MOUNT = "/run/kernel-mcp/site"
+#: A kernel's packages folder, in its connection folder: read-only to it (a bind).
+PACKAGES = "packages"
 #: Size of a kernel's connection folder (its sockets and connection file use none).
 CONNECTION_BYTES = 65536
 
@@ -395,6 +399,9 @@ class Sandbox:
             mounts.append(Mount(str(connection), "tmpfs", size=CONNECTION_BYTES, perms="0700"))
             file = str(connection / "kernel.json")
             mounts.append(Mount(file, "ro", source=file))
+            packages = connection / PACKAGES  # its session's packages (install_packages)
+            if packages.is_dir():
+                mounts.append(Mount(str(packages), "ro", source=str(packages)))
         shared_roots = [m.dest for m in mounts if m.kind in ("ro", "rw")]
         for hidden in policy.hidden:
             if hidden.is_dir() and any(_inside(hidden, root) for root in shared_roots):

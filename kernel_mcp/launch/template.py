@@ -552,7 +552,9 @@ def _private_mounts(request: wire.ForkRequest) -> None:
     # stays reachable by fd once a tmpfs hides its path. Opened in this mount
     # namespace: a bind's source must be one of its own mounts.
     connection = os.path.join(request.folder, "kernel.json")
-    kept = [*request.keep, (connection, True)]
+    # Its session's packages (install_packages), read-only: the server writes there.
+    packages = os.path.join(request.folder, "packages")
+    kept = [*request.keep, (connection, True), (packages, True)]
     workspace = request.workspace
     if workspace:
         # A principal's own folder: nothing else of the projects folder stays in sight.

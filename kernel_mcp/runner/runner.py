@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +24,7 @@ from kernel_mcp.admission import admission_for
 from kernel_mcp.backends.base import KernelAttacher, KernelBackend
 from kernel_mcp.config import Settings
 from kernel_mcp.errors import InvalidArgument, StateUnavailable
-from kernel_mcp.files.workspaces import MIB, QuotaWatch, UsageLedger, Workspaces
+from kernel_mcp.files.workspaces import MIB, Workspaces
 from kernel_mcp.kernels.execution import Execution, OutputCallback
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.kernels.kernelspecs import KernelCatalog
@@ -40,7 +40,9 @@ from kernel_mcp.notebooks.model import (
 from kernel_mcp.notebooks.recording import Recorder, describe_os_error
 from kernel_mcp.notebooks.store import RUNS, NotebookStore
 from kernel_mcp.pool import KernelPool, KernelPools
+from kernel_mcp.runner.cap import WorkspaceCap
 from kernel_mcp.runner.files import ProjectFiles
+from kernel_mcp.runner.packages import SessionPackages
 from kernel_mcp.runner.questions import Asking
 from kernel_mcp.runner.recordings import SessionRecordings
 from kernel_mcp.runner.requests import (
@@ -57,7 +59,7 @@ from kernel_mcp.sessions.attached import kernel_id_of
 from kernel_mcp.sessions.records import Session
 from kernel_mcp.sessions.registry import SessionRegistry
 from kernel_mcp.sessions.store import SessionStore
-from kernel_mcp.tasks import TaskOwner, wait_within
+from kernel_mcp.tasks import TaskOwner
 from kernel_mcp.watch.publisher import FeedPublisher
 
 __all__ = ["Runner"]
@@ -118,6 +120,8 @@ class Runner:
         self.recordings = SessionRecordings(
             self.notebooks, self.recorder, kernels=self.kernels, workspaces=self.workspaces
         )
+        # Packages for sessions (install_packages): see runner/packages.py.
+        self.packages = SessionPackages(settings, local=backend.local, kernels=self.kernels)
         self.watch = FeedPublisher()
         """Each session's runs, published for its watchers (``kernel_mcp.watch``)."""
         self.sessions = SessionRegistry(
@@ -138,7 +142,9 @@ class Runner:
         self.tasks = TaskOwner("runner")
         """What outlives a run's reply: a fresh kernel's shut-down, a stop after the quota,
         a workspace measured for the next run."""
-        self.usage = UsageLedger(self.tasks)
+        self.cap = WorkspaceCap(
+            self.workspaces, self.tasks, grace=settings.interrupt_grace, local=backend.local
+        )
         # Each fresh run is a kernel process: bound how many run at once.
         self._fresh = asyncio.Semaphore(settings.max_fresh_runs)
 
@@ -176,7 +182,10 @@ class Runner:
 
     async def _session_closed(self, session: Session) -> None:
         self.watch.session_closed(session.id)
-        await self.recordings.closed(session)
+        try:
+            await self.recordings.closed(session)
+        finally:
+            await self.packages.closed(session)
 
     def _session_forgotten(self, session: Session) -> None:
         self.watch.session_closed(session.id)
@@ -187,6 +196,7 @@ class Runner:
         self.watch.close()
         await self.runs.close()
         await self.sessions.close()
+        await self.packages.close()
         await self.pools.close()
         await self.tasks.close(grace=None)
         await self.recorder.close()
@@ -290,47 +300,6 @@ class Runner:
             notes.append(f"timeout {requested:g} s is above {name}; {limit:g} s applies.")
         return limit
 
-    async def _watched(
-        self,
-        owner: str | None,
-        kernel: Kernel,
-        execute: Callable[[Kernel], Awaitable[T]],
-        notes: list[str],
-    ) -> T:
-        """``execute(kernel)``, stopped if it grows the owner's projects folder past its cap.
-
-        Only local kernels write to the folder; a remote kernel's is its own.
-        """
-        if not self.workspaces.quota_bytes or not self.backend.local:
-            return await execute(kernel)
-        grace = self.settings.interrupt_grace
-        finished = asyncio.Event()
-
-        async def kill_if_still_running() -> None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await wait_within(finished.wait(), grace)
-            if not finished.is_set():
-                await kernel.kill()
-
-        async def stop() -> None:
-            # As for a timeout: interrupt, and kill what ignores it for the grace.
-            await kernel.interrupt()
-            self.tasks.spawn(kill_if_still_running(), name="kill after the quota")
-
-        watch = QuotaWatch(
-            self.workspaces.folder(owner),
-            quota_bytes=self.workspaces.quota_bytes,
-            stop=stop,
-            ledger=self.usage,
-        )
-        try:
-            async with watch:
-                result = await execute(kernel)
-        finally:
-            finished.set()
-        notes.extend(watch.notes())
-        return result
-
     async def run(self, request: RunRequest) -> RunOutcome:
         """Run one request: fresh, or in its session (recorded there)."""
         notes: list[str] = []
@@ -360,7 +329,7 @@ class Runner:
 
         if request.session_id is None:
             async with self._fresh_kernel(request.kernel, request.owner) as kernel:
-                execution = await self._watched(request.owner, kernel, execute, notes)
+                execution = await self.cap.watched(request.owner, kernel, execute, notes)
             if request.file is not None:
                 execution = as_program_exit(execution)
             outcome = RunOutcome(execution, file=request.file, notes=notes)
@@ -369,6 +338,7 @@ class Runner:
             return outcome
 
         async def in_session(session: Session, kernel: Kernel) -> RunOutcome:
+            await self.packages.ready(session, kernel)  # a new kernel: its packages, %pip
             if session.lost_state:
                 notes.append(f"New kernel: {session.lost_state}.")
                 session.lost_state = None
@@ -376,7 +346,7 @@ class Runner:
                 session, source=request.record_as, tool=request.tool, label=request.label
             ) as cell:
                 streams = cell.stream_to(request.on_output)
-                execution = await self._watched(
+                execution = await self.cap.watched(
                     request.owner, kernel, lambda k: execute(k, session.name, streams), notes
                 )
                 if request.file is not None:
@@ -553,10 +523,11 @@ class Runner:
 
         if request.session_id is None:
             async with self._fresh_kernel(request.kernel, request.owner) as kernel:
-                run = await self._watched(request.owner, kernel, execute, notes)
+                run = await self.cap.watched(request.owner, kernel, execute, notes)
         else:
 
             async def in_session(session: Session, kernel: Kernel) -> NotebookRun:
+                await self.packages.ready(session, kernel)
                 if session.lost_state:
                     notes.append(f"New kernel: {session.lost_state}.")
                     session.lost_state = None
@@ -565,7 +536,7 @@ class Runner:
                     session, source=source, tool="run_notebook", label=request.source
                 ) as cell:
                     streams = cell.stream_to(request.on_output)
-                    run = await self._watched(
+                    run = await self.cap.watched(
                         request.owner, kernel, lambda k: execute(k, session.name, streams), notes
                     )
                     ran = [c.index for c in run.cells if c.status not in ("skipped", "not_run")]

@@ -20,6 +20,7 @@ from kernel_mcp.server.file_tools import register_file_tools
 from kernel_mcp.server.info_tools import register_info_tools
 from kernel_mcp.server.limits import ConcurrentRequests, ToolCallsPerMinute
 from kernel_mcp.server.notebook_tools import register_notebook_tools
+from kernel_mcp.server.package_tools import register_package_tools
 from kernel_mcp.server.render import ReplyLimits
 from kernel_mcp.server.resources import register_resources
 from kernel_mcp.server.run_tools import register_run_tools
@@ -143,6 +144,7 @@ def build_server(
     register_session_tools(mcp, runner)
     register_notebook_tools(mcp, runner, limits, open_world=open_world, tasks=serve_tasks)
     register_info_tools(mcp, runner)
+    register_package_tools(mcp, runner)
     register_resources(mcp, runner)
     register_watch_tools(mcp, runner, settings, watch)
     if serve_tasks:

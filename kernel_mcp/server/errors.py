@@ -31,7 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 from fastmcp.exceptions import FastMCPError, ResourceError, ToolError
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 
-from kernel_mcp.errors import KernelError, KernelMCPError, RequestError
+from kernel_mcp.errors import InstallFailed, KernelError, KernelMCPError, RequestError
 
 __all__ = ["DomainErrors", "QuietDomainErrors", "quiet_fastmcp", "raising_tool_errors"]
 
@@ -47,6 +47,8 @@ def message(exc: KernelMCPError, what: str) -> str:
     """What the caller reads of ``exc``; its reason is logged here, once."""
     if isinstance(exc, RequestError):
         log.info("%s refused: %s", what, exc)
+        if isinstance(exc, InstallFailed):  # its status, and uv's own words below
+            return exc.described()
         return str(exc)
     log.warning("%s failed: %s", what, exc)
     if isinstance(exc, KernelError):

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from kernel_mcp.config import principal_of
+from kernel_mcp.principals import principal_of
 from tests.helpers import call, client_for, running_server, structured, text_of
 from tests.launchers import ServerProcess
 

@@ -403,3 +403,27 @@ async def test_input_is_asked_through_stdin_and_the_answer_is_echoed() -> None:
     assert asked == [("name? ", False)]
     assert result.status == "ok"
     assert "".join(o.get("text", "") for o in result.outputs) == "name? Ada\nhello Ada\n"
+
+
+async def test_a_server_request_on_stdin_is_answered_by_the_server_and_not_echoed() -> None:
+    """%pip install in a session: the guard's input request (its prompt starts with
+    SERVER_REQUEST) goes to ``server_requests``, even in a run that cannot ask a person."""
+    prompt = kernel_mcp.kernels.setup.SERVER_REQUEST + '{"line": "install x"}'
+
+    async def pip(request: fakes.Request) -> None:
+        answer = request.kernel.stdin_answer = asyncio.get_running_loop().create_future()
+        request.kernel.put("stdin", "input_request", request.msg_id, prompt=prompt, password=False)
+        request.stream("stdout", f"server said {await answer}\n")
+
+    seen: list[str] = []
+
+    async def serve(asked: str, password: bool) -> str | None:
+        seen.append(asked)
+        return "installed"
+
+    kernel = await fakes.FakeBackend(pip).start()
+    kernel.server_requests = serve
+    result = await kernel.execute("%pip install x", timeout=10, grace=1)
+    assert seen == [prompt]
+    assert result.status == "ok"
+    assert "".join(o.get("text", "") for o in result.outputs) == "server said installed\n"

@@ -37,7 +37,7 @@ PENDING_SIZES: set[str] = set()
 #: Lowest first. A module may import modules of its own layer and of lower ones.
 LAYERS: list[tuple[str, ...]] = [
     ("kernel_mcp", "kernel_mcp.errors", "kernel_mcp.tasks"),
-    ("kernel_mcp.folders", "kernel_mcp.config"),
+    ("kernel_mcp.folders", "kernel_mcp.principals", "kernel_mcp.config"),
     ("kernel_mcp.kernels",),
     ("kernel_mcp.launch",),
     ("kernel_mcp.backends",),
@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, ...]] = [
         "kernel_mcp.files",
         "kernel_mcp.notebooks",
         "kernel_mcp.sessions",
+        "kernel_mcp.packages",
         "kernel_mcp.watch",
     ),
     ("kernel_mcp.runner",),
@@ -73,6 +74,7 @@ CALL_SCOPED_TASKS = {
     ("kernel_mcp/scale/state.py", "interrupt_requests"),  # the listener, inside the block
     ("kernel_mcp/sessions/registry.py", "use"),  # a late interrupt, stopped with the call
     ("kernel_mcp/launch/fork.py", "_connect"),  # the ready wait of one fork, in its run
+    ("kernel_mcp/packages/uv.py", "run_uv"),  # uv's stderr reader, killed with uv in the call
 }
 TASK_STARTERS = {"create_task", "ensure_future"}
 #: What the core's sessions never name (the replica-only mechanics of ``scale/``).

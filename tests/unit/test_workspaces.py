@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_mcp.config import load_settings, principal_of
+from kernel_mcp.config import load_settings
 from kernel_mcp.errors import ConfigError, QuotaExceeded
 from kernel_mcp.files.workspaces import (
     MIB,
@@ -24,6 +24,7 @@ from kernel_mcp.files.workspaces import (
     Workspaces,
     measure,
 )
+from kernel_mcp.principals import principal_of
 from kernel_mcp.tasks import TaskOwner
 
 
