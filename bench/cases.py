@@ -52,6 +52,7 @@ from bench.harness import (
     with_errors,
 )
 from bench.package_cases import case_p
+from bench.quota_cases import case_q
 from bench.sandbox_cases import case_s, case_t
 from bench.watch_cases import case_w
 from tests.launchers import Gateway, ServerProcess
@@ -964,6 +965,13 @@ CASES: dict[str, Case] = {
             "pure wheel (loopback index), and pandas (the package index)",
             case_p,
             target="pandas from a warm cache < 2 s p50",
+        ),
+        Case(
+            "q",
+            "the projects cap's cost: fresh run_python in a folder of 5,000 files, "
+            "KERNEL_MCP_PROJECTS_QUOTA_MB on against 0 in the same run",
+            case_q,
+            target="the cap adds <= 5 % to a fresh run",
         ),
         Case(
             "r",

@@ -327,7 +327,7 @@ def derive(r: dict[str, Any]) -> tuple[list[Row], list[Check]]:
 
 
 def sandbox_rows(r: dict[str, Any], row: Any, rows: list[Row], checks: list[Check]) -> None:
-    """(s) the sandbox on against off; (t) forked kernels (bench/sandbox_cases.py)."""
+    """(s) the sandbox on against off, (p) packages, (q) the projects cap, (t) forked kernels."""
     for part, label in (
         ("cold_start", "cold kernel start"),
         ("fresh", "(b) fresh run_python"),
@@ -361,6 +361,22 @@ def sandbox_rows(r: dict[str, Any], row: Any, rows: list[Row], checks: list[Chec
                 "(p) pandas from a warm cache < 2 s p50",
                 pandas_install["p50_ms"] < 2000,
                 f"{pandas_install['p50_ms']:.0f} ms",
+            )
+        )
+    cap, nocap, cost = (r.get(f"q_fresh_{k}") for k in ("cap", "nocap", "ratio"))
+    if cap and nocap and cost:
+        files = f"{r.get('q_files', 0):,} files"
+        row(
+            f"(q) fresh run_python, {files}, projects cap on",
+            cap,
+            f"{cost['p50_on_over_off']:.2f}x off ({cost['p50_added_ms']:+.1f} ms)",
+        )
+        row(f"(q) fresh run_python, {files}, no cap", nocap, "same run, in turn")
+        checks.append(
+            (
+                "(q) the cap adds <= 5 % to a fresh run",
+                cost["p50_on_over_off"] <= 1.05,
+                f"{cost['p50_on_over_off']:.2f}x",
             )
         )
     forked, spawned = r.get("t_start_forked"), r.get("t_start_spawned")

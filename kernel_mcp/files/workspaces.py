@@ -45,6 +45,8 @@ MIB = 2**20
 MAX_MEASURED_ENTRIES = 200_000
 #: How often a run's workspace is measured while the run lasts, seconds.
 WATCH_INTERVAL = 1.0
+#: How long after a run's end its workspace is measured for the next run, seconds.
+REMEASURE_DELAY = 0.05
 
 README = """\
 This folder holds the files of one kernel-mcp principal (one bearer token).
@@ -157,34 +159,49 @@ class Workspaces:
 class UsageLedger:
     """The last measured size of each workspace, so that a run begins without a walk.
 
-    Walking a folder of thousands of files takes tens of milliseconds, as long as a
-    whole run in a forked kernel; measuring before every run would double it. So
-    the ledger measures a workspace when a run in it ends, after the reply has gone,
-    and the next run starts from that figure; only a workspace's first run after the
-    server starts waits for a walk. A measurement still under way when the next run
-    begins is waited for, so a run that wrote past the cap just before it ended
+    Walking a folder of thousands of files takes as long as a whole run in a forked
+    kernel (docs/benchmarks.md, case (q)); measuring before every run would double it. So
+    the ledger measures a workspace shortly after a run in it ends, once the reply
+    has been written, and the next run starts from that figure. A run that begins
+    before that walk has started walks the folder itself, and one that begins while
+    it runs waits for it, so a run that wrote past the cap just before it ended
     leaves the next one "over the cap at start" exactly as a walk would.
 
     What this gives up: files copied into the folder from outside the server
     between two runs are not in the figure; the next run is then stopped at its
     first measurement, and the one after starts from the true size.
+
+    Args:
+        tasks: owns the walks.
+        measure_with: the walk.
+        delay: seconds between a run's end and the walk. A walk holds the GIL for
+            much of its time; started at once it delays the reply being written.
     """
 
-    def __init__(self, tasks: TaskOwner, *, measure_with: Callable[[Path], Usage] = measure):
+    def __init__(
+        self,
+        tasks: TaskOwner,
+        *,
+        measure_with: Callable[[Path], Usage] = measure,
+        delay: float = REMEASURE_DELAY,
+    ) -> None:
         self._tasks = tasks
         self._measure = measure_with
+        self._delay = delay
         self._known: dict[Path, int] = {}
-        self._pending: dict[Path, asyncio.Task[None]] = {}
+        self._walks: dict[Path, asyncio.Task[None]] = {}
+        self._due: dict[Path, asyncio.Task[None]] = {}
 
     async def size(self, folder: Path) -> int:
-        """The bytes ``folder`` held at its last measurement (walked now if never)."""
-        pending = self._pending.get(folder)
-        if pending is not None:
-            # Not wait_for or shield: a caller that gives up must not cancel the shared
-            # measurement, and a measurement stopped by shut-down is not the caller's cancel.
-            await asyncio.wait({pending})
+        """The bytes ``folder`` held at its last measurement (walked now if stale)."""
         if folder not in self._known:
-            self.record(folder, (await asyncio.to_thread(self._measure, folder)).bytes)
+            walk = self._walks.get(folder) or self._start_walk(folder)
+            if walk is not None:
+                # Not wait_for or shield: a caller that gives up must not cancel the
+                # shared walk, and a walk stopped by shut-down is not the caller's cancel.
+                await asyncio.wait({walk})
+            if folder not in self._known:  # the walk was stopped, or no owner is left
+                self.record(folder, (await asyncio.to_thread(self._measure, folder)).bytes)
         return self._known[folder]
 
     def record(self, folder: Path, size: int) -> None:
@@ -192,17 +209,34 @@ class UsageLedger:
         self._known[folder] = size
 
     def remeasure(self, folder: Path) -> None:
-        """Measure ``folder`` again in the background (a run in it has ended)."""
-        if folder in self._pending or self._tasks.closed:
+        """A run in ``folder`` has ended: its figure is stale; walk it after the delay."""
+        self._known.pop(folder, None)
+        if folder in self._due or self._tasks.closed:
             return
+
+        async def later() -> None:
+            try:
+                await asyncio.sleep(self._delay)
+            finally:
+                self._due.pop(folder, None)
+            if folder not in self._known and folder not in self._walks:
+                self._start_walk(folder)
+
+        self._due[folder] = self._tasks.spawn(later(), name="measure a workspace soon")
+
+    def _start_walk(self, folder: Path) -> asyncio.Task[None] | None:
+        if self._tasks.closed:
+            return None
 
         async def walk() -> None:
             try:
                 self.record(folder, (await asyncio.to_thread(self._measure, folder)).bytes)
             finally:
-                self._pending.pop(folder, None)
+                self._walks.pop(folder, None)
 
-        self._pending[folder] = self._tasks.spawn(walk(), name="measure a workspace")
+        task = self._tasks.spawn(walk(), name="measure a workspace")
+        self._walks[folder] = task
+        return task
 
 
 class QuotaWatch:

@@ -342,3 +342,19 @@ async def test_a_run_waiting_on_a_measurement_stopped_at_shut_down_walks_itself(
     release.set()
     # Not a CancelledError: the run was not cancelled, its measurement was; it walks.
     assert await asyncio.wait_for(waiting, 10) == 6 * MIB
+
+
+async def test_the_walk_after_a_run_waits_and_a_run_that_begins_sooner_walks_itself(
+    tmp_path: Path,
+) -> None:
+    walk = Counting(1 * MIB)
+    tasks = TaskOwner("an hour's delay")
+    ledger = UsageLedger(tasks, measure_with=walk, delay=3600)
+    assert await ledger.size(tmp_path) == 1 * MIB and walk.walks == 1
+    walk.size = 2 * MIB
+    ledger.remeasure(tmp_path)  # a run ended; the walk is an hour away
+    assert walk.walks == 1
+    # The figure is stale: the next run walks now rather than start from it.
+    assert await ledger.size(tmp_path) == 2 * MIB and walk.walks == 2
+    assert await ledger.size(tmp_path) == 2 * MIB and walk.walks == 2
+    await tasks.close()  # the delayed walk is cancelled, not waited for
