@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
+from typing import Any
 
 from kernel_mcp.kernels.execution import Execution
 from kernel_mcp.kernels.kernel import Kernel
@@ -42,6 +44,19 @@ async def value(kernel: Kernel, expression: str) -> str:
     assert result.status == "ok", result
     assert result.outputs[-1]["output_type"] == "execute_result", result.outputs
     return str(result.outputs[-1]["data"]["text/plain"])
+
+
+async def run_patiently(kernel: Kernel, code: str, timeout: float = 30) -> Execution:
+    """:func:`run` for the sandbox and fork-server specs: a longer limit, a shorter grace."""
+    return await kernel.execute(code, timeout=timeout, grace=2)
+
+
+async def literal(kernel: Kernel, expression: str) -> Any:
+    """The Python value of an expression (its text/plain, through ``ast.literal_eval``),
+    run by :func:`run_patiently`; the run must succeed."""
+    result = await run_patiently(kernel, expression)
+    assert result.status == "ok", result
+    return ast.literal_eval(str(result.outputs[-1]["data"]["text/plain"]))
 
 
 def daemon_code(marker: str) -> str:

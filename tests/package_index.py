@@ -224,6 +224,14 @@ class IndexServer:
         return [path for path in self.requests if path.startswith("/files/")]
 
 
+def built_index(base: Path) -> tuple[Path, Path]:
+    """:func:`standard_projects` built into an index under ``base``: the index's folder,
+    and where the sdist's setup.py would write its marker if it ever ran."""
+    marker = base / "setup-py-ran"
+    build_index(base / "index", standard_projects(base / "built", marker=marker))
+    return base / "index", marker
+
+
 @contextlib.contextmanager
 def serve_index(root: Path) -> Iterator[IndexServer]:
     """Serve ``root`` (with ``simple/`` and ``files/``) on 127.0.0.1 and a free port."""

@@ -14,7 +14,6 @@ is the subset that runs spawned.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import json
 import os
@@ -32,13 +31,14 @@ import pytest
 from kernel_mcp.backends.local import LocalBackend
 from kernel_mcp.backends.process import LocalProcess
 from kernel_mcp.config import Settings, load_settings
-from kernel_mcp.kernels.execution import Execution
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.kernels.setup import OUTPUT_GUARD_MARKER
 from kernel_mcp.launch import flavour, fork, forkserver
 from kernel_mcp.launch.forked import ForkedProcess
 from kernel_mcp.launch.template import NAMES
 from tests.helpers import call, client_for, running_server, structured, wait_for
+from tests.kernels import literal as value
+from tests.kernels import run_patiently as run
 from tests.launchers import alive, descendants_of, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -88,16 +88,6 @@ async def kernel(backend: LocalBackend) -> AsyncIterator[Kernel]:
     started = await backend.start()
     yield started
     await started.shutdown(now=True)
-
-
-async def run(kernel: Kernel, code: str, timeout: float = 30) -> Execution:
-    return await kernel.execute(code, timeout=timeout, grace=2)
-
-
-async def value(kernel: Kernel, expression: str) -> Any:
-    result = await run(kernel, expression)
-    assert result.status == "ok", result
-    return ast.literal_eval(str(result.outputs[-1]["data"]["text/plain"]))
 
 
 def forked(kernel: Kernel) -> ForkedProcess:

@@ -12,7 +12,6 @@ The escape suite over a real server is ``tests/integration/test_escape.py``.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import json
 import os
@@ -32,7 +31,6 @@ from kernel_mcp.backends.process import LocalProcess
 from kernel_mcp.cli import main as cli_main
 from kernel_mcp.config import Settings, load_settings
 from kernel_mcp.errors import ConfigError
-from kernel_mcp.kernels.execution import Execution
 from kernel_mcp.kernels.kernel import Kernel
 from kernel_mcp.launch import forkserver
 from kernel_mcp.launch import sandbox as sandbox_module
@@ -41,6 +39,8 @@ from kernel_mcp.launch.forked import ForkedProcess
 from kernel_mcp.launch.sandbox import Sandbox, SandboxPolicy
 from tests.helpers import wait_for
 from tests.kernels import daemon_code, daemons
+from tests.kernels import literal as value
+from tests.kernels import run_patiently as run
 from tests.launchers import alive, host_pids, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -96,16 +96,6 @@ async def kernel(backend: LocalBackend) -> AsyncIterator[Kernel]:
     started = await backend.start()
     yield started
     await started.shutdown(now=True)
-
-
-async def run(kernel: Kernel, code: str, timeout: float = 30) -> Execution:
-    return await kernel.execute(code, timeout=timeout, grace=2)
-
-
-async def value(kernel: Kernel, expression: str) -> Any:
-    result = await run(kernel, expression)
-    assert result.status == "ok", result
-    return ast.literal_eval(str(result.outputs[-1]["data"]["text/plain"]))
 
 
 async def error_of(kernel: Kernel, code: str) -> str:

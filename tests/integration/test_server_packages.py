@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import call, client_for, running_server, structured, text_of, wait_for
 from tests.launchers import ServerProcess
-from tests.package_index import IndexServer, build_index, serve_index, standard_projects
+from tests.package_index import IndexServer, built_index, serve_index
 
 pytestmark = pytest.mark.transport
 
@@ -30,10 +30,7 @@ TOKEN_B = "bob:packages-token-for-bob-9876543210"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The index's folder, and where the sdist's setup.py would write its marker."""
-    base = tmp_path_factory.mktemp("index")
-    marker = base / "setup-py-ran"
-    build_index(base / "index", standard_projects(base / "built", marker=marker))
-    return base / "index", marker
+    return built_index(tmp_path_factory.mktemp("index"))
 
 
 @pytest.fixture(scope="module")

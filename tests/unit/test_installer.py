@@ -33,20 +33,16 @@ from kernel_mcp.packages.uv import find_uv
 from tests.package_index import (
     IndexServer,
     SilentIndex,
-    build_index,
+    built_index,
     closed_port,
     serve_index,
-    standard_projects,
 )
 
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The built index's folder, and where the sdist's setup.py would write its marker."""
-    base = tmp_path_factory.mktemp("index")
-    marker = base / "setup-py-ran"
-    build_index(base / "index", standard_projects(base / "built", marker=marker))
-    return base / "index", marker
+    return built_index(tmp_path_factory.mktemp("index"))
 
 
 @pytest.fixture(scope="module")
