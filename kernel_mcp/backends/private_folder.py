@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import psutil
+
 from kernel_mcp.errors import ConfigError
 
 __all__ = ["MAX_PARENT_CHARS", "PREFIX", "make_private_folder", "sweep_dead_servers"]
@@ -89,7 +91,7 @@ def sweep_dead_servers(parent: Path) -> list[Path]:
             continue
         if not entry.is_dir(follow_symlinks=False) or info.st_uid != os.getuid():
             continue
-        if _running(pid):
+        if psutil.pid_exists(pid):
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         log.info("removed %s, left by server pid %d, which no longer runs", entry.path, pid)
@@ -102,13 +104,3 @@ def _pid_of(name: str) -> int | None:
         return None
     pid, dash, _ = name.removeprefix(PREFIX).partition("-")
     return int(pid) if dash and pid.isdigit() else None
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: running
-        return True
-    return True

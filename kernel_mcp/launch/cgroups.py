@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 __all__ = ["CgroupRoot", "KernelCgroup", "cgroup_root"]
 
 log = logging.getLogger(__name__)
@@ -335,21 +337,11 @@ def _server_folder(own: Path) -> Path:
     """This server's folder below its own group; removes those of servers that died."""
     for stale in own.glob(f"{PREFIX}*"):
         pid = stale.name.removeprefix(PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             _remove_tree(stale, kill=True)
     folder = own / f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
     folder.mkdir(mode=0o755)
     return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove_tree(folder: Path, *, kill: bool) -> None:
